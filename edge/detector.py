@@ -1,0 +1,60 @@
+"""People detection with ultralytics YOLO (COCO class 0 = person)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODEL = "yolo11n.pt"  # ultralytics downloads it on a machine with internet
+
+
+def resolve_model(configured: str | None = None, override: str | None = None) -> str:
+    """``--model`` beats ``CROWDFLOW_MODEL`` beats the config beats ultralytics' default."""
+    return override or os.environ.get("CROWDFLOW_MODEL") or configured or DEFAULT_MODEL
+
+
+def _ultralytics_logs_to_stderr() -> None:
+    """ultralytics logs to stdout; our stdout carries data (`crowdflow count --json`)."""
+    import logging
+    import sys
+
+    from ultralytics.utils import LOGGER
+
+    for h in LOGGER.handlers:
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stdout:
+            h.setStream(sys.stderr)
+
+
+@dataclass
+class Detections:
+    xyxy: np.ndarray  # N×4 pixels
+    conf: np.ndarray  # N
+
+    def __len__(self) -> int:
+        return len(self.conf)
+
+
+class PersonDetector:
+    def __init__(self, model: str, imgsz: int = 448, conf: float = 0.25, device: str | None = None):
+        from ultralytics import YOLO  # edge extra
+
+        _ultralytics_logs_to_stderr()
+
+        # A bare "*.pt" name is ultralytics' to download; anything else must exist here.
+        if not Path(model).exists() and ("/" in model or os.sep in model or not model.endswith(".pt")):
+            raise FileNotFoundError(f"model not found: {model} (set CROWDFLOW_MODEL or edge.model)")
+        self.model_name = str(model)
+        self.model = YOLO(str(model), task="detect")
+        self.imgsz = imgsz
+        self.conf = conf
+        self.device = device
+
+    def __call__(self, frame: np.ndarray) -> Detections:
+        res = self.model.predict(
+            frame, imgsz=self.imgsz, conf=self.conf, classes=[0], verbose=False, device=self.device
+        )[0]
+        boxes = res.boxes
+        return Detections(boxes.xyxy.cpu().numpy().astype(np.float64), boxes.conf.cpu().numpy().astype(np.float64))

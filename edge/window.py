@@ -1,0 +1,58 @@
+"""Per-camera observation windows. Pure: frames in, one Observation per interval out."""
+
+from __future__ import annotations
+
+from crowdflow.records import Observation, ZoneCount
+
+
+class ObservationWindow:
+    """Averages per-frame zone counts over ``interval_s`` of capture time.
+
+    ``seq`` starts from the wall-clock milliseconds at start-up, so it keeps increasing across
+    restarts of the agent without any stored state (at one observation a second it would need
+    1,000 observations per second to catch up with the clock)."""
+
+    def __init__(self, camera_id: str, agent_id: str, visible_area_m2: dict[str, float],
+                 interval_s: float, seq_start: int, method: str = "detect", preset: str | None = None):
+        self.camera_id = camera_id
+        self.agent_id = agent_id
+        self.areas = dict(visible_area_m2)
+        self.interval_s = interval_s
+        self.seq = seq_start
+        self.method = method
+        self.preset = preset
+        self.start: float | None = None
+        self._sums = {z: 0.0 for z in self.areas}
+        self.frames = 0
+
+    def add(self, t: float, counts: dict[str, int]) -> None:
+        if self.start is None:
+            self.start = t
+        for z, n in counts.items():
+            if z in self._sums:
+                self._sums[z] += n
+        self.frames += 1
+
+    def due(self, now: float) -> bool:
+        return self.start is not None and now - self.start >= self.interval_s
+
+    def flush(self, end: float, health: str = "ok") -> Observation:
+        """Close the window at ``end`` and start the next one there."""
+        start = self.start if self.start is not None else end - self.interval_s
+        zones = []
+        if health == "ok" and self.frames:
+            zones = [
+                ZoneCount(zone_id=z, count=round(self._sums[z] / self.frames, 3),
+                          visible_area_m2=round(a, 2), method=self.method)
+                for z, a in self.areas.items()
+            ]
+        obs = Observation(
+            camera_id=self.camera_id, agent_id=self.agent_id, seq=self.seq, captured_at=end,
+            window_s=max(1e-3, end - start), frames=self.frames, health=health,
+            preset=self.preset, zones=zones,
+        )
+        self.seq += 1
+        self.start = end
+        self._sums = {z: 0.0 for z in self.areas}
+        self.frames = 0
+        return obs
