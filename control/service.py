@@ -16,7 +16,7 @@ from typing import Callable
 
 import redis
 
-from crowdflow.bus import UPDATES_MAXLEN, GroupReader, Keys
+from crowdflow.bus import EVENTS_MAXLEN, GroupReader, Keys
 from crowdflow.records import Observation, RecordError, ZoneState, decode
 from crowdflow.site import Site
 
@@ -90,7 +90,7 @@ class ControlService:
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(self.keys.zone_state, mapping={zid: s.encode() for zid, s in changed.items()})
         for s in changed.values():
-            pipe.xadd(self.keys.zone_updates, {"rec": s.encode()}, maxlen=UPDATES_MAXLEN, approximate=True)
+            pipe.xadd(self.keys.events, {"type": "zone", "rec": s.encode()}, maxlen=EVENTS_MAXLEN, approximate=True)
         pipe.execute()
         for zid, s in changed.items():
             self._published[zid] = _comparable(s)

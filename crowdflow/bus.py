@@ -1,15 +1,24 @@
 """Redis access shared by the services: key names, stream helpers, the embedded server.
 
-Key layout (``<p>`` is the configured prefix, default ``cf``):
+Key layout (``<p>`` is the configured prefix, default ``cf``); see docs/architecture.md:
 
-==========================  ======  =========================================================
-key                         type    content
-==========================  ======  =========================================================
-``<p>:obs``                 stream  observations, field ``rec`` = Observation JSON
-``<p>:obs:dead``            stream  rejected entries: ``rec`` (raw), ``reason``, ``source_id``
-``<p>:zone:state``          hash    zone id → latest ZoneState JSON
-``<p>:zone:updates``        stream  every published ZoneState change, field ``rec``
-==========================  ======  =========================================================
+==============================  ======  =====================================================
+key                             type    content
+==============================  ======  =====================================================
+``<p>:obs``                     stream  observations, field ``rec`` = Observation JSON
+``<p>:obs:dead``                stream  rejected entries: ``rec`` (raw), ``reason``, ``source_id``
+``<p>:zone:state``              hash    zone id → latest ZoneState JSON
+``<p>:zone:hist:<zone>``        stream  one ZoneState sample per 10 s, ~2 h kept
+``<p>:plan:state``              hash    plan id → PlanState JSON
+``<p>:recs``                    hash    recommendation id → Recommendation JSON (open + recent)
+``<p>:alarms``                  hash    alarm id → Alarm JSON (open + recently cleared)
+``<p>:mode``                    string  SiteMode JSON (平急转换)
+``<p>:events``                  stream  every change above, fields ``type`` and ``rec``
+``<p>:cmd``                     stream  Command JSON from the dashboard (group ``control``)
+``<p>:cmd:dead``                stream  rejected commands with the reason
+``<p>:audit``                   stream  AuditEntry JSON, append-only, never trimmed
+``<p>:leader``                  string  the leading control instance's lease
+==============================  ======  =====================================================
 
 Consumer group ``control`` reads ``<p>:obs`` at-least-once: entries are acknowledged only
 after their effect has been published.
@@ -28,7 +37,8 @@ import redis
 log = logging.getLogger(__name__)
 
 OBS_MAXLEN = 200_000  # ~1 h of 50 cameras at 1 Hz; approximate trimming
-UPDATES_MAXLEN = 20_000
+EVENTS_MAXLEN = 50_000
+HISTORY_MAXLEN = 800  # 2 h of 10 s samples, with margin
 DEAD_MAXLEN = 10_000
 
 
@@ -48,9 +58,44 @@ class Keys:
     def zone_state(self) -> str:
         return f"{self.prefix}:zone:state"
 
+    def zone_history(self, zone_id: str) -> str:
+        return f"{self.prefix}:zone:hist:{zone_id}"
+
     @property
-    def zone_updates(self) -> str:
-        return f"{self.prefix}:zone:updates"
+    def plan_state(self) -> str:
+        return f"{self.prefix}:plan:state"
+
+    @property
+    def recommendations(self) -> str:
+        return f"{self.prefix}:recs"
+
+    @property
+    def alarms(self) -> str:
+        return f"{self.prefix}:alarms"
+
+    @property
+    def mode(self) -> str:
+        return f"{self.prefix}:mode"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def cmd(self) -> str:
+        return f"{self.prefix}:cmd"
+
+    @property
+    def cmd_dead(self) -> str:
+        return f"{self.prefix}:cmd:dead"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}:audit"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}:leader"
 
     def all_keys_pattern(self) -> str:
         return f"{self.prefix}:*"

@@ -1,8 +1,15 @@
 """Wire records: one versioned, validated record type per hop.
 
-* :class:`Observation` — edge → control (Redis stream ``<prefix>:obs``).
-* :class:`ZoneState`   — control → dashboard (hash ``<prefix>:zone:state``, stream
-  ``<prefix>:zone:updates``).
+* :class:`Observation`    — edge → control (stream ``<p>:obs``).
+* :class:`ZoneState`      — control → dashboard (hash ``<p>:zone:state``).
+* :class:`PlanState`, :class:`Recommendation`, :class:`Alarm`, :class:`SiteMode`
+                          — control → dashboard (hashes, see ``crowdflow.bus.Keys``).
+* :class:`Command`        — dashboard → control (stream ``<p>:cmd``), answered by
+  :class:`CommandResult`.
+* :class:`AuditEntry`     — control's append-only decision log (stream ``<p>:audit``).
+
+Every control → dashboard change is also appended to the one stream ``<p>:events`` as
+``{type, rec}`` (see :data:`EVENT_TYPES`), which the dashboard follows.
 
 Records travel as compact JSON in a single stream field (``rec``). Decoding goes through
 :func:`decode`, which never raises anything but :class:`RecordError`, whose message names the
@@ -16,10 +23,14 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .site import Action, Text
+
 SCHEMA_VERSION = 1
 
 Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 Health = Literal["ok", "camera_offline", "view_moved", "degraded"]
+Level = Literal["IV", "III", "II", "I"]  # IV blue (least) → I red (most severe)
+Role = Literal["viewer", "operator", "commander"]
 
 
 class RecordError(ValueError):
@@ -56,12 +67,27 @@ class Observation(Record):
     health: Health = "ok"
     preset: str | None = None
     zones: list[ZoneCount] = Field(default_factory=list)
+    gates: list[GateFlow] = Field(default_factory=list)
 
 
 class LastKnown(Record):
     count: float
     density: float
     at: float
+
+
+class GateFlow(Record):
+    """Directional line-crossing counts of one gate during an observation window."""
+
+    gate_id: Id
+    inflow: int = Field(ge=0)  # crossings outside_zone → inside_zone
+    outflow: int = Field(ge=0)
+
+
+class Forecast(Record):
+    horizon_min: float = Field(gt=0)
+    count: float = Field(ge=0)
+    capacity_ratio: float = Field(ge=0)
 
 
 class ZoneState(Record):
@@ -82,6 +108,148 @@ class ZoneState(Record):
     updated_at: float | None = None  # capture time of the newest observation used
     computed_at: float  # when control produced this record
     last_known: LastKnown | None = None  # the last fresh value, shown with its age when unknown
+    los: Literal["A", "B", "C", "D", "E", "F"] | None = None  # Fruin walkway level of service
+    inflow_pm: float | None = None  # persons per minute entering (gates), smoothed
+    outflow_pm: float | None = None
+    trend_pm: float | None = None  # d(count)/dt in persons per minute
+    forecast: list[Forecast] = Field(default_factory=list)  # 5/10/15 min ahead
+    minutes_to_level: dict[Level, float] = Field(default_factory=dict)  # forecast crossing times
+
+
+# ----------------------------------------------------------------------------- plans and decisions
+
+
+class Reason(Record):
+    """One measured reason for a recommendation, with a ready sentence in zh and en."""
+
+    zone_id: Id | None = None
+    metric: Literal["capacity_ratio", "density", "flow_ppm"]
+    value: float
+    threshold: float
+    held_s: float | None = None  # how long the condition has held
+    forecast_min: float | None = None  # predictive: the forecast crosses in this many minutes
+    text: Text  # e.g. zh "桥面北段 承载率 0.86 ≥ 0.80 已持续 120 秒；预计 9 分钟后达 0.97"
+
+
+class Recommendation(Record):
+    """Control → dashboard: a level change for one plan area, waiting for a commander
+    (or applied at once when the area is automatic)."""
+
+    v: Literal[1] = 1
+    id: str = Field(min_length=1, max_length=64)
+    plan_id: Id
+    level: Level | None  # None: stand down to normal
+    from_level: Level | None
+    actions: list[Action] = Field(default_factory=list)  # what the new level adds
+    reasons: list[Reason] = Field(default_factory=list)
+    predictive: bool = False
+    created_at: float
+    status: Literal["pending", "confirmed", "rejected", "overridden", "auto_applied", "superseded", "expired"]
+    decided_by: str | None = None
+    decided_at: float | None = None
+    note: str | None = None
+
+
+class LevelChange(Record):
+    level: Level | None
+    at: float
+    by: str  # user name, or "system" for automatic areas
+    via: Literal["confirm", "override", "auto", "emergency", "release"]
+
+
+class PlanState(Record):
+    """Control → dashboard: one plan area's level, mode and active actions."""
+
+    v: Literal[1] = 1
+    plan_id: Id
+    level: Level | None  # None: normal
+    since: float | None = None
+    auto: bool = False  # automatic: recommendations apply without a commander
+    active_actions: list[Action] = Field(default_factory=list)  # cumulative for the level
+    pending: str | None = None  # id of the recommendation waiting for a decision
+    history: list[LevelChange] = Field(default_factory=list)  # newest last, bounded
+    updated_at: float
+
+
+class SiteMode(Record):
+    """平急转换: the whole site in normal or emergency operation."""
+
+    v: Literal[1] = 1
+    mode: Literal["normal", "emergency"]
+    since: float
+    by: str
+    reason: str | None = None
+
+
+class Alarm(Record):
+    v: Literal[1] = 1
+    id: str = Field(min_length=1, max_length=128)
+    kind: Literal["zone_unknown", "camera_offline", "view_moved", "recommendation", "level_I", "record_rejected"]
+    severity: Literal["info", "warning", "critical"]
+    zone_id: Id | None = None
+    camera_id: Id | None = None
+    plan_id: Id | None = None
+    text: Text
+    raised_at: float
+    cleared_at: float | None = None
+    acked_by: str | None = None
+    acked_at: float | None = None
+
+
+class Command(Record):
+    """Dashboard → control. ``id`` makes it idempotent: a command seen twice acts once."""
+
+    v: Literal[1] = 1
+    id: str = Field(min_length=8, max_length=64)
+    kind: Literal["confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm"]
+    plan_id: Id | None = None
+    recommendation_id: str | None = None
+    level: Level | None = None  # override target; None with kind=override means normal
+    auto: bool | None = None  # set_auto
+    mode: Literal["normal", "emergency"] | None = None  # set_mode
+    alarm_id: str | None = None  # ack_alarm
+    user: str = Field(min_length=1, max_length=64)
+    role: Role
+    note: str | None = Field(None, max_length=500)
+    issued_at: float
+
+
+class CommandResult(Record):
+    v: Literal[1] = 1
+    command_id: str
+    ok: bool
+    error: str | None = None
+    at: float
+
+
+class AuditEntry(Record):
+    """One decision: who, when, what, why, and the zone states at that moment."""
+
+    v: Literal[1] = 1
+    id: str
+    at: float
+    actor: str  # user name or "system"
+    role: Role | Literal["system"]
+    action: Literal["recommend", "confirm", "reject", "override", "auto_apply", "supersede", "expire",
+                    "set_auto", "set_mode", "ack_alarm", "release"]
+    plan_id: Id | None = None
+    level_from: Level | None = None
+    level_to: Level | None = None
+    recommendation_id: str | None = None
+    command_id: str | None = None
+    reason: str | None = None  # the commander's note or the recommendation's reasons
+    zone_states: list[ZoneState] = Field(default_factory=list)
+
+
+EVENT_TYPES = {
+    "zone": ZoneState,
+    "plan": PlanState,
+    "recommendation": Recommendation,
+    "alarm": Alarm,
+    "mode": SiteMode,
+    "audit": AuditEntry,
+    "command_result": CommandResult,
+}
 
 
 R = TypeVar("R", bound=Record)

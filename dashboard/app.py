@@ -91,17 +91,19 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         while True:
             try:
                 last_id = "$"
-                info = await r.xinfo_stream(keys.zone_updates) if await r.exists(keys.zone_updates) else None
+                info = await r.xinfo_stream(keys.events) if await r.exists(keys.events) else None
                 if info:
                     last_id = info["last-generated-id"]
                 for zid, raw in (await r.hgetall(keys.zone_state)).items():
                     with contextlib.suppress(RecordError):
                         store.put(decode(ZoneState, raw))
                 while True:
-                    resp = await r.xread({keys.zone_updates: last_id}, count=500, block=1000)
+                    resp = await r.xread({keys.events: last_id}, count=500, block=1000)
                     for _, entries in resp or []:
                         for entry_id, fields in entries:
                             last_id = entry_id
+                            if fields.get("type") != "zone":
+                                continue
                             try:
                                 store.put(decode(ZoneState, fields.get("rec", "")))
                             except RecordError as e:

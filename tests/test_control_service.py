@@ -34,7 +34,7 @@ def test_applies_then_acknowledges(r, keys, site):
     s = decode(ZoneState, r.hget(keys.zone_state, "cangbai-plaza"))
     assert s.status == "ok" and s.count == pytest.approx(38.0)
     assert r.xpending(keys.obs, GROUP)["pending"] == 0
-    updates = [decode(ZoneState, f["rec"]) for _, f in r.xrange(keys.zone_updates)]
+    updates = [decode(ZoneState, f["rec"]) for _, f in r.xrange(keys.events) if f["type"] == "zone"]
     assert any(u.zone_id == "cangbai-plaza" and u.status == "ok" for u in updates)
 
 
