@@ -108,6 +108,7 @@ class ZoneState(Record):
     updated_at: float | None = None  # capture time of the newest observation used
     computed_at: float  # when control produced this record
     last_known: LastKnown | None = None  # the last fresh value, shown with its age when unknown
+    flow_ppm: float | None = None  # persons / metre width / minute (bottleneck flow metric)
     los: Literal["A", "B", "C", "D", "E", "F"] | None = None  # Fruin walkway level of service
     inflow_pm: float | None = None  # persons per minute entering (gates), smoothed
     outflow_pm: float | None = None

@@ -28,6 +28,8 @@ from pydantic import (
 from pyproj import CRS, Transformer
 from shapely.geometry import LineString, Polygon
 
+from . import crowd
+
 Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 LEVELS = ("IV", "III", "II", "I")  # least → most severe
 
@@ -133,7 +135,7 @@ class Zone(Strict):
     @property
     def capacity(self) -> int:
         """Instantaneous capacity C1 = walkable area ÷ area per visitor (LB/T 034-2014)."""
-        return int(self.walkable_area_m2 // self.area_per_visitor_m2)
+        return crowd.capacity(self.walkable_area_m2, self.area_per_visitor_m2)
 
 
 class CalibrationPoint(Strict):
