@@ -273,8 +273,16 @@ class Plan(Strict):
     name: Text
     zones: list[Id] = Field(min_length=1)
     hysteresis: Hysteresis = Hysteresis()
-    cooldown_s: float = Field(300, ge=0, le=86400)
+    cooldown_s: float = Field(300, ge=0, le=86400)  # least time at a level before stepping down
+    predictive_lead_min: float = Field(10, ge=0, le=60)  # forecast crossing within this triggers; 0 = off
     levels: list[PlanLevel] = Field(min_length=1)
+
+
+class Emergency(Strict):
+    """平急转换: what the whole site switches to in emergency mode (every area at level I plus these)."""
+
+    name: Text = Text(zh="应急状态", en="Emergency mode")
+    actions: list[Action] = Field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- the whole file
@@ -293,6 +301,7 @@ class Site(Strict):
     gates: list[Gate] = Field(default_factory=list)
     posts: list[Post] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
+    emergency: Emergency = Emergency()
 
     # -- lookups (the model is frozen, so these are computed once)
 
@@ -449,6 +458,19 @@ def _semantic_problems(site: Site) -> list[tuple[str, str]]:
             problems.append((f"gates[{i}]", "needs outside_zone or inside_zone"))
         if LineString(proj.to_metric(g.line)).length < 0.5:
             problems.append((f"gates[{i}].line", "is shorter than 0.5 m"))
+    def check_action(ap: str, a) -> None:
+        if isinstance(a, StaffingAction):
+            ref(f"{ap}.post", a.post, post_ids, "post")
+        elif isinstance(a, TrafficCutoffAction):
+            ref(f"{ap}.road", a.road, road_ids, "road")
+        elif isinstance(a, OneWayAction):
+            ref(f"{ap}.zone", a.zone, zone_ids, "zone")
+            ref(f"{ap}.toward", a.toward, zone_ids, "zone")
+        elif isinstance(a, (ExitOnlyAction, MetroLimitAction)):
+            ref(f"{ap}.gate", a.gate, gate_ids, "gate")
+
+    for k, a in enumerate(site.emergency.actions):
+        check_action(f"emergency.actions[{k}]", a)
     for i, p in enumerate(site.plans):
         for j, zid in enumerate(p.zones):
             ref(f"plans[{i}].zones[{j}]", zid, zone_ids, "zone")
@@ -460,16 +482,7 @@ def _semantic_problems(site: Site) -> list[tuple[str, str]]:
             if not lv.triggers.model_dump(exclude_none=True):
                 problems.append((f"{base}.triggers", "needs at least one of capacity_ratio, density, flow_ppm"))
             for k, a in enumerate(lv.actions):
-                ap = f"{base}.actions[{k}]"
-                if isinstance(a, StaffingAction):
-                    ref(f"{ap}.post", a.post, post_ids, "post")
-                elif isinstance(a, TrafficCutoffAction):
-                    ref(f"{ap}.road", a.road, road_ids, "road")
-                elif isinstance(a, OneWayAction):
-                    ref(f"{ap}.zone", a.zone, zone_ids, "zone")
-                    ref(f"{ap}.toward", a.toward, zone_ids, "zone")
-                elif isinstance(a, (ExitOnlyAction, MetroLimitAction)):
-                    ref(f"{ap}.gate", a.gate, gate_ids, "gate")
+                check_action(f"{base}.actions[{k}]", a)
         # thresholds must rise with severity, metric by metric
         for metric in ("capacity_ratio", "density", "flow_ppm"):
             prev = None
