@@ -17,7 +17,8 @@ def forecasts(count: float, net_pm: float, capacity: int, horizons=HORIZONS_MIN)
     out = []
     for h in horizons:
         n = project(count, net_pm, h)
-        out.append(Forecast(horizon_min=h, count=round(n, 1), capacity_ratio=round(n / capacity, 4) if capacity else 0.0))
+        out.append(Forecast.model_construct(horizon_min=h, count=round(n, 1),
+                                            capacity_ratio=round(n / capacity, 4) if capacity else 0.0))
     return out
 
 

@@ -53,10 +53,20 @@ GROUP = "control"
 FULL_EVERY_S = 1.0
 HISTORY_EVERY_S = 10.0
 SEEN_KEEP_S = 3 * 3600
-
-
-def _comparable(s: ZoneState) -> str:
-    return s.model_dump_json(exclude={"computed_at"})
+# ARGV: prefix, trim-before, then (camera, seq, captured_at) triples → 1 new / 0 duplicate each.
+DEDUPE_LUA = """
+local out = {}
+local trimmed = {}
+for i = 3, #ARGV, 3 do
+  local key = ARGV[1] .. ':obs:seen:' .. ARGV[i]
+  out[#out + 1] = redis.call('ZADD', key, 'NX', ARGV[i + 2], ARGV[i + 1])
+  if not trimmed[key] then
+    trimmed[key] = true
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
+  end
+end
+return out
+"""
 
 
 class ControlService:
@@ -72,6 +82,7 @@ class ControlService:
         self.obs_reader = GroupReader(r, keys.obs, GROUP, self.consumer, keys.obs_dead)
         self.cmd_reader = GroupReader(r, keys.cmd, GROUP, self.consumer, keys.cmd_dead)
         self.lease = LeaderLease(r, keys.leader, ttl_ms=lease_ms, instance_id=self.consumer)
+        self._dedupe = r.register_script(DEDUPE_LUA)
         self.applied = self.rejected = self.duplicates = 0
         self._reset()
 
@@ -80,10 +91,8 @@ class ControlService:
         self.engine = PlanEngine(self.site)
         self.alarms = AlarmBook(self.site)
         self.states: dict[str, ZoneState] = {}
-        self._published: dict[str, str] = {}
         self._last_full = float("-inf")
-        self._last_hist = float("-inf")
-        self._seen_trim: dict[str, float] = {}
+        self._last_hist: dict[str, tuple[float, str]] = {}
 
     # ------------------------------------------------------------------ start / takeover
 
@@ -102,7 +111,7 @@ class ControlService:
         # A restart begins from nothing: every zone is unknown until fresh data arrives.
         self.states = self.book.states(now)
         pipe = self.r.pipeline(transaction=False)
-        self._publish_zones(pipe, self.states, force=True)
+        self._publish_zones(pipe, self.states)
         for ps in self.engine.plan_states().values():
             self._event(pipe, "plan", ps)
             pipe.hset(self.keys.plan_state, ps.plan_id, ps.encode())
@@ -126,17 +135,17 @@ class ControlService:
             self._command(pipe, entry_id, fields, now, answered)
         if now - self._last_full >= FULL_EVERY_S:
             self._last_full = now
-            full = self.book.states(now)
-            self.states = full
-            self._publish_zones(pipe, full)
-            for rec in self.engine.evaluate(now, full):
+            # Zones that received nothing are only re-evaluated when they may have gone stale.
+            quiet = [zid for zid, s in self.states.items()
+                     if s.status == "ok" and s.updated_at is not None and now - s.updated_at > self.stale_after_s]
+            if quiet:
+                expired = self.book.states(now, quiet)
+                self.states.update(expired)
+                self._publish_zones(pipe, expired)
+            for rec in self.engine.evaluate(now, self.states):
                 self.alarms.update_recommendation(now, rec)
-            self.alarms.update_zones(now, full)
-            if now - self._last_hist >= HISTORY_EVERY_S:
-                self._last_hist = now
-                for s in full.values():
-                    pipe.xadd(self.keys.zone_history(s.zone_id), {"rec": s.encode()}, maxlen=HISTORY_MAXLEN,
-                              approximate=True)
+            self.alarms.update_zones(now, self.states)
+            self._sample_history(pipe, now, self.states)
         self._publish_decisions(pipe)
         pipe.execute()
         self.obs_reader.ack([i for i, _ in obs_entries])
@@ -160,13 +169,13 @@ class ControlService:
             good.append((entry_id, obs))
         if not good:
             return set()
-        # Idempotency by (camera, seq): ZADD NX answers 1 only the first time.
-        pipe = self.r.pipeline(transaction=False)
+        # Idempotency by (camera, seq), in Redis so it holds across restarts and failover: one
+        # script call per batch answers, per observation, whether it is new (ZADD NX → 1).
+        args = []
         for _, obs in good:
-            pipe.zadd(self.keys.obs_seen(obs.camera_id), {str(obs.seq): obs.captured_at}, nx=True)
-        fresh_flags = pipe.execute()
+            args += [obs.camera_id, obs.seq, obs.captured_at]
+        fresh_flags = self._dedupe(args=[self.keys.prefix, now - SEEN_KEEP_S, *args])
         touched: set[str] = set()
-        trim = self.r.pipeline(transaction=False)
         for (_, obs), new in sorted(zip(good, fresh_flags), key=lambda x: x[0][1].captured_at):
             if not new:
                 self.duplicates += 1
@@ -174,10 +183,6 @@ class ControlService:
             touched |= self.book.apply(obs)
             self.alarms.update_camera(now, obs.camera_id, obs.health)
             self.applied += 1
-            if now - self._seen_trim.get(obs.camera_id, float("-inf")) > 300:
-                self._seen_trim[obs.camera_id] = now
-                trim.zremrangebyscore(self.keys.obs_seen(obs.camera_id), "-inf", now - SEEN_KEEP_S)
-        trim.execute()
         return touched
 
     def _command(self, pipe, entry_id: str, fields: dict, now: float, answered: dict) -> None:
@@ -220,18 +225,23 @@ class ControlService:
         pipe.xadd(self.keys.audit, {"rec": entry.encode()})  # append-only, never trimmed
         self._event(pipe, "audit", entry)
 
-    def _publish_zones(self, pipe, states: dict[str, ZoneState], force: bool = False) -> int:
-        changed = {}
+    def _publish_zones(self, pipe, states: dict[str, ZoneState]) -> None:
+        if states:
+            encoded = {zid: s.encode() for zid, s in states.items()}
+            pipe.hset(self.keys.zone_state, mapping=encoded)
+            for rec in encoded.values():
+                pipe.xadd(self.keys.events, {"type": "zone", "rec": rec}, maxlen=EVENTS_MAXLEN, approximate=True)
+            self._sample_history(pipe, states[next(iter(states))].computed_at, states, encoded)
+
+    def _sample_history(self, pipe, now: float, states: dict[str, ZoneState], encoded: dict | None = None) -> None:
+        """One sample per zone per 10 s for the 2-hour timeline (spread over time, not bunched),
+        and one at every change of status, so live ↔ unknown shows where it happened."""
         for zid, s in states.items():
-            c = _comparable(s)
-            if force or self._published.get(zid) != c:
-                changed[zid] = s
-                self._published[zid] = c
-        if changed:
-            pipe.hset(self.keys.zone_state, mapping={zid: s.encode() for zid, s in changed.items()})
-            for s in changed.values():
-                self._event(pipe, "zone", s)
-        return len(changed)
+            last_t, last_status = self._last_hist.get(zid, (float("-inf"), None))
+            if now - last_t >= HISTORY_EVERY_S or s.status != last_status:
+                self._last_hist[zid] = (now, s.status)
+                rec = encoded[zid] if encoded else s.encode()
+                pipe.xadd(self.keys.zone_history(zid), {"rec": rec}, maxlen=HISTORY_MAXLEN, approximate=True)
 
     def _publish_decisions(self, pipe) -> None:
         plans, recs, mode = self.engine.take_changes()

@@ -71,9 +71,13 @@ class ZoneBook:
         self._filters: dict[str, OccupancyFilter] = {}
         self._pending_flow: dict[str, float] = {z.id: 0.0 for z in site.zones}
         self._flows: dict[str, deque] = {z.id: deque() for z in site.zones}  # (t, in, out)
-        self._has_gates = {z.id for g in site.gates for z in site.zones if z.id in (g.inside_zone, g.outside_zone)}
+        self._has_gates = {zid for g in site.gates for zid in (g.inside_zone, g.outside_zone) if zid}
         self._last_known: dict[str, LastKnown] = {}
-        self._covering = {z.id: [c.id for c in site.cameras if z.id in c.zones] for z in site.zones}
+        self._covering: dict[str, list[str]] = {z.id: [] for z in site.zones}
+        for c in site.cameras:
+            for zid in c.zones:
+                self._covering[zid].append(c.id)
+        self._outlook: dict[str, tuple[float, list, dict]] = {}  # zone → (when, forecast, minutes_to_level)
         self._thresholds = level_thresholds(site)
         self._gates = {g.id: g for g in site.gates}
 
@@ -163,16 +167,14 @@ class ZoneBook:
         q = crowd.flow_ppm(density)
         cap = zone.capacity
         updated = max(v.captured_at for v in fresh.values())
-        self._last_known[zone_id] = LastKnown(count=count, density=density, at=updated)
-        to_level = {}
-        for level in LEVELS:
-            t = self._thresholds[zone_id].get(level)
-            if t is not None:
-                m = minutes_to_ratio(count, net_pm, cap, t)
-                if m is not None:
-                    to_level[level] = m
-        return ZoneState(
+        self._last_known[zone_id] = LastKnown.model_construct(count=count, density=density, at=updated)
+        fc, to_level = self._forecast(zone_id, now, count, net_pm, cap)
+        # Built from validated inputs on the hot path: construct without re-validating.
+        return ZoneState.model_construct(
+            v=1,
             status="ok",
+            reason=None,
+            last_known=None,
             count=round(count, 2),
             density=round(density, 4),
             capacity_ratio=round(count / cap, 4) if cap else None,
@@ -186,10 +188,26 @@ class ZoneBook:
             inflow_pm=round(flows[0], 2) if flows else None,
             outflow_pm=round(flows[1], 2) if flows else None,
             trend_pm=round(trend_pm, 2),
-            forecast=forecasts(count, net_pm, cap),
+            forecast=fc,
             minutes_to_level=to_level,
             **base,
         )
+
+    def _forecast(self, zone_id: str, now: float, count: float, net_pm: float, cap: int):
+        """Forecasts move slowly: recomputed at most once a second per zone."""
+        cached = self._outlook.get(zone_id)
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1], cached[2]
+        to_level = {}
+        for level in LEVELS:
+            t = self._thresholds[zone_id].get(level)
+            if t is not None:
+                m = minutes_to_ratio(count, net_pm, cap, t)
+                if m is not None:
+                    to_level[level] = m
+        fc = forecasts(count, net_pm, cap)
+        self._outlook[zone_id] = (now, fc, to_level)
+        return fc, to_level
 
     def states(self, now: float, zone_ids=None) -> dict[str, ZoneState]:
         ids = zone_ids if zone_ids is not None else self._views.keys()

@@ -36,6 +36,9 @@ def test_applies_then_acknowledges(r, keys, site):
     assert r.xpending(keys.obs, GROUP)["pending"] == 0
     updates = [decode(ZoneState, f["rec"]) for _, f in r.xrange(keys.events) if f["type"] == "zone"]
     assert any(u.zone_id == "cangbai-plaza" and u.status == "ok" for u in updates)
+    # ... and a sample for the zone's 2-hour timeline
+    (_, sample), *_ = r.xrevrange(keys.zone_history("cangbai-plaza"), count=1)
+    assert decode(ZoneState, sample["rec"]).status == "ok"
 
 
 def test_bad_records_go_aside_with_reason_and_reader_survives(r, keys, site):
