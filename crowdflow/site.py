@@ -119,7 +119,7 @@ class DashboardUser(Strict):
     """One dashboard login. ``password_hash`` comes from ``crowdflow hash-password``
     (salted scrypt); a plaintext password is refused."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    name: str = Field(pattern=r"^[\w.@-]{1,64}$")  # letters of any script (张伟), digits, _ . @ -
     role: Literal["viewer", "operator", "commander"]
     password_hash: str = Field(pattern=r"^scrypt\$", min_length=40)
     post: Id | None = None  # the staff post whose instructions the phone layout shows first

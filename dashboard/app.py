@@ -51,6 +51,7 @@ STATIC = Path(__file__).parent / "static"
 CLIENT_QUEUE = 256  # messages a client may lag behind before it is dropped (it then resyncs)
 HISTORY_MAX_MIN = 120  # the timeline shows at most the last 2 hours (what control keeps)
 AUDIT_SCAN = 5000  # newest audit entries searched by one filtered query
+KEEP_RECS, KEEP_ALARMS = 200, 500  # what a dashboard holds at most (control keeps "open and recent")
 
 # Who may send which command (control checks the same again; docs/architecture.md).
 COMMAND_ROLE = {"confirm": "commander", "reject": "commander", "override": "commander",
@@ -98,10 +99,19 @@ class LiveState:
             self.plans[rec.plan_id] = rec
         elif isinstance(rec, Recommendation):
             self.recs[rec.id] = rec
+            _bound(self.recs, KEEP_RECS, lambda x: (x.status == "pending", x.created_at))
         elif isinstance(rec, Alarm):
             self.alarms[rec.id] = rec
+            _bound(self.alarms, KEEP_ALARMS, lambda x: (x.cleared_at is None, x.raised_at))
         elif isinstance(rec, SiteMode):
             self.mode = rec
+
+    def clear_decisions(self) -> None:
+        """Before a fresh snapshot: control may have pruned old entries from its hashes."""
+        self.plans.clear()
+        self.recs.clear()
+        self.alarms.clear()
+        self.mode = None
 
     def snapshot(self, now: float) -> dict:
         return {
@@ -113,6 +123,13 @@ class LiveState:
             "alarms": sorted((a.model_dump() for a in self.alarms.values()), key=lambda d: -d["raised_at"]),
             "mode": self.mode.model_dump() if self.mode else None,
         }
+
+
+def _bound(d: dict, keep: int, rank) -> None:
+    """Drop the lowest-ranked entries (decided/cleared, oldest) beyond ``keep``."""
+    if len(d) > keep:
+        for k in sorted(d, key=lambda k: rank(d[k]))[: len(d) - keep]:
+            del d[k]
 
 
 class Hub:
@@ -189,6 +206,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         last_id = "0-0"
         if await r.exists(keys.events):
             last_id = (await r.xinfo_stream(keys.events))["last-generated-id"]
+        state.clear_decisions()
         for key, cls in ((keys.zone_state, ZoneState), (keys.plan_state, PlanState),
                          (keys.recommendations, Recommendation), (keys.alarms, Alarm)):
             for field, raw in (await r.hgetall(key)).items():

@@ -172,3 +172,18 @@ def test_a_slow_client_is_dropped_without_holding_up_the_others():
         items = [slow.get_nowait() for _ in range(slow.qsize())]
         assert items[-1] is None  # its sender closes it; the browser reconnects for a snapshot
     asyncio.run(main())
+
+
+def test_live_state_keeps_open_items_when_it_bounds_memory(site):
+    from dashboard.app import KEEP_RECS, LiveState
+    from crowdflow.records import Recommendation
+
+    st = LiveState(site, 10)
+    pending = Recommendation(id="rec-open", plan_id="bridge", level="IV", from_level=None, created_at=1e9,
+                             status="pending")
+    st.apply(pending)
+    for i in range(KEEP_RECS + 50):
+        st.apply(Recommendation(id=f"rec-{i}", plan_id="bridge", level="IV", from_level=None,
+                                created_at=1e9 + 10 + i, status="rejected"))
+    assert len(st.recs) == KEEP_RECS and "rec-open" in st.recs  # the oldest decided ones went
+    assert "rec-0" not in st.recs and f"rec-{KEEP_RECS + 49}" in st.recs

@@ -86,6 +86,10 @@ def test_map_draws_every_zone_grey_until_data_then_live(browser, tmp_path, redis
         assert "1600人" in label and "84%" in label
         assert fill_of(page, "bridge-e-mid") == UNKNOWN_FILL  # others stay unknown
         assert page.get_attribute("path.camera-cam-cangbai-plaza", "data-health") == "ok"
+        # Clicking the zone opens its timeline (history + forecast) in the side panel.
+        page.dispatch_event("path.zone-cangbai-plaza", "click")
+        page.wait_for_selector('#timeline [data-zone="cangbai-plaza"]')
+        assert "1600人 · 84%" in page.inner_text("#timeline")
 
         # English toggle relabels without reload.
         page.click("#lang")

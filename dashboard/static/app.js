@@ -35,7 +35,7 @@
   const layers = {};      // zone id → Leaflet polygon
   const cams = {};        // camera id → circle marker
   const posts = {};       // post id → marker
-  window.crowdflow = { states: S.states, layers, S };  // for tests and debugging
+  window.crowdflow = { states: S.states, layers, S };  // for tests, screenshots and debugging
   const can = (role) => S.me && ROLES.indexOf(S.me.role) >= ROLES.indexOf(role);
   const nm = (kind, id) => (S.names[`${kind}:${id}`] || {})[lang] || id;
   const planName = (id) => { const p = (S.site.plans || []).find((x) => x.id === id); return p ? p.name[lang] : id; };
@@ -80,7 +80,7 @@
       const last = s && s.last_known ? ` (${Math.round(s.last_known.count)}${T("people")} · ${age(s.last_known.at)})` : "";
       return `${esc(n)}<br>${T("unknown")}${last}`;
     }
-    return `${esc(n)}<br>${Math.round(s.count)}${T("people")} · ${Math.round(s.capacity_ratio * 100)}%${trendArrow(s)}`;
+    return `${esc(n)}<br>${Math.round(s.count)}${T("people")} · ${Math.round(s.capacity_ratio * 100)}% · ${s.density.toFixed(2)}/m²${trendArrow(s)}`;
   }
   function popup(id) {
     const s = S.states[id] || {};
@@ -241,6 +241,8 @@
       }
     }
     addHatch();
+    window.crowdflow.map = map;
+    window.crowdflow.showTimeline = showTimeline;
     map.fitBounds(bounds, { padding: [10, 10] });
     const DETAIL_ZOOM = 18;  // zoomed out, only live zones keep their labels
     const overview = () => map.getContainer().classList.toggle("overview", map.getZoom() < DETAIL_ZOOM);
@@ -349,9 +351,10 @@
       <svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${lines}
         <line x1="${x(h.now)}" x2="${x(h.now)}" y1="${P / 2}" y2="${H - P}" stroke="#4b5866"/>
         ${pts.length ? `<polyline class="samples" points="${path}" fill="none" stroke="#6ec1ff" stroke-width="2"/>` : ""}
+        ${cur.length ? `<circle class="now" cx="${x(h.now)}" cy="${y(cur[0].r)}" r="3.5" fill="#6ec1ff"/>` : ""}
         ${fc.length ? `<polyline class="forecast" points="${fpath}" fill="none" stroke="#ffb74d" stroke-width="2" stroke-dasharray="5 4"/>` : ""}
         ${ticks}</svg>
-      <div class="muted">${pts.length ? `${pts.length} · ${T("ratio")}` : T("unknown")}${fc.length ? ` · ${T("forecast")} ${h.forecast.map((f) => `+${f.horizon_min}′ ${Math.round(f.capacity_ratio * 100)}%`).join(" ")}` : ""}</div>`;
+      <div class="muted">${T("ratio")}${pts.length ? "" : ` · ${T("no_history")}`}${fc.length ? ` · ${T("forecast")} ${h.forecast.map((f) => `+${f.horizon_min}′ ${Math.round(f.capacity_ratio * 100)}%`).join(" ")}` : ""}</div>`;
   }
   async function renderAudit() {
     const q = $("#audit-filter").value.trim();
@@ -383,7 +386,7 @@
     }
   });
   document.addEventListener("change", (ev) => {
-    if (ev.target.id === "post-select") { localStorage.setItem("crowdflow.post", ev.target.value); renderMyPost(); }
+    if (ev.target.id === "post-select") { localStorage.setItem("crowdflow.post", ev.target.value); renderMyPost(); centreOnPost(); }
   });
   $("#audit-filter").addEventListener("input", auditSoon);
 
@@ -457,6 +460,10 @@
       setTimeout(connect, 1000);
     };
   }
+  function centreOnPost() {  // staff on a phone see the ground around their own post first
+    const f = S.feats[`post:${myPost()}`];
+    if (layout === "phone" && f) map.setView([f.geometry.coordinates[1], f.geometry.coordinates[0]], 17);
+  }
   async function start() {
     const res = await fetch("/api/me");
     if (res.status === 401) { showLogin(); return; }
@@ -469,6 +476,7 @@
       buildMap(S.site);
     }
     relabel();
+    centreOnPost();
     renderAudit();
     connect();
   }
