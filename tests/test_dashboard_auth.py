@@ -110,3 +110,19 @@ def test_gcj02_shift_at_the_edge_is_about_half_a_kilometre_south_east(site):
     assert w["features"][0]["geometry"] != g["features"][0]["geometry"]
     kinds = {f["properties"]["kind"] for f in w["features"]}
     assert {"water", "building", "bridge", "zone", "camera", "road", "gate", "post"} <= kinds
+
+
+def test_hash_password_command_prints_a_hash_that_verifies():
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "crowdflow.cli", "hash-password"], input="桥头 pass\n",
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    h = out.stdout.strip()
+    assert verify_password("桥头 pass", h) and "桥头" not in h
+    empty = subprocess.run([sys.executable, "-m", "crowdflow.cli", "hash-password"], input="\n",
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert empty.returncode == 2 and "empty password" in empty.stderr
