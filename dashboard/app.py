@@ -459,8 +459,11 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
-        """A full snapshot, then every change. Needs a session (cookie); closes when it expires."""
-        s = sessions.check(websocket.cookies.get(COOKIE) or websocket.query_params.get("token"), users)
+        """A full snapshot, then every change. Needs a session (cookie or bearer header); closes
+        (code 4401) when it expires."""
+        auth = websocket.headers.get("authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else websocket.cookies.get(COOKIE)
+        s = sessions.check(token, users)
         if s is None:
             await websocket.close(code=4401, reason="not logged in or session expired")
             return

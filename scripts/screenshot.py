@@ -98,6 +98,10 @@ def main() -> int:
         svc.stop()
         if embedded:
             embedded.close()
+        else:  # a shared server: leave nothing behind
+            r = connect(url)
+            for k in r.scan_iter(match=Keys(prefix).all_keys_pattern()):
+                r.delete(k)
 
 
 if __name__ == "__main__":
