@@ -183,7 +183,8 @@ class PlanEngine:
         p = area.pending
         if target == area.level:
             area.rejected = {k: v for k, v in area.rejected.items() if now - v < area.plan.cooldown_s}
-            if p is not None:
+            known = all((zones.get(z) is not None and zones[z].status == "ok") for z in area.plan.zones)
+            if p is not None and known:  # missing data is not evidence that the need has passed
                 self._close(area, p, "expired", now, "system", None, "conditions no longer hold")
             return
         if p is not None and p.level == target:
@@ -250,9 +251,15 @@ class PlanEngine:
             return self._set_mode(now, cmd, zones)
         if cmd.kind == "ack_alarm":
             return "alarms are acknowledged by the alarm book, not the plan engine"
-        area = self.areas.get(cmd.plan_id or "")
+        plan_id = cmd.plan_id
+        if plan_id is None and cmd.kind in ("confirm", "reject"):
+            rec = self.recs.get(cmd.recommendation_id or "")
+            if rec is None:
+                return f"recommendation_id: no recommendation {cmd.recommendation_id!r}"
+            plan_id = rec.plan_id
+        area = self.areas.get(plan_id or "")
         if area is None:
-            return f"plan_id: unknown plan {cmd.plan_id!r}"
+            return f"plan_id: unknown plan {plan_id!r}"
         if cmd.kind == "set_auto":
             if cmd.auto is None:
                 return "auto: required for set_auto"

