@@ -216,14 +216,16 @@ class Model:
                     for name in (f"{a_}>{b_}", f"{b_}>{a_}"):
                         widen[by_name[name]] += w
             elif isinstance(a, OneWayAction):
-                z = net.index.get(a.zone)
+                z = net.index[a.zone]
+                ahead = self._ahead(z, net.index[a.toward])
                 for k, e in enumerate(net.edges):
-                    if e.src == z and e.dst >= 0 and net.zones[e.dst] != a.toward:
-                        open_[k] = False  # leave only toward `toward`
-                    if e.dst == z and net.zones[e.src] == a.toward:
+                    if e.src == z and e.dst >= 0:
+                        if e.dst in ahead:
+                            one_way[k] = True
+                        else:
+                            open_[k] = False  # leave only toward `toward`
+                    if e.dst == z and e.src in ahead:
                         open_[k] = False  # nobody walks in against the flow
-                    if e.src == z and e.dst >= 0 and net.zones[e.dst] == a.toward:
-                        one_way[k] = True
             elif isinstance(a, ExitOnlyAction):
                 for k, e in enumerate(net.edges):
                     if e.gate == a.gate and e.gate_dir == "in":
@@ -252,6 +254,26 @@ class Model:
         self.staff = staff
         self.dwell_mult = dwell_mult
         self.flow_mult = flow_mult
+
+    def _ahead(self, z: int, toward: int) -> set[int]:
+        """The neighbours of cell ``z`` on a shortest walk to cell ``toward``."""
+        nb: dict[int, set[int]] = {}
+        for e in self.net.edges:
+            if e.dst >= 0:
+                nb.setdefault(e.src, set()).add(e.dst)
+        hops = {toward: 0}
+        frontier = [toward]
+        while frontier:
+            nxt = []
+            for c in frontier:
+                for d in nb.get(c, ()):
+                    if d not in hops:
+                        hops[d] = hops[c] + 1
+                        nxt.append(d)
+            frontier = nxt
+        if z == toward or z not in hops:
+            return set()
+        return {d for d in nb.get(z, ()) if hops.get(d, 1 << 30) < hops[z]}
 
     # ----------------------------------------------------------------------------- state
 
