@@ -163,6 +163,48 @@ def cmd_count(args) -> int:
     return 0
 
 
+def _load_scenario(args):
+    from sim.scenario import load_scenario
+
+    try:
+        site = load_site(args.config) if args.config else None
+        return load_scenario(args.scenario, site)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_sim(args) -> int:
+    from sim.runner import SimRunner
+    from sim.scenario import hhmm_to_s
+
+    sc, site = _load_scenario(args)
+    known = [c.id for c in site.cameras]
+    cams = args.camera or known
+    for c in cams + (args.exclude or []):
+        if c not in known:
+            print(f"error: no camera {c!r} in the site config (known: {', '.join(known)})", file=sys.stderr)
+            return 2
+    cams = [c for c in cams if c not in (args.exclude or [])]
+    if not cams:
+        print("error: no camera left to simulate", file=sys.stderr)
+        return 2
+    try:
+        start = hhmm_to_s(args.start) if args.start else None
+    except ValueError as e:
+        print(f"error: --start: {e}", file=sys.stderr)
+        return 2
+    r, url, keys, embedded = open_redis(site)
+    runner = SimRunner(site, sc, r, keys, cams, speed=args.speed, seed=args.seed, start_tod=start)
+    try:
+        runner.run(_stop_event(), duration_s=args.duration)
+    finally:
+        if embedded:
+            embedded.close()
+    log.info("sim done: %d observations", runner.published)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -213,6 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--imgsz", type=int, default=448)
     s.add_argument("--conf", type=float, default=0.25)
     s.set_defaults(func=cmd_count)
+
+    s = sub.add_parser("sim", help="simulate the site and publish virtual cameras' observations")
+    s.add_argument("--scenario", default="mayday-evening", help="scenario name in configs/scenarios/ or a file")
+    s.add_argument("--config", help="site file (default: the one the scenario names)")
+    s.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second (1 = real time)")
+    s.add_argument("--start", help="simulated time of day to start at, HH:MM (default: the scenario's start)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--camera", action="append", help="simulate only this camera (repeatable; default: all)")
+    s.add_argument("--exclude", action="append", help="do not simulate this camera (e.g. one with real video)")
+    s.add_argument("--duration", type=float, help="stop after this many wall seconds")
+    s.set_defaults(func=cmd_sim)
 
     s = sub.add_parser("demo", help="embedded redis + control + dashboard + an edge agent on a sample video")
     s.add_argument("--config", default=cfg)
