@@ -205,6 +205,51 @@ def cmd_sim(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import json
+    import time
+
+    from sim.evaluate import BaselineParams, NoControl, PlanEnginePolicy, ReactiveBaseline, as_dicts, run_evening, table
+    from sim.cameras import camera_views
+
+    sc, site = _load_scenario(args)
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ("none", "baseline", "plans")]
+    if unknown or not names:
+        print(f"error: --policies: unknown {unknown or names} (choose from none, baseline, plans)", file=sys.stderr)
+        return 2
+    params = BaselineParams(delay_s=args.baseline_delay_min * 60)
+    if "plans" in names:
+        try:
+            PlanEnginePolicy(site, args.confirm_delay_s)
+        except ImportError as e:
+            print(f"error: the plans policy needs the control service's plan engine (control.plans.PlanEngine): {e}. "
+                  "Run with --policies baseline (or none,baseline) until it is installed.", file=sys.stderr)
+            return 2
+    make = {
+        "none": lambda: NoControl(site),
+        "baseline": lambda: ReactiveBaseline(site, params),
+        "plans": lambda: PlanEnginePolicy(site, args.confirm_delay_s),
+    }
+    views = camera_views(site)
+    results = {n: [] for n in names}
+    t0 = time.monotonic()
+    for seed in range(args.seed0, args.seed0 + args.seeds):
+        for n in names:
+            m = run_evening(site, sc, make[n](), seed, views=views)
+            results[n].append(m)
+            print(f"  seed {seed:3d} {n:9s} cutoff {m.road_cutoff_min:6.0f} min  staff {m.staff_hours:5.1f} h  "
+                  f"served {m.throughput_ph:6.0f}/h  peak {m.peak_density:.2f} p/m²  ({time.monotonic() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
+    print(f"scenario {args.scenario}, {args.seeds} seeds ({args.seed0}..{args.seed0 + args.seeds - 1}), "
+          f"{sc.start}–{sc.end}; baseline delay {args.baseline_delay_min:g} min, "
+          f"commander confirms after {args.confirm_delay_s:g} s\n")
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(as_dicts(results), indent=1))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -266,6 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exclude", action="append", help="do not simulate this camera (e.g. one with real video)")
     s.add_argument("--duration", type=float, help="stop after this many wall seconds")
     s.set_defaults(func=cmd_sim)
+
+    s = sub.add_parser("evaluate", help="run a simulated evening under each policy and compare them")
+    s.add_argument("--scenario", default="mayday-evening")
+    s.add_argument("--config", help="site file (default: the one the scenario names)")
+    s.add_argument("--seeds", type=int, default=10, help="evenings per policy")
+    s.add_argument("--seed0", type=int, default=0, help="first seed")
+    s.add_argument("--policies", default="baseline,plans", help="comma-separated: none, baseline, plans")
+    s.add_argument("--baseline-delay-min", type=float, default=5.0, help="the reactive baseline's human delay")
+    s.add_argument("--confirm-delay-s", type=float, default=60.0, help="commander's time to confirm a recommendation")
+    s.add_argument("--json", help="also write every run's metrics to this file")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("demo", help="embedded redis + control + dashboard + an edge agent on a sample video")
     s.add_argument("--config", default=cfg)

@@ -134,22 +134,13 @@ class Network:
             weights[k] = sc.zones[src].next.get(way, 0.0)
         sources = list(sc.demand)
         src_specs = [sc.demand[s] for s in sources]
-        # A source enters through its gate's line (at the maximum specific flow) or, without a
-        # gate, over a wide front (4 m).
-        width = []
-        for s in src_specs:
-            if s.gate:
-                line = site.projection.to_metric(gates[s.gate].line)
-                width.append(max(1.0, math.dist(line[0], line[1])))
-            else:
-                width.append(4.0)
         return cls(
             zones=zones, area=area, length=length, dwell_s=dwell, capacity=capacity, edges=edges,
             weights=weights, sources=sources,
             source_cell=np.array([index[s.zone] for s in src_specs], dtype=int),
             source_gate=[s.gate for s in src_specs],
             source_curves=[s.curve() for s in src_specs],
-            source_width=np.array(width), exit_of_edge=exit_of_edge, index=index,
+            source_width=np.array([s.width_m for s in src_specs]), exit_of_edge=exit_of_edge, index=index,
         )
 
 
@@ -171,11 +162,35 @@ class Model:
         self.edge_flow_total = np.zeros(n_edges, dtype=np.int64)  # persons moved per edge, ever
         self.exits_total: dict[str, int] = {}
         self.normal_headcount = {p.id: p.headcount for p in site.posts}
+        self.clearing: set[str] = set()  # released cutoffs whose road is still full of people
         self.set_actions([])
 
     # ----------------------------------------------------------------------------- actions
 
     def set_actions(self, actions) -> None:
+        """Make ``actions`` the ones in force (see :meth:`_apply`). A released road cutoff
+        stays in force while the road is still full of people: it reopens to traffic only
+        once everyone on it fits the zones' own ground at ``reopen_density``."""
+        wanted = {a.road for a in actions if isinstance(a, TrafficCutoffAction)}
+        for road in getattr(self, "cut_roads", set()) - wanted:
+            if not self._road_clear(road):
+                self.clearing.add(road)
+        self.clearing -= wanted
+        self.requested = list(actions)
+        self._apply()
+
+    def _road_clear(self, road: str) -> bool:
+        rs = self.sc.roads.get(road)
+        if rs is None:
+            return True
+        pa = next(r.pedestrian_area_m2 for r in self.site.roads if r.id == road)
+        for zid, share in rs.zones.items():
+            i = self.net.index[zid]
+            if self.n[i] > self.p.reopen_density * (self.area[i] - share * pa):
+                return False
+        return True
+
+    def _apply(self) -> None:
         """Make ``actions`` (the site's action records, e.g. PlanState.active_actions) the
         ones in force, replacing any before:
 
@@ -191,7 +206,8 @@ class Model:
         * ``broadcast``: no modelled effect.
         """
         net, sc = self.net, self.sc
-        self.actions = list(actions)
+        self.actions = self.requested + [TrafficCutoffAction(type="traffic_cutoff", road=r) for r in sorted(self.clearing)]
+        actions = self.actions
         extra_area = np.zeros(len(net.zones))
         widen = np.zeros(len(net.edges))
         open_ = np.ones(len(net.edges), dtype=bool)
@@ -322,6 +338,11 @@ class Model:
     def step(self) -> StepTotals:
         """Advance one step. Returns what crossed the model's boundary in it."""
         net, p = self.net, self.p
+        if self.clearing:
+            done = {r for r in self.clearing if self._road_clear(r)}
+            if done:
+                self.clearing -= done
+                self._apply()
         dt = p.step_s
         area = self.area
         rho = self.n / area

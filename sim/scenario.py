@@ -73,6 +73,7 @@ class RoadSpec(Strict):
 class SourceSpec(Strict):
     zone: Id
     gate: Id | None = None
+    width_m: float = Field(4.0, gt=0, le=200)  # clear width people arrive through (stairs, escalators)
     per_min: dict[str, float] = Field(min_length=1)  # "HH:MM" → persons per minute
 
     @field_validator("per_min")
@@ -97,6 +98,7 @@ class ModelSpec(Strict):
     max_density: float = Field(5.0, gt=0.5, lt=5.4)
     counterflow_factor: float = Field(0.85, gt=0, le=1)
     patience_min: float = Field(20, gt=0, le=600)
+    reopen_density: float = Field(1.0, gt=0, le=5)
     staff_dwell_cut: float = Field(0.03, ge=0, le=1)
     staff_dwell_cut_max: float = Field(0.4, ge=0, lt=1)
     staff_flow_gain: float = Field(0.02, ge=0, le=1)

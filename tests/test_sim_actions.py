@@ -40,6 +40,7 @@ def test_traffic_cutoff_frees_road_space_and_widens_links(site, scenario):
     i = m.net.index["jiabin-frontage"]
     m.n[i] = 1200
     before = m.zone_counts()["jiabin-frontage"]
+    assert before == 1200
     width = m.width[edge(m, "jiabin-frontage", "jiabin-crossing")]
     m.set_actions([TrafficCutoffAction(type="traffic_cutoff", road="road-jiabin")])
     assert m.area[i] == pytest.approx(800 + 0.5 * 4200)
@@ -47,8 +48,13 @@ def test_traffic_cutoff_frees_road_space_and_widens_links(site, scenario):
     assert m.zone_counts()["jiabin-frontage"] < 0.3 * before
     assert m.width[edge(m, "jiabin-frontage", "jiabin-crossing")] == width + 12
     assert m.cut_roads == {"road-jiabin"}
-    m.set_actions([])  # released: the road goes back to traffic
-    assert m.area[i] == 800 and m.zone_counts()["jiabin-frontage"] == pytest.approx(before)
+    # Released while 1200 people stand on 800 m² of frontage: the road cannot reopen yet.
+    m.set_actions([])
+    assert m.cut_roads == {"road-jiabin"} and m.clearing == {"road-jiabin"}
+    m.n[i] = 700  # they fit the sidewalk again (≤ reopen_density): the road reopens
+    m.step()
+    assert m.cut_roads == set() and m.area[i] == 800
+    assert m.zone_counts()["jiabin-frontage"] == pytest.approx(m.n[i])
 
 
 def test_one_way_stops_counterflow(site, scenario):
