@@ -153,7 +153,9 @@ class Model:
         self.sc = scenario
         self.p = scenario.model
         self.net = network or Network.build(site, scenario)
-        self.rng = np.random.default_rng(seed)
+        # Separate streams: demand is the same evening whatever the actions do to the flows.
+        self.rng = np.random.default_rng([seed, 0])
+        self.rng_demand = np.random.default_rng([seed, 1])
         self.t = scenario.start_s if tod_s is None else tod_s
         n_cells, n_edges = len(self.net.zones), len(self.net.edges)
         self.n = np.zeros(n_cells, dtype=np.int64)
@@ -398,7 +400,7 @@ class Model:
 
         # Sources: Poisson arrivals join the queue; the queue enters as far as the gate, its
         # limit and the cell allow; some of those kept waiting give up.
-        arrived = self.rng.poisson(self.arrival_rate(self.t) * dt).astype(np.int64)
+        arrived = self.rng_demand.poisson(self.arrival_rate(self.t) * dt).astype(np.int64)
         self.queue += arrived
         cells = net.source_cell
         rho = self.n / area
