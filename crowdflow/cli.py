@@ -250,6 +250,78 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_whatif(args) -> int:
+    import datetime as dt
+    import json
+    import time
+    from zoneinfo import ZoneInfo
+
+    from sim.model import Model
+    from sim.scenario import hhmm_to_s, s_to_hhmm
+    from sim.whatif import parse_action, whatif
+
+    sc, site = _load_scenario(args)
+    try:
+        proposed = [parse_action(a, site) for a in args.action]
+    except ValueError as e:
+        print(f"error: --action {e}", file=sys.stderr)
+        return 2
+    unknown: list[str] = []
+    if args.live:
+        from crowdflow.records import RecordError, ZoneState, decode
+        from sim.runner import active_actions
+
+        r, url, keys, embedded = open_redis(site)
+        counts = {}
+        for zid, raw in r.hgetall(keys.zone_state).items():
+            try:
+                st = decode(ZoneState, raw)
+            except RecordError as e:
+                print(f"warning: {keys.zone_state}[{zid}]: {e}", file=sys.stderr)
+                continue
+            if st.status == "ok" and st.count is not None and zid in site.zone_by_id:
+                counts[zid] = st.count
+        unknown = sorted(set(site.zone_by_id) - set(counts))
+        active = active_actions(r, keys)
+        now = dt.datetime.now(ZoneInfo(site.site.timezone))
+        tod = now.hour * 3600 + now.minute * 60 + now.second
+        if embedded:
+            embedded.close()
+        origin = "live zone states"
+    else:
+        try:
+            tod = hhmm_to_s(args.at)
+        except ValueError as e:
+            print(f"error: --at: {e}", file=sys.stderr)
+            return 2
+        m = Model(site, sc, seed=args.seed)
+        m.run_until(tod)
+        counts, active = m.zone_counts(), []
+        origin = f"simulated {args.scenario} at {args.at} (seed {args.seed})"
+    t0 = time.monotonic()
+    w = whatif(site, sc, counts, tod, active, proposed, horizon_min=args.horizon)
+    took = time.monotonic() - t0
+    if args.json:
+        out = {"at": s_to_hhmm(tod), "horizon_min": w.horizon_min, "actions": [a.model_dump() for a in proposed],
+               "unknown_zones": unknown,
+               "curves": [{"zone_id": c.zone_id, "capacity": c.capacity, "minutes": c.minutes,
+                           "without": c.without, "with": c.with_action} for c in w.curves]}
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    print(f"what if {', '.join(args.action)} — from {origin}, next {args.horizon:g} min ({took:.1f} s)")
+    if unknown:
+        print(f"  no live data (started empty): {', '.join(unknown)}")
+    if not w.curves:
+        print("  no zone changes noticeably")
+    step = max(1, len(w.curves[0].minutes) // 6) if w.curves else 1
+    for c in w.curves:
+        pick = list(range(0, len(c.minutes), step))
+        print(f"  {c.zone_id:16s} capacity {c.capacity:5d}   minutes " + " ".join(f"{c.minutes[i]:5.0f}" for i in pick))
+        print(f"  {'':16s} {'':14s}   without " + " ".join(f"{c.without[i] / c.capacity:5.0%}" for i in pick))
+        print(f"  {'':16s} {'':14s}   with    " + " ".join(f"{c.with_action[i] / c.capacity:5.0%}" for i in pick))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -322,6 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--confirm-delay-s", type=float, default=60.0, help="commander's time to confirm a recommendation")
     s.add_argument("--json", help="also write every run's metrics to this file")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("whatif", help="forecast the next minutes with and without an action")
+    s.add_argument("--action", action="append", required=True,
+                   help="e.g. one_way:bridge-e-mid:bridge-n-head, traffic_cutoff:road-jiabin, exit_only:gate-11f, "
+                        "metro_limit:gate-xsz-9:40, staffing:post-11f:12 (repeatable)")
+    s.add_argument("--scenario", default="mayday-evening")
+    s.add_argument("--config", help="site file (default: the one the scenario names)")
+    s.add_argument("--at", default="20:00", help="start from the simulated evening at this time (HH:MM)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--live", action="store_true", help="start from the live zone states and actions in Redis")
+    s.add_argument("--horizon", type=float, default=30, help="minutes ahead")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_whatif)
 
     s = sub.add_parser("demo", help="embedded redis + control + dashboard + an edge agent on a sample video")
     s.add_argument("--config", default=cfg)
