@@ -213,6 +213,11 @@ def cmd_evaluate(args) -> int:
     from sim.cameras import camera_views
 
     sc, site = _load_scenario(args)
+    if args.demand_scale is not None:
+        if not 0 < args.demand_scale <= 10:
+            print("error: --demand-scale must be within (0, 10]", file=sys.stderr)
+            return 2
+        sc = sc.model_copy(update={"demand_scale": args.demand_scale})
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
     unknown = [n for n in names if n not in ("none", "baseline", "plans")]
     if unknown or not names:
@@ -241,7 +246,7 @@ def cmd_evaluate(args) -> int:
             print(f"  seed {seed:3d} {n:9s} cutoff {m.road_cutoff_min:6.0f} min  staff {m.staff_hours:5.1f} h  "
                   f"served {m.throughput_ph:6.0f}/h  peak {m.peak_density:.2f} p/m²  ({time.monotonic() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
-    print(f"scenario {args.scenario}, {args.seeds} seeds ({args.seed0}..{args.seed0 + args.seeds - 1}), "
+    print(f"scenario {args.scenario} (demand × {sc.demand_scale:g}), {args.seeds} seeds ({args.seed0}..{args.seed0 + args.seeds - 1}), "
           f"{sc.start}–{sc.end}; baseline delay {args.baseline_delay_min:g} min, "
           f"commander confirms after {args.confirm_delay_s:g} s\n")
     print(table(results))
@@ -392,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policies", default="baseline,plans", help="comma-separated: none, baseline, plans")
     s.add_argument("--baseline-delay-min", type=float, default=5.0, help="the reactive baseline's human delay")
     s.add_argument("--confirm-delay-s", type=float, default=60.0, help="commander's time to confirm a recommendation")
+    s.add_argument("--demand-scale", type=float, help="multiply every arrival curve (sensitivity runs)")
     s.add_argument("--json", help="also write every run's metrics to this file")
     s.set_defaults(func=cmd_evaluate)
 

@@ -139,7 +139,7 @@ class Network:
             weights=weights, sources=sources,
             source_cell=np.array([index[s.zone] for s in src_specs], dtype=int),
             source_gate=[s.gate for s in src_specs],
-            source_curves=[s.curve() for s in src_specs],
+            source_curves=[(ts, [r * sc.demand_scale for r in rs]) for ts, rs in (s.curve() for s in src_specs)],
             source_width=np.array([s.width_m for s in src_specs]), exit_of_edge=exit_of_edge, index=index,
         )
 

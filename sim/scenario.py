@@ -117,6 +117,7 @@ class Scenario(Strict):
     roads: dict[Id, RoadSpec] = Field(default_factory=dict)
     posts: dict[Id, Id] = Field(default_factory=dict)
     demand: dict[Id, SourceSpec] = Field(min_length=1)
+    demand_scale: float = Field(1.0, gt=0, le=10)  # multiplies every arrival curve (sensitivity runs)
     model: ModelSpec = ModelSpec()
 
     @field_validator("start", "end")

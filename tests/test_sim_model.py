@@ -82,6 +82,8 @@ def test_night_view_peak(site, scenario):
     m = Model(site, scenario)
     at = lambda hhmm: m.arrival_rate(hhmm * 3600).sum() * 60  # noqa: E731
     assert at(20) > 1.8 * at(17.5) and at(20) > 2 * at(22.75)
+    heavier = Model(site, scenario.model_copy(update={"demand_scale": 1.3}))
+    assert heavier.arrival_rate(20 * 3600).sum() * 60 == pytest.approx(1.3 * at(20))
 
 
 def test_broken_scenario_names_the_path(site):
