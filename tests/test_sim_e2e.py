@@ -44,8 +44,10 @@ def test_virtual_cameras_make_every_covered_zone_live(tmp_path, redis_url, keys,
             return v.count if v.status == "ok" else None
 
         before = sorted(x for x in (frontage() for _ in range(6) if not time.sleep(0.5)) if x is not None)
-        ps = PlanState(plan_id="hongyadong", level="II", updated_at=time.time(),
+        # (Written under its own plan id, so a control service that publishes its own plan
+        # states cannot overwrite it; the simulator applies the union of every entry.)
+        ps = PlanState(plan_id="e2e-cutoff", level="II", updated_at=time.time(),
                        active_actions=[TrafficCutoffAction(type="traffic_cutoff", road="road-jiabin")])
-        r.hset(keys.plan_state, "hongyadong", ps.encode())
+        r.hset(keys.plan_state, "e2e-cutoff", ps.encode())
         low = before[len(before) // 2] * 0.6
         wait_for(lambda: (c := frontage()) is not None and c < low, 20, what=f"frontage below {low:.0f}")
