@@ -20,7 +20,7 @@ through the real ``control.plans.PlanEngine`` with a commander who confirms afte
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, Protocol
 
 import numpy as np
