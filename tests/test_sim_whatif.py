@@ -72,3 +72,28 @@ def test_cli_json(site):
     bad = subprocess.run([sys.executable, "-m", "crowdflow.cli", "whatif", "--action", "exit_only:gate-nope"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown gate 'gate-nope'" in bad.stderr
+
+
+def test_cli_live_starts_from_the_zone_states_in_redis(site, redis_url, keys, r):
+    import os
+    import time
+
+    from crowdflow.records import ZoneState
+
+    now = time.time()
+    for z in site.zones:
+        if z.id == "riverside-e":  # unknown: starts empty and is named as such
+            st = ZoneState(zone_id=z.id, status="unknown", capacity=z.capacity, computed_at=now, reason="stale")
+        else:
+            c = 0.9 * z.capacity if z.id == "cangbai-plaza" else 0.3 * z.capacity
+            st = ZoneState(zone_id=z.id, status="ok", count=c, density=c / z.walkable_area_m2, capacity=z.capacity,
+                           capacity_ratio=c / z.capacity, computed_at=now, updated_at=now)
+        r.hset(keys.zone_state, z.id, st.encode())
+    env = dict(os.environ, REDIS_URL=redis_url, CROWDFLOW_REDIS_PREFIX=keys.prefix)
+    p = subprocess.run([sys.executable, "-m", "crowdflow.cli", "whatif", "--live", "--action", "exit_only:gate-11f",
+                        "--horizon", "10", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["unknown_zones"] == ["riverside-e"]
+    plaza = {c["zone_id"]: c for c in out["curves"]}["cangbai-plaza"]
+    assert plaza["without"][0] == pytest.approx(0.9 * 1900, abs=1)  # from the live state
