@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 SIGMA_ABS = 1.0  # persons: counting noise floor
 SIGMA_REL = 0.10  # relative counting noise of a full-coverage, confident camera
-RATE_NOISE = 0.02  # (persons/s)² per s: how fast the underlying rate may wander
-COUNT_NOISE = 0.5  # persons² per s: unexplained arrivals/departures
+RATE_NOISE = 1e-5  # (persons/s)² per s: how fast the underlying rate may wander (back-tested, tests/test_forecast.py)
+COUNT_NOISE = 5.0  # persons² per s: sudden arrivals/departures the rate does not explain
 
 
 @dataclass

@@ -7,9 +7,14 @@ trigger within ``predictive_lead_min``. Rules that keep levels from flapping:
 
 * **sustain** — a level is recommended only after its condition has held for ``sustain_s``;
 * **hysteresis** — the current level is released only when every zone is below each trigger
-  minus the plan's hysteresis, for the level's ``sustain_s``;
+  minus the plan's hysteresis, for the level's ``sustain_s`` — with the load counted against
+  the capacity the zones will have once the level's measures are lifted (a cut road gives its
+  ground back), so lifting a measure does not at once re-create the crowd it relieved;
+* **release in waves** — one level down at a time;
 * **cooldown** — no stepping down within ``cooldown_s`` of the last change. Escalation is
   never delayed by the cooldown: safety first.
+* **prediction within reach** — a forecast brings forward only the level one above what is
+  measured (or in force), and only for zones already at ≥ 75 % of its trigger;
 * **unknown holds** — a zone without fresh data never releases a level: unknown is not empty.
 
 A recommendation waits for a commander (confirm / reject / override) unless its area is
@@ -34,9 +39,11 @@ from crowdflow.records import (
     SiteMode,
     ZoneState,
 )
-from crowdflow.site import LEVELS, Action, Plan, PlanLevel, Site, StaffingAction, Text
+from crowdflow import crowd
+from crowdflow.site import LEVELS, Action, Plan, PlanLevel, Site, StaffingAction, Text, TrafficCutoffAction
 
 HISTORY = 50
+PREDICT_FROM = 0.75  # a forecast counts only for a zone already at ≥ 75 % of the trigger
 RECENT_RECS = 200
 COMMANDER_ONLY = {"confirm", "reject", "override", "set_auto", "set_mode"}
 METRIC_TEXT = {
@@ -92,6 +99,17 @@ class Area:
                 acts.extend(lv.actions)
         return merge_actions(acts)
 
+    def capacities_at(self, site: Site, level: str | None) -> dict[str, int]:
+        """Each zone's capacity with the road space this area's ``level`` keeps cut off."""
+        roads = {r.id: r for r in site.roads}
+        extra: dict[str, float] = {}
+        for a in self.actions_at(level):
+            if isinstance(a, TrafficCutoffAction) and a.road in roads:
+                for zid, share in roads[a.road].frees.items():
+                    extra[zid] = extra.get(zid, 0.0) + share * roads[a.road].pedestrian_area_m2
+        return {zid: crowd.capacity(site.zone_by_id[zid].walkable_area_m2 + extra.get(zid, 0.0),
+                                    site.zone_by_id[zid].area_per_visitor_m2) for zid in self.plan.zones}
+
 
 class PlanEngine:
     def __init__(self, site: Site):
@@ -117,9 +135,12 @@ class PlanEngine:
         return [self.recs[i] for i in self._changed_recs - before if i in self.recs]
 
     def _conditions(self, area: Area, lv: PlanLevel, zones: Mapping[str, ZoneState], now: float,
-                    margin: bool = False) -> tuple[list[Reason], list[Reason]]:
+                    margin: bool = False, ceiling: str | None = None,
+                    capacities: Mapping[str, int] | None = None) -> tuple[list[Reason], list[Reason]]:
         """(measured reasons, predictive reasons) for one level. With ``margin`` the thresholds
-        are lowered by the hysteresis (used to decide whether the current level still holds)."""
+        are lowered by the hysteresis and the load is taken against ``capacities`` (the zones'
+        capacity once the level's measures are lifted): used to decide whether the current
+        level must still hold. ``ceiling``: the level a forecast may go one step beyond."""
         measured, predicted = [], []
         hyst = area.plan.hysteresis
         for zid in area.plan.zones:
@@ -133,12 +154,17 @@ class PlanEngine:
                 if t is None or v is None:
                     continue
                 limit = t - getattr(hyst, metric) if margin else t
+                if margin and metric == "capacity_ratio" and capacities and s.count is not None:
+                    v = max(v, s.count / max(capacities[zid], 1))  # would they fit without the measures?
                 if v >= limit:
                     measured.append(self._reason(zone, metric, v, t, area, lv, s, now))
             t = lv.triggers.capacity_ratio
             lead = area.plan.predictive_lead_min
             m = s.minutes_to_level.get(lv.level)
-            if t is not None and lead > 0 and m is not None and 0 < m <= lead and not margin:
+            # A forecast brings forward the next level only, and only for a zone already near it:
+            # a noisy trend on a quiet zone must not leap to level I.
+            if (t is not None and lead > 0 and m is not None and 0 < m <= lead and not margin
+                    and severity(lv.level) <= severity(ceiling) + 1 and (s.capacity_ratio or 0) >= PREDICT_FROM * t):
                 zh, en = METRIC_TEXT["capacity_ratio"]
                 predicted.append(Reason(
                     zone_id=zid, metric="capacity_ratio", value=s.capacity_ratio, threshold=t, forecast_min=m,
@@ -163,11 +189,15 @@ class PlanEngine:
     def _evaluate_area(self, area: Area, now: float, zones: Mapping[str, ZoneState]) -> None:
         # 1. Which levels hold, and for how long.
         reasons: dict[str, tuple[list[Reason], list[Reason]]] = {}
+        measured_top = area.level
         for lv in area.plan.levels:
-            meas, pred = self._conditions(area, lv, zones, now)
+            if self._conditions(area, lv, zones, now, ceiling="I")[0]:
+                measured_top = max(measured_top, lv.level, key=severity)
+        for lv in area.plan.levels:
+            meas, pred = self._conditions(area, lv, zones, now, ceiling=measured_top)
             if meas or pred:
                 area.held_since.setdefault(lv.level, now)
-                meas, pred = self._conditions(area, lv, zones, now)  # with the held time filled in
+                meas, pred = self._conditions(area, lv, zones, now, ceiling=measured_top)  # held time filled in
                 reasons[lv.level] = (meas, pred)
             else:
                 area.held_since.pop(lv.level, None)
@@ -215,20 +245,25 @@ class PlanEngine:
             self._apply(area, rec, now, "system", "auto", zones, status="auto_applied", action="auto_apply")
 
     def _release_target(self, area: Area, now: float, zones, reasons) -> str | None:
-        """The level to step down to, or the current level if it must be kept."""
+        """The level to step down to — one level at a time, released in waves — or the
+        current level if it must be kept. The current level holds while any zone is unknown,
+        while any trigger is still within the hysteresis, and while the people now there would
+        not fit once the level's measures are lifted (a cut road's ground given back)."""
         cur = area.level
         if any((zones.get(z) is None or zones[z].status != "ok") for z in area.plan.zones):
             area.release_since = None
             return cur  # unknown zones never release a level
-        meas, _ = self._conditions(area, area.level_def(cur), zones, now, margin=True)
+        idx = LEVELS.index(cur)
+        lower = LEVELS[idx - 1] if idx > 0 else None
+        caps = area.capacities_at(self.site, lower)
+        meas, _ = self._conditions(area, area.level_def(cur), zones, now, margin=True, capacities=caps)
         if meas:
             area.release_since = None
             return cur
         area.release_since = area.release_since or now
         if now - area.release_since < area.level_def(cur).sustain_s or now - area.last_change < area.plan.cooldown_s:
             return cur
-        lower = [lv for lv in reasons if severity(lv) < severity(cur) and reasons[lv][0]]
-        return max(lower, key=severity, default=None)
+        return lower
 
     # ------------------------------------------------------------------ decisions
 

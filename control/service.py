@@ -106,6 +106,7 @@ class ControlService:
         recs = {k: decode(Recommendation, v) for k, v in self.r.hgetall(self.keys.recommendations).items()}
         raw_mode = self.r.get(self.keys.mode)
         self.engine.restore(plans, recs, decode(SiteMode, raw_mode) if raw_mode else None)
+        self.book.set_actions(self.engine.active_actions())
         self.alarms.restore({k: decode(Alarm, v) for k, v in self.r.hgetall(self.keys.alarms).items()})
         now = self.clock()
         # A restart begins from nothing: every zone is unknown until fresh data arrives.
@@ -146,6 +147,8 @@ class ControlService:
                 self.alarms.update_recommendation(now, rec)
             self.alarms.update_zones(now, self.states)
             self._sample_history(pipe, now, self.states)
+        if cmd_entries or now == self._last_full:
+            self.book.set_actions(self.engine.active_actions())  # cut roads widen their zones
         self._publish_decisions(pipe)
         pipe.execute()
         self.obs_reader.ack([i for i, _ in obs_entries])

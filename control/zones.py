@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from crowdflow import crowd
 from crowdflow.records import LastKnown, Observation, ZoneState
-from crowdflow.site import LEVELS, Site
+from crowdflow.site import LEVELS, Site, TrafficCutoffAction
 
 from .forecast import forecasts, minutes_to_ratio
 from .fusion import OccupancyFilter, measurement_variance
@@ -80,6 +80,20 @@ class ZoneBook:
         self._outlook: dict[str, tuple[float, list, dict]] = {}  # zone → (when, forecast, minutes_to_level)
         self._thresholds = level_thresholds(site)
         self._gates = {g.id: g for g in site.gates}
+        self._extra_area: dict[str, float] = {}
+
+    def set_actions(self, actions) -> None:
+        """The actions in force. A cut road's pedestrian area joins the zones beside it
+        (roads[].frees): people spread onto it, so the zone's count covers that ground too,
+        at the density its cameras see, and its capacity grows with it."""
+        extra: dict[str, float] = {}
+        roads = {r.id: r for r in self.site.roads}
+        for a in actions:
+            if isinstance(a, TrafficCutoffAction) and a.road in roads:
+                rd = roads[a.road]
+                for zid, share in rd.frees.items():
+                    extra[zid] = extra.get(zid, 0.0) + share * rd.pedestrian_area_m2
+        self._extra_area = extra
 
     # ------------------------------------------------------------------ input
 
@@ -128,7 +142,9 @@ class ZoneBook:
             return
         if v.captured_at < f.t:
             return  # out of order: the view is kept, the filter does not go back in time
-        f.predict(v.captured_at, self._pending_flow[zid])
+        # The filter counts people at the zone's density over its normal walkable area.
+        scale = zone.walkable_area_m2 / (zone.walkable_area_m2 + self._extra_area.get(zid, 0.0))
+        f.predict(v.captured_at, self._pending_flow[zid] * scale)
         self._pending_flow[zid] = 0.0
         f.update(z, var)
 
@@ -149,7 +165,8 @@ class ZoneBook:
         zone = self.site.zone_by_id[zone_id]
         views = self._views[zone_id]
         fresh = {cid: v for cid, v in views.items() if v.health == "ok" and now - v.captured_at <= self.stale_after_s}
-        base = dict(zone_id=zone_id, capacity=zone.capacity, computed_at=now)
+        cap_now = crowd.capacity(zone.walkable_area_m2 + self._extra_area.get(zone_id, 0.0), zone.area_per_visitor_m2)
+        base = dict(zone_id=zone_id, capacity=cap_now, computed_at=now)
         flows = self.flows_pm(zone_id, now)
         if not fresh or zone_id not in self._filters:
             # Gate flows are measured on their own; they stay visible while the count is unknown.
@@ -158,14 +175,15 @@ class ZoneBook:
                              inflow_pm=round(flows[0], 2) if flows else None,
                              outflow_pm=round(flows[1], 2) if flows else None, **base)
         f = self._filters[zone_id]
-        count = f.n
-        density = count / zone.walkable_area_m2
+        density = f.n / zone.walkable_area_m2
+        eff_area = zone.walkable_area_m2 + self._extra_area.get(zone_id, 0.0)
+        count = density * eff_area
         area = sum(v.visible_area_m2 for v in fresh.values())
         confidence = sum(v.confidence * v.visible_area_m2 for v in fresh.values()) / area
-        trend_pm = f.r * 60.0
+        trend_pm = f.r * 60.0 * eff_area / zone.walkable_area_m2
         net_pm = trend_pm + ((flows[0] - flows[1]) if flows else 0.0)
         q = crowd.flow_ppm(density)
-        cap = zone.capacity
+        cap = crowd.capacity(eff_area, zone.area_per_visitor_m2)
         updated = max(v.captured_at for v in fresh.values())
         self._last_known[zone_id] = LastKnown.model_construct(count=count, density=density, at=updated)
         fc, to_level = self._forecast(zone_id, now, count, net_pm, cap)

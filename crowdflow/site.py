@@ -212,6 +212,9 @@ class Road(Strict):
     name: Text
     line: list[LonLat] = Field(min_length=2)
     pedestrian_area_m2: float = Field(0, ge=0)
+    # When cut off, the zones beside it gain its pedestrian area in these shares: people
+    # spread onto the road, and control counts them with the zone (see control/zones.py).
+    frees: dict[Id, float] = Field(default_factory=dict)
 
 
 class Gate(Strict):
@@ -513,6 +516,13 @@ def _semantic_problems(site: Site) -> list[tuple[str, str]]:
                 problems.append(
                     (f"cameras[{i}].presets[{j}].points", "pixels are (nearly) on one line; spread them over the ground")
                 )
+    for i, rd in enumerate(site.roads):
+        for zid, share in rd.frees.items():
+            ref(f"roads[{i}].frees.{zid}", zid, zone_ids, "zone")
+            if not 0 < share <= 1:
+                problems.append((f"roads[{i}].frees.{zid}", f"share {share:g} must be in (0, 1]"))
+        if sum(rd.frees.values()) > 1.0001:
+            problems.append((f"roads[{i}].frees", f"shares add up to {sum(rd.frees.values()):.2f} > 1"))
     for i, g in enumerate(site.gates):
         ref(f"gates[{i}].outside_zone", g.outside_zone, zone_ids, "zone")
         ref(f"gates[{i}].inside_zone", g.inside_zone, zone_ids, "zone")

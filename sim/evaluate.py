@@ -232,6 +232,7 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, obs_every_s
             moved[:] = 0
             entered[:] = 0
             actions = policy.step(now, book.states(now))
+            book.set_actions(actions)  # what control knows: cut roads widen their zones
             key = "|".join(sorted(a.model_dump_json() for a in actions))
             if key != actions_key:
                 actions_key = key

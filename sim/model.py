@@ -182,11 +182,9 @@ class Model:
         self._apply()
 
     def _road_clear(self, road: str) -> bool:
-        rs = self.sc.roads.get(road)
-        if rs is None:
-            return True
-        pa = next(r.pedestrian_area_m2 for r in self.site.roads if r.id == road)
-        for zid, share in rs.zones.items():
+        rd = next(r for r in self.site.roads if r.id == road)
+        pa = rd.pedestrian_area_m2
+        for zid, share in rd.frees.items():
             i = self.net.index[zid]
             if self.n[i] > self.p.reopen_density * (self.area[i] - share * pa):
                 return False
@@ -197,7 +195,7 @@ class Model:
         ones in force, replacing any before:
 
         * ``traffic_cutoff``: the road's pedestrian area joins the zones beside it, links
-          along it widen (scenario ``roads``);
+          along it widen (site ``roads[].frees``, scenario ``roads``);
         * ``one_way`` (zone → toward): people in the zone leave only toward ``toward``, and
           nobody enters it from there; the link carries one direction at full width;
         * ``exit_only`` (gate): nobody crosses the gate inward; a source behind the gate
@@ -224,11 +222,11 @@ class Model:
                 if a.road in self.cut_roads:
                     continue
                 self.cut_roads.add(a.road)
+                for zid, share in roads[a.road].frees.items():
+                    extra_area[net.index[zid]] += share * roads[a.road].pedestrian_area_m2
                 rs = sc.roads.get(a.road)
                 if rs is None:
                     continue
-                for zid, share in rs.zones.items():
-                    extra_area[net.index[zid]] += share * roads[a.road].pedestrian_area_m2
                 for key, w in rs.widen_m.items():
                     a_, _, b_ = key.partition(">")
                     for name in (f"{a_}>{b_}", f"{b_}>{a_}"):

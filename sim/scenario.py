@@ -66,7 +66,7 @@ class ExitSpec(Strict):
 
 
 class RoadSpec(Strict):
-    zones: dict[Id, float] = Field(default_factory=dict)  # share of the road's pedestrian area
+    # (which zones gain a cut road's area is site data: roads[].frees in the site file)
     widen_m: dict[str, float] = Field(default_factory=dict)  # "a>b" link → extra width
 
 
@@ -188,9 +188,6 @@ def _semantic(sc: Scenario, site: Site) -> list[tuple[str, str]]:
     for rid, rs in sc.roads.items():
         if rid not in roads:
             problems.append((f"roads.{rid}", f"unknown road {rid!r}"))
-        for zid in rs.zones:
-            if zid not in zone_ids:
-                problems.append((f"roads.{rid}.zones.{zid}", f"unknown zone {zid!r}"))
         for key in rs.widen_m:
             a, _, b = key.partition(">")
             if tuple(sorted((a, b))) not in pairs:

@@ -95,9 +95,9 @@ def test_swapped_lonlat_and_oversized_area(raw):
 def test_levels_and_thresholds_must_escalate(raw):
     d = copy.deepcopy(raw)
     lv = d["plans"][0]["levels"]
-    lv[1]["triggers"]["capacity_ratio"] = 0.5  # below level IV's 0.6
+    lv[1]["triggers"]["capacity_ratio"] = 0.5  # below level IV's 0.7
     probs = problems_of(d)
-    assert "plans[0].levels[1].triggers.capacity_ratio: 0.5 must exceed the milder level's 0.6" in probs
+    assert "plans[0].levels[1].triggers.capacity_ratio: 0.5 must exceed the milder level's 0.7" in probs
     d = copy.deepcopy(raw)
     d["plans"][0]["levels"] = list(reversed(d["plans"][0]["levels"]))
     assert any(p.startswith("plans[0].levels: levels must be distinct and ordered IV → I") for p in problems_of(d))
