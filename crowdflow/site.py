@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, TypeVar, Union
 
 import yaml
 from pydantic import (
@@ -591,18 +591,27 @@ def _basemap_problems(site: Site) -> list[tuple[str, str]]:
     return problems
 
 
-def parse_site(data: Any, source: str = "<site>") -> Site:
-    """Validate already-parsed YAML data; raise :class:`ConfigError` naming each bad path."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_file_model(cls: type[M], data: Any, source: str, semantic: Callable[[M], list[tuple[str, str]]]) -> M:
+    """Validate parsed YAML as ``cls``, then its cross-field ``semantic`` checks; raise
+    :class:`ConfigError` naming each bad path. Shared by every data file (site, scenarios)."""
     if not isinstance(data, dict):
         raise ConfigError(source, [("", f"top level must be a mapping, got {type(data).__name__}")])
     try:
-        site = Site.model_validate(data)
+        obj = cls.model_validate(data)
     except ValidationError as e:
         raise ConfigError(source, _pydantic_problems(e, data)) from None
-    problems = _semantic_problems(site)
+    problems = semantic(obj)
     if problems:
         raise ConfigError(source, problems)
-    return site
+    return obj
+
+
+def parse_site(data: Any, source: str = "<site>") -> Site:
+    """Validate already-parsed YAML data; raise :class:`ConfigError` naming each bad path."""
+    return validate_file_model(Site, data, source, _semantic_problems)
 
 
 def load_site(path: str | Path) -> Site:

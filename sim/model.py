@@ -207,7 +207,6 @@ class Model:
         """
         net, sc = self.net, self.sc
         self.actions = self.requested + [TrafficCutoffAction(type="traffic_cutoff", road=r) for r in sorted(self.clearing)]
-        actions = self.actions
         extra_area = np.zeros(len(net.zones))
         widen = np.zeros(len(net.edges))
         open_ = np.ones(len(net.edges), dtype=bool)

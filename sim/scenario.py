@@ -15,9 +15,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from crowdflow.site import ConfigError, Id, Site, Strict, _pydantic_problems, load_site
+from crowdflow.site import ConfigError, Id, Site, Strict, load_site, validate_file_model
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIO_DIR = REPO / "configs" / "scenarios"
@@ -146,7 +146,6 @@ def _semantic(sc: Scenario, site: Site) -> list[tuple[str, str]]:
     gates = {g.id: g for g in site.gates}
     roads = {r.id for r in site.roads}
     posts = {p.id for p in site.posts}
-    exits = set(sc.exits)
     for zid in sorted(zone_ids - set(sc.zones)):
         problems.append(("zones", f"site zone {zid!r} has no entry (dwell and next)"))
     neighbours: dict[str, set[str]] = {z: set() for z in zone_ids}
@@ -212,16 +211,7 @@ def _semantic(sc: Scenario, site: Site) -> list[tuple[str, str]]:
 
 
 def parse_scenario(data: Any, site: Site, source: str = "<scenario>") -> Scenario:
-    if not isinstance(data, dict):
-        raise ConfigError(source, [("", f"top level must be a mapping, got {type(data).__name__}")])
-    try:
-        sc = Scenario.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(source, _pydantic_problems(e, data)) from None
-    problems = _semantic(sc, site)
-    if problems:
-        raise ConfigError(source, problems)
-    return sc
+    return validate_file_model(Scenario, data, source, lambda sc: _semantic(sc, site))
 
 
 def resolve(name_or_path: str) -> Path:

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
+import yaml
+
 from crowdflow.bus import Keys
-from crowdflow.site import load_site
+from crowdflow.site import ConfigError, load_site, parse_site
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CROWDFLOW_SHARED", REPO.parent / "shared"))
@@ -37,6 +39,33 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def site():
     return load_site(SITE_FILE)
+
+
+@pytest.fixture(scope="module")
+def raw():
+    """The site file as plain data, to break on purpose."""
+    return yaml.safe_load(SITE_FILE.read_text(encoding="utf-8"))
+
+
+def problems_of(data) -> list[str]:
+    """The ``path: message`` lines a broken site file is refused with."""
+    with pytest.raises(ConfigError) as ei:
+        parse_site(data, "test.yaml")
+    return [f"{p}: {m}" for p, m in ei.value.problems]
+
+
+@pytest.fixture(scope="session")
+def scenario(site):
+    from sim.scenario import load_scenario
+
+    return load_scenario("mayday-evening", site)[0]
+
+
+@pytest.fixture(scope="session")
+def views(site):
+    from sim.cameras import camera_views
+
+    return camera_views(site)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,10 @@ import json
 import time
 
 import pytest
-import yaml
 
-from crowdflow.site import ConfigError, parse_site
 from dashboard.auth import AuthError, LoginLimiter, Sessions, hash_password, load_users, role_at_least, verify_password
 
-from .conftest import SITE_FILE
+from .conftest import problems_of
 
 
 def test_hash_is_salted_and_verifies():
@@ -66,16 +64,6 @@ def test_login_limiter_blocks_after_failures_per_key():
     assert lim.retry_after("b|1.2.3.4", 103) == 0  # other keys unaffected
     assert lim.retry_after("a|1.2.3.4", 161) == 0  # the window slid past the first failure
 
-
-@pytest.fixture(scope="module")
-def raw():
-    return yaml.safe_load(SITE_FILE.read_text(encoding="utf-8"))
-
-
-def problems_of(data) -> list[str]:
-    with pytest.raises(ConfigError) as ei:
-        parse_site(data, "test.yaml")
-    return [f"{p}: {m}" for p, m in ei.value.problems]
 
 
 def test_site_basemap_and_dashboard_sections_validate(site, raw):

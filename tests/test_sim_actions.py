@@ -14,12 +14,7 @@ from crowdflow.site import (
     TrafficCutoffAction,
 )
 from sim.model import Model
-from sim.scenario import load_scenario
 
-
-@pytest.fixture(scope="module")
-def scenario(site):
-    return load_scenario("mayday-evening", site)[0]
 
 
 def edge(m: Model, a: str, b: str) -> int:

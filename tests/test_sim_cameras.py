@@ -9,20 +9,11 @@ import pytest
 from crowdflow.records import Observation, PlanState, decode
 from crowdflow.site import ExitOnlyAction, TrafficCutoffAction
 from edge.geometry import CameraGeometry
-from sim.cameras import Faults, VirtualCameras, camera_views
+from sim.cameras import Faults, VirtualCameras
 from sim.model import Model
 from sim.runner import SimRunner, active_actions
-from sim.scenario import load_scenario
 
 
-@pytest.fixture(scope="module")
-def scenario(site):
-    return load_scenario("mayday-evening", site)[0]
-
-
-@pytest.fixture(scope="module")
-def views(site):
-    return camera_views(site)
 
 
 def test_views_are_the_edge_geometry_of_each_configured_zone(site, views):

@@ -9,7 +9,6 @@ import pytest
 
 from crowdflow.records import ZoneState
 from crowdflow.site import StaffingAction, TrafficCutoffAction
-from sim.cameras import camera_views
 from sim.evaluate import (
     DISTRICT,
     BaselineParams,
@@ -20,19 +19,11 @@ from sim.evaluate import (
     run_evening,
     table,
 )
-from sim.scenario import hhmm_to_s, load_scenario
+from sim.scenario import hhmm_to_s
 
 from .conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def scenario(site):
-    return load_scenario("mayday-evening", site)[0]
-
-
-@pytest.fixture(scope="module")
-def views(site):
-    return camera_views(site)
 
 
 def states(site, ratios: dict[str, float | None], now: float) -> dict[str, ZoneState]:

@@ -11,13 +11,8 @@ import yaml
 from crowdflow import crowd
 from crowdflow.site import ConfigError
 from sim.model import Q_MAX, RHO_CRITICAL, Model, receiving, sending
-from sim.scenario import SCENARIO_DIR, load_scenario, parse_scenario
+from sim.scenario import SCENARIO_DIR, parse_scenario
 
-
-@pytest.fixture(scope="module")
-def scenario(site):
-    sc, _ = load_scenario("mayday-evening", site)
-    return sc
 
 
 def test_people_are_conserved_exactly_every_step(site, scenario):

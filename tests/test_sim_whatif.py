@@ -10,15 +10,10 @@ import pytest
 
 from crowdflow.site import OneWayAction, TrafficCutoffAction
 from sim.model import Model
-from sim.scenario import load_scenario
 from sim.whatif import parse_action, whatif
 
 from .conftest import REPO
 
-
-@pytest.fixture(scope="module")
-def scenario(site):
-    return load_scenario("mayday-evening", site)[0]
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,10 @@ import sys
 import pytest
 import yaml
 
-from crowdflow.site import ConfigError, load_site, parse_site
+from crowdflow.site import ConfigError, load_site
 
-from .conftest import REPO, SITE_FILE
+from .conftest import REPO, SITE_FILE, problems_of
 
-
-@pytest.fixture(scope="module")
-def raw():
-    return yaml.safe_load(SITE_FILE.read_text(encoding="utf-8"))
-
-
-def problems_of(data) -> list[str]:
-    with pytest.raises(ConfigError) as ei:
-        parse_site(data, "test.yaml")
-    return [f"{p}: {m}" for p, m in ei.value.problems]
 
 
 def test_real_site_is_complete(site):
