@@ -118,9 +118,16 @@ def cmd_dashboard(args) -> int:
 
 def cmd_edge(args) -> int:
     from edge.agent import EdgeAgent
+    from edge.counter import CounterSettings, CrowdCounter
+    from edge.density import DensityModel, DensityModelError, resolve_density_model
     from edge.detector import PersonDetector, resolve_model
-    from edge.source import SourceError, VideoSource
+    from edge.grabber import FrameGrabber
+    from edge.metrics import EdgeMetrics, use_json_logs
+    from edge.source import is_file_source
+    from edge.spool import Publisher, Spool
 
+    if args.log_json or os.environ.get("CROWDFLOW_LOG_FORMAT") == "json":
+        use_json_logs()
     site = _load(args)
     try:
         camera = site.camera(args.camera)
@@ -131,21 +138,37 @@ def cmd_edge(args) -> int:
     if not uri:
         print(f"error: camera {camera.id} has no source; pass --source or set cameras[].source", file=sys.stderr)
         return 2
+    if is_file_source(uri) and not Path(uri).exists():
+        print(f"error: video not found: {uri}", file=sys.stderr)
+        return 2
     try:
-        source = VideoSource(uri, realtime=not args.fast, loop=args.loop)
         detector = PersonDetector(resolve_model(site.edge.model, args.model), site.edge.imgsz, site.edge.conf)
-    except (SourceError, FileNotFoundError) as e:
+        dpath = resolve_density_model(site.edge.density_model, args.density_model)
+        density = DensityModel(dpath, threads=2) if dpath else None
+    except (FileNotFoundError, DensityModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if density is None:
+        log.warning("no density model (edge.density_model / CROWDFLOW_DENSITY_MODEL): dense crowds are undercounted")
+    grabber = FrameGrabber(uri, realtime=not args.fast, loop=args.loop, max_backoff_s=site.edge.reconnect_max_s)
     r, url, keys, embedded = open_redis(site)
-    agent = EdgeAgent(site, camera.id, source, detector, r, keys, preset=args.preset)
+    spool_path = args.spool or (site.edge.spool_path or str(data_dir() / "edge-spool-{camera}.sqlite"))
+    spool = Spool(spool_path.format(camera=camera.id), site.edge.spool_max_records)
+    metrics = EdgeMetrics(camera.id)
+    port = args.metrics_port or site.edge.metrics_port
+    if port:
+        metrics.serve(port)
+        log.info("metrics on :%d/metrics", port)
+    counter = CrowdCounter(detector, density, CounterSettings())
+    agent = EdgeAgent(site, camera.id, grabber, counter, Publisher(r, keys, spool), preset=args.preset,
+                      metrics=metrics, config_dir=Path(args.config).parent)
     try:
         agent.run(_stop_event(), max_frames=args.max_frames)
     finally:
-        source.close()
+        spool.close()
         if embedded:
             embedded.close()
-    log.info("edge %s done: %d frames, %d observations", camera.id, agent.frames_done, agent.published)
+    log.info("edge %s done: %d frames, %d observations", camera.id, agent.frames_done, agent.observations)
     return 0
 
 
@@ -203,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loop", action="store_true", help="restart a video file at its end")
     s.add_argument("--fast", action="store_true", help="read a file as fast as possible, not at its frame rate")
     s.add_argument("--max-frames", type=int, help="stop after processing this many frames")
+    s.add_argument("--density-model", help="density-map weights (default: $CROWDFLOW_DENSITY_MODEL, edge.density_model)")
+    s.add_argument("--spool", help="spool file (default: edge.spool_path)")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    s.add_argument("--log-json", action="store_true", help="structured JSON log lines")
     s.set_defaults(func=cmd_edge)
 
     s = sub.add_parser("count", help="count people in an image, a folder of images or a video")

@@ -40,6 +40,13 @@ class DensityModelError(ValueError):
     pass
 
 
+def resolve_density_model(configured: str | None = None, override: str | None = None) -> str | None:
+    """``--density-model`` beats ``CROWDFLOW_DENSITY_MODEL`` beats ``edge.density_model``; None: none."""
+    import os
+
+    return override or os.environ.get("CROWDFLOW_DENSITY_MODEL") or configured
+
+
 def _build(arch: dict):
     import torch
     from torch import nn
@@ -123,7 +130,8 @@ class DensityResult:
 class DensityModel:
     """Loads a density network and counts people in BGR frames."""
 
-    def __init__(self, path: str | Path, arch: str | None = None, threads: int | None = None):
+    def __init__(self, path: str | Path, arch: str | None = None, threads: int | None = None,
+                 backend: str = "auto"):
         import torch
 
         path = Path(path)
@@ -158,6 +166,21 @@ class DensityModel:
         if threads:
             torch.set_num_threads(threads)
         self.stride = self.arch["stride"]
+        self.backend = "torch"
+        self._compiled = None
+        if backend in ("auto", "openvino"):
+            try:  # OpenVINO runs this net ~10× faster than eager PyTorch on a 2-core CPU
+                import openvino as ov
+
+                example = torch.zeros(1, self.arch["in_channels"], 64, 64)
+                om = ov.convert_model(self.net, example_input=example,
+                                      input=[(1, self.arch["in_channels"], -1, -1)])
+                cfg = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+                self._compiled = ov.Core().compile_model(om, "CPU", cfg)
+                self.backend = "openvino"
+            except Exception:
+                if backend == "openvino":
+                    raise
 
     def prepare(self, bgr: np.ndarray):
         import cv2
@@ -173,6 +196,10 @@ class DensityModel:
     def __call__(self, bgr: np.ndarray) -> DensityResult:
         import torch
 
-        with torch.inference_mode():
-            d = self.net(self.prepare(bgr))[0, 0].numpy()
+        x = self.prepare(bgr)
+        if self._compiled is not None:
+            d = np.asarray(self._compiled(x.numpy())[0])[0, 0]
+        else:
+            with torch.inference_mode():
+                d = self.net(x)[0, 0].numpy()
         return DensityResult(d, float(d.sum()))

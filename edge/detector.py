@@ -32,6 +32,7 @@ def _ultralytics_logs_to_stderr() -> None:
 class Detections:
     xyxy: np.ndarray  # N×4 pixels
     conf: np.ndarray  # N
+    ids: np.ndarray | None = None  # N track ids (ByteTrack), when tracked
 
     def __len__(self) -> int:
         return len(self.conf)
@@ -53,8 +54,25 @@ class PersonDetector:
         self.device = device
 
     def __call__(self, frame: np.ndarray) -> Detections:
+        return self.detect_many([frame])[0]
+
+    def detect_many(self, frames: list[np.ndarray], conf: float | None = None) -> list[Detections]:
+        if not frames:
+            return []
         res = self.model.predict(
-            frame, imgsz=self.imgsz, conf=self.conf, classes=[0], verbose=False, device=self.device
-        )[0]
-        boxes = res.boxes
-        return Detections(boxes.xyxy.cpu().numpy().astype(np.float64), boxes.conf.cpu().numpy().astype(np.float64))
+            frames, imgsz=self.imgsz, conf=conf or self.conf, classes=[0], verbose=False, device=self.device
+        )
+        return [_to_detections(r) for r in res]
+
+    def track(self, frame: np.ndarray) -> Detections:
+        """Detections with persistent ByteTrack ids (ultralytics' tracker, state kept between calls)."""
+        res = self.model.track(frame, imgsz=self.imgsz, conf=self.conf, classes=[0], verbose=False,
+                               device=self.device, tracker="bytetrack.yaml", persist=True)[0]
+        return _to_detections(res)
+
+
+def _to_detections(res) -> Detections:
+    boxes = res.boxes
+    ids = boxes.id.cpu().numpy().astype(np.int64) if boxes.id is not None else None
+    return Detections(boxes.xyxy.cpu().numpy().astype(np.float64), boxes.conf.cpu().numpy().astype(np.float64),
+                      ids if ids is not None else None)

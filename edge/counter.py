@@ -1,0 +1,341 @@
+"""The crowd counter: perspective-aware tiled detection or a density map, chosen by regime.
+
+* :class:`PersonScale` says how tall (pixels) a standing person appears at each image row:
+  from a calibrated camera (ground homography + camera height) or inferred from the image
+  itself (box heights of a first full-frame detection pass are linear in the foot row on a
+  flat ground plane).
+* :func:`plan_tiles` cuts the image into horizontal bands of square tiles, each small enough
+  that, once resized to the detector's input, the smallest person in it reaches the
+  detector's working height. Neighbouring tiles overlap by a person height, so every person
+  lies whole in at least one tile.
+* :func:`merge_tiles` maps tile boxes back, drops boxes cut by an interior tile border (the
+  whole person is in the neighbouring tile) and removes the duplicates of the overlaps with
+  torchvision's NMS: nobody is counted twice on a seam.
+* :class:`CrowdCounter` runs the density model first (cheap); where it finds a dense crowd the
+  density count is used, elsewhere the tiled detector's. Every estimate carries its method and a
+  confidence from the agreement of the two estimators.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .detector import Detections
+
+PERSON_HEIGHT_M = 1.7
+
+
+@dataclass(frozen=True)
+class CounterSettings:
+    target_px: float = 32.0  # person height the detector needs, in its input pixels
+    max_upscale: float = 3.0  # tiles are never enlarged more than this
+    max_tiles: int = 8  # time budget: tiles per frame at most
+    dense_count: float = 30.0  # density-model count from which the density map is used (uncalibrated)
+    dense_per_m2: float = 1.0  # density above which a calibrated zone uses the density map
+    dense_min_count: float = 25.0  # ... and only when at least this many people are in it
+    nms_iou: float = 0.5
+    edge_margin_px: float = 3.0  # in detector pixels: a box this close to an interior border is cut
+
+
+class PersonScale:
+    """Pixel height of a standing person as a function of the image row of the feet."""
+
+    def __init__(self, a: float, b: float, horizon: float | None = None, source: str = "image"):
+        self.a, self.b = float(a), float(b)  # h(v) = a + b·v
+        self.horizon = horizon  # rows above this show no ground
+        self.source = source
+
+    def __call__(self, v) -> np.ndarray:
+        return np.maximum(self.a + self.b * np.asarray(v, dtype=np.float64), 1.0)
+
+    def scaled(self, k: float) -> PersonScale:
+        return PersonScale(self.a * k, self.b * k, self.horizon, self.source)
+
+    def observed_ratio(self, det: Detections, frame_h: int) -> float | None:
+        """Median of seen box height ÷ predicted height (boxes not cut by the bottom border)."""
+        if len(det) < 3:
+            return None
+        feet = det.xyxy[:, 3]
+        keep = feet < frame_h - 2
+        if keep.sum() < 3:
+            return None
+        return float(np.median((det.xyxy[keep, 3] - det.xyxy[keep, 1]) / self(feet[keep])))
+
+    @classmethod
+    def from_geometry(cls, geometry, frame_size: tuple[int, int]) -> PersonScale:
+        """From a calibrated preset: a person's head seen from the camera lies on the ground ray
+        through the head, which meets the ground at G + (G − C)·h/(H − h) (C: the camera's
+        ground point, H its height, G the foot point)."""
+        hom = geometry.homography
+        w, h = geometry.image_size
+        H = max(geometry.camera.height_m, PERSON_HEIGHT_M + 0.5)
+        rows = np.linspace(0, h - 1, 24)
+        feet_px = np.c_[np.full_like(rows, w / 2), rows]
+        g = hom.to_ground(feet_px)
+        ok = np.all(np.isfinite(g), axis=1)
+        c = geometry.position_m
+        heads_g = g[ok] + (g[ok] - c) * (PERSON_HEIGHT_M / (H - PERSON_HEIGHT_M))
+        heads_px = hom.to_image(heads_g)
+        heights = rows[ok] - heads_px[:, 1]
+        good = np.isfinite(heights) & (heights > 0)
+        sy = frame_size[1] / h
+        if good.sum() < 2:
+            return cls(frame_size[1] / 4, 0.0, source="calibration")
+        b, a = np.polyfit(rows[ok][good] * sy, heights[good] * sy, 1)
+        horizon = float(rows[ok][good].min() * sy) if not good.all() or not ok.all() else 0.0
+        return cls(a, b, horizon=max(0.0, horizon), source="calibration")
+
+    @classmethod
+    def from_detections(cls, det: Detections, frame_h: int) -> PersonScale:
+        """Fit box height against foot row; without enough boxes assume a typical street view."""
+        if len(det) >= 4:
+            hts = det.xyxy[:, 3] - det.xyxy[:, 1]
+            feet = det.xyxy[:, 3]
+            # people cut by the bottom border are shorter than they stand: leave them out
+            keep = feet < frame_h - 2
+            if keep.sum() >= 4 and np.ptp(feet[keep]) > frame_h * 0.3:
+                b, a = np.polyfit(feet[keep], hts[keep], 1)
+                if b > 0.15 and a + b * frame_h * 0.1 > 2:
+                    return cls(a, b, source="image")
+            # Seen only in a narrow band (often just the nearest people): assume the horizon at
+            # the top of the frame, through the typical person seen.
+            sel = keep if keep.any() else slice(None)
+            hm, fm = float(np.median(hts[sel])), float(np.median(feet[sel]))
+            return cls(0.0, hm / max(fm, 1.0), source="image")
+        return cls(0.02 * frame_h, 0.16, source="prior")
+
+
+@dataclass
+class Tile:
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.x1 - self.x0, self.y1 - self.y0
+
+
+def _spans(lo: int, hi: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """Windows of ``size`` covering [lo, hi) with at least ``overlap`` between neighbours."""
+    length = hi - lo
+    if size >= length:
+        return [(lo, hi)]
+    n = int(np.ceil((length - overlap) / max(1, size - overlap)))
+    starts = np.linspace(lo, hi - size, n).round().astype(int)
+    return [(int(s), int(s) + size) for s in starts]
+
+
+def plan_tiles(width: int, height: int, scale: PersonScale, imgsz: int, s: CounterSettings = CounterSettings()) -> list[Tile]:
+    """Square tiles, band by band from the top, sized so the band's smallest person reaches
+    ``target_px`` in the detector input. A frame that needs no enlargement is one tile."""
+    full = imgsz / max(width, height)  # letterbox scale of the whole frame
+    top = int(scale.horizon or 0)
+    target, upscale = s.target_px, s.max_upscale
+    for _ in range(8):  # shrink the target until the plan fits the tile budget
+        if scale(top) * full >= target:
+            return [Tile(0, 0, width, height)]
+        tiles: list[Tile] = []
+        a = top
+        while a < height:
+            need = min(upscale, target / float(scale(a)))
+            side = int(min(max(imgsz / need, 32), width, height))
+            if imgsz / side <= full * 1.05:  # no better than the whole frame: one last band
+                side = height - a
+            b = min(height, a + side)
+            person = int(np.ceil(float(scale(b)) * 1.15))
+            overlap = min(person, side // 2)
+            for x0, x1 in _spans(0, width, min(side, width), overlap):
+                tiles.append(Tile(x0, a, x1, b))
+            if b >= height:
+                break
+            a = max(a + 1, b - overlap)
+        if len(tiles) <= s.max_tiles:
+            return tiles
+        target *= 0.85
+        upscale = max(1.0, upscale * 0.8)
+    return tiles
+
+
+def merge_tiles(tiles: list[Tile], dets: list[Detections], width: int, height: int, imgsz: int,
+                s: CounterSettings = CounterSettings()) -> Detections:
+    """Tile detections → frame detections: drop boxes cut by an interior border, then NMS."""
+    import torch
+    from torchvision.ops import nms
+
+    boxes, scores = [], []
+    for t, d in zip(tiles, dets):
+        if not len(d):
+            continue
+        tw, th = t.size
+        eps = s.edge_margin_px * max(tw, th) / imgsz  # detector pixels → frame pixels
+        xy = d.xyxy + np.array([t.x0, t.y0, t.x0, t.y0])
+        cut = np.zeros(len(xy), dtype=bool)
+        if t.x0 > 0:
+            cut |= xy[:, 0] <= t.x0 + eps
+        if t.x1 < width:
+            cut |= xy[:, 2] >= t.x1 - eps
+        if t.y0 > 0:
+            cut |= xy[:, 1] <= t.y0 + eps
+        if t.y1 < height:
+            cut |= xy[:, 3] >= t.y1 - eps
+        boxes.append(xy[~cut])
+        scores.append(d.conf[~cut])
+    if not boxes:
+        return Detections(np.zeros((0, 4)), np.zeros(0))
+    xyxy = np.concatenate(boxes)
+    conf = np.concatenate(scores)
+    if len(tiles) > 1 and len(xyxy):
+        keep = nms(torch.from_numpy(xyxy).float(), torch.from_numpy(conf).float(), s.nms_iou).numpy()
+        keep.sort()
+        xyxy, conf = xyxy[keep], conf[keep]
+    return Detections(xyxy, conf)
+
+
+@dataclass
+class Estimate:
+    count: float
+    method: str  # detect | tiled | density
+    confidence: float
+
+
+@dataclass
+class CountResult:
+    count: float
+    method: str
+    confidence: float
+    detections: Detections | None
+    density: np.ndarray | None  # density map (1/stride resolution) or None
+    density_count: float | None
+    tiles: list[Tile]
+    scale: PersonScale | None
+    zones: dict[str, Estimate] = field(default_factory=dict)
+    ms: float = 0.0
+
+
+def agreement(a: float, b: float) -> float:
+    """1 when two counts agree, → 0 as they diverge (relative to the larger, floor 5 people)."""
+    return float(np.clip(1.0 - abs(a - b) / max(a, b, 5.0), 0.0, 1.0))
+
+
+def _confidence(method: str, det: float, dens: float | None, mean_conf: float) -> float:
+    if dens is None:
+        return round(float(np.clip(mean_conf, 0.05, 1.0)), 3)
+    agree = agreement(det, dens)
+    if method == "density":  # the detector misses people in a crowd: disagreement is expected
+        c = 0.55 + 0.4 * (1 - abs(np.log(max(dens, 1) / max(det, 1))) / 3)
+    else:
+        c = 0.3 + 0.7 * agree
+    return round(float(np.clip(c, 0.05, 0.99)), 3)
+
+
+class CrowdCounter:
+    """Counts people in a frame, for the whole frame or per calibrated zone."""
+
+    def __init__(self, detector, density=None, settings: CounterSettings = CounterSettings()):
+        self.detector = detector
+        self.density = density
+        self.s = settings
+
+    def detect_tiled(self, frame: np.ndarray, scale: PersonScale) -> tuple[Detections, list[Tile]]:
+        h, w = frame.shape[:2]
+        imgsz = self.detector.imgsz
+        tiles = plan_tiles(w, h, scale, imgsz, self.s)
+        crops = [frame[t.y0:t.y1, t.x0:t.x1] for t in tiles]
+        return merge_tiles(tiles, self.detector.detect_many(crops), w, h, imgsz, self.s), tiles
+
+    def count(self, frame: np.ndarray, scale: PersonScale | None = None, mode: str = "auto") -> CountResult:
+        """Whole-frame count. ``scale`` None: inferred from the image. ``mode``: auto, detect, tiled
+        or density."""
+        t0 = time.perf_counter()
+        h, w = frame.shape[:2]
+        dens = self.density(frame) if (self.density is not None and mode in ("auto", "density")) else None
+        dens_count = dens.count if dens is not None else None
+        if mode == "density" or (mode == "auto" and dens_count is not None and dens_count >= self.s.dense_count):
+            # Dense: detection saturates; one plain pass is kept only to express agreement.
+            det = self.detector(frame)
+            conf = _confidence("density", len(det), dens_count, 0)
+            return CountResult(dens_count, "density", conf, det, dens.density, dens_count, [], scale,
+                               ms=(time.perf_counter() - t0) * 1000)
+        first = None
+        if scale is None:
+            first = self.detector(frame)
+            scale = PersonScale.from_detections(first, h)
+        if mode == "detect":
+            det, tiles = first if first is not None else self.detector(frame), [Tile(0, 0, w, h)]
+        else:
+            tiles = plan_tiles(w, h, scale, self.detector.imgsz, self.s)
+            if len(tiles) == 1 and first is not None:
+                det = first
+            else:
+                det, tiles = self.detect_tiled(frame, scale)
+        method = "tiled" if len(tiles) > 1 else "detect"
+        mean_conf = float(det.conf.mean()) if len(det) else 0.5
+        conf = _confidence(method, len(det), dens_count, mean_conf)
+        return CountResult(float(len(det)), method, conf, det, dens.density if dens is not None else None,
+                           dens_count, tiles, scale, ms=(time.perf_counter() - t0) * 1000)
+
+    def count_zones(self, frame: np.ndarray, geometry, scale: PersonScale, zone_masks: dict[str, np.ndarray],
+                    detections: Detections | None = None) -> tuple[dict[str, Estimate], CountResult]:
+        """Per-zone estimates for a calibrated camera. ``zone_masks`` are boolean images at the
+        density map's resolution. ``detections`` (e.g. from the tracker) replace a detection pass
+        when the plan is a single tile."""
+        from .geometry import foot_points
+
+        t0 = time.perf_counter()
+        h, w = frame.shape[:2]
+        dens = self.density(frame) if self.density is not None else None
+        tiles = plan_tiles(w, h, scale, self.detector.imgsz, self.s)
+        zone_dens = {}
+        if dens is not None:
+            dm = dens.density
+            for zid, m in zone_masks.items():
+                zone_dens[zid] = float(dm[m[: dm.shape[0], : dm.shape[1]]].sum()) if m.shape == dm.shape else \
+                    float(dm[cv2.resize(m.astype(np.uint8), (dm.shape[1], dm.shape[0]), interpolation=cv2.INTER_NEAREST) > 0].sum())
+        dense = {
+            z for z, d in zone_dens.items()
+            if d >= self.s.dense_min_count and d / max(geometry.zones[z].visible_area_m2, 1.0) >= self.s.dense_per_m2
+        }
+        det = None
+        if len(dense) < len(zone_masks):  # some zone is sparse: it needs the detector
+            if len(tiles) == 1:
+                det = detections if detections is not None else self.detector(frame)
+            else:
+                det, tiles = self.detect_tiled(frame, scale)
+        zone_det = {z: 0 for z in zone_masks}
+        if det is not None and len(det):
+            feet = geometry.scale_to_preset(foot_points(det.xyxy), (w, h))
+            zone_det.update(geometry.assign(feet))
+        method = "tiled" if len(tiles) > 1 else "detect"
+        mean_conf = float(det.conf.mean()) if det is not None and len(det) else 0.5
+        out = {}
+        for z in zone_masks:
+            d = zone_dens.get(z)
+            if z in dense:
+                out[z] = Estimate(round(d, 2), "density", _confidence("density", zone_det[z], d, 0))
+            else:
+                out[z] = Estimate(float(zone_det[z]), method, _confidence(method, zone_det[z], d, mean_conf))
+        total = sum(e.count for e in out.values())
+        res = CountResult(total, "density" if dense else method, min((e.confidence for e in out.values()), default=1.0),
+                          det, dens.density if dens is not None else None, dens.count if dens else None, tiles, scale,
+                          zones=out, ms=(time.perf_counter() - t0) * 1000)
+        return out, res
+
+
+def zone_masks(geometry, frame_size: tuple[int, int], stride: int) -> dict[str, np.ndarray]:
+    """Each zone's visible image polygon rasterised at the density map's resolution."""
+    w, h = frame_size
+    pw, ph = geometry.image_size
+    mw, mh = max(1, w // stride), max(1, h // stride)
+    out = {}
+    for zid, v in geometry.zones.items():
+        poly = v.image_polygon * np.array([mw / pw, mh / ph])
+        m = np.zeros((mh, mw), dtype=np.uint8)
+        cv2.fillPoly(m, [np.round(poly).astype(np.int32)], 1)
+        out[zid] = m.astype(bool)
+    return out
