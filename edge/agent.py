@@ -80,6 +80,7 @@ class EdgeAgent:
         self._last_t = -1e18
         self._k = 1.0  # observed ÷ calibrated person height
         self._frame_size: tuple[int, int] | None = None
+        self._seen = 0  # frames looked at in this window (counted or not)
 
     # -- geometry per preset
 
@@ -121,6 +122,8 @@ class EdgeAgent:
                 self.flush(time.time())
                 self._use_preset(other)
                 m = self.views.check(other, frame)
+        if not m.ok and self.view_ok:
+            self.window.discard_counts()  # frames since the last check may show the moved view
         if m.ok != self.view_ok:
             log.warning("camera %s view %s%s", self.camera.id, "back at its preset" if m.ok else "moved: ",
                         m.reason, extra={"camera": self.camera.id, "shift_px": round(m.shift_px, 1)})
@@ -136,6 +139,7 @@ class EdgeAgent:
 
     def process(self, t: float, frame: np.ndarray) -> dict[str, float] | None:
         t0 = time.perf_counter()
+        self._seen += 1
         h, w = frame.shape[:2]
         if self._frame_size != (w, h):
             self._prepare(w, h)
@@ -199,7 +203,7 @@ class EdgeAgent:
     # -- publishing
 
     def health(self) -> str:
-        if not self.grabber.online and self.window.frames == 0:
+        if not self.grabber.online and self._seen == 0:
             return "camera_offline"
         if not self.view_ok:
             return "view_moved"
@@ -209,6 +213,7 @@ class EdgeAgent:
 
     def flush(self, now: float) -> Observation:
         obs = self.window.flush(now, health=self.health())
+        self._seen = 0
         self.observations += 1
         self.published = (self.published + [obs])[-50:]
         self.metrics.published.labels(self.camera.id, obs.health).inc()

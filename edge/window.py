@@ -47,6 +47,10 @@ class ObservationWindow:
                 self._conf[z] += (confidence or {}).get(z, 1.0)
         self.frames += 1
 
+    def discard_counts(self) -> None:
+        """Forget the frames added so far in this window (they are not trusted)."""
+        self._reset()
+
     def add_crossings(self, gate_id: str, inflow: int, outflow: int) -> None:
         if gate_id in self._gates:
             self._gates[gate_id][0] += inflow

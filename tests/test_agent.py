@@ -1,0 +1,108 @@
+"""The edge agent on real vtest frames: per-zone method/confidence, gates, view-moved, heartbeats,
+camera offline, latest-frame grabbing."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from crowdflow.records import Observation, decode
+from edge.agent import EdgeAgent
+from edge.counter import CrowdCounter
+from edge.grabber import FrameGrabber
+from edge.spool import Publisher, Spool
+from edge.viewcheck import ViewChecker
+
+CAM = "cam-cangbai-plaza"
+
+
+@pytest.fixture(scope="module")
+def frames(vtest_path):
+    cap = cv2.VideoCapture(str(vtest_path))
+    out = []
+    for i in range(60):
+        ok, f = cap.read()
+        assert ok
+        if i in (0, 5, 10, 15, 20, 50):
+            out.append(f)
+    cap.release()
+    return out
+
+
+def shifted(frame, dx=60, dy=25):
+    M = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(frame, M, (frame.shape[1], frame.shape[0]), borderMode=cv2.BORDER_REFLECT)
+
+
+def make_agent(site, detector, uri, density=None, publisher=None):
+    return EdgeAgent(site, CAM, FrameGrabber(uri), CrowdCounter(detector, density), publisher)
+
+
+def test_view_check_detects_a_shifted_frame(frames):
+    vc = ViewChecker(tolerance=0.02)
+    vc.set_reference("home", frames[0])
+    assert vc.check("home", frames[-1]).ok  # 5 s later, people moved, the view did not
+    m = vc.check("home", shifted(frames[-1]))
+    assert not m.ok and m.shift_px > 30
+    vc.set_reference("other", shifted(frames[0]))
+    assert vc.which(shifted(frames[-1])) == "other"
+    assert vc.which(frames[-1]) == "home"
+
+
+def test_agent_counts_zones_and_stops_densities_while_the_view_is_moved(site, detector, frames, vtest_path):
+    agent = make_agent(site, detector, str(vtest_path))
+    agent.check_interval = 0  # compare every frame (edge.check_interval_s)
+    t = time.time()
+    for f in frames[:3]:
+        counts = agent.process(t, f)
+        assert counts is not None and counts["cangbai-plaza"] >= 1
+    o = agent.flush(time.time())
+    assert o.health == "ok" and o.frames == 3
+    (z,) = o.zones
+    assert z.zone_id == "cangbai-plaza" and z.count > 0 and z.method in ("detect", "tiled") and 0 < z.confidence <= 1
+    assert [g.gate_id for g in o.gates] == ["gate-11f"]  # the camera's gate is always reported
+
+    # Turned away: nothing is counted, the health says why, no zone values go out.
+    assert agent.process(time.time(), shifted(frames[3])) is None
+    o = agent.flush(time.time())
+    assert o.health == "view_moved" and o.zones == [] and o.gates == []
+    # Back at the preset: counting resumes.
+    assert agent.process(time.time(), frames[4]) is not None
+    o = agent.flush(time.time())
+    assert o.health == "ok" and o.zones
+
+
+def test_heartbeats_and_camera_offline_with_backoff(site, detector, tmp_path, redis_url, keys, r):
+    missing = tmp_path / "cam.mp4"  # the stream is not there (yet)
+    spool = Spool(tmp_path / "s.sqlite")
+    agent = EdgeAgent(site, CAM, FrameGrabber(str(missing), backoff_s=0.05, max_backoff_s=0.2),
+                      CrowdCounter(detector), Publisher(r, keys, spool))
+    stop = threading.Event()
+    th = threading.Thread(target=agent.run, args=(stop,))
+    th.start()
+    time.sleep(2.6)
+    stop.set()
+    th.join(10)
+    got = [decode(Observation, f["rec"]) for _, f in r.xrange(keys.obs)]
+    assert len(got) >= 2  # one per second, although no frame ever came
+    assert all(o.health == "camera_offline" and o.zones == [] for o in got)
+    assert [o.seq for o in got] == sorted({o.seq for o in got})
+    assert agent.grabber.reconnects >= 3  # it kept trying, backing off
+    spool.close()
+
+
+def test_grabber_keeps_only_the_newest_frame(vtest_path):
+    g = FrameGrabber(str(vtest_path), realtime=False).start()
+    try:
+        first = g.latest(timeout=5)
+        assert first is not None
+        time.sleep(0.5)  # a slow consumer: frames arrive meanwhile and are replaced
+        second = g.latest(timeout=5)
+        assert second is not None and second[0] > first[0]
+        assert g.dropped > 0
+    finally:
+        g.stop()
