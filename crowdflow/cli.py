@@ -159,7 +159,7 @@ def cmd_edge(args) -> int:
     if port:
         metrics.serve(port)
         log.info("metrics on :%d/metrics", port)
-    counter = CrowdCounter(detector, density, CounterSettings())
+    counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px))
     agent = EdgeAgent(site, camera.id, grabber, counter, Publisher(r, keys, spool), preset=args.preset,
                       metrics=metrics, config_dir=Path(args.config).parent)
     try:

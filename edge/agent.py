@@ -79,6 +79,8 @@ class EdgeAgent:
         self._last_check = -1e18
         self._last_t = -1e18
         self._k = 1.0  # observed ÷ calibrated person height
+        self._k_n = 0
+        self._k_planned = 1.0
         self._frame_size: tuple[int, int] | None = None
         self._seen = 0  # frames looked at in this window (counted or not)
 
@@ -102,6 +104,11 @@ class EdgeAgent:
         self._frame_size = (w, h)
         self.base_scale = PersonScale.from_geometry(self.geometry, (w, h))
         self.scale = self.base_scale.scaled(self._k)
+        self._k_planned = self._k
+        # Rows above the highest zone need no people found: tiles start there.
+        pw, ph = self.geometry.image_size
+        top = min((float(v.image_polygon[:, 1].min()) * h / ph for v in self.geometry.zones.values()), default=0.0)
+        self.scale.horizon = max(self.scale.horizon or 0.0, min(max(top, 0.0), h - 1.0))
         self.tiles = plan_tiles(w, h, self.scale, self.counter.detector.imgsz, self.counter.s)
         stride = self.counter.density.stride if self.counter.density is not None else 4
         self.masks = zone_masks(self.geometry, (w, h), stride)
@@ -174,14 +181,7 @@ class EdgeAgent:
                 est_method[z] = method
                 d = self.zone_density.get(z)
                 est_conf[z] = mean_conf if d is None else 0.3 + 0.7 * agreement(counts[z], d)
-            if len(self.tiles) == 1 and len(det):
-                r = self.base_scale.observed_ratio(det, h)
-                if r is not None:
-                    k = float(np.clip(0.9 * self._k + 0.1 * r, 0.5, 4.0))
-                    if abs(k / self._k - 1) > 0.25:  # people look much larger/smaller than calibrated
-                        self._k = k
-                        self._prepare(w, h)
-                    self._k = k
+            self._learn_scale(det, w, h)
         if dense:
             dm = self.counter.density(frame).density
             for z in dense:
@@ -199,6 +199,21 @@ class EdgeAgent:
         self.frames_done += 1
         self.metrics.frame_done((time.perf_counter() - t0) * 1000, time.time() - t)
         return counts
+
+    def _learn_scale(self, det, w: int, h: int) -> None:
+        """People may look larger or smaller than the calibration says (a wrong camera height,
+        a zoomed lens): follow the observed box heights (first estimate, then a slow average,
+        within 0.5–4×) and re-plan the tiles when the factor has moved by a quarter."""
+        r = self.base_scale.observed_ratio(det, h)
+        if r is None:
+            return
+        k = float(np.clip(r if self._k_n == 0 else 0.95 * self._k + 0.05 * r, 0.5, 4.0))
+        self._k_n += 1
+        if abs(k / self._k_planned - 1) > 0.25:
+            log.info("camera %s: people look %.2f× the calibrated size; re-planning tiles", self.camera.id, k)
+            self._k = k
+            self._prepare(w, h)
+        self._k = k
 
     # -- publishing
 

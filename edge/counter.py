@@ -136,9 +136,10 @@ def plan_tiles(width: int, height: int, scale: PersonScale, imgsz: int, s: Count
     ``target_px`` in the detector input. A frame that needs no enlargement is one tile."""
     full = imgsz / max(width, height)  # letterbox scale of the whole frame
     top = int(scale.horizon or 0)
+    top = max(0, int(top - float(scale(top)) * 1.15))  # whole people standing on the top row
     target, upscale = s.target_px, s.max_upscale
     for _ in range(8):  # shrink the target until the plan fits the tile budget
-        if scale(top) * full >= target:
+        if scale(scale.horizon or 0) * full >= target:
             return [Tile(0, 0, width, height)]
         tiles: list[Tile] = []
         a = top

@@ -12,7 +12,7 @@ import pytest
 
 from crowdflow.records import Observation, decode
 from edge.agent import EdgeAgent
-from edge.counter import CrowdCounter
+from edge.counter import CounterSettings, CrowdCounter
 from edge.grabber import FrameGrabber
 from edge.spool import Publisher, Spool
 from edge.viewcheck import ViewChecker
@@ -39,7 +39,8 @@ def shifted(frame, dx=60, dy=25):
 
 
 def make_agent(site, detector, uri, density=None, publisher=None):
-    return EdgeAgent(site, CAM, FrameGrabber(uri), CrowdCounter(detector, density), publisher)
+    counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px))
+    return EdgeAgent(site, CAM, FrameGrabber(uri), counter, publisher)
 
 
 def test_view_check_detects_a_shifted_frame(frames):
