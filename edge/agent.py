@@ -80,6 +80,7 @@ class EdgeAgent:
         self._last_t = -1e18
         self._k = 1.0  # observed ÷ calibrated person height
         self._k_n = 0
+        self._k_tried = False
         self._k_planned = 1.0
         self._frame_size: tuple[int, int] | None = None
         self._seen = 0  # frames looked at in this window (counted or not)
@@ -163,11 +164,16 @@ class EdgeAgent:
         est_method, est_conf = {}, {}
         det = None
         tracked = None
+        whole = None
         if self.gate_counters:
-            tracked = self.counter.detector.track(frame)
+            whole, tracked = self.counter.detector.track(frame)
         if len(dense) < len(zones):
+            if not self._k_tried and len(self.tiles) > 1:  # first frame: check the calibrated person size
+                self._k_tried = True
+                whole = whole if whole is not None else self.counter.detector(frame)
+                self._learn_scale(whole, w, h)
             if len(self.tiles) == 1:
-                det = tracked if tracked is not None else self.counter.detector(frame)
+                det = whole if whole is not None else self.counter.detector(frame)
             else:
                 det, _ = self.counter.detect_tiled(frame, self.scale)
         counts: dict[str, float] = {z: 0.0 for z in zones}

@@ -52,6 +52,7 @@ class PersonDetector:
         self.imgsz = imgsz
         self.conf = conf
         self.device = device
+        self._tracker = None
 
     def __call__(self, frame: np.ndarray) -> Detections:
         return self.detect_many([frame])[0]
@@ -64,11 +65,31 @@ class PersonDetector:
         )
         return [_to_detections(r) for r in res]
 
-    def track(self, frame: np.ndarray) -> Detections:
-        """Detections with persistent ByteTrack ids (ultralytics' tracker, state kept between calls)."""
-        res = self.model.track(frame, imgsz=self.imgsz, conf=self.conf, classes=[0], verbose=False,
-                               device=self.device, tracker="bytetrack.yaml", persist=True)[0]
-        return _to_detections(res)
+    def track(self, frame: np.ndarray) -> tuple[Detections, Detections]:
+        """(all detections, confirmed tracks with ids) from one inference.
+
+        The tracks come from ultralytics' ByteTrack (``bytetrack.yaml``), whose state is kept
+        between calls, as ``model.track(..., persist=True)`` keeps it. Unlike that call, the
+        untracked detections are kept too: counting needs everyone in the frame now, while a
+        new track is only confirmed on its second frame."""
+        res = self.model.predict(frame, imgsz=self.imgsz, conf=self.conf, classes=[0], verbose=False,
+                                 device=self.device)[0]
+        if self._tracker is None:
+            from ultralytics.trackers.byte_tracker import BYTETracker
+            from ultralytics.utils import YAML, IterableSimpleNamespace
+            from ultralytics.utils.checks import check_yaml
+
+            self._tracker = BYTETracker(IterableSimpleNamespace(**YAML.load(check_yaml("bytetrack.yaml"))))
+        tracks = self._tracker.update(res.boxes.cpu().numpy(), frame)
+        if len(tracks):
+            tracked = Detections(tracks[:, :4].astype(np.float64), tracks[:, 5].astype(np.float64),
+                                 tracks[:, 4].astype(np.int64))
+        else:
+            tracked = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
+        return _to_detections(res), tracked
+
+    def reset_tracks(self) -> None:
+        self._tracker = None
 
 
 def _to_detections(res) -> Detections:

@@ -4,7 +4,7 @@ process, and the counter's ms per 1024×768 frame in dense and sparse street sce
     YOLO_OFFLINE=1 .venv/bin/python scripts/bench_edge.py [--frames 100] [--photos 20]
 
 * sparse: vtest.avi frames (decoded once, in memory) through (a) the bare model call the agent
-  makes for this camera (ByteTrack ``model.track``, as cam-cangbai-plaza has a gate) and
+  makes for this camera (detection + ultralytics' ByteTrack, as cam-cangbai-plaza has a gate) and
   (b) ``EdgeAgent.process`` + one observation per 10 frames published to Redis (or the spool
   when none answers): view check, density regime check once a second, zones, gates, window.
   Prints fps of both and the ratio (target ≥ 0.9).

@@ -91,3 +91,27 @@ def test_spool_is_bounded_and_drops_the_oldest(tmp_path):
     assert len(spool) == 3 and spool.dropped == 3
     assert [decode(Observation, rec).seq for _, rec in spool.peek()] == [3, 4, 5]
     spool.close()
+
+
+# The line docs/operations.md gives for an edge agent's own Redis user.
+ACL_LINE = "ACL SETUSER {user} on >{password} resetkeys ~{prefix}:obs resetchannels -@all +xadd +ping"
+
+
+def test_an_edge_acl_user_can_publish_observations_and_nothing_else(tmp_path):
+    srv = RedisServer(tmp_path)
+    srv.start()
+    try:
+        admin = redis.Redis(port=srv.port)
+        admin.execute_command(*ACL_LINE.format(user="edge-cam-a", password="s3cret", prefix="cf").split())
+        r = connect(f"redis://edge-cam-a:s3cret@127.0.0.1:{srv.port}/0")
+        spool = Spool(tmp_path / "s.sqlite")
+        assert Publisher(r, Keys("cf"), spool).publish(obs(1))
+        assert admin.xlen("cf:obs") == 1
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.set("cf:zone:state", "x")  # another key
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.xrange("cf:obs")  # reading the stream
+        spool.close()
+        r.close()
+    finally:
+        srv.stop()
