@@ -160,8 +160,15 @@ def cmd_edge(args) -> int:
         metrics.serve(port)
         log.info("metrics on :%d/metrics", port)
     counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px))
-    agent = EdgeAgent(site, camera.id, grabber, counter, Publisher(r, keys, spool), preset=args.preset,
-                      metrics=metrics, config_dir=Path(args.config).parent)
+    try:
+        agent = EdgeAgent(site, camera.id, grabber, counter, Publisher(r, keys, spool), preset=args.preset,
+                          metrics=metrics, config_dir=Path(args.config).parent)
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        spool.close()
+        if embedded:
+            embedded.close()
+        return 2
     try:
         agent.run(_stop_event(), max_frames=args.max_frames)
     finally:

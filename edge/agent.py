@@ -84,6 +84,7 @@ class EdgeAgent:
         self._k_planned = 1.0
         self._frame_size: tuple[int, int] | None = None
         self._seen = 0  # frames looked at in this window (counted or not)
+        self._last = None  # (frame, detections) for a snapshot, only when snapshots are on
 
     # -- geometry per preset
 
@@ -202,6 +203,8 @@ class EdgeAgent:
                 i, o = gc.take()
                 self.window.add_crossings(gid, i, o)
         self.window.add(t, counts, est_method, est_conf)
+        if self.site.edge.snapshots:
+            self._last = (frame, det)  # kept only for the snapshot of this interval
         self.frames_done += 1
         self.metrics.frame_done((time.perf_counter() - t0) * 1000, time.time() - t)
         return counts
@@ -241,10 +244,34 @@ class EdgeAgent:
         if self.publisher is not None:
             self.publisher.publish(obs)
             self.metrics.spool_depth.set(len(self.publisher.spool))
+            if self.site.edge.snapshots and self._last is not None:
+                self._snapshot(*self._last)
+                self._last = None
         self.metrics.dropped.set(self.grabber.dropped)
         self.metrics.reconnects.set(self.grabber.reconnects)
         self.metrics.online.set(1 if self.grabber.online else 0)
         return obs
+
+    def _snapshot(self, frame: np.ndarray, det) -> None:
+        """Only with ``edge.snapshots: true``: the newest frame, 640 px wide, with the zones and
+        boxes drawn, to ``<p>:snap:<camera>`` (expires after 30 s; never spooled)."""
+        import redis
+
+        h, w = frame.shape[:2]
+        s = 640 / w
+        img = cv2.resize(frame, (640, round(h * s)))
+        pw, ph = self.geometry.image_size
+        for v in self.geometry.zones.values():
+            poly = np.round(v.image_polygon * [w / pw * s, h / ph * s]).astype(np.int32)
+            cv2.polylines(img, [poly], True, (0, 200, 255), 2)
+        if det is not None:
+            for x0, y0, x1, y1 in np.round(det.xyxy * s).astype(int):
+                cv2.rectangle(img, (x0, y0), (x1, y1), (0, 255, 0), 1)
+        ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])
+        try:
+            self.publisher.r.set(self.publisher.keys.snapshot(self.camera.id), jpg.tobytes(), ex=30)
+        except redis.RedisError as e:
+            log.debug("snapshot not sent: %s", e)
 
     def run(self, stop: threading.Event, max_frames: int | None = None) -> None:
         log.info("edge %s: %s, zones in view %s, gates %s", self.camera.id, self.grabber.uri,

@@ -107,3 +107,50 @@ def test_grabber_keeps_only_the_newest_frame(vtest_path):
         assert g.dropped > 0
     finally:
         g.stop()
+
+
+def test_bytetrack_ids_persist_and_metrics_are_exported(site, detector, vtest_path):
+    from prometheus_client import generate_latest
+
+    cap = cv2.VideoCapture(str(vtest_path))
+    frames = [cap.read()[1] for _ in range(6)]
+    cap.release()
+    detector.reset_tracks()
+    ids = []
+    for f in frames:
+        whole, tracked = detector.track(f)
+        assert len(whole) >= len(tracked)
+        ids.append(set(tracked.ids.tolist()))
+    assert ids[-1] and ids[-1] <= ids[1] | ids[-2]  # the same people keep their ids
+    detector.reset_tracks()
+    agent = make_agent(site, detector, str(vtest_path))
+    for f in frames[:3]:
+        agent.process(time.time(), f)
+    agent.flush(time.time())
+    text = generate_latest(agent.metrics.registry).decode()
+    assert 'crowdflow_edge_inference_ms_count{camera="cam-cangbai-plaza"} 3.0' in text
+    assert 'crowdflow_edge_observations_total{camera="cam-cangbai-plaza",health="ok"} 1.0' in text
+    for name in ("fps", "frame_age_seconds", "dropped_frames", "spool_depth", "reconnects"):
+        assert f"crowdflow_edge_{name}" in text
+
+
+def test_no_image_leaves_unless_snapshots_are_enabled(site, detector, vtest_path, tmp_path, redis_url, keys, r):
+    import redis as redis_py
+
+    raw = redis_py.Redis.from_url(redis_url)
+    cap = cv2.VideoCapture(str(vtest_path))
+    frame = cap.read()[1]
+    cap.release()
+    for enabled in (False, True):
+        s = site.model_copy(update={"edge": site.edge.model_copy(update={"snapshots": enabled})})
+        spool = Spool(tmp_path / f"s{enabled}.sqlite")
+        agent = make_agent(s, detector, str(vtest_path), publisher=Publisher(r, keys, spool))
+        agent.process(time.time(), frame)
+        agent.flush(time.time())
+        snap = raw.get(keys.snapshot(CAM))
+        if not enabled:
+            assert snap is None and raw.xlen(keys.obs) == 1
+        else:
+            assert snap[:2] == b"\xff\xd8" and 0 < raw.ttl(keys.snapshot(CAM)) <= 30  # a JPEG, expiring
+        spool.close()
+    raw.close()
