@@ -35,8 +35,7 @@ class CounterSettings:
     max_upscale: float = 3.0  # tiles are never enlarged more than this
     max_tiles: int = 8  # time budget: tiles per frame at most
     dense_count: float = 30.0  # density-model count from which the density map is used (uncalibrated)
-    dense_per_m2: float = 1.0  # density above which a calibrated zone uses the density map
-    dense_min_count: float = 25.0  # ... and only when at least this many people are in it
+    dense_min_count: float = 25.0  # a calibrated zone needs this many people (and edge.dense_per_m2) for density
     nms_iou: float = 0.5
     edge_margin_px: float = 3.0  # in detector pixels: a box this close to an interior border is cut
 
@@ -280,52 +279,6 @@ class CrowdCounter:
         conf = _confidence(method, len(det), dens_count, mean_conf)
         return CountResult(float(len(det)), method, conf, det, dens.density if dens is not None else None,
                            dens_count, tiles, scale, ms=(time.perf_counter() - t0) * 1000)
-
-    def count_zones(self, frame: np.ndarray, geometry, scale: PersonScale, zone_masks: dict[str, np.ndarray],
-                    detections: Detections | None = None) -> tuple[dict[str, Estimate], CountResult]:
-        """Per-zone estimates for a calibrated camera. ``zone_masks`` are boolean images at the
-        density map's resolution. ``detections`` (e.g. from the tracker) replace a detection pass
-        when the plan is a single tile."""
-        from .geometry import foot_points
-
-        t0 = time.perf_counter()
-        h, w = frame.shape[:2]
-        dens = self.density(frame) if self.density is not None else None
-        tiles = plan_tiles(w, h, scale, self.detector.imgsz, self.s)
-        zone_dens = {}
-        if dens is not None:
-            dm = dens.density
-            for zid, m in zone_masks.items():
-                zone_dens[zid] = float(dm[m[: dm.shape[0], : dm.shape[1]]].sum()) if m.shape == dm.shape else \
-                    float(dm[cv2.resize(m.astype(np.uint8), (dm.shape[1], dm.shape[0]), interpolation=cv2.INTER_NEAREST) > 0].sum())
-        dense = {
-            z for z, d in zone_dens.items()
-            if d >= self.s.dense_min_count and d / max(geometry.zones[z].visible_area_m2, 1.0) >= self.s.dense_per_m2
-        }
-        det = None
-        if len(dense) < len(zone_masks):  # some zone is sparse: it needs the detector
-            if len(tiles) == 1:
-                det = detections if detections is not None else self.detector(frame)
-            else:
-                det, tiles = self.detect_tiled(frame, scale)
-        zone_det = {z: 0 for z in zone_masks}
-        if det is not None and len(det):
-            feet = geometry.scale_to_preset(foot_points(det.xyxy), (w, h))
-            zone_det.update(geometry.assign(feet))
-        method = "tiled" if len(tiles) > 1 else "detect"
-        mean_conf = float(det.conf.mean()) if det is not None and len(det) else 0.5
-        out = {}
-        for z in zone_masks:
-            d = zone_dens.get(z)
-            if z in dense:
-                out[z] = Estimate(round(d, 2), "density", _confidence("density", zone_det[z], d, 0))
-            else:
-                out[z] = Estimate(float(zone_det[z]), method, _confidence(method, zone_det[z], d, mean_conf))
-        total = sum(e.count for e in out.values())
-        res = CountResult(total, "density" if dense else method, min((e.confidence for e in out.values()), default=1.0),
-                          det, dens.density if dens is not None else None, dens.count if dens else None, tiles, scale,
-                          zones=out, ms=(time.perf_counter() - t0) * 1000)
-        return out, res
 
 
 def zone_masks(geometry, frame_size: tuple[int, int], stride: int) -> dict[str, np.ndarray]:
