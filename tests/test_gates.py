@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from shapely.geometry import Point
 
 from edge.gates import GateCounter, GateLine
 
@@ -51,3 +52,17 @@ def test_a_track_that_appears_inside_the_band_needs_a_clear_side_first():
     gc = GateCounter(LINE)
     feed(gc, [0.2, -0.2, 0.3, 1.0, 2.0])  # first clear side is inside: no crossing seen
     assert gc.take() == (0, 0)
+
+
+def test_site_gate_direction_walking_from_outside_zone_to_inside_zone_is_in(site):
+    """gate-11f: from the Cangbai Rd plaza (outside, south) into the upper floors (inside, north)."""
+    gate = next(g for g in site.gates if g.id == "gate-11f")
+    a, b = np.array(site.projection.to_metric(gate.line))
+    gc = GateCounter(GateLine(gate.id, a, b, band_m=0.5))
+    mid = (a + b) / 2
+    plaza = np.array(site.projection.to_metric([(106.5795, 29.5639)])[0])  # inside cangbai-plaza
+    assert site.zone_polygons_m["cangbai-plaza"].contains(Point(*plaza))
+    path = [plaza + (mid - plaza) * f for f in np.linspace(0, 2, 25)]  # on through the gate and beyond
+    for i, p in enumerate(path):
+        gc.update(i * 0.2, [1], [p])
+    assert gc.take() == (1, 0)
