@@ -130,6 +130,7 @@ class EdgeAgent:
                 log.info("camera %s moved to calibrated preset %s", self.camera.id, other)
                 self.flush(time.time())
                 self._use_preset(other)
+                self._prepare(frame.shape[1], frame.shape[0])
                 m = self.views.check(other, frame)
         if not m.ok and self.view_ok:
             self.window.discard_counts()  # frames since the last check may show the moved view
@@ -227,7 +228,7 @@ class EdgeAgent:
     # -- publishing
 
     def health(self) -> str:
-        if not self.grabber.online and self._seen == 0:
+        if not self.grabber.online and self._seen == 0 and self.window.frames == 0:
             return "camera_offline"
         if not self.view_ok:
             return "view_moved"

@@ -171,3 +171,28 @@ def test_a_dense_zone_is_counted_from_the_density_map(site, detector, shtech_dir
         assert z.method in expect.split()
         if z.method == "density":
             assert z.count > 50 and 0 < z.confidence < 1  # far more than detection finds at this size
+
+
+def test_agent_follows_the_camera_to_another_calibrated_preset(detector, frames, vtest_path):
+    import copy
+
+    import yaml
+
+    from crowdflow.site import parse_site
+
+    from .conftest import SITE_FILE
+
+    raw = yaml.safe_load(SITE_FILE.read_text(encoding="utf-8"))
+    cam = next(c for c in raw["cameras"] if c["id"] == CAM)
+    cam["presets"].append(dict(copy.deepcopy(cam["presets"][0]), id="left"))
+    site2 = parse_site(raw)
+    agent = make_agent(site2, detector, str(vtest_path))
+    agent.check_interval = 0
+    agent.views.set_reference("home", frames[0])
+    agent.views.set_reference("left", shifted(frames[0]))
+    assert agent.process(time.time(), frames[1]) is not None and agent.geometry.preset.id == "home"
+    o = agent.flush(time.time())
+    assert o.preset == "home"
+    assert agent.process(time.time(), shifted(frames[2])) is not None  # turned to the other preset
+    o = agent.flush(time.time())
+    assert o.health == "ok" and o.preset == "left" and o.zones
