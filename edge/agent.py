@@ -27,7 +27,7 @@ import numpy as np
 from crowdflow.records import Observation
 from crowdflow.site import Site
 
-from .counter import CrowdCounter, PersonScale, agreement, plan_tiles, zone_masks
+from .counter import CrowdCounter, PersonScale, confidence, plan_tiles, zone_masks
 from .gates import GateCounter, GateLine
 from .geometry import CameraGeometry, foot_points
 from .grabber import FrameGrabber
@@ -184,18 +184,16 @@ class EdgeAgent:
                 feet = self.geometry.scale_to_preset(foot_points(det.xyxy), (w, h))
                 counts.update(self.geometry.assign(feet))
             method = "tiled" if len(self.tiles) > 1 else "detect"
-            mean_conf = float(det.conf.mean()) if len(det) else 0.6
             for z in zones:
                 est_method[z] = method
-                d = self.zone_density.get(z)
-                est_conf[z] = mean_conf if d is None else 0.3 + 0.7 * agreement(counts[z], d)
+                est_conf[z] = confidence(method, counts[z])
             self._learn_scale(det, w, h)
         if dense:
             dm = self.counter.density(frame).density
             for z in dense:
                 counts[z] = round(float(dm[self.masks[z][: dm.shape[0], : dm.shape[1]]].sum()), 2)
                 est_method[z] = "density"
-                est_conf[z] = 0.7
+                est_conf[z] = confidence("density", counts[z])
         if tracked is not None and tracked.ids is not None and len(tracked):
             feet = self.geometry.scale_to_preset(foot_points(tracked.xyxy), (w, h))
             ground = self.geometry.homography.to_ground(feet)

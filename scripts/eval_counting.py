@@ -118,6 +118,19 @@ def main() -> int:
             print(f"  auto chose {ms}")
     tune = [r for r in rows if r["part"] == "tune"]
     if tune:
+        print("\nconfidence table (1 − mean relative error on the tuning part; edge.counter.CONFIDENCE):")
+        for method, key, sel, bins in (
+            ("density", "density", tune, (20, 40, 80, 160, 320, float("inf"))),
+            ("detect", "auto", [r for r in tune if r.get("method") != "density"], (10, 20, float("inf"))),
+        ):
+            lo, cells = 0.0, []
+            for hi in bins:
+                b = [r for r in sel if lo <= r[key] < hi]
+                if b:
+                    mre = np.mean([abs(r[key] - r["gt"]) / r["gt"] for r in b])
+                    cells.append(f"<{hi:g}: {1 - mre:.2f} (n={len(b)})")
+                lo = hi
+            print(f"  {method:8s} " + ", ".join(cells))
         best = min(range(10, 301, 5), key=lambda t: np.mean(
             [abs((r["density"] if r["density"] >= t else r["tiled"]) - r["gt"]) for r in tune]))
         print(f"\nbest dense_count threshold on the tuning part: {best}")
