@@ -196,3 +196,29 @@ def test_agent_follows_the_camera_to_another_calibrated_preset(detector, frames,
     assert agent.process(time.time(), shifted(frames[2])) is not None  # turned to the other preset
     o = agent.flush(time.time())
     assert o.health == "ok" and o.preset == "left" and o.zones
+
+
+def test_http_source_frames_then_reconnects_with_backoff_when_the_server_goes(vtest_path):
+    import functools
+    import http.server
+    import socketserver
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(vtest_path.parent)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    g = FrameGrabber(f"http://127.0.0.1:{srv.server_address[1]}/{vtest_path.name}", backoff_s=0.1,
+                     max_backoff_s=0.4).start()
+    try:
+        got = g.latest(timeout=10)
+        assert got is not None and got[1].shape == (360, 480, 3)
+        srv.shutdown()
+        srv.server_close()
+        deadline = time.monotonic() + 15
+        while (g.online or g.reconnects < 3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not g.online and g.reconnects >= 3 and "cannot open" in g.last_error
+    finally:
+        g.stop()
