@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import redis
@@ -64,7 +65,8 @@ class Spool:
 class Publisher:
     """XADD observations; spool them while Redis is unreachable and replay them in order."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, spool: Spool, batch: int = 200):
+    def __init__(self, r: redis.Redis, keys: Keys, spool: Spool, batch: int = 200, retry_s: float = 1.0,
+                 max_retry_s: float = 30.0):
         self.r = r
         self.keys = keys
         self.spool = spool
@@ -72,6 +74,16 @@ class Publisher:
         self.published = 0
         self.spooled = 0
         self.replayed = 0
+        # After a failure Redis is tried again only after a backoff (retry_s doubling up to
+        # max_retry_s): a dead link must not stall the agent for a connect timeout every second.
+        self.retry_s = retry_s
+        self.max_retry_s = max_retry_s
+        self._backoff = retry_s
+        self._retry_at = 0.0
+
+    def _failed(self, e: Exception) -> None:
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self.max_retry_s)
 
     def _send(self, recs: list[str]) -> None:
         pipe = self.r.pipeline(transaction=False)
@@ -85,11 +97,15 @@ class Publisher:
             rows = self.spool.peek(self.batch)
             if not rows:
                 return True
+            if time.monotonic() < self._retry_at:
+                return False
             try:
                 self._send([rec for _, rec in rows])
             except redis.RedisError as e:
                 log.debug("replay deferred: %s", e)
+                self._failed(e)
                 return False
+            self._backoff = self.retry_s
             self.spool.remove_upto(rows[-1][0])
             self.replayed += len(rows)
             log.info("replayed %d spooled observations (%d left)", len(rows), len(self.spool))
@@ -97,13 +113,15 @@ class Publisher:
     def publish(self, obs: Observation) -> bool:
         """True when it reached Redis now, False when it was spooled."""
         rec = obs.encode()
-        if self.drain():
+        if time.monotonic() >= self._retry_at and self.drain():
             try:
                 self._send([rec])
                 self.published += 1
+                self._backoff = self.retry_s
                 return True
             except redis.RedisError as e:
                 log.warning("redis unreachable (%s): spooling %s seq %d", e, obs.camera_id, obs.seq)
+                self._failed(e)
         self.spool.put(rec)
         self.spooled += 1
         return False

@@ -59,7 +59,7 @@ def test_spool_replays_in_order_across_a_redis_stop_start_and_an_agent_restart(t
         keys = Keys("t-spool")
         r = connect(f"redis://127.0.0.1:{srv.port}/0", socket_timeout=1, socket_connect_timeout=1)
         spool = Spool(tmp_path / "spool.sqlite", max_records=1000)
-        pub = Publisher(r, keys, spool)
+        pub = Publisher(r, keys, spool, retry_s=0)
         assert pub.publish(obs(1)) and pub.publish(obs(2))
 
         srv.stop()  # Redis goes away: observations go to disk
@@ -70,14 +70,16 @@ def test_spool_replays_in_order_across_a_redis_stop_start_and_an_agent_restart(t
 
         spool = Spool(tmp_path / "spool.sqlite", max_records=1000)
         assert len(spool) == 5
-        pub = Publisher(r, keys, spool)
+        pub = Publisher(r, keys, spool, retry_s=0.2, max_retry_s=0.2)
         assert not pub.publish(obs(8))
         srv.start()  # Redis is back: the spool is replayed first, then new records follow
-        assert pub.publish(obs(9))
+        assert not pub.publish(obs(9))  # within the retry backoff: Redis is not even tried
+        time.sleep(0.25)
+        assert pub.publish(obs(10))
         assert len(spool) == 0
         got = [decode(Observation, f["rec"]) for _, f in r.xrange(keys.obs)]
-        assert [o.seq for o in got] == list(range(1, 10))
-        assert [o.captured_at for o in got] == [T0 + s for s in range(1, 10)]  # original capture times
+        assert [o.seq for o in got] == list(range(1, 11))
+        assert [o.captured_at for o in got] == [T0 + s for s in range(1, 11)]  # original capture times
         spool.close()
         r.close()
     finally:
