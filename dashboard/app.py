@@ -1,4 +1,11 @@
-"""The live map: FastAPI + WebSocket over the zone states control publishes in Redis."""
+"""The live map and command console: FastAPI + one WebSocket per client over what control
+publishes in Redis.
+
+Reads: the hashes (zone states, plans, recommendations, alarms) and the mode string for a
+snapshot, then the one ``<p>:events`` stream for every change. Writes: only Commands, to
+``<p>:cmd``; each HTTP command request waits for control's ``command_result`` event.
+Every route but ``/api/login`` and the static page needs a session; commands need a role.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +14,48 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from pathlib import Path
+from typing import Literal
 
 import redis.asyncio as aioredis
 import xstatic.pkg.leaflet as xleaflet
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field
 
 from crowdflow.bus import Keys
-from crowdflow.records import RecordError, ZoneState, as_of, decode
+from crowdflow.records import (
+    EVENT_TYPES,
+    Alarm,
+    AuditEntry,
+    Command,
+    CommandResult,
+    PlanState,
+    Recommendation,
+    RecordError,
+    SiteMode,
+    ZoneState,
+    as_of,
+    decode,
+)
 from crowdflow.site import Site
 
+from .auth import COOKIE, LoginLimiter, Session, Sessions, load_users, role_at_least, verify_password
 from .geo import site_geojson
 
 log = logging.getLogger("crowdflow.dashboard")
 STATIC = Path(__file__).parent / "static"
 CLIENT_QUEUE = 256  # messages a client may lag behind before it is dropped (it then resyncs)
+HISTORY_MAX_MIN = 120  # the timeline shows at most the last 2 hours (what control keeps)
+AUDIT_SCAN = 5000  # newest audit entries searched by one filtered query
+KEEP_RECS, KEEP_ALARMS = 200, 500  # what a dashboard holds at most (control keeps "open and recent")
+
+# Who may send which command (control checks the same again; docs/architecture.md).
+COMMAND_ROLE = {"confirm": "commander", "reject": "commander", "override": "commander",
+                "set_auto": "commander", "set_mode": "commander", "ack_alarm": "operator"}
 
 
 class ZoneStore:
@@ -50,11 +82,62 @@ class ZoneStore:
         return [self.get(z.id, now) for z in self.site.zones]
 
 
+class LiveState:
+    """Everything the screen shows, as control last published it (pure; no I/O)."""
+
+    def __init__(self, site: Site, stale_after_s: float):
+        self.zones = ZoneStore(site, stale_after_s)
+        self.plans: dict[str, PlanState] = {}
+        self.recs: dict[str, Recommendation] = {}
+        self.alarms: dict[str, Alarm] = {}
+        self.mode: SiteMode | None = None
+
+    def apply(self, rec) -> None:
+        if isinstance(rec, ZoneState):
+            self.zones.put(rec)
+        elif isinstance(rec, PlanState):
+            self.plans[rec.plan_id] = rec
+        elif isinstance(rec, Recommendation):
+            self.recs[rec.id] = rec
+            _bound(self.recs, KEEP_RECS, lambda x: (x.status == "pending", x.created_at))
+        elif isinstance(rec, Alarm):
+            self.alarms[rec.id] = rec
+            _bound(self.alarms, KEEP_ALARMS, lambda x: (x.cleared_at is None, x.raised_at))
+        elif isinstance(rec, SiteMode):
+            self.mode = rec
+
+    def clear_decisions(self) -> None:
+        """Before a fresh snapshot: control may have pruned old entries from its hashes."""
+        self.plans.clear()
+        self.recs.clear()
+        self.alarms.clear()
+        self.mode = None
+
+    def snapshot(self, now: float) -> dict:
+        return {
+            "type": "snapshot",
+            "at": now,
+            "zones": [s.model_dump() for s in self.zones.all(now)],
+            "plans": [p.model_dump() for p in self.plans.values()],
+            "recommendations": sorted((r.model_dump() for r in self.recs.values()), key=lambda d: -d["created_at"]),
+            "alarms": sorted((a.model_dump() for a in self.alarms.values()), key=lambda d: -d["raised_at"]),
+            "mode": self.mode.model_dump() if self.mode else None,
+        }
+
+
+def _bound(d: dict, keep: int, rank) -> None:
+    """Drop the lowest-ranked entries (decided/cleared, oldest) beyond ``keep``."""
+    if len(d) > keep:
+        for k in sorted(d, key=lambda k: rank(d[k]))[: len(d) - keep]:
+            del d[k]
+
+
 class Hub:
     """Fan-out to WebSocket clients; a client that falls behind is dropped, never waited for."""
 
     def __init__(self):
         self.clients: set[asyncio.Queue] = set()
+        self.dropped = 0
 
     def add(self) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue(maxsize=CLIENT_QUEUE)
@@ -70,95 +153,331 @@ class Hub:
                 q.put_nowait(message)
             except asyncio.QueueFull:
                 self.clients.discard(q)
+                self.dropped += 1
                 with contextlib.suppress(asyncio.QueueFull):
                     q.get_nowait()
                     q.put_nowait(None)  # tells the sender to close; the client reconnects
 
 
-def _zone_msg(s: ZoneState) -> str:
-    return json.dumps({"type": "zone", "state": s.model_dump()}, ensure_ascii=False)
+def _msg(kind: str, rec) -> str:
+    return json.dumps({"type": kind, "rec": rec.model_dump()}, ensure_ascii=False)
+
+
+class CommandRequest(BaseModel):
+    """A command from the console. Who sends it comes from the session, never from the body."""
+
+    kind: Literal["confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm"]
+    plan_id: str | None = None
+    recommendation_id: str | None = None
+    level: Literal["IV", "III", "II", "I"] | None = None
+    auto: bool | None = None
+    mode: Literal["normal", "emergency"] | None = None
+    alarm_id: str | None = None
+    note: str | None = Field(None, max_length=500)
+
+
+_NEEDS = {"confirm": ("recommendation_id",), "reject": ("recommendation_id",), "override": ("plan_id",),
+          "set_auto": ("plan_id", "auto"), "set_mode": ("mode",), "ack_alarm": ("alarm_id",)}
+
+
+class LoginRequest(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
 
 
 def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | None = None) -> FastAPI:
+    cfg = site.dashboard
     stale = stale_after_s if stale_after_s is not None else site.control.stale_after_s
-    store = ZoneStore(site, stale)
+    state = LiveState(site, stale)
+    store = state.zones
     hub = Hub()
-    geojson = site_geojson(site)
+    users = load_users(site)
+    if not users:
+        log.warning("no dashboard users: nobody can log in (dashboard.users or CROWDFLOW_USERS; "
+                    "make hashes with `crowdflow hash-password`)")
+    sessions = Sessions(cfg.session_ttl_s)
+    limiter = LoginLimiter(cfg.login_attempts_per_min)
+    waiting: dict[str, asyncio.Future] = {}  # command id → future of its CommandResult
+    geojson = {"wgs84": site_geojson(site, "wgs84"), "gcj02": site_geojson(site, "gcj02")}
+    clients: dict[str, aioredis.Redis] = {}
+
+    async def load_snapshot(r: aioredis.Redis) -> str:
+        """Read every hash and the mode; return the events id to follow from (taken first)."""
+        last_id = "0-0"
+        if await r.exists(keys.events):
+            last_id = (await r.xinfo_stream(keys.events))["last-generated-id"]
+        state.clear_decisions()
+        for key, cls in ((keys.zone_state, ZoneState), (keys.plan_state, PlanState),
+                         (keys.recommendations, Recommendation), (keys.alarms, Alarm)):
+            for field, raw in (await r.hgetall(key)).items():
+                try:
+                    state.apply(decode(cls, raw))
+                except RecordError as e:
+                    log.warning("bad %s[%s]: %s", key, field, e)
+        raw = await r.get(keys.mode)
+        if raw:
+            try:
+                state.apply(decode(SiteMode, raw))
+            except RecordError as e:
+                log.warning("bad %s: %s", keys.mode, e)
+        return last_id
+
+    def handle(entry_id: str, fields: dict) -> None:
+        kind = fields.get("type")
+        cls = EVENT_TYPES.get(kind)
+        if cls is None:
+            log.warning("event %s: unknown type %r", entry_id, kind)
+            return
+        try:
+            rec = decode(cls, fields.get("rec", ""))
+        except RecordError as e:
+            log.warning("event %s (%s): %s", entry_id, kind, e)
+            return
+        if isinstance(rec, CommandResult):
+            fut = waiting.get(rec.command_id)
+            if fut is not None and not fut.done():
+                fut.set_result(rec)
+            return
+        state.apply(rec)
+        if not isinstance(rec, ZoneState):  # zones go out below, after staleness is applied
+            hub.broadcast(_msg(kind, rec))
 
     async def follow(r: aioredis.Redis) -> None:
-        """Load the snapshot, then follow the updates stream; resync after any Redis error."""
+        """Load the snapshot, then follow the events stream; resync after any Redis error."""
         shown: dict[str, str] = {}
+        first = True
         while True:
             try:
-                last_id = "$"
-                info = await r.xinfo_stream(keys.events) if await r.exists(keys.events) else None
-                if info:
-                    last_id = info["last-generated-id"]
-                for zid, raw in (await r.hgetall(keys.zone_state)).items():
-                    with contextlib.suppress(RecordError):
-                        store.put(decode(ZoneState, raw))
+                last_id = await load_snapshot(r)
+                if not first:  # clients may have missed changes while Redis was away
+                    hub.broadcast(json.dumps(state.snapshot(time.time()), ensure_ascii=False))
+                first = False
                 while True:
                     resp = await r.xread({keys.events: last_id}, count=500, block=1000)
                     for _, entries in resp or []:
                         for entry_id, fields in entries:
                             last_id = entry_id
-                            if fields.get("type") != "zone":
-                                continue
-                            try:
-                                store.put(decode(ZoneState, fields.get("rec", "")))
-                            except RecordError as e:
-                                log.warning("bad zone state %s: %s", entry_id, e)
+                            handle(entry_id, fields)
                     now = time.time()
                     for s in store.all(now):
                         key = s.model_dump_json(exclude={"computed_at", "reason"})
                         if shown.get(s.zone_id) != key:
                             shown[s.zone_id] = key
-                            hub.broadcast(_zone_msg(s))
+                            hub.broadcast(json.dumps({"type": "zone", "state": s.model_dump()}, ensure_ascii=False))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Redis down or restarting: keep serving, retry
-                log.error("zone follower: %s; retrying", e)
+                log.error("event follower: %s; retrying", e)
                 await asyncio.sleep(1.0)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        r = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3)
-        task = asyncio.create_task(follow(r))
+    async def lifespan(app):
+        follow_r = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3)
+        clients["r"] = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3,
+                                               socket_timeout=5)
+        task = asyncio.create_task(follow(follow_r))
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await r.aclose()
+            await follow_r.aclose()
+            await clients["r"].aclose()
 
-    app = FastAPI(title="Crowdflow dashboard", version="0.1.0", lifespan=lifespan)
+    app = FastAPIOffline(title="Crowdflow dashboard", version="0.2.0", lifespan=lifespan, redoc_url=None,
+                         description="The live map and command console of the Hongyadong crowd-flow "
+                                     "system. Log in with POST /api/login; the session cookie (or "
+                                     "`Authorization: Bearer <token>`) authorises the rest.")
     app.state.store = store
+    app.state.live = state
     app.state.hub = hub
 
-    @app.get("/api/site")
-    def get_site() -> dict:
-        """Site geometry (zones, cameras, roads, gates, posts) as GeoJSON, names in zh/en."""
-        return geojson
+    # ------------------------------------------------------------------ sessions and roles
 
-    @app.get("/api/zones")
-    def get_zones() -> list[dict]:
+    def session_of(request: Request) -> Session | None:
+        token = request.cookies.get(COOKIE)
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        return sessions.check(token, users)
+
+    def require(role: str):
+        def dep(request: Request) -> Session:
+            s = session_of(request)
+            if s is None:
+                raise HTTPException(401, "not logged in or session expired")
+            if not role_at_least(s.role, role):
+                raise HTTPException(403, f"needs role {role}; {s.user} is {s.role}")
+            return s
+        return dep
+
+    viewer = Depends(require("viewer"))
+
+    @app.post("/api/login", tags=["session"])
+    def login(body: LoginRequest, request: Request, response: Response) -> dict:
+        """Start a session (cookie ``cf_session``; the token is also returned for scripts).
+        Failed attempts are limited per user name and address (429 with Retry-After)."""
+        now = time.time()
+        key = f"{body.username}|{request.client.host if request.client else '-'}"
+        wait = limiter.retry_after(key, now)
+        if wait > 0:
+            raise HTTPException(429, f"too many failed logins; try again in {wait:.0f} s",
+                                headers={"Retry-After": str(int(wait) + 1)})
+        u = users.get(body.username)
+        if u is None or not verify_password(body.password, u.password_hash):
+            limiter.failed(key, now)
+            raise HTTPException(401, "wrong user name or password")
+        limiter.succeeded(key)
+        token, s = sessions.issue(u)
+        response.set_cookie(COOKIE, token, max_age=int(cfg.session_ttl_s), httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return {"user": s.user, "role": s.role, "post": s.post, "expires_at": s.expires_at, "token": token}
+
+    @app.post("/api/logout", tags=["session"])
+    def logout(response: Response) -> dict:
+        response.delete_cookie(COOKIE)
+        return {"ok": True}
+
+    @app.get("/api/me", tags=["session"])
+    def me(s: Session = viewer) -> dict:
+        """Who this session is: user, role, post, expiry."""
+        return {"user": s.user, "role": s.role, "post": s.post, "expires_at": s.expires_at}
+
+    # ------------------------------------------------------------------ reading
+
+    @app.get("/api/site", tags=["read"])
+    def get_site(s: Session = viewer) -> dict:
+        """Site geometry as GeoJSON (zones, cameras, roads, gates, posts, basemap), names in
+        zh/en, plus the plans' action catalogue and the optional tile layer. Coordinates are
+        in the tiles' datum (WGS84 unless ``dashboard.tiles.datum`` is gcj02)."""
+        return geojson[cfg.tiles.datum if cfg.tiles else "wgs84"]
+
+    @app.get("/api/zones", tags=["read"])
+    def get_zones(s: Session = viewer) -> list[dict]:
         """Every configured zone's current state; no fresh data means status ``unknown``."""
-        return [s.model_dump() for s in store.all(time.time())]
+        return [z.model_dump() for z in store.all(time.time())]
 
-    @app.get("/healthz")
+    @app.get("/api/state", tags=["read"])
+    def get_state(s: Session = viewer) -> dict:
+        """The full snapshot the WebSocket sends first: zones, plans, recommendations, alarms, mode."""
+        return state.snapshot(time.time())
+
+    @app.get("/api/zones/{zone_id}/history", tags=["read"])
+    async def zone_history(zone_id: str, minutes: float = Query(HISTORY_MAX_MIN, gt=0, le=HISTORY_MAX_MIN),
+                           s: Session = viewer) -> dict:
+        """The zone's timeline (one sample per 10 s from ``<p>:zone:hist:<zone>``) over the last
+        ``minutes``, and control's forecast from its current state."""
+        if zone_id not in site.zone_by_id:
+            raise HTTPException(404, f"no zone {zone_id!r} in the site config")
+        start = int((time.time() - minutes * 60) * 1000)
+        entries = await clients["r"].xrange(keys.zone_history(zone_id), min=start, max="+")
+        samples = []
+        for entry_id, fields in entries:
+            try:
+                z = decode(ZoneState, fields.get("rec", ""))
+            except RecordError as e:
+                log.warning("history %s %s: %s", zone_id, entry_id, e)
+                continue
+            samples.append({"t": z.updated_at if z.status == "ok" and z.updated_at else z.computed_at,
+                            "status": z.status, "count": z.count, "capacity_ratio": z.capacity_ratio,
+                            "density": z.density})
+        now = time.time()
+        cur = store.get(zone_id, now)
+        return {"zone_id": zone_id, "capacity": cur.capacity, "now": now, "samples": samples,
+                "current": cur.model_dump(),
+                "forecast": [f.model_dump() for f in cur.forecast] if cur.status == "ok" else []}
+
+    @app.get("/api/audit", tags=["read"])
+    async def audit(q: str | None = Query(None, description="text anywhere in actor, action, plan, level or reason"),
+                    actor: str | None = None, action: str | None = None, plan_id: str | None = None,
+                    limit: int = Query(100, ge=1, le=1000), s: Session = viewer) -> list[dict]:
+        """The decision log (``<p>:audit``), newest first, filtered."""
+        entries = await clients["r"].xrevrange(keys.audit, max="+", min="-", count=AUDIT_SCAN)
+        out = []
+        needle = q.lower() if q else None
+        for entry_id, fields in entries:
+            try:
+                a = decode(AuditEntry, fields.get("rec", ""))
+            except RecordError as e:
+                log.warning("audit %s: %s", entry_id, e)
+                continue
+            if actor and a.actor != actor or action and a.action != action or plan_id and a.plan_id != plan_id:
+                continue
+            if needle and needle not in " ".join(str(x) for x in (a.actor, a.role, a.action, a.plan_id, a.level_from,
+                                                                   a.level_to, a.reason, a.recommendation_id)).lower():
+                continue
+            out.append(a.model_dump())
+            if len(out) >= limit:
+                break
+        return out
+
+    # ------------------------------------------------------------------ commanding
+
+    @app.post("/api/commands", tags=["command"],
+              responses={200: {"description": "control applied it"}, 400: {"description": "malformed"},
+                         403: {"description": "role too low; nothing is written"},
+                         409: {"description": "control refused it (error says why)"},
+                         504: {"description": "control did not answer in time"}})
+    async def command(body: CommandRequest, request: Request) -> JSONResponse:
+        """Send a command to control and wait for its answer. ``confirm``/``reject``/
+        ``override``/``set_auto``/``set_mode`` need a commander, ``ack_alarm`` an operator."""
+        s = session_of(request)
+        if s is None:
+            raise HTTPException(401, "not logged in or session expired")
+        needed = COMMAND_ROLE[body.kind]
+        if not role_at_least(s.role, needed):
+            raise HTTPException(403, f"{body.kind} needs role {needed}; {s.user} is {s.role}")
+        missing = [f for f in _NEEDS[body.kind] if getattr(body, f) is None]
+        if missing:
+            raise HTTPException(400, f"{body.kind} needs {', '.join(missing)}")
+        try:
+            cmd = decode(Command, {"v": 1, "id": uuid.uuid4().hex, **body.model_dump(), "user": s.user,
+                                   "role": s.role, "issued_at": time.time()})
+        except RecordError as e:
+            raise HTTPException(400, str(e)) from None
+        fut = asyncio.get_running_loop().create_future()
+        waiting[cmd.id] = fut
+        try:
+            await clients["r"].xadd(keys.cmd, {"rec": cmd.encode()})
+            log.info("command %s %s by %s (%s)", cmd.id, cmd.kind, s.user, s.role)
+            try:
+                res: CommandResult = await asyncio.wait_for(fut, cfg.command_timeout_s)
+            except asyncio.TimeoutError:
+                return JSONResponse({"command_id": cmd.id, "ok": None,
+                                     "error": f"control did not answer within {cfg.command_timeout_s:g} s; "
+                                              f"the command stays queued in {keys.cmd}"}, status_code=504)
+        finally:
+            waiting.pop(cmd.id, None)
+        return JSONResponse(res.model_dump(), status_code=200 if res.ok else 409)
+
+    # ------------------------------------------------------------------ live push
+
+    @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
         return {"ok": True, "clients": len(hub.clients)}
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
+        """A full snapshot, then every change. Needs a session (cookie or bearer header); closes
+        (code 4401) when it expires."""
+        auth = websocket.headers.get("authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else websocket.cookies.get(COOKIE)
+        s = sessions.check(token, users)
+        if s is None:
+            await websocket.close(code=4401, reason="not logged in or session expired")
+            return
         await websocket.accept()
         q = hub.add()
         try:
-            snapshot = {"type": "snapshot", "zones": [s.model_dump() for s in store.all(time.time())]}
-            await websocket.send_text(json.dumps(snapshot, ensure_ascii=False))
+            await websocket.send_text(json.dumps(state.snapshot(time.time()), ensure_ascii=False))
             while True:
-                msg = await q.get()
+                left = s.expires_at - time.time()
+                try:
+                    msg = await asyncio.wait_for(q.get(), timeout=max(left, 0.01))
+                except asyncio.TimeoutError:
+                    await websocket.close(code=4401, reason="session expired")
+                    return
                 if msg is None:
                     await websocket.close(code=4000, reason="too slow; reconnect for a snapshot")
                     return
@@ -176,3 +495,4 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         return FileResponse(STATIC / "index.html")
 
     return app
+

@@ -1,128 +1,486 @@
-// Live map: zones coloured by load, grey "无数据" when unknown; WebSocket-pushed updates.
+// Live map and command console. One WebSocket: a full snapshot first, then every change.
+// Zones coloured by load, grey hatched "无数据" when unknown; panels for recommendations,
+// plan levels, alarms, the zone timeline and the decision log. Commands go to /api/commands
+// and only the roles allowed to send them see their buttons (the server checks again).
 (function () {
   "use strict";
   let lang = localStorage.getItem("crowdflow.lang") || "zh";
-  const T = (k) => (window.I18N[lang] || window.I18N.zh)[k] || k;
+  const T = (k, vars) => {
+    let s = (window.I18N[lang] || window.I18N.zh)[k];
+    if (s == null) s = k;
+    if (vars) for (const [n, v] of Object.entries(vars)) s = s.split(`{${n}}`).join(v);
+    return s;
+  };
+  const esc = (s) => String(s == null ? "" : s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  const $ = (sel) => document.querySelector(sel);
   const BANDS = [  // capacity ratio → colour (plan levels IV blue → I red; LB/T 068-2017)
     [0.95, "#d7191c", "≥95%"], [0.90, "#f07c19", "90–95%"], [0.80, "#f2c418", "80–90%"],
     [0.60, "#2b83ba", "60–80%"], [0.0, "#3aa357", "<60%"],
   ];
-  const UNKNOWN = "#9aa0a6";
+  const UNKNOWN_FILL = "url(#cf-hatch)";
+  const CAM = { ok: "#1f9d55", offline: "#d7191c", moved: "#f07c19", unknown: "#9aa0a6" };
+  const ROLES = ["viewer", "operator", "commander"];
   const colour = (s) => {
-    if (!s || s.status !== "ok" || s.capacity_ratio == null) return UNKNOWN;
+    if (!s || s.status !== "ok" || s.capacity_ratio == null) return UNKNOWN_FILL;
     for (const [t, c] of BANDS) if (s.capacity_ratio >= t) return c;
     return BANDS[BANDS.length - 1][1];
   };
 
-  const map = L.map("map", { zoomControl: true, attributionControl: false });
+  // ---------------------------------------------------------------- state
+  const S = {
+    me: null, site: null, states: {}, plans: {}, recs: {}, alarms: {}, mode: null,
+    names: {}, // "zone:id" / "post:id" / ... → {zh, en}
+    feats: {}, // "kind:id" → GeoJSON feature
+  };
   const layers = {};      // zone id → Leaflet polygon
-  const names = {};       // zone id → {zh, en}
-  const states = {};      // zone id → ZoneState
-  window.crowdflow = { states, layers };  // for tests and debugging
+  const cams = {};        // camera id → circle marker
+  const posts = {};       // post id → marker
+  window.crowdflow = { states: S.states, layers, S };  // for tests, screenshots and debugging
+  const can = (role) => S.me && ROLES.indexOf(S.me.role) >= ROLES.indexOf(role);
+  const nm = (kind, id) => (S.names[`${kind}:${id}`] || {})[lang] || id;
+  const planName = (id) => { const p = (S.site.plans || []).find((x) => x.id === id); return p ? p.name[lang] : id; };
 
   function age(t) {
     if (t == null) return "";
     const s = Math.max(0, Date.now() / 1000 - t);
     return s < 120 ? `${Math.round(s)} ${T("seconds")}${T("ago")}` : `${Math.round(s / 60)} ${T("minutes")}${T("ago")}`;
   }
+  const clock = (t) => new Date(t * 1000).toLocaleTimeString(lang === "zh" ? "zh-CN" : "en-GB", { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const levelBadge = (lv) => `<span class="level lv-${lv || "none"}">${esc(T(lv ? `level_${lv}` : "level_none"))}</span>`;
+  function actionText(a) {
+    switch (a.type) {
+      case "staffing": return T("act_staffing", { post: nm("post", a.post), n: a.headcount });
+      case "traffic_cutoff": return T("act_traffic_cutoff", { road: nm("road", a.road) });
+      case "one_way": return T("act_one_way", { zone: nm("zone", a.zone), toward: nm("zone", a.toward) });
+      case "exit_only": return T("act_exit_only", { gate: nm("gate", a.gate) });
+      case "metro_limit": return T("act_metro_limit", { gate: nm("gate", a.gate), n: a.max_per_min });
+      case "broadcast": return T("act_broadcast", { text: a.text[lang] });
+      default: return a.type;
+    }
+  }
+  function toast(text) {
+    const el = $("#toast");
+    el.textContent = text;
+    el.classList.add("show");
+    clearTimeout(toast.t);
+    toast.t = setTimeout(() => el.classList.remove("show"), 4000);
+  }
+
+  // ---------------------------------------------------------------- map
+  let map = null;
+  let actionLayer = null;
+  function trendArrow(s) {
+    if (s.trend_pm == null) return "";
+    return s.trend_pm > 2 ? " ↑" : s.trend_pm < -2 ? " ↓" : " →";
+  }
   function label(id) {
-    const s = states[id];
-    const n = names[id] ? names[id][lang] : id;
+    const s = S.states[id];
+    const n = nm("zone", id);
     if (!s || s.status !== "ok") {
       const last = s && s.last_known ? ` (${Math.round(s.last_known.count)}${T("people")} · ${age(s.last_known.at)})` : "";
-      return `${n}<br>${T("unknown")}${last}`;
+      return `${esc(n)}<br>${T("unknown")}${last}`;
     }
-    return `${n}<br>${Math.round(s.count)}${T("people")} · ${Math.round(s.capacity_ratio * 100)}%`;
+    return `${esc(n)}<br>${Math.round(s.count)}${T("people")} · ${Math.round(s.capacity_ratio * 100)}% · ${s.density.toFixed(2)}/m²${trendArrow(s)}`;
   }
   function popup(id) {
-    const s = states[id] || {};
+    const s = S.states[id] || {};
     const rows = s.status === "ok"
       ? [[T("people"), Math.round(s.count)], [T("density"), `${s.density.toFixed(2)} /m²`],
          [T("ratio"), `${Math.round(s.capacity_ratio * 100)}%`], [T("capacity"), s.capacity],
+         [T("trend"), s.trend_pm == null ? "—" : `${s.trend_pm.toFixed(1)} ${T("per_min")}`],
          [T("coverage"), `${Math.round((s.coverage || 0) * 100)}%`],
          [T("sources"), (s.sources || []).join(", ")], [T("updated"), age(s.updated_at)]]
-      : [[T("unknown"), ""], [T("reason"), s.reason || ""], [T("capacity"), s.capacity]];
-    return `<b>${names[id][lang]}</b><table>` + rows.map(([k, v]) => `<tr><td>${k}</td><td>${v}</td></tr>`).join("") + "</table>";
+      : [[T("unknown"), s.last_known ? `${Math.round(s.last_known.count)}${T("people")} · ${age(s.last_known.at)}` : ""],
+         [T("reason"), s.reason || ""], [T("capacity"), s.capacity]];
+    return `<div class="popup"><b>${esc(nm("zone", id))}</b><table>` +
+      rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(v)}</td></tr>`).join("") + "</table></div>";
   }
   function paint(id) {
     const layer = layers[id];
     if (!layer) return;
-    const s = states[id];
+    const s = S.states[id];
     const unknown = !s || s.status !== "ok";
-    layer.setStyle({ fillColor: colour(s), fillOpacity: unknown ? 0.35 : 0.65, color: unknown ? "#666" : "#222",
+    layer.setStyle({ fillColor: colour(s), fillOpacity: unknown ? 0.75 : 0.65, color: unknown ? "#666" : "#222",
                      weight: 1, dashArray: unknown ? "4 4" : null });
-    layer.getElement && layer.getElement() && layer.getElement().setAttribute("data-status", unknown ? "unknown" : "ok");
+    const el = layer.getElement && layer.getElement();
+    if (el) el.setAttribute("data-status", unknown ? "unknown" : "ok");
     layer.setTooltipContent(label(id));
     const tip = layer.getTooltip().getElement && layer.getTooltip().getElement();
     if (tip) { tip.classList.toggle("unknown", unknown); tip.classList.toggle("live", !unknown); }
     if (layer.isPopupOpen()) layer.setPopupContent(popup(id));
   }
+  function cameraHealth(id) {
+    for (const a of Object.values(S.alarms)) {
+      if (a.camera_id === id && a.cleared_at == null) {
+        if (a.kind === "camera_offline") return "offline";
+        if (a.kind === "view_moved") return "moved";
+      }
+    }
+    let h = "unknown";
+    for (const s of Object.values(S.states)) {
+      if (s.status === "ok" && (s.sources || []).includes(id)) return "ok";
+      if (s.reason && s.reason.includes(`${id} camera_offline`)) h = "offline";
+      if (s.reason && s.reason.includes(`${id} view_moved`)) h = "moved";
+    }
+    return h;
+  }
+  function paintCameras() {
+    for (const [id, m] of Object.entries(cams)) {
+      const h = cameraHealth(id);
+      m.setStyle({ color: "#fff", weight: 1.5, fillColor: CAM[h], fillOpacity: 1 });
+      m.setTooltipContent(`${T("camera")}: ${esc(nm("camera", id))} · ${T(`cam_${h}`)}`);
+      const el = m.getElement && m.getElement();
+      if (el) el.setAttribute("data-health", h);
+    }
+  }
+  function activeActions() {
+    const out = [];
+    for (const p of Object.values(S.plans)) for (const a of p.active_actions || []) out.push([p.plan_id, a]);
+    return out;
+  }
+  function centroid(kind, id) {
+    const f = S.feats[`${kind}:${id}`];
+    if (!f) return null;
+    const ring = f.geometry.coordinates[0].slice(0, -1);
+    const lat = ring.reduce((a, p) => a + p[1], 0) / ring.length;
+    const lon = ring.reduce((a, p) => a + p[0], 0) / ring.length;
+    return [lat, lon];
+  }
+  function paintActions() {
+    if (!map) return;
+    actionLayer.clearLayers();
+    const staffing = {};
+    for (const [, a] of activeActions()) {
+      if (a.type === "traffic_cutoff") {
+        const f = S.feats[`road:${a.road}`];
+        if (f) L.polyline(f.geometry.coordinates.map(([lon, lat]) => [lat, lon]),
+          { color: "#e0201b", weight: 5, dashArray: "10 8", className: `cutoff cutoff-${a.road}`, pane: "actions" })
+          .bindTooltip(`${esc(nm("road", a.road))} · ${T("cutoff")}`).addTo(actionLayer);
+      } else if (a.type === "one_way") {
+        const from = centroid("zone", a.zone), to = centroid("zone", a.toward);
+        if (from && to) {
+          L.polyline([from, to], { color: "#0a6b2f", weight: 3, className: `oneway oneway-${a.zone}`, pane: "actions" })
+            .bindTooltip(actionText(a)).addTo(actionLayer);
+          const ang = Math.atan2(to[0] - from[0], (to[1] - from[1]) * Math.cos(from[0] * Math.PI / 180)) * 180 / Math.PI;
+          const mid = [(from[0] * 0.35 + to[0] * 0.65), (from[1] * 0.35 + to[1] * 0.65)];
+          L.marker(mid, { pane: "actions", interactive: false, icon: L.divIcon({ className: "oneway-arrow",
+            html: `<span style="display:inline-block;transform:rotate(${-ang}deg)">➤</span>` }) }).addTo(actionLayer);
+        }
+      } else if (a.type === "exit_only" || a.type === "metro_limit") {
+        const f = S.feats[`gate:${a.gate}`];
+        if (f) L.polyline(f.geometry.coordinates.map(([lon, lat]) => [lat, lon]),
+          { color: a.type === "exit_only" ? "#e0201b" : "#f07c19", weight: 7, className: `gate-action gate-${a.gate}`, pane: "actions" })
+          .bindTooltip(actionText(a), { permanent: true, direction: "top", className: "zone-label" }).addTo(actionLayer);
+      } else if (a.type === "staffing") {
+        staffing[a.post] = Math.max(staffing[a.post] || 0, a.headcount);
+      }
+    }
+    for (const [id, m] of Object.entries(posts)) {
+      const f = S.feats[`post:${id}`];
+      const base = f.properties.headcount;
+      const n = staffing[id];
+      const raised = n != null && n !== base;
+      m.setIcon(L.divIcon({ className: `post-marker post-${id}${raised ? " raised" : ""}`,
+        html: `${esc(f.properties.department)} ${raised ? `${base}→${n}` : base}` }));
+      m.setTooltipContent(`${T("post")}: ${esc(nm("post", id))}`);
+    }
+  }
   function legend() {
-    document.getElementById("legend").innerHTML = `<b>${T("legend")}</b><br>` +
+    const open = $("#legend details") ? $("#legend details").open : !document.body.classList.contains("layout-phone");
+    $("#legend").innerHTML = `<details ${open ? "open" : ""}><summary><b>${T("legend")}</b></summary>${T("legend_load")}<br>` +
       BANDS.map(([, c, txt]) => `<i style="background:${c}"></i>${txt}`).join("<br>") +
-      `<br><i style="background:${UNKNOWN}"></i>${T("legend_unknown")}`;
+      `<br><i class="hatch"></i>${T("legend_unknown")}` +
+      ["ok", "offline", "moved", "unknown"].map((h) => `<br><i class="dot" style="background:${CAM[h]}"></i>${T(`legend_cam_${h}`)}`).join("") +
+      `<br><i class="cut"></i>${T("legend_cutoff")}<br><span style="color:#0a6b2f;font-weight:900">➤</span> ${T("legend_oneway")}` +
+      `<br><i style="background:#0b3d91"></i>${T("legend_post")}</details>`;
   }
-  function relabel() {
-    document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
-    document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = T(el.dataset.i18n); });
-    document.getElementById("lang").textContent = T("lang_button");
-    document.title = T("title");
-    Object.keys(layers).forEach(paint);
-    legend();
+  function addHatch() {
+    const svg = map.getPanes().overlayPane.querySelector("svg");
+    if (!svg || svg.querySelector("#cf-hatch")) return;
+    const defs = document.createElementNS("http://www.w3.org/2000/svg", "defs");
+    defs.innerHTML = '<pattern id="cf-hatch" patternUnits="userSpaceOnUse" width="8" height="8" patternTransform="rotate(45)">' +
+      '<rect width="8" height="8" fill="#c4c8cc"/><line x1="0" y1="0" x2="0" y2="8" stroke="#7d848b" stroke-width="3"/></pattern>';
+    svg.insertBefore(defs, svg.firstChild);
   }
-  document.getElementById("lang").onclick = () => {
-    lang = lang === "zh" ? "en" : "zh";
-    localStorage.setItem("crowdflow.lang", lang);
-    relabel();
-  };
-
-  async function loadSite() {
-    const site = await (await fetch("/api/site")).json();
+  function buildMap(site) {
+    map = L.map("map", { zoomControl: true, attributionControl: !!site.tiles, maxZoom: 20 });
+    map.createPane("basemap").style.zIndex = 300;
+    map.createPane("actions").style.zIndex = 450;
+    if (site.tiles) L.tileLayer(site.tiles.url, { maxZoom: site.tiles.max_zoom, attribution: site.tiles.attribution }).addTo(map);
+    actionLayer = L.layerGroup().addTo(map);
     const bounds = L.latLngBounds([]);
+    const ll = (c) => c.map(([lon, lat]) => [lat, lon]);
+    const BASE = { water: { color: "#8fb8d8", fillColor: "#a9cbe6", fillOpacity: 0.9, weight: 1 },
+                   building: { color: "#b9a78f", fillColor: "#d9ccb8", fillOpacity: 0.9, weight: 1 },
+                   bridge: { color: "#7d8790", fillColor: "#b8c0c7", fillOpacity: 0.9, weight: 1 } };
     for (const f of site.features) {
       const p = f.properties;
-      if (f.geometry.type === "Polygon" && p.kind === "zone") {
-        const latlngs = f.geometry.coordinates[0].map(([lon, lat]) => [lat, lon]);
+      S.feats[`${p.kind}:${p.id}`] = f;
+      if (p.name) S.names[`${p.kind}:${p.id}`] = p.name;
+      if (BASE[p.kind]) {
+        L.polygon(ll(f.geometry.coordinates[0]), { ...BASE[p.kind], pane: "basemap", className: `base base-${p.kind}` })
+          .bindTooltip(() => (p.name ? p.name[lang] : p.id)).addTo(map);
+      } else if (p.kind === "zone") {
+        const latlngs = ll(f.geometry.coordinates[0]);
         const poly = L.polygon(latlngs, { className: `zone zone-${p.id}` }).addTo(map);
         poly.bindTooltip("", { permanent: true, direction: "center", className: "zone-label" });
         poly.bindPopup(() => popup(p.id));
+        poly.on("click", () => showTimeline(p.id));
         layers[p.id] = poly;
-        names[p.id] = p.name;
-        latlngs.forEach((ll) => bounds.extend(ll));
+        latlngs.forEach((x) => bounds.extend(x));
       } else if (p.kind === "road") {
-        L.polyline(f.geometry.coordinates.map(([lon, lat]) => [lat, lon]), { color: "#7b8794", weight: 6, opacity: 0.6 })
+        L.polyline(ll(f.geometry.coordinates), { color: "#8a949e", weight: 6, opacity: 0.7, pane: "basemap", className: `road road-${p.id}` })
           .bindTooltip(() => p.name[lang]).addTo(map);
       } else if (p.kind === "camera") {
         const [lon, lat] = f.geometry.coordinates;
-        L.circleMarker([lat, lon], { radius: 4, color: "#0b3d91", fillOpacity: 1 })
-          .bindTooltip(() => `${T("camera")}: ${p.name[lang]}`).addTo(map);
+        cams[p.id] = L.circleMarker([lat, lon], { radius: 5, className: `camera camera-${p.id}` })
+          .bindTooltip("").addTo(map);
+      } else if (p.kind === "post") {
+        const [lon, lat] = f.geometry.coordinates;
+        posts[p.id] = L.marker([lat, lon], { icon: L.divIcon({ className: "post-marker" }) }).bindTooltip("").addTo(map);
       }
     }
+    addHatch();
+    window.crowdflow.map = map;
+    window.crowdflow.showTimeline = showTimeline;
     map.fitBounds(bounds, { padding: [10, 10] });
-    map.getContainer().classList.toggle("overview", map.getZoom() < DETAIL_ZOOM);
-    relabel();
+    const DETAIL_ZOOM = 18;  // zoomed out, only live zones keep their labels
+    const overview = () => map.getContainer().classList.toggle("overview", map.getZoom() < DETAIL_ZOOM);
+    map.on("zoomend", overview);
+    overview();
   }
 
-  // Zoomed out, only live zones keep their labels (unknown ones stay grey and hatched), so the
-  // map reads at a glance; zoomed in, every zone is labelled.
-  const DETAIL_ZOOM = 18;
-  map.on("zoomend", () => map.getContainer().classList.toggle("overview", map.getZoom() < DETAIL_ZOOM));
+  // ---------------------------------------------------------------- panels
+  async function command(body) {
+    let res;
+    try {
+      res = await fetch("/api/commands", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    } catch (e) { toast(T("cmd_timeout", { error: String(e) })); return; }
+    const data = await res.json().catch(() => ({}));
+    const error = data.error || data.detail || res.statusText;
+    if (res.ok) toast(T("cmd_ok"));
+    else if (res.status === 504) toast(T("cmd_timeout", { error }));
+    else if (res.status === 403 || res.status === 401) toast(T("cmd_forbidden", { error }));
+    else toast(T("cmd_failed", { error }));
+  }
+  function renderRecs() {
+    const recs = Object.values(S.recs).sort((a, b) => (a.status === "pending" ? 0 : 1) - (b.status === "pending" ? 0 : 1) || b.created_at - a.created_at).slice(0, 12);
+    $("#recs .body").innerHTML = recs.length ? recs.map((r) => `
+      <div class="card rec ${r.status}" data-rec="${esc(r.id)}">
+        <b>${esc(planName(r.plan_id))}</b> ${levelBadge(r.from_level)} → ${levelBadge(r.level)}
+        ${r.predictive ? `<span class="muted">(${T("predictive")})</span>` : ""}
+        <span class="muted">${T(`status_${r.status}`)}${r.decided_by ? ` · ${esc(r.decided_by)}` : ""} · ${clock(r.decided_at || r.created_at)}</span>
+        <ul class="reasons">${r.reasons.map((x) => `<li>${esc(x.text[lang])}</li>`).join("")}</ul>
+        ${r.status === "pending" ? `<ul class="actions">${r.actions.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul>` : ""}
+        ${r.status === "pending" && can("commander") ? `<div class="btns">
+          <button class="cmd-confirm" data-id="${esc(r.id)}">${T("confirm")}</button>
+          <button class="cmd-reject" data-id="${esc(r.id)}">${T("reject")}</button></div>` : ""}
+      </div>`).join("") : `<p class="muted">${T("no_recs")}</p>`;
+  }
+  function renderPlans() {
+    const plans = S.site.plans || [];
+    $("#plans .body").innerHTML = plans.map((sp) => {
+      const p = S.plans[sp.id] || { level: null, active_actions: [], history: [], auto: false };
+      const hist = (p.history || []).slice(-5).reverse();
+      return `<div class="card plan" data-plan="${esc(sp.id)}">
+        <b>${esc(sp.name[lang])}</b> <span class="plan-level">${levelBadge(p.level)}</span>
+        <span class="muted">${p.since ? `${T("since")} ${clock(p.since)}` : ""} · ${T(p.auto ? "auto" : "manual")}${p.pending ? ` · ${T("pending")}` : ""}</span>
+        ${p.active_actions.length ? `<div class="muted">${T("active_actions")}</div><ul class="active-actions">${p.active_actions.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul>` : ""}
+        ${hist.length ? `<div class="muted">${T("history")}</div><ul class="history">${hist.map((h) => `<li>${clock(h.at)} ${levelBadge(h.level)} ${esc(h.by)} · ${T(`via_${h.via}`)}</li>`).join("")}</ul>` : ""}
+        ${can("commander") ? `<div class="btns"><select class="override-level">${["", "IV", "III", "II", "I"].map((lv) => `<option value="${lv}" ${lv === (p.level || "") ? "selected" : ""}>${T(lv ? `level_${lv}` : "level_none")}</option>`).join("")}</select>
+          <button class="cmd-override" data-plan="${esc(sp.id)}">${T("override")}</button></div>` : ""}
+      </div>`;
+    }).join("");
+  }
+  function renderMode() {
+    const m = S.mode;
+    const el = $("#mode");
+    el.textContent = m ? T(`mode_${m.mode}`) : T("mode_unknown");
+    el.className = `mode ${m ? m.mode : ""}`;
+    const next = m && m.mode === "emergency" ? "normal" : "emergency";
+    $("#mode-cmd").innerHTML = can("commander") ? `<button class="cmd-mode" data-mode="${next}">${T(`to_${next}`)}</button>` : "";
+  }
+  function renderAlarms() {
+    const list = Object.values(S.alarms).sort((a, b) => (a.cleared_at ? 1 : 0) - (b.cleared_at ? 1 : 0) || b.raised_at - a.raised_at).slice(0, 30);
+    $("#alarms .body").innerHTML = list.length ? list.map((a) => `
+      <div class="card alarm ${a.severity} ${a.cleared_at ? "cleared" : ""}" data-alarm="${esc(a.id)}">
+        <b>${T(`severity_${a.severity}`)}</b> ${esc(a.text[lang])}
+        <div class="muted">${clock(a.raised_at)}${a.cleared_at ? ` · ${T("cleared")}` : ""}${a.acked_by ? ` · ${T("acked")}: ${esc(a.acked_by)}` : ""}</div>
+        ${!a.acked_by && !a.cleared_at && can("operator") ? `<div class="btns"><button class="cmd-ack" data-id="${esc(a.id)}">${T("ack")}</button></div>` : ""}
+      </div>`).join("") : `<p class="muted">${T("no_alarms")}</p>`;
+  }
+  function myPost() { return (S.me && S.me.post) || localStorage.getItem("crowdflow.post") || ""; }
+  function renderMyPost() {
+    const el = $("#mypost");
+    const id = myPost();
+    el.classList.toggle("nopost", !id);
+    const options = Object.keys(posts).map((p) => `<option value="${esc(p)}" ${p === id ? "selected" : ""}>${esc(nm("post", p))}</option>`).join("");
+    let html = `<select id="post-select"><option value="">${T("choose_post")}</option>${options}</select>`;
+    if (id && S.feats[`post:${id}`]) {
+      const f = S.feats[`post:${id}`];
+      const lines = [];
+      for (const [planId, a] of activeActions()) {
+        if ((a.type === "staffing" && a.post === id) || a.type === "broadcast") lines.push(`${levelBadge((S.plans[planId] || {}).level)} ${esc(actionText(a))}`);
+      }
+      for (const [, a] of activeActions()) if (a.type !== "staffing" && a.type !== "broadcast") lines.push(esc(actionText(a)));
+      html += `<div><b>${esc(nm("post", id))}</b> · ${esc(f.properties.department)} · ${f.properties.headcount}${T("people")}</div>
+        <div class="muted">${T("post_instructions")}</div>
+        <ul class="instructions">${lines.length ? lines.map((l) => `<li>${l}</li>`).join("") : `<li>${T("no_instructions")}</li>`}</ul>`;
+    }
+    el.querySelector(".body").innerHTML = html;
+  }
+  async function showTimeline(id) {
+    const res = await fetch(`/api/zones/${encodeURIComponent(id)}/history`);
+    if (!res.ok) return;
+    const h = await res.json();
+    const W = 440, H = 140, P = 24;
+    const t0 = h.now - 120 * 60, t1 = h.now + 15 * 60;
+    const pts = h.samples.filter((s) => s.capacity_ratio != null);
+    const fc = h.forecast.map((f) => ({ t: h.now + f.horizon_min * 60, r: f.capacity_ratio }));
+    const ymax = Math.max(1.2, ...pts.map((s) => s.capacity_ratio), ...fc.map((f) => f.r));
+    const x = (t) => P + (W - 2 * P) * (t - t0) / (t1 - t0);
+    const y = (r) => H - P + -(H - 2 * P) * r / ymax;
+    const lines = [0.8, 0.9, 0.95].map((r) => `<line x1="${P}" x2="${W - P}" y1="${y(r)}" y2="${y(r)}" stroke="${r === 0.8 ? "#f2c418" : r === 0.9 ? "#f07c19" : "#d7191c"}" stroke-dasharray="3 3" stroke-width="1"/>`).join("");
+    const path = pts.map((s) => `${x(s.t).toFixed(1)},${y(s.capacity_ratio).toFixed(1)}`).join(" ");
+    const cur = h.current.status === "ok" ? [{ t: h.now, r: h.current.capacity_ratio }] : [];
+    const fpath = cur.concat(fc).map((f) => `${x(f.t).toFixed(1)},${y(f.r).toFixed(1)}`).join(" ");
+    const ticks = [-120, -60, 0, 15].map((m) => `<text x="${x(h.now + m * 60)}" y="${H - 6}" fill="#8d9aa7" font-size="10" text-anchor="middle">${m === 0 ? clock(h.now).slice(0, 5) : `${m > 0 ? "+" : ""}${m}′`}</text>`).join("");
+    const last = h.current.status === "ok" ? `${Math.round(h.current.count)}${T("people")} · ${Math.round(h.current.capacity_ratio * 100)}%`
+      : `${T("unknown")}${h.current.last_known ? ` (${Math.round(h.current.last_known.count)}${T("people")} · ${age(h.current.last_known.at)})` : ""}`;
+    $("#timeline .body").innerHTML = `<div data-zone="${esc(id)}"><b>${esc(nm("zone", id))}</b> · ${last}</div>
+      <svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${lines}
+        <line x1="${x(h.now)}" x2="${x(h.now)}" y1="${P / 2}" y2="${H - P}" stroke="#4b5866"/>
+        ${pts.length ? `<polyline class="samples" points="${path}" fill="none" stroke="#6ec1ff" stroke-width="2"/>` : ""}
+        ${cur.length ? `<circle class="now" cx="${x(h.now)}" cy="${y(cur[0].r)}" r="3.5" fill="#6ec1ff"/>` : ""}
+        ${fc.length ? `<polyline class="forecast" points="${fpath}" fill="none" stroke="#ffb74d" stroke-width="2" stroke-dasharray="5 4"/>` : ""}
+        ${ticks}</svg>
+      <div class="muted">${T("ratio")}${pts.length ? "" : ` · ${T("no_history")}`}${fc.length ? ` · ${T("forecast")} ${h.forecast.map((f) => `+${f.horizon_min}′ ${Math.round(f.capacity_ratio * 100)}%`).join(" ")}` : ""}</div>`;
+  }
+  async function renderAudit() {
+    const q = $("#audit-filter").value.trim();
+    const res = await fetch(`/api/audit?limit=50${q ? `&q=${encodeURIComponent(q)}` : ""}`);
+    if (!res.ok) return;
+    const rows = await res.json();
+    $("#audit .body").innerHTML = rows.length ? rows.map((a) => `
+      <div class="audit-row" data-action="${esc(a.action)}"><b>${clock(a.at)}</b> ${esc(a.actor)} (${esc(a.role)}) · ${esc(a.action)}
+        ${a.plan_id ? ` · ${esc(planName(a.plan_id))}` : ""}${a.level_from || a.level_to ? ` · ${levelBadge(a.level_from)} → ${levelBadge(a.level_to)}` : ""}
+        ${a.reason ? `<div class="muted">${esc(a.reason)}</div>` : ""}</div>`).join("") : `<p class="muted">${T("no_audit")}</p>`;
+  }
+  let auditTimer = null;
+  const auditSoon = () => { clearTimeout(auditTimer); auditTimer = setTimeout(renderAudit, 200); };
 
+  function renderAll() {
+    renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); paintActions(); paintCameras();
+  }
+
+  document.addEventListener("click", (ev) => {
+    const b = ev.target.closest("button");
+    if (!b) return;
+    if (b.classList.contains("cmd-confirm")) command({ kind: "confirm", recommendation_id: b.dataset.id });
+    else if (b.classList.contains("cmd-reject")) command({ kind: "reject", recommendation_id: b.dataset.id });
+    else if (b.classList.contains("cmd-ack")) command({ kind: "ack_alarm", alarm_id: b.dataset.id });
+    else if (b.classList.contains("cmd-mode")) command({ kind: "set_mode", mode: b.dataset.mode });
+    else if (b.classList.contains("cmd-override")) {
+      const lv = b.closest(".plan").querySelector(".override-level").value;
+      command({ kind: "override", plan_id: b.dataset.plan, level: lv || null });
+    }
+  });
+  document.addEventListener("change", (ev) => {
+    if (ev.target.id === "post-select") { localStorage.setItem("crowdflow.post", ev.target.value); renderMyPost(); centreOnPost(); }
+  });
+  $("#audit-filter").addEventListener("input", auditSoon);
+
+  // ---------------------------------------------------------------- layout, language, session
+  function setLayout(l) {
+    document.body.classList.toggle("layout-phone", l === "phone");
+    document.body.classList.toggle("layout-wall", l === "wall");
+    $("#layout").textContent = T(l === "phone" ? "layout_wall" : "layout_phone");
+    if (map) setTimeout(() => map.invalidateSize(), 50);
+  }
+  const layoutParam = new URLSearchParams(location.search).get("layout");
+  let layout = layoutParam || localStorage.getItem("crowdflow.layout") || (matchMedia("(max-width: 760px)").matches ? "phone" : "wall");
+  $("#layout").onclick = () => { layout = layout === "phone" ? "wall" : "phone"; localStorage.setItem("crowdflow.layout", layout); setLayout(layout); };
+
+  function relabel() {
+    document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+    document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = T(el.dataset.i18n); });
+    $("#lang").textContent = T("lang_button");
+    $("#audit-filter").placeholder = T("audit_filter");
+    document.title = T("title");
+    setLayout(layout);
+    if (S.me) $("#who").textContent = `${S.me.user} · ${T(`role_${S.me.role}`)}`;
+    if (map) { Object.keys(layers).forEach(paint); legend(); renderAll(); renderAudit(); }
+  }
+  $("#lang").onclick = () => { lang = lang === "zh" ? "en" : "zh"; localStorage.setItem("crowdflow.lang", lang); relabel(); };
+  $("#logout").onclick = async () => { await fetch("/api/logout", { method: "POST" }); location.reload(); };
+
+  function showLogin(msg) {
+    $("#app").hidden = true;
+    $("#logout").hidden = true;
+    $("#login").hidden = false;
+    $("#login-error").textContent = msg || "";
+  }
+  $("#login").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const res = await fetch("/api/login", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ username: $("#username").value, password: $("#password").value }) });
+    if (res.ok) { $("#password").value = ""; start(); }
+    else showLogin(T(res.status === 429 ? "login_limited" : "login_failed"));
+  });
+
+  function onMessage(msg) {
+    if (msg.type === "snapshot") {
+      for (const k of ["plans", "recs", "alarms"]) for (const id of Object.keys(S[k])) delete S[k][id];
+      msg.zones.forEach((s) => { S.states[s.zone_id] = s; });
+      msg.plans.forEach((p) => { S.plans[p.plan_id] = p; });
+      msg.recommendations.forEach((r) => { S.recs[r.id] = r; });
+      msg.alarms.forEach((a) => { S.alarms[a.id] = a; });
+      S.mode = msg.mode;
+      Object.keys(layers).forEach(paint);
+      renderAll();
+      return;
+    }
+    if (msg.type === "zone") { S.states[msg.state.zone_id] = msg.state; paint(msg.state.zone_id); paintCameras(); return; }
+    const r = msg.rec;
+    if (msg.type === "plan") S.plans[r.plan_id] = r;
+    else if (msg.type === "recommendation") S.recs[r.id] = r;
+    else if (msg.type === "alarm") S.alarms[r.id] = r;
+    else if (msg.type === "mode") S.mode = r;
+    else if (msg.type === "audit") { auditSoon(); return; }
+    renderAll();
+  }
   function connect() {
     const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
-    const conn = document.getElementById("conn");
+    const conn = $("#conn");
     ws.onopen = () => { conn.className = "conn up"; conn.dataset.i18n = "live"; conn.textContent = T("live"); };
-    ws.onmessage = (ev) => {
-      const msg = JSON.parse(ev.data);
-      if (msg.type === "snapshot") msg.zones.forEach((s) => { states[s.zone_id] = s; paint(s.zone_id); });
-      else if (msg.type === "zone") { states[msg.state.zone_id] = msg.state; paint(msg.state.zone_id); }
-    };
-    ws.onclose = () => {
+    ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
+    ws.onclose = async (ev) => {
       conn.className = "conn down"; conn.dataset.i18n = "offline"; conn.textContent = T("offline");
+      if (ev.code === 4401 || (await fetch("/api/me")).status === 401) { showLogin(); return; }
       setTimeout(connect, 1000);
     };
   }
-
-  loadSite().then(connect);
-  setInterval(() => Object.keys(layers).forEach(paint), 5000);  // keep "n s ago" honest
+  function centreOnPost() {  // staff on a phone see the ground around their own post first
+    const f = S.feats[`post:${myPost()}`];
+    if (layout === "phone" && f) map.setView([f.geometry.coordinates[1], f.geometry.coordinates[0]], 17);
+  }
+  async function start() {
+    const res = await fetch("/api/me");
+    if (res.status === 401) { showLogin(); return; }
+    S.me = await res.json();
+    $("#login").hidden = true;
+    $("#app").hidden = false;
+    $("#logout").hidden = false;
+    if (!map) {
+      S.site = await (await fetch("/api/site")).json();
+      buildMap(S.site);
+    }
+    relabel();
+    centreOnPost();
+    renderAudit();
+    connect();
+  }
+  relabel();
+  start();
+  setInterval(() => { Object.keys(layers).forEach(paint); }, 5000);  // keep "n s ago" honest
 })();

@@ -1,0 +1,136 @@
+"""The simulator's Redis shell: virtual edge agents for the demo and for end-to-end tests.
+
+Every ``interval_s`` of wall time the model advances ``speed × interval_s`` simulated
+seconds, the virtual cameras publish one Observation each to ``<p>:obs`` (field ``rec``),
+exactly as edge agents do, and every ``actions_every_s`` the actions in force are read from
+``<p>:plan:state`` (the union of every plan's ``active_actions``) and applied to the model,
+so a confirmed action changes the simulated crowd. At the scenario's end the evening starts
+over from its start (a new seed), so a demo can run for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import redis
+
+from crowdflow.bus import OBS_MAXLEN, Keys
+from crowdflow.records import PlanState, RecordError, decode
+from crowdflow.site import Site
+
+from .cameras import Faults, VirtualCameras, camera_views
+from .model import Model
+from .scenario import Scenario, s_to_hhmm
+
+log = logging.getLogger("crowdflow.sim")
+
+
+def active_actions(r: redis.Redis, keys: Keys) -> list:
+    """The union of every plan's active actions in ``<p>:plan:state`` (bad entries skipped
+    with a warning naming the plan and the field)."""
+    out, seen = [], set()
+    for plan_id, raw in sorted(r.hgetall(keys.plan_state).items()):
+        try:
+            ps = decode(PlanState, raw)
+        except RecordError as e:
+            log.warning("%s[%s]: %s (ignored)", keys.plan_state, plan_id, e)
+            continue
+        for a in ps.active_actions:
+            k = a.model_dump_json()
+            if k not in seen:
+                seen.add(k)
+                out.append(a)
+    return out
+
+
+class SimRunner:
+    def __init__(self, site: Site, scenario: Scenario, r: redis.Redis, keys: Keys, cameras: list[str],
+                 speed: float = 60.0, seed: int = 0, start_tod: float | None = None, interval_s: float = 1.0,
+                 actions_every_s: float = 2.0, faults: Faults | None = None, clock: Callable[[], float] = time.time):
+        self.site, self.sc, self.r, self.keys = site, scenario, r, keys
+        self.speed, self.seed, self.interval_s, self.clock = speed, seed, interval_s, clock
+        self.actions_every_s = actions_every_s
+        self.start_tod = scenario.start_s if start_tod is None else start_tod
+        self.model = self._evening(seed)
+        self.cameras = VirtualCameras(site, camera_views(site, cameras), seed=seed + 1,
+                                      agent_id="sim", faults=faults or Faults(), seq_start=int(clock() * 1000))
+        self._carry = 0.0
+        self._actions_key = ""
+        self.published = 0
+
+    def _evening(self, seed: int) -> Model:
+        """A model of the evening at ``start_tod``, warmed up from the scenario's start so
+        the site is not empty when it begins."""
+        m = Model(self.site, self.sc, seed=seed)
+        m.run_until(self.start_tod)
+        return m
+
+    def advance(self, sim_s: float) -> dict[str, tuple[int, int]]:
+        """Run the model ``sim_s`` simulated seconds; gate (in, out) counts over that time."""
+        self._carry += sim_s
+        moved = np.zeros(len(self.model.net.edges), dtype=np.int64)
+        entered = np.zeros(len(self.model.net.sources), dtype=np.int64)
+        while self._carry >= self.sc.model.step_s:
+            if self.model.t >= self.sc.end_s:
+                self.seed += 1
+                log.info("evening over: starting again at %s (seed %d)", self.sc.start, self.seed)
+                actions = self.model.actions
+                self.model = self._evening(self.seed)
+                self.model.set_actions(actions)
+            self.model.step()
+            moved += self.model.last_moved
+            entered += self.model.last_entered
+            self._carry -= self.sc.model.step_s
+        return self.model.gate_flows(moved, entered)
+
+    def apply_actions(self) -> None:
+        actions = active_actions(self.r, self.keys)
+        key = "|".join(sorted(a.model_dump_json() for a in actions))
+        if key != self._actions_key:
+            self._actions_key = key
+            self.model.set_actions(actions)
+            log.info("actions in force: %s", [a.type + ":" + (getattr(a, "road", None) or getattr(a, "gate", None)
+                                                            or getattr(a, "zone", None) or getattr(a, "post", None) or "")
+                                              for a in actions] or "none")
+
+    def tick(self) -> int:
+        flows = self.advance(self.speed * self.interval_s)
+        obs = self.cameras.observe(self.clock(), self.model.zone_counts(), flows, window_s=self.interval_s)
+        pipe = self.r.pipeline(transaction=False)
+        for o in obs:
+            pipe.xadd(self.keys.obs, {"rec": o.encode()}, maxlen=OBS_MAXLEN, approximate=True)
+        pipe.execute()
+        self.published += len(obs)
+        return len(obs)
+
+    def run(self, stop: threading.Event, duration_s: float | None = None) -> None:
+        log.info("sim: %d virtual cameras %s, %g× from %s", len(self.cameras.views), sorted(self.cameras.views),
+                 self.speed, s_to_hhmm(self.start_tod))
+        t0 = self.clock()
+        next_tick = t0
+        next_actions = t0
+        backoff = 0.5
+        while not stop.is_set():
+            now = self.clock()
+            if duration_s is not None and now - t0 >= duration_s:
+                break
+            try:
+                if now >= next_actions:
+                    self.apply_actions()
+                    next_actions = now + self.actions_every_s
+                if now >= next_tick:
+                    self.tick()
+                    next_tick += self.interval_s
+                    if next_tick < now:  # fell behind (slow machine): do not burst
+                        next_tick = now + self.interval_s
+                backoff = 0.5
+            except redis.ConnectionError as e:
+                log.error("redis unreachable (%s); retrying in %.1f s", e, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10)
+                continue
+            stop.wait(max(0.0, min(next_tick, next_actions) - self.clock()))

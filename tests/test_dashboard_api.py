@@ -1,0 +1,207 @@
+"""The dashboard's HTTP and WebSocket API on a real Redis: roles, commands, snapshots, timeline,
+audit, offline docs. Commands are answered by the real control service (in a thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from control.service import ControlService
+from crowdflow.records import Alarm, Forecast, ZoneState
+from crowdflow.site import Text
+from dashboard.app import Hub, create_app
+
+from .seed import seed_recommendation
+from .dash import PASSWORDS, users_env
+
+
+@pytest.fixture
+def make_client(site, redis_url, keys, monkeypatch):
+    monkeypatch.setenv("CROWDFLOW_USERS", users_env())
+    made = []
+
+    def make(**dashboard):
+        s = site.model_copy(update={"dashboard": site.dashboard.model_copy(update=dashboard)}) if dashboard else site
+        c = TestClient(create_app(s, redis_url, keys))
+        c.__enter__()
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.__exit__(None, None, None)
+
+
+def login(c: TestClient, role: str) -> None:
+    res = c.post("/api/login", json={"username": role, "password": PASSWORDS[role]})
+    assert res.status_code == 200, res.text
+    assert res.json()["role"] == role
+
+
+@pytest.fixture
+def control(site, r, keys):
+    """Start the real control service (call after seeding Redis: it restores what it finds)."""
+    stop = threading.Event()
+    threads = []
+
+    def start() -> ControlService:
+        svc = ControlService(site, r, keys, consumer="ctl-test")
+        t = threading.Thread(target=svc.run, args=(stop,), daemon=True)
+        t.start()
+        threads.append(t)
+        return svc
+
+    yield start
+    stop.set()
+    for t in threads:
+        t.join(timeout=5)
+
+
+def test_every_route_and_the_websocket_need_a_session(make_client):
+    c = make_client()
+    for path in ("/api/site", "/api/zones", "/api/state", "/api/me", "/api/audit", "/api/zones/cangbai-plaza/history"):
+        assert c.get(path).status_code == 401, path
+    assert c.post("/api/commands", json={"kind": "set_mode", "mode": "emergency"}).status_code == 401
+    with pytest.raises(WebSocketDisconnect) as ei:
+        with c.websocket_connect("/ws") as ws:
+            ws.receive_text()
+    assert ei.value.code == 4401
+    # /docs works offline: Swagger UI from local files, and the API is described.
+    docs = c.get("/docs").text
+    assert "swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    js = docs.split('src="')[1].split('"')[0]
+    assert js.startswith("/") and c.get(js).status_code == 200
+    assert "/api/commands" in c.get("/openapi.json").json()["paths"]
+
+
+def test_login_is_rate_limited_per_name_and_address(make_client):
+    c = make_client(login_attempts_per_min=3)
+    for _ in range(3):
+        assert c.post("/api/login", json={"username": "viewer", "password": "nope"}).status_code == 401
+    res = c.post("/api/login", json={"username": "viewer", "password": PASSWORDS["viewer"]})
+    assert res.status_code == 429 and int(res.headers["retry-after"]) > 0  # even the right password waits
+    login(c, "operator")  # another name is not blocked
+
+
+def test_viewer_and_operator_cannot_command_and_nothing_is_written(make_client, r, keys):
+    c = make_client()
+    login(c, "viewer")
+    assert c.get("/api/me").json() == {"user": "viewer", "role": "viewer", "post": "post-bridge-mid",
+                                        "expires_at": pytest.approx(time.time() + 8 * 3600, abs=5)}
+    for body in ({"kind": "confirm", "recommendation_id": "rec-1"}, {"kind": "set_mode", "mode": "emergency"},
+                 {"kind": "ack_alarm", "alarm_id": "a1"}, {"kind": "override", "plan_id": "bridge", "level": "I"}):
+        res = c.post("/api/commands", json=body)
+        assert res.status_code == 403, body
+    login(c, "operator")
+    res = c.post("/api/commands", json={"kind": "confirm", "recommendation_id": "rec-1"})
+    assert res.status_code == 403 and "needs role commander" in res.json()["detail"]
+    assert r.exists(keys.cmd) == 0  # nothing reached control
+
+
+def test_commands_answer_with_controls_result(make_client, control, site, r, keys):
+    rec = seed_recommendation(r, keys, site, "bridge", "III", "bridge-e-mid")
+    now = time.time()
+    alarm = Alarm(id="al-1", kind="camera_offline", severity="warning", camera_id="cam-jiabin",
+                  text=Text(zh="嘉滨路球机离线", en="Jiabin camera offline"), raised_at=now)
+    r.hset(keys.alarms, alarm.id, alarm.encode())
+    r.xadd(keys.events, {"type": "alarm", "rec": alarm.encode()})
+    control()  # restores the seeded recommendation and alarm, as after a restart
+    c = make_client()
+
+    login(c, "operator")
+    with c.websocket_connect("/ws") as ws:
+        snap = json.loads(ws.receive_text())
+        assert snap["type"] == "snapshot" and len(snap["zones"]) == len(site.zones)
+        assert [x["id"] for x in snap["recommendations"]] == [rec.id]
+        assert snap["plans"][0]["pending"] == rec.id and snap["mode"] is None
+        res = c.post("/api/commands", json={"kind": "ack_alarm", "alarm_id": "al-1"})
+        assert res.status_code == 200 and res.json()["ok"] is True
+        for _ in range(500):  # then diffs (control also publishes zones and audit): the acknowledged alarm
+            diff = json.loads(ws.receive_text())
+            if diff["type"] == "alarm" and diff["rec"]["id"] == "al-1":
+                break
+        assert diff["type"] == "alarm" and diff["rec"]["acked_by"] == "operator"
+
+    login(c, "commander")
+    res = c.post("/api/commands", json={"kind": "confirm", "recommendation_id": "rec-nope"})
+    assert res.status_code == 409 and res.json()["error"] == "recommendation_id: no recommendation 'rec-nope'"
+    assert c.post("/api/commands", json={"kind": "confirm"}).status_code == 400  # which recommendation?
+    res = c.post("/api/commands", json={"kind": "confirm", "recommendation_id": rec.id, "note": "桥上人多"})
+    assert res.status_code == 200, res.text
+    state = c.get("/api/state").json()
+    plan = next(p for p in state["plans"] if p["plan_id"] == "bridge")
+    assert plan["level"] == "III" and plan["pending"] is None
+    assert {"type": "one_way", "zone": "bridge-e-mid", "toward": "bridge-n-head"} in plan["active_actions"]
+    assert plan["history"][-1]["by"] == "commander" and plan["history"][-1]["via"] == "confirm"
+    assert next(x for x in state["recommendations"] if x["id"] == rec.id)["status"] == "confirmed"
+    # The decision log records who decided what and why; filters narrow it.
+    assert c.post("/api/commands", json={"kind": "set_mode", "mode": "emergency"}).status_code == 200
+    log = c.get("/api/audit").json()
+    # (the refused confirm of an unknown recommendation is on record too)
+    assert [a["action"] for a in log] == ["set_mode", "confirm", "refuse", "ack_alarm"]
+    confirm = c.get("/api/audit", params={"action": "confirm"}).json()
+    assert len(confirm) == 1 and confirm[0]["actor"] == "commander" and "桥上人多" in confirm[0]["reason"]
+    assert [a["action"] for a in c.get("/api/audit", params={"q": "operator"}).json()] == ["ack_alarm"]
+    assert c.get("/api/state").json()["mode"]["mode"] == "emergency"
+
+
+def test_command_control_does_not_answer_gets_504(make_client, r, keys):
+    c = make_client(command_timeout_s=0.5)
+    login(c, "commander")
+    res = c.post("/api/commands", json={"kind": "set_mode", "mode": "emergency"})
+    assert res.status_code == 504 and "did not answer within 0.5 s" in res.json()["error"]
+    assert r.xlen(keys.cmd) == 1  # queued for control, not lost
+
+
+def test_zone_timeline_last_two_hours_and_forecast(make_client, site, r, keys):
+    now = time.time()
+    zone = site.zone_by_id["cangbai-plaza"]
+    old_ms = int((now - 3 * 3600) * 1000)
+    for i, (t, n) in enumerate([(now - 3 * 3600, 100), (now - 600, 900), (now - 300, 1200)]):
+        s = ZoneState(zone_id=zone.id, status="ok", count=n, density=n / 1900, capacity=zone.capacity,
+                      capacity_ratio=n / zone.capacity, updated_at=t, computed_at=t)
+        r.xadd(keys.zone_history(zone.id), {"rec": s.encode()}, id=f"{old_ms if i == 0 else int(t * 1000)}-0")
+    cur = ZoneState(zone_id=zone.id, status="ok", count=1300, density=0.68, capacity=zone.capacity,
+                    capacity_ratio=0.68, updated_at=now, computed_at=now,
+                    forecast=[Forecast(horizon_min=10, count=1600, capacity_ratio=0.84)])
+    r.hset(keys.zone_state, zone.id, cur.encode())
+    c = make_client()
+    login(c, "viewer")
+    h = c.get(f"/api/zones/{zone.id}/history").json()
+    assert [x["count"] for x in h["samples"]] == [900, 1200]  # the 3-hour-old sample is out
+    assert h["forecast"] == [{"horizon_min": 10, "count": 1600, "capacity_ratio": 0.84}]
+    assert c.get("/api/zones/nowhere/history").status_code == 404
+
+
+def test_a_slow_client_is_dropped_without_holding_up_the_others():
+    async def main():
+        hub = Hub()
+        slow, fast = hub.add(), hub.add()
+        for i in range(300):  # the slow one never reads; the fast one keeps up
+            hub.broadcast(f"m{i}")
+            assert fast.get_nowait() == f"m{i}"
+        assert slow not in hub.clients and fast in hub.clients and hub.dropped == 1
+        items = [slow.get_nowait() for _ in range(slow.qsize())]
+        assert items[-1] is None  # its sender closes it; the browser reconnects for a snapshot
+    asyncio.run(main())
+
+
+def test_live_state_keeps_open_items_when_it_bounds_memory(site):
+    from dashboard.app import KEEP_RECS, LiveState
+    from crowdflow.records import Recommendation
+
+    st = LiveState(site, 10)
+    pending = Recommendation(id="rec-open", plan_id="bridge", level="IV", from_level=None, created_at=1e9,
+                             status="pending")
+    st.apply(pending)
+    for i in range(KEEP_RECS + 50):
+        st.apply(Recommendation(id=f"rec-{i}", plan_id="bridge", level="IV", from_level=None,
+                                created_at=1e9 + 10 + i, status="rejected"))
+    assert len(st.recs) == KEEP_RECS and "rec-open" in st.recs  # the oldest decided ones went
+    assert "rec-0" not in st.recs and f"rec-{KEEP_RECS + 49}" in st.recs
