@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -199,13 +199,6 @@ def merge_tiles(tiles: list[Tile], dets: list[Detections], width: int, height: i
 
 
 @dataclass
-class Estimate:
-    count: float
-    method: str  # detect | tiled | density
-    confidence: float
-
-
-@dataclass
 class CountResult:
     count: float
     method: str
@@ -215,7 +208,6 @@ class CountResult:
     density_count: float | None
     tiles: list[Tile]
     scale: PersonScale | None
-    zones: dict[str, Estimate] = field(default_factory=dict)
     ms: float = 0.0
 
 
@@ -235,7 +227,7 @@ def confidence(method: str, count: float) -> float:
 
 
 class CrowdCounter:
-    """Counts people in a frame, for the whole frame or per calibrated zone."""
+    """Counts people in a whole frame (the agent uses its parts per zone)."""
 
     def __init__(self, detector, density=None, settings: CounterSettings = CounterSettings()):
         self.detector = detector
