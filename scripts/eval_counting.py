@@ -66,7 +66,7 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        from edge.counter import CrowdCounter, PersonScale, plan_tiles
+        from edge.counter import CrowdCounter, PersonScale
         from edge.density import DensityModel
         from edge.detector import PersonDetector
 
