@@ -84,7 +84,8 @@ def test_tiled_detection_has_no_double_counts_on_seams(detector, vtest_frame):
     seams through people, and the merged count must still match."""
     big = cv2.resize(vtest_frame, (960, 720))
     single = detector(big)
-    counter = CrowdCounter(detector, settings=CounterSettings(target_px=200, max_upscale=1.6, max_tiles=12))
+    counter = CrowdCounter(detector, settings=CounterSettings(target_px=200, max_upscale=1.6, max_tiles=12,
+                                                          tile_conf=detector.conf))  # same threshold as the single pass
     tiled, tiles = counter.detect_tiled(big, PersonScale(120.0, 0.0))
     assert len(tiles) >= 4
     # Some single-pass people are crossed by an interior seam.
@@ -127,9 +128,9 @@ def test_mcnn_loads_through_the_generic_loader_and_round_trips(density, tmp_path
 
 # Accuracy regression on validation photos (every 5th, sorted by name; see
 # scripts/eval_counting.py). Measured by that script (docs/performance.md): on these six the
-# automatic counter's relative errors were 0.17, 0.13, 0.20, 0.02, 0.19, 0.04 (mean 0.125),
-# and 21.6 % over the whole validation part. The limits allow twice the measured mean and
-# 0.45 for one photo, so a change that makes counting clearly worse fails here.
+# automatic counter's relative errors were 0.17, 0.26, 0.20, 0.02, 0.19, 0.04 (mean 0.145),
+# and 21.8 % over the whole validation part. The limits allow about 1.7× the measured mean
+# and 0.45 for one photo, so a change that makes counting clearly worse fails here.
 REGRESSION = {  # image: the method the regime choice must make
     "IMG_158.jpg": "sparse",  # 12 people
     "IMG_293.jpg": "sparse",  # 23
