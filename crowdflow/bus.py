@@ -107,6 +107,10 @@ class Keys:
     def leader(self) -> str:
         return f"{self.prefix}:leader"
 
+    def snapshot(self, camera_id: str) -> str:
+        """Latest annotated JPEG of one camera; only written when edge.snapshots is on."""
+        return f"{self.prefix}:snap:{camera_id}"
+
     def all_keys_pattern(self) -> str:
         return f"{self.prefix}:*"
 

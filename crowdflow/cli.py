@@ -145,9 +145,16 @@ def cmd_hash_password(args) -> int:
 
 def cmd_edge(args) -> int:
     from edge.agent import EdgeAgent
+    from edge.counter import CounterSettings, CrowdCounter
+    from edge.density import DensityModel, DensityModelError, resolve_density_model
     from edge.detector import PersonDetector, resolve_model
-    from edge.source import SourceError, VideoSource
+    from edge.grabber import FrameGrabber
+    from edge.metrics import EdgeMetrics, use_json_logs
+    from edge.source import is_file_source
+    from edge.spool import Publisher, Spool
 
+    if args.log_json or os.environ.get("CROWDFLOW_LOG_FORMAT") == "json":
+        use_json_logs()
     site = _load(args)
     try:
         camera = site.camera(args.camera)
@@ -158,35 +165,147 @@ def cmd_edge(args) -> int:
     if not uri:
         print(f"error: camera {camera.id} has no source; pass --source or set cameras[].source", file=sys.stderr)
         return 2
+    if is_file_source(uri) and not Path(uri).exists():
+        print(f"error: video not found: {uri}", file=sys.stderr)
+        return 2
     try:
-        source = VideoSource(uri, realtime=not args.fast, loop=args.loop)
         detector = PersonDetector(resolve_model(site.edge.model, args.model), site.edge.imgsz, site.edge.conf)
-    except (SourceError, FileNotFoundError) as e:
+        dpath = resolve_density_model(site.edge.density_model, args.density_model)
+        density = DensityModel(dpath, threads=2) if dpath else None
+    except (FileNotFoundError, DensityModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if density is None:
+        log.warning("no density model (edge.density_model / CROWDFLOW_DENSITY_MODEL): dense crowds are undercounted")
+    grabber = FrameGrabber(uri, realtime=not args.fast, loop=args.loop, max_backoff_s=site.edge.reconnect_max_s)
     r, url, keys, embedded = open_redis(site)
-    agent = EdgeAgent(site, camera.id, source, detector, r, keys, preset=args.preset)
+    spool_path = args.spool or (site.edge.spool_path or str(data_dir() / "edge-spool-{camera}.sqlite"))
+    spool = Spool(spool_path.format(camera=camera.id), site.edge.spool_max_records)
+    metrics = EdgeMetrics(camera.id)
+    port = args.metrics_port or site.edge.metrics_port
+    if port:
+        metrics.serve(port)
+        log.info("metrics on :%d/metrics", port)
+    counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px))
+    try:
+        agent = EdgeAgent(site, camera.id, grabber, counter, Publisher(r, keys, spool), preset=args.preset,
+                          metrics=metrics, config_dir=Path(args.config).parent)
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        spool.close()
+        if embedded:
+            embedded.close()
+        return 2
     try:
         agent.run(_stop_event(), max_frames=args.max_frames)
     finally:
-        source.close()
+        spool.close()
         if embedded:
             embedded.close()
-    log.info("edge %s done: %d frames, %d observations", camera.id, agent.frames_done, agent.published)
+    log.info("edge %s done: %d frames, %d observations", camera.id, agent.frames_done, agent.observations)
     return 0
 
 
 def cmd_count(args) -> int:
+    from edge.counter import CounterSettings, CrowdCounter, PersonScale
+    from edge.density import DensityModel, DensityModelError, resolve_density_model
     from edge.detector import PersonDetector, resolve_model
     from edge.offline import InputError, run_count
 
     model = resolve_model(None, args.model)
+    scale, zones_px = None, None
     try:
+        if args.camera:  # count with that camera's calibration (person size per row, zones drawn)
+            import cv2
+
+            from edge.geometry import CameraGeometry
+
+            site = _load(args)
+            geo = CameraGeometry(site, site.camera(args.camera), site.camera(args.camera).preset(args.preset))
+            from edge.offline import iter_frames
+
+            _, it = iter_frames(args.input)
+            first = next(it)[2]
+            h, w = first.shape[:2]
+            scale = PersonScale.from_geometry(geo, (w, h))
+            pw, ph = geo.image_size
+            zones_px = [v.image_polygon * [w / pw, h / ph] for v in geo.zones.values()]
         detector = PersonDetector(model, args.imgsz, args.conf)
-        run_count(args.input, detector, args.json, limit=args.limit)
-    except (InputError, FileNotFoundError) as e:
+        dpath = resolve_density_model(None, args.density_model)
+        if args.mode in ("auto", "density") and not dpath:
+            if args.mode == "density":
+                raise DensityModelError("--mode density needs --density-model or CROWDFLOW_DENSITY_MODEL")
+            log.warning("no density model (--density-model / CROWDFLOW_DENSITY_MODEL): detection only")
+        density = DensityModel(dpath, threads=args.threads) if dpath else None
+        run_count(args.input, CrowdCounter(detector, density, CounterSettings()), args.json, limit=args.limit,
+                  mode=args.mode, csv_path=args.csv, json_path=args.json_out, annotate_to=args.annotate,
+                  scale=scale, zones_px=zones_px)
+    except (InputError, FileNotFoundError, DensityModelError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    import cv2
+
+    from edge.calibrate import PointPair, check, grid_image, read_points, write_points
+    from edge.geometry import CameraGeometry
+    from edge.offline import InputError, iter_frames
+
+    site = _load(args)
+    try:
+        camera = site.camera(args.camera)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    existing = next((p for p in camera.presets if p.id == args.preset), None)
+    frame = None
+    if args.frame:
+        try:
+            _, it = iter_frames(args.frame)
+            frame = next(it)[2]
+        except (InputError, StopIteration) as e:
+            print(f"error: {e or 'no frame in ' + args.frame}", file=sys.stderr)
+            return 2
+    size = (frame.shape[1], frame.shape[0]) if frame is not None else (existing.image_size if existing else None)
+    if size is None:
+        print("error: give --frame (an image or video of the view) to know the image size", file=sys.stderr)
+        return 2
+    try:
+        points = read_points(args.points, args.point)
+    except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not points and existing is not None:
+        points = [PointPair(tuple(p.pixel), tuple(p.lonlat)) for p in existing.points]
+        print(f"checking the {len(points)} points already in {camera.id}/{args.preset}")
+    if args.grid and frame is not None:
+        zones_px = None
+        if existing is not None:
+            geo = CameraGeometry(site, camera, existing)
+            zones_px = [v.image_polygon * [size[0] / existing.image_size[0], size[1] / existing.image_size[1]]
+                        for v in geo.zones.values()]
+        cv2.imwrite(args.grid, grid_image(frame, points=points, zones_px=zones_px))
+        print(f"wrote {args.grid}: read pixel positions of ground marks off its grid")
+    if not points:
+        print("no points: give --points FILE.csv (u,v,lon,lat) or --point u,v,lon,lat (≥5)", file=sys.stderr)
+        return 2 if not args.grid else 0
+    rep = check(site, points, size, args.max_rms, args.max_point_error)
+    print(f"{camera.id}/{args.preset} at {size[0]}x{size[1]}, {len(points)} points")
+    print(rep.text())
+    if not rep.ok:
+        return 1
+    if args.write or args.out:
+        try:
+            target = write_points(args.config, camera.id, args.preset, size, points, out=args.out)
+        except (ValueError, ConfigError) as e:
+            print(f"error: not written: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote preset {args.preset} of {camera.id} to {target}")
+        if args.save_reference and frame is not None:
+            cv2.imwrite(args.save_reference, frame)
+            print(f"reference view saved to {args.save_reference}: set presets[].reference_image to it")
     return 0
 
 
@@ -397,6 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loop", action="store_true", help="restart a video file at its end")
     s.add_argument("--fast", action="store_true", help="read a file as fast as possible, not at its frame rate")
     s.add_argument("--max-frames", type=int, help="stop after processing this many frames")
+    s.add_argument("--density-model", help="density-map weights (default: $CROWDFLOW_DENSITY_MODEL, edge.density_model)")
+    s.add_argument("--spool", help="spool file (default: edge.spool_path)")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    s.add_argument("--log-json", action="store_true", help="structured JSON log lines")
     s.set_defaults(func=cmd_edge)
 
     s = sub.add_parser("count", help="count people in an image, a folder of images or a video")
@@ -406,7 +529,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="stop after this many images/frames")
     s.add_argument("--imgsz", type=int, default=448)
     s.add_argument("--conf", type=float, default=0.25)
+    s.add_argument("--density-model", help="density-map weights (default: $CROWDFLOW_DENSITY_MODEL)")
+    s.add_argument("--mode", choices=["auto", "detect", "tiled", "density"], default="auto",
+                   help="auto: density map for crowds, tiled detection otherwise (default)")
+    s.add_argument("--csv", help="also write the records to this CSV file")
+    s.add_argument("--json-out", help="also write the records to this JSON file")
+    s.add_argument("--annotate", help="write annotated output: a video file (video input), an image file or a folder")
+    s.add_argument("--config", default=cfg)
+    s.add_argument("--camera", help="use this camera's calibration (person size per row) and draw its zones")
+    s.add_argument("--preset", help="the camera's preset (default: its first)")
+    s.add_argument("--threads", type=int, default=2)
     s.set_defaults(func=cmd_count)
+
+    s = sub.add_parser("calibrate", help="check pixel↔WGS84 points of a camera preset and write them to the config")
+    s.add_argument("--config", default=cfg)
+    s.add_argument("--camera", required=True)
+    s.add_argument("--preset", default="home")
+    s.add_argument("--frame", help="an image or video of the view (gives the image size, and the --grid picture)")
+    s.add_argument("--points", help="CSV of u,v,lon,lat (a header line is allowed)")
+    s.add_argument("--point", action="append", help="u,v,lon,lat (repeat)")
+    s.add_argument("--grid", help="write the frame with a pixel grid, the points and the zones to this image")
+    s.add_argument("--max-rms", type=float, default=1.0, help="largest accepted RMS reprojection error (m)")
+    s.add_argument("--max-point-error", type=float, default=2.5, help="largest accepted error of one point (m)")
+    s.add_argument("--write", action="store_true", help="write the points into --config (comments are kept)")
+    s.add_argument("--out", help="write the edited config here instead of over --config")
+    s.add_argument("--save-reference", help="also save the frame as the preset's reference view")
+    s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("sim", help="simulate the site and publish virtual cameras' observations")
     s.add_argument("--scenario", default="mayday-evening", help="scenario name in configs/scenarios/ or a file")

@@ -109,6 +109,17 @@ class EdgeSection(Strict):
     publish_interval_s: float = Field(1.0, gt=0, le=60)
     max_fps: float = Field(10, gt=0, le=120)
     max_range_m: float = Field(80, gt=1, le=1000)  # ground beyond this is not counted
+    density_model: str | None = None  # density-map weights (.h5/.pt); CROWDFLOW_DENSITY_MODEL overrides
+    tile_target_px: float = Field(24, ge=8, le=400)  # person height the detector needs (its input px); smaller: tiles
+    dense_per_m2: float = Field(1.0, gt=0, le=10)  # a zone above this (density model) is counted by density
+    check_interval_s: float = Field(1.0, gt=0, le=60)  # view-moved and crowd-regime checks
+    view_tolerance: float = Field(0.02, gt=0, le=0.5)  # allowed view shift, share of the image diagonal
+    gate_band_m: float = Field(0.5, ge=0, le=10)  # hysteresis half-width around gate lines
+    spool_path: str | None = None  # observations kept while Redis is unreachable; None: $CROWDFLOW_DATA_DIR/edge-spool-{camera}.sqlite
+    spool_max_records: int = Field(500_000, ge=100)  # ~6 days of one camera at 1 Hz
+    metrics_port: int | None = Field(None, ge=1, le=65535)  # Prometheus /metrics; None: off
+    snapshots: bool = False  # no image leaves the device unless this is true
+    reconnect_max_s: float = Field(30, gt=0, le=600)  # exponential backoff ceiling
 
 
 class ControlSection(Strict):
@@ -180,6 +191,9 @@ class Preset(Strict):
     id: Id
     image_size: tuple[int, int]
     points: list[CalibrationPoint] = Field(min_length=4)
+    # The view at this preset (image file, relative to the config file); the edge agent
+    # compares frames with it to notice a turned camera. None: the first frame seen.
+    reference_image: str | None = None
 
     @field_validator("image_size")
     @classmethod

@@ -10,6 +10,9 @@ import cv2
 import numpy as np
 
 
+STREAM_TIMEOUT_MS = 5000  # open/read timeout of network streams (then the grabber reconnects)
+
+
 class SourceError(RuntimeError):
     pass
 
@@ -37,7 +40,11 @@ class VideoSource:
             self.fps = 25.0
 
     def _open(self) -> cv2.VideoCapture:
-        cap = cv2.VideoCapture(int(self.uri) if self.uri.isdigit() else self.uri)
+        if "://" in self.uri:  # a stream: do not hang for minutes on a dead link
+            cap = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                                              cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+        else:
+            cap = cv2.VideoCapture(int(self.uri) if self.uri.isdigit() else self.uri)
         if not cap.isOpened():
             raise SourceError(f"cannot open video source {self.uri}")
         return cap

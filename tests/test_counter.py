@@ -1,0 +1,157 @@
+"""The crowd counter on real frames: person scale from the calibration, tile plans, seam
+merging without double counts, the MCNN loader, and accuracy regression on dev photos."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.counter import CounterSettings, CrowdCounter, PersonScale, Tile, merge_tiles, plan_tiles
+from edge.density import DensityModel, DensityModelError
+from edge.detector import Detections
+from edge.geometry import CameraGeometry
+
+
+@pytest.fixture(scope="module")
+def mcnn_path(model_path):
+    p = model_path.parent / "mcnn_shtechB_110.h5"
+    if not p.exists():
+        pytest.skip(f"{p} is absent")
+    return p
+
+
+@pytest.fixture(scope="module")
+def density(mcnn_path):
+    return DensityModel(mcnn_path, threads=2)
+
+
+@pytest.fixture(scope="module")
+def vtest_frame(vtest_path):
+    cap = cv2.VideoCapture(str(vtest_path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 150)  # a busy moment of the clip
+    ok, f = cap.read()
+    cap.release()
+    assert ok
+    return f
+
+
+def test_person_scale_from_calibration_grows_toward_the_camera(site):
+    cam = site.camera("cam-cangbai-plaza")
+    g = CameraGeometry(site, cam)
+    s = PersonScale.from_geometry(g, (480, 360))
+    assert s.source == "calibration" and s.b > 0
+    # Hand check at the bottom centre: head point from similar triangles, through the homography.
+    foot = np.array([[240.0, 300.0]])
+    G = g.homography.to_ground(foot)[0]
+    H = cam.height_m
+    head_g = G + (G - g.position_m) * 1.7 / (H - 1.7)
+    expected = 300.0 - g.homography.to_image(head_g[None])[0, 1]
+    assert s(300.0) == pytest.approx(expected, rel=0.1)
+    # The same camera at twice the resolution: people are twice as tall in pixels.
+    assert PersonScale.from_geometry(g, (960, 720))(600.0) == pytest.approx(2 * s(300.0), rel=1e-6)
+
+
+def test_tile_plan_covers_the_frame_with_person_sized_overlaps():
+    s = PersonScale(0.0, 0.12)  # 12 px people at row 100, 90 px at the bottom of a 768-row frame
+    tiles = plan_tiles(1024, 768, s, 448, CounterSettings(max_tiles=12))
+    assert 1 < len(tiles) <= 12
+    cover = np.zeros((768, 1024), bool)
+    for t in tiles:
+        cover[t.y0:t.y1, t.x0:t.x1] = True
+    assert cover.all()
+    # Tiles higher up are smaller (more enlargement where people are small).
+    assert min(t.size[0] for t in tiles if t.y0 == 0) < max(t.size[0] for t in tiles)
+    # A frame whose people are large enough at the detector's input is one tile.
+    assert plan_tiles(480, 360, PersonScale(80.0, 0.0), 448) == [Tile(0, 0, 480, 360)]
+
+
+def test_merge_drops_boxes_cut_by_a_seam_and_duplicates_in_overlaps():
+    # One person at x 90–130 seen whole in the right tile, cut in the left one, and a second
+    # person inside the overlap seen whole by both tiles.
+    tiles = [Tile(0, 0, 120, 200), Tile(80, 0, 200, 200)]
+    left = Detections(np.array([[90.0, 10, 119.5, 100], [85.0, 110, 110, 190]]), np.array([0.8, 0.9]))
+    right = Detections(np.array([[10.0, 10, 50, 100], [5.0, 111, 30, 190]]), np.array([0.85, 0.7]))
+    merged = merge_tiles(tiles, [left, right], 200, 200, 448, CounterSettings())
+    assert len(merged) == 2
+    assert np.allclose(sorted(merged.xyxy[:, 0]), [85.0, 90.0])
+
+
+def test_tiled_detection_has_no_double_counts_on_seams(detector, vtest_frame):
+    """vtest enlarged 2×: people are big, so a single pass is reliable; forcing small tiles puts
+    seams through people, and the merged count must still match."""
+    big = cv2.resize(vtest_frame, (960, 720))
+    single = detector(big)
+    counter = CrowdCounter(detector, settings=CounterSettings(target_px=200, max_upscale=1.6, max_tiles=12,
+                                                          tile_conf=detector.conf))  # same threshold as the single pass
+    tiled, tiles = counter.detect_tiled(big, PersonScale(120.0, 0.0))
+    assert len(tiles) >= 4
+    # Some single-pass people are crossed by an interior seam.
+    seams_x = {t.x0 for t in tiles if t.x0 > 0} | {t.x1 for t in tiles if t.x1 < 960}
+    seams_y = {t.y0 for t in tiles if t.y0 > 0} | {t.y1 for t in tiles if t.y1 < 720}
+    crossed = sum(any(b[0] < x < b[2] for x in seams_x) or any(b[1] < y < b[3] for y in seams_y)
+                  for b in single.xyxy)
+    assert len(single) >= 5 and crossed >= 3
+    assert abs(len(tiled) - len(single)) <= max(1, round(0.15 * len(single)))
+    # No two merged boxes are the same person (heavy overlap).
+    from torchvision.ops import box_iou
+    import torch
+
+    iou = box_iou(torch.tensor(tiled.xyxy), torch.tensor(tiled.xyxy)).numpy()
+    np.fill_diagonal(iou, 0)
+    assert iou.max() < 0.5
+
+
+def test_mcnn_loads_through_the_generic_loader_and_round_trips(density, tmp_path, shtech_dir):
+    import torch
+
+    img = cv2.imread(str(shtech_dir / "images" / "IMG_1.jpg"))
+    res = density(img)
+    assert res.density.shape == (768 // 4, 1024 // 4)
+    assert density.backend in ("openvino", "torch")
+    # Our own state-dict format gives the same network.
+    p = tmp_path / "mcnn.pt"
+    torch.save({"arch": "mcnn", "state_dict": density.net.state_dict()}, p)
+    again = DensityModel(p, backend="torch")
+    assert again(img).count == pytest.approx(res.count, rel=0.01)  # OpenVINO vs eager PyTorch
+    # A file for another network is refused, naming the tensor.
+    bad = {k: v for k, v in density.net.state_dict().items()}
+    bad["fuse.0.weight"] = torch.zeros(1, 31, 1, 1)
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(DensityModelError, match="fuse.0.weight"):
+        DensityModel(tmp_path / "bad.pt")
+    with pytest.raises(DensityModelError, match="not found"):
+        DensityModel(tmp_path / "missing.h5")
+
+
+# Accuracy regression on validation photos (every 5th, sorted by name; see
+# scripts/eval_counting.py). Measured by that script (docs/performance.md): on these six the
+# automatic counter's relative errors were 0.17, 0.26, 0.20, 0.02, 0.19, 0.04 (mean 0.145),
+# and 21.8 % over the whole validation part. The limits allow about 1.7× the measured mean
+# and 0.45 for one photo, so a change that makes counting clearly worse fails here.
+REGRESSION = {  # image: the method the regime choice must make
+    "IMG_158.jpg": "sparse",  # 12 people
+    "IMG_293.jpg": "sparse",  # 23
+    "IMG_19.jpg": "density",  # 43
+    "IMG_90.jpg": "density",  # 84
+    "IMG_1.jpg": "density",  # 233
+    "IMG_117.jpg": "density",  # 281
+}
+MEAN_REL_ERROR_LIMIT = 0.25
+ONE_REL_ERROR_LIMIT = 0.45
+
+
+def test_accuracy_regression_on_dev_photos(detector, density, shtech_dir):
+    with open(shtech_dir / "counts.csv") as f:
+        gt = {r["image_file"]: int(r["count"]) for r in csv.DictReader(f)}
+    counter = CrowdCounter(detector, density)
+    errs = {}
+    for name, regime in REGRESSION.items():
+        res = counter.count(cv2.imread(str(shtech_dir / "images" / name)))
+        assert (res.method == "density") == (regime == "density"), (name, res.method)
+        assert 0 < res.confidence <= 1
+        errs[name] = abs(res.count - gt[name]) / gt[name]
+    assert max(errs.values()) <= ONE_REL_ERROR_LIMIT, errs
+    assert np.mean(list(errs.values())) <= MEAN_REL_ERROR_LIMIT, errs
