@@ -32,6 +32,14 @@ def _load(args) -> Site:
         raise SystemExit(2) from None
 
 
+def _camera(site: Site, camera_id: str):
+    try:
+        return site.camera(camera_id)
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _stop_event() -> threading.Event:
     stop = threading.Event()
 
@@ -156,11 +164,7 @@ def cmd_edge(args) -> int:
     if args.log_json or os.environ.get("CROWDFLOW_LOG_FORMAT") == "json":
         use_json_logs()
     site = _load(args)
-    try:
-        camera = site.camera(args.camera)
-    except KeyError as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return 2
+    camera = _camera(site, args.camera)
     uri = args.source or camera.source
     if not uri:
         print(f"error: camera {camera.id} has no source; pass --source or set cameras[].source", file=sys.stderr)
@@ -216,14 +220,12 @@ def cmd_count(args) -> int:
     scale, zones_px = None, None
     try:
         if args.camera:  # count with that camera's calibration (person size per row, zones drawn)
-            import cv2
-
             from edge.geometry import CameraGeometry
-
-            site = _load(args)
-            geo = CameraGeometry(site, site.camera(args.camera), site.camera(args.camera).preset(args.preset))
             from edge.offline import iter_frames
 
+            site = _load(args)
+            camera = _camera(site, args.camera)
+            geo = CameraGeometry(site, camera, camera.preset(args.preset))
             _, it = iter_frames(args.input)
             first = next(it)[2]
             h, w = first.shape[:2]
@@ -254,11 +256,7 @@ def cmd_calibrate(args) -> int:
     from edge.offline import InputError, iter_frames
 
     site = _load(args)
-    try:
-        camera = site.camera(args.camera)
-    except KeyError as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
-        return 2
+    camera = _camera(site, args.camera)
     existing = next((p for p in camera.presets if p.id == args.preset), None)
     frame = None
     if args.frame:
