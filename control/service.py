@@ -116,6 +116,11 @@ class ControlService:
         for ps in self.engine.plan_states().values():
             self._event(pipe, "plan", ps)
             pipe.hset(self.keys.plan_state, ps.plan_id, ps.encode())
+        if raw_mode is None:  # a first start: the site is in normal operation, say so
+            mode = SiteMode(mode="normal", since=now, by="system")
+            self.engine.mode = mode
+            pipe.set(self.keys.mode, mode.encode())
+            self._event(pipe, "mode", mode)
         pipe.execute()
 
     # ------------------------------------------------------------------ one cycle

@@ -3,7 +3,7 @@
 Debian chromium.
 
 Runs the real services (embedded Redis unless REDIS_URL is set, control, dashboard, and an
-edge agent on the shared sample video) and waits until the video's zone is live. One pending
+edge agent on the shared sample video, the simulator for every other camera) and waits until the map is live. One pending
 recommendation is seeded as control writes it (tests/seed.py), so the console shows the
 commander's buttons. Saves
 docs/img/dashboard-wall.png (commander, control-room layout) and docs/img/dashboard-phone.png
@@ -62,12 +62,14 @@ def main() -> int:
         svc.start("control", "control")
         svc.start("dashboard", "dashboard", "--port", str(port))
         svc.start("edge", "edge", "--camera", "cam-cangbai-plaza", "--source", video, "--loop")
+        # Every other camera from the site simulator, on a busy evening (as `make demo` does).
+        svc.start("sim", "sim", "--exclude", "cam-cangbai-plaza", "--speed", "30", "--start", "20:15")
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz")
         login = httpx.post(f"{base}/api/login", json={"username": "指挥长", "password": pw}).json()
         cookies = {"cf_session": login["token"]}
-        wait_for(lambda: any(z["status"] == "ok" for z in httpx.get(f"{base}/api/zones", cookies=cookies).json()), 90,
-                 what="a live zone")
+        wait_for(lambda: sum(z["status"] == "ok" for z in httpx.get(f"{base}/api/zones", cookies=cookies).json()) >= 15,
+                 90, what="the map live")
         site = load_site(REPO / "configs" / "hongyadong.yaml")
         seed_recommendation(connect(url), Keys(prefix), site, "bridge", "III", "bridge-e-mid")
         time.sleep(3)

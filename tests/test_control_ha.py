@@ -11,7 +11,8 @@ import pytest
 
 from control.service import GROUP, ControlService
 from crowdflow.records import (
-    AuditEntry, Command, CommandResult, GateFlow, Observation, PlanState, Recommendation, ZoneCount, ZoneState, decode,
+    AuditEntry, Command, CommandResult, GateFlow, Observation, PlanState, Recommendation, SiteMode, ZoneCount, ZoneState,
+    decode,
 )
 
 from .procs import services, wait_for
@@ -83,7 +84,7 @@ def test_forged_viewer_command_changes_nothing(r, keys, site):
     svc.step(block_ms=100)
     (res,) = results(r, keys)
     assert not res.ok and "role viewer may not set_mode" in res.error
-    assert r.get(keys.mode) is None
+    assert decode(SiteMode, r.get(keys.mode)).mode == "normal"  # unchanged
     assert [f["reason"] for _, f in r.xrange(keys.cmd_dead)][0].startswith("(record): not JSON")
     assert [decode(AuditEntry, f["rec"]).action for _, f in r.xrange(keys.audit)] == ["refuse"]
 

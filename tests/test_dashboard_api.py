@@ -120,7 +120,7 @@ def test_commands_answer_with_controls_result(make_client, control, site, r, key
         assert snap["type"] == "snapshot" and len(snap["zones"]) == len(site.zones)
         assert [x["id"] for x in snap["recommendations"]] == [rec.id]
         bridge = next(p for p in snap["plans"] if p["plan_id"] == "bridge")
-        assert bridge["pending"] == rec.id and snap["mode"] is None
+        assert bridge["pending"] == rec.id and snap["mode"]["mode"] == "normal"
         res = c.post("/api/commands", json={"kind": "ack_alarm", "alarm_id": "al-1"})
         assert res.status_code == 200 and res.json()["ok"] is True
         for _ in range(500):  # then diffs (control also publishes zones and audit): the acknowledged alarm

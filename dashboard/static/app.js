@@ -106,7 +106,12 @@
     if (el) el.setAttribute("data-status", unknown ? "unknown" : "ok");
     layer.setTooltipContent(label(id));
     const tip = layer.getTooltip().getElement && layer.getTooltip().getElement();
-    if (tip) { tip.classList.toggle("unknown", unknown); tip.classList.toggle("live", !unknown); }
+    if (tip) {
+      tip.classList.toggle("unknown", unknown);
+      tip.classList.toggle("live", !unknown);
+      // Zoomed out, calm zones (< 60 %) drop their labels so the busy ones read at a glance.
+      tip.classList.toggle("calm", !unknown && (s.capacity_ratio == null || s.capacity_ratio < 0.6));
+    }
     if (layer.isPopupOpen()) layer.setPopupContent(popup(id));
   }
   function cameraHealth(id) {
@@ -244,7 +249,7 @@
     window.crowdflow.map = map;
     window.crowdflow.showTimeline = showTimeline;
     map.fitBounds(bounds, { padding: [10, 10] });
-    const DETAIL_ZOOM = 18;  // zoomed out, only live zones keep their labels
+    const DETAIL_ZOOM = 18;  // zoomed out, only busy live zones keep their labels
     const overview = () => map.getContainer().classList.toggle("overview", map.getZoom() < DETAIL_ZOOM);
     map.on("zoomend", overview);
     overview();
