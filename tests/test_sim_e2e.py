@@ -1,15 +1,15 @@
 """End to end on real parts: `crowdflow sim` (virtual cameras at 120×) → Redis → the real
-`crowdflow control` → live zone states for every camera-covered zone; an action control puts
-in force (PlanState.active_actions in <p>:plan:state) changes the simulated crowd."""
+`crowdflow control` → live zone states for every camera-covered zone; a commander's command
+puts actions in force (PlanState.active_actions) and they change the simulated crowd."""
 
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
-from crowdflow.records import PlanState, ZoneState, decode
-from crowdflow.site import TrafficCutoffAction
+from crowdflow.records import Command, PlanState, ZoneState, decode
 
 from .procs import services, wait_for
 
@@ -37,17 +37,19 @@ def test_virtual_cameras_make_every_covered_zone_live(tmp_path, redis_url, keys,
             assert abs(time.time() - st[z].updated_at) < 10
         assert any(v.count > 50 for v in st.values())  # a busy evening, not an empty map
 
-        # Control confirms a cutoff of 嘉滨路: the simulator applies it and the frontage's
-        # own ground empties as people spread onto the road.
-        def frontage() -> float:
+        # A commander orders level II for the complex (嘉滨路 and 沧白路 cut off) through the real
+        # command stream; control puts it in force, the simulator applies it, and the frontage's
+        # density falls as people spread onto the road (control counts them with the zone).
+        def frontage() -> float | None:
             v = zone_states(r, keys)["jiabin-frontage"]
-            return v.count if v.status == "ok" else None
+            return v.density if v.status == "ok" else None
 
         before = sorted(x for x in (frontage() for _ in range(6) if not time.sleep(0.5)) if x is not None)
-        # (Written under its own plan id, so a control service that publishes its own plan
-        # states cannot overwrite it; the simulator applies the union of every entry.)
-        ps = PlanState(plan_id="e2e-cutoff", level="II", updated_at=time.time(),
-                       active_actions=[TrafficCutoffAction(type="traffic_cutoff", road="road-jiabin")])
-        r.hset(keys.plan_state, "e2e-cutoff", ps.encode())
+        cmd = Command(id=uuid.uuid4().hex, kind="override", plan_id="hongyadong", level="II", note="e2e",
+                      user="e2e", role="commander", issued_at=time.time())
+        r.xadd(keys.cmd, {"rec": cmd.encode()})
+        wait_for(lambda: (raw := r.hget(keys.plan_state, "hongyadong")) and decode(PlanState, raw).level == "II", 10,
+                 what="level II in force")
         low = before[len(before) // 2] * 0.6
-        wait_for(lambda: (c := frontage()) is not None and c < low, 20, what=f"frontage below {low:.0f}")
+        wait_for(lambda: (d := frontage()) is not None and d < low, 20, what=f"frontage density below {low:.2f}")
+        assert zone_states(r, keys)["jiabin-frontage"].capacity > site.zone_by_id["jiabin-frontage"].capacity
