@@ -45,67 +45,35 @@ HISTORY_MAXLEN = 800  # 2 h of 10 s samples, with margin
 DEAD_MAXLEN = 10_000
 
 
+def _key(suffix: str) -> property:
+    return property(lambda self: f"{self.prefix}:{suffix}", doc=f"<prefix>:{suffix}")
+
+
 @dataclass(frozen=True)
 class Keys:
+    """Every Redis key name, in one place (the table above says what each holds)."""
+
     prefix: str = "cf"
 
-    @property
-    def obs(self) -> str:
-        return f"{self.prefix}:obs"
-
-    @property
-    def obs_dead(self) -> str:
-        return f"{self.prefix}:obs:dead"
-
-    @property
-    def zone_state(self) -> str:
-        return f"{self.prefix}:zone:state"
+    obs = _key("obs")
+    obs_dead = _key("obs:dead")
+    zone_state = _key("zone:state")
+    plan_state = _key("plan:state")
+    recommendations = _key("recs")
+    alarms = _key("alarms")
+    mode = _key("mode")
+    events = _key("events")
+    cmd = _key("cmd")
+    cmd_dead = _key("cmd:dead")
+    cmd_results = _key("cmd:results")
+    audit = _key("audit")
+    leader = _key("leader")
 
     def zone_history(self, zone_id: str) -> str:
         return f"{self.prefix}:zone:hist:{zone_id}"
 
-    @property
-    def plan_state(self) -> str:
-        return f"{self.prefix}:plan:state"
-
-    @property
-    def recommendations(self) -> str:
-        return f"{self.prefix}:recs"
-
-    @property
-    def alarms(self) -> str:
-        return f"{self.prefix}:alarms"
-
-    @property
-    def mode(self) -> str:
-        return f"{self.prefix}:mode"
-
-    @property
-    def events(self) -> str:
-        return f"{self.prefix}:events"
-
-    @property
-    def cmd(self) -> str:
-        return f"{self.prefix}:cmd"
-
-    @property
-    def cmd_dead(self) -> str:
-        return f"{self.prefix}:cmd:dead"
-
-    @property
-    def cmd_results(self) -> str:
-        return f"{self.prefix}:cmd:results"
-
     def obs_seen(self, camera_id: str) -> str:
         return f"{self.prefix}:obs:seen:{camera_id}"
-
-    @property
-    def audit(self) -> str:
-        return f"{self.prefix}:audit"
-
-    @property
-    def leader(self) -> str:
-        return f"{self.prefix}:leader"
 
     def snapshot(self, camera_id: str) -> str:
         """Latest annotated JPEG of one camera; only written when edge.snapshots is on."""
