@@ -209,9 +209,9 @@ class ControlService:
             audit = [] if error else [self._ack_audit(now, cmd)]
         else:
             result, audit = self.engine.handle(now, cmd, self.states)
-            for rec in self.engine.recs.values():
-                if rec.id == cmd.recommendation_id:
-                    self.alarms.update_recommendation(now, rec)
+            rec = self.engine.recs.get(cmd.recommendation_id or "")
+            if rec is not None:
+                self.alarms.update_recommendation(now, rec)
         if not result.ok:
             log.warning("command %s (%s by %s/%s) refused: %s", cmd.id, cmd.kind, cmd.user, cmd.role, result.error)
         pipe.hset(self.keys.cmd_results, cmd.id, result.encode())
