@@ -154,7 +154,7 @@ def cmd_hash_password(args) -> int:
 def cmd_edge(args) -> int:
     from edge.agent import EdgeAgent
     from edge.counter import CounterSettings, CrowdCounter
-    from edge.density import DensityModel, DensityModelError, resolve_density_model
+    from edge.density import DensityModelError, open_density_model
     from edge.detector import PersonDetector, resolve_model
     from edge.grabber import FrameGrabber
     from edge.metrics import EdgeMetrics, use_json_logs
@@ -173,9 +173,9 @@ def cmd_edge(args) -> int:
         print(f"error: video not found: {uri}", file=sys.stderr)
         return 2
     try:
-        detector = PersonDetector(resolve_model(site.edge.model, args.model), site.edge.imgsz, site.edge.conf)
-        dpath = resolve_density_model(site.edge.density_model, args.density_model)
-        density = DensityModel(dpath, threads=2) if dpath else None
+        model = resolve_model(site.edge.model, args.model)
+        detector = PersonDetector(model, site.edge.imgsz, site.edge.conf)
+        density = open_density_model(site.edge.density_model, args.density_model, model, threads=2)
     except (FileNotFoundError, DensityModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -212,7 +212,7 @@ def cmd_edge(args) -> int:
 
 def cmd_count(args) -> int:
     from edge.counter import CounterSettings, CrowdCounter, PersonScale
-    from edge.density import DensityModel, DensityModelError, resolve_density_model
+    from edge.density import DensityModelError, open_density_model
     from edge.detector import PersonDetector, resolve_model
     from edge.offline import InputError, run_count
 
@@ -233,12 +233,11 @@ def cmd_count(args) -> int:
             pw, ph = geo.image_size
             zones_px = [v.image_polygon * [w / pw, h / ph] for v in geo.zones.values()]
         detector = PersonDetector(model, args.imgsz, args.conf)
-        dpath = resolve_density_model(None, args.density_model)
-        if args.mode in ("auto", "density") and not dpath:
+        density = open_density_model(None, args.density_model, model, threads=args.threads)
+        if args.mode in ("auto", "density") and density is None:
             if args.mode == "density":
-                raise DensityModelError("--mode density needs --density-model or CROWDFLOW_DENSITY_MODEL")
+                raise DensityModelError("--mode density needs a density model (--density-model or CROWDFLOW_DENSITY_MODEL)")
             log.warning("no density model (--density-model / CROWDFLOW_DENSITY_MODEL): detection only")
-        density = DensityModel(dpath, threads=args.threads) if dpath else None
         run_count(args.input, CrowdCounter(detector, density, CounterSettings()), args.json, limit=args.limit,
                   mode=args.mode, csv_path=args.csv, json_path=args.json_out, annotate_to=args.annotate,
                   scale=scale, zones_px=zones_px)
@@ -514,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loop", action="store_true", help="restart a video file at its end")
     s.add_argument("--fast", action="store_true", help="read a file as fast as possible, not at its frame rate")
     s.add_argument("--max-frames", type=int, help="stop after processing this many frames")
-    s.add_argument("--density-model", help="density-map weights (default: $CROWDFLOW_DENSITY_MODEL, edge.density_model)")
+    s.add_argument("--density-model", help="density weights: a head for the detector (.pt) or an MCNN-style net (.h5/.pt); 'none' for off "
+                   "(default: $CROWDFLOW_DENSITY_MODEL, edge.density_model, models/yolo11n-density-head.pt)")
     s.add_argument("--spool", help="spool file (default: edge.spool_path)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--log-json", action="store_true", help="structured JSON log lines")
@@ -527,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="stop after this many images/frames")
     s.add_argument("--imgsz", type=int, default=448)
     s.add_argument("--conf", type=float, default=0.25)
-    s.add_argument("--density-model", help="density-map weights (default: $CROWDFLOW_DENSITY_MODEL)")
+    s.add_argument("--density-model", help="density weights: a head for the detector (.pt) or an MCNN-style net "
+                   "(.h5/.pt); 'none' for off (default: $CROWDFLOW_DENSITY_MODEL, models/yolo11n-density-head.pt)")
     s.add_argument("--mode", choices=["auto", "detect", "tiled", "density"], default="auto",
                    help="auto: density map for crowds, tiled detection otherwise (default)")
     s.add_argument("--csv", help="also write the records to this CSV file")

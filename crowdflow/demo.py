@@ -121,9 +121,6 @@ def run_demo(config: str, port: int = 8000) -> int:
     if video and model:
         edge_env = dict(env, CROWDFLOW_MODEL=model)
         edge_env.setdefault("YOLO_OFFLINE", "1")
-        mcnn = shared_dir() / "models" / "mcnn_shtechB_110.h5"
-        if "CROWDFLOW_DENSITY_MODEL" not in edge_env and mcnn.exists():
-            edge_env["CROWDFLOW_DENSITY_MODEL"] = str(mcnn)  # dense crowds: the density model
         children.append(Child(f"edge:{camera}", me + ["edge", "--config", config, "--camera", camera,
                                                       "--source", video, "--loop"], edge_env))
     else:

@@ -109,7 +109,7 @@ class EdgeSection(Strict):
     publish_interval_s: float = Field(1.0, gt=0, le=60)
     max_fps: float = Field(10, gt=0, le=120)
     max_range_m: float = Field(80, gt=1, le=1000)  # ground beyond this is not counted
-    density_model: str | None = None  # density-map weights (.h5/.pt); CROWDFLOW_DENSITY_MODEL overrides
+    density_model: str | None = None  # density weights (.pt head / .h5); default models/yolo11n-density-head.pt; "none": off
     tile_target_px: float = Field(24, ge=8, le=400)  # person height the detector needs (its input px); smaller: tiles
     dense_per_m2: float = Field(1.0, gt=0, le=10)  # a zone above this (density model) is counted by density
     check_interval_s: float = Field(1.0, gt=0, le=60)  # view-moved and crowd-regime checks

@@ -36,8 +36,8 @@ def main() -> int:
     ap.add_argument("--photos", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--density", default=os.environ.get("CROWDFLOW_DENSITY_MODEL",
-                                                        str(SHARED / "models" / "mcnn_shtechB_110.h5")))
+    ap.add_argument("--density", help="density weights (default: as the agent resolves them, the shipped "
+                    "head models/yolo11n-density-head.pt); e.g. ../shared/models/mcnn_shtechB_110.h5")
     ap.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = ap.parse_args()
 
@@ -49,14 +49,16 @@ def main() -> int:
     from crowdflow.site import load_site
     from edge.agent import EdgeAgent
     from edge.counter import CounterSettings, CrowdCounter
-    from edge.density import DensityModel
+    from edge.density import open_density_model
     from edge.detector import PersonDetector
     from edge.grabber import FrameGrabber
     from edge.spool import Publisher, Spool
 
     site = load_site(REPO / "configs" / "hongyadong.yaml")
-    det = PersonDetector(str(SHARED / "models" / "yolo11n_int8_openvino_model"), site.edge.imgsz, site.edge.conf)
-    dm = DensityModel(args.density, threads=args.threads)
+    model = str(SHARED / "models" / "yolo11n_int8_openvino_model")
+    det = PersonDetector(model, site.edge.imgsz, site.edge.conf)
+    dm = open_density_model(None, args.density, model, threads=args.threads)
+    print(f"density model: {dm.path if dm else None}")
     cap = cv2.VideoCapture(str(SHARED / "data" / "vtest.avi"))
     frames = []
     while len(frames) < args.frames:

@@ -8,8 +8,10 @@ is for tuning. For each photo it records the plain 448-px detection count, the t
 prints MAE, mean relative error and ms/frame per method on both parts, and the dense-count
 threshold that minimises tuning-part MAE (to copy into CounterSettings.dense_count).
 
-Note: the shared MCNN weights were trained on all of ShanghaiTech B train, so its figures on
-the validation part are optimistic; the detector and the threshold were not fitted to it.
+The default density model is the head on the detector's features, trained on the tuning part
+only (scripts/train_density_head.py), so its validation figures are honest. The shared MCNN
+weights (``--density ../shared/models/mcnn_shtechB_110.h5``) were trained on all of
+ShanghaiTech B train: their figures on the validation part are optimistic.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(SHARED / "data" / "shtech_b_train"))
     ap.add_argument("--model", default=str(SHARED / "models" / "yolo11n_int8_openvino_model"))
-    ap.add_argument("--density", default=str(SHARED / "models" / "mcnn_shtechB_110.h5"))
+    ap.add_argument("--density", help="density weights (default: as `crowdflow count` resolves them: the "
+                    "shipped head models/yolo11n-density-head.pt); e.g. ../shared/models/mcnn_shtechB_110.h5")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="var/eval_counting.csv")
@@ -67,11 +70,14 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
         from edge.counter import CrowdCounter, PersonScale
-        from edge.density import DensityModel
+        from edge.density import open_density_model
         from edge.detector import PersonDetector
 
         det = PersonDetector(args.model)
-        dm = DensityModel(args.density, threads=args.threads)
+        dm = open_density_model(None, args.density, args.model, threads=args.threads)
+        if dm is None:
+            raise SystemExit("no density model: pass --density")
+        print(f"density model: {dm.path}", file=sys.stderr)
         counter = CrowdCounter(det, dm)
         names = sorted(gt)[: args.limit] if args.limit else sorted(gt)
         for i, name in enumerate(names):

@@ -157,15 +157,13 @@ def test_no_image_leaves_unless_snapshots_are_enabled(site, detector, vtest_path
 
 
 def test_a_dense_zone_is_counted_from_the_density_map(site, detector, shtech_dir, vtest_path, model_path):
-    from edge.density import DensityModel
+    from edge.density import DEFAULT_HEAD, load_density_model
 
-    mcnn = model_path.parent / "mcnn_shtechB_110.h5"
-    if not mcnn.exists():
-        pytest.skip(f"{mcnn} is absent")
+    head = load_density_model(DEFAULT_HEAD, model_path, threads=2)
     dense_site = site.model_copy(update={"edge": site.edge.model_copy(update={"dense_per_m2": 0.05})})
     crowd = cv2.resize(cv2.imread(str(shtech_dir / "images" / "IMG_117.jpg")), (480, 360))  # 281 people
     for s, expect in ((site, "tiled detect"), (dense_site, "density")):
-        agent = make_agent(s, detector, str(vtest_path), density=DensityModel(mcnn, threads=2))
+        agent = make_agent(s, detector, str(vtest_path), density=head)
         agent.process(time.time(), crowd)
         (z,) = agent.flush(time.time()).zones
         assert z.method in expect.split()

@@ -14,8 +14,8 @@ from .conftest import REPO
 
 
 def run(*args, model_path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crowdflow.cli", "count", *args, "--model", str(model_path),
-                           "--density-model", str(model_path.parent / "mcnn_shtechB_110.h5")],
+    """No --density-model: the shipped density head, as a user gets it."""
+    return subprocess.run([sys.executable, "-m", "crowdflow.cli", "count", *args, "--model", str(model_path)],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
@@ -53,3 +53,16 @@ def test_count_video_frames(vtest_path, model_path, tmp_path):
 def test_count_missing_input_is_a_clear_error(model_path, tmp_path):
     res = run(str(tmp_path / "nothing.mp4"), model_path=model_path)
     assert res.returncode == 2 and "input not found" in res.stderr
+
+
+def test_count_with_another_density_model_and_with_none(shtech_dir, model_path):
+    img = str(shtech_dir / "images" / "IMG_117.jpg")  # 281 people
+    mcnn = run(img, "--json", "--density-model", str(model_path.parent / "mcnn_shtechB_110.h5"), model_path=model_path)
+    assert mcnn.returncode == 0, mcnn.stderr
+    rec = json.loads(mcnn.stdout)
+    assert rec["method"] == "density" and rec["count"] > 150
+    off = run(img, "--json", "--density-model", "none", model_path=model_path)
+    assert off.returncode == 0 and "detection only" in off.stderr
+    assert json.loads(off.stdout)["method"] != "density"
+    bad = run(img, "--density-model", "nowhere.pt", model_path=model_path)
+    assert bad.returncode == 2 and "nowhere.pt" in bad.stderr
