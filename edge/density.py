@@ -7,7 +7,7 @@ through :func:`load_density_model`:
   trained by ``scripts/train_density_head.py``) on the neck features of the YOLO detector the
   agent already runs, computed at the frame's own resolution. The detector's COCO features
   generalise to unseen views far better than a small network trained on one dataset (on the
-  held-back ShanghaiTech B photos it has never seen: MAE 15.9 against MCNN's 23.5 on photos
+  held-back ShanghaiTech B photos it has never seen: MAE 14.1 against MCNN's 23.5 on photos
   MCNN was trained on; docs/performance.md).
 * :class:`DensityModel`: self-contained multi-column networks such as the MCNN release. The
   network is described as data (:data:`ARCHITECTURES`: columns of conv layers, pools and a
@@ -15,8 +15,8 @@ through :func:`load_density_model`:
 
 * ``.h5`` files of tensors named ``<prefix><branch>.<layer>.conv.{weight,bias}`` (the MCNN
   release: ``DME.branch1.0.conv.weight`` …), or
-* ``.pt``/``.pth`` files holding a state dict of :class:`DensityNet` (what
-  ``scripts/finetune_density.py`` writes), optionally ``{"arch": ..., "state_dict": ...}``.
+* ``.pt``/``.pth`` files holding a state dict of :class:`DensityNet`, optionally
+  ``{"arch": ..., "state_dict": ...}``.
 
 Names are matched after stripping the common prefix and the ``.conv`` infix, and every tensor
 must be used with the right shape: a file for another network is refused with the first
@@ -291,6 +291,23 @@ def _build_head(channels: list[int], hidden: int):
     return NeckDensityHead()
 
 
+def feature_input(bgr: np.ndarray, max_side: int = 1280) -> tuple[np.ndarray, float]:
+    """(1×3×H×W float32 RGB in 0–1, scale f): the frame scaled by f = min(1, max_side / long
+    side), padded right and bottom to a multiple of 32 with ultralytics' grey (114); no
+    letterbox, so a pixel (x, y) of the frame is (x·f, y·f) of the input."""
+    import cv2
+
+    img = bgr if bgr.ndim == 3 else cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+    h, w = img.shape[:2]
+    f = min(1.0, max_side / max(h, w))
+    if f < 1.0:
+        img = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    hh, ww = img.shape[:2]
+    pad = np.full((-(-hh // 32) * 32, -(-ww // 32) * 32, 3), 114, np.uint8)
+    pad[:hh, :ww] = img
+    return np.ascontiguousarray(pad[..., ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255.0, f
+
+
 class DetectorFeatures:
     """Neck feature maps of an ultralytics YOLO detector at the input's own resolution.
 
@@ -397,20 +414,7 @@ class FeatureDensityModel:
                 f"({self.channels}). Use that detector or train a head for this one (scripts/train_density_head.py)")
 
     def prepare(self, bgr: np.ndarray) -> tuple[np.ndarray, float]:
-        """Letterbox-free input: scaled to ``max_side``, padded right/bottom to a multiple of 32
-        with ultralytics' grey (114)."""
-        import cv2
-
-        img = bgr if bgr.ndim == 3 else cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-        h, w = img.shape[:2]
-        f = min(1.0, self.max_side / max(h, w))
-        if f < 1.0:
-            img = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-        hh, ww = img.shape[:2]
-        H, W = -(-hh // 32) * 32, -(-ww // 32) * 32
-        pad = np.full((H, W, 3), 114, np.uint8)
-        pad[:hh, :ww] = img
-        return np.ascontiguousarray(pad[..., ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255.0, f
+        return feature_input(bgr, self.max_side)
 
     def density_of(self, x: np.ndarray):
         """The head's map (× HEAD_SCALE) for a prepared input, as a torch tensor with gradients

@@ -137,7 +137,7 @@ def test_mcnn_loads_through_the_generic_loader_and_round_trips(mcnn, tmp_path, s
 # Accuracy regression on validation photos (every 5th, sorted by name; see
 # scripts/eval_counting.py), which neither the detector nor the density head was trained on.
 # Measured by that script (docs/performance.md): on these six the automatic counter's
-# relative errors are 0.17, 0.26, 0.11, 0.09, 0.25, 0.11 (mean 0.16), and 13 % over the
+# relative errors are 0.17, 0.26, 0.17, 0.06, 0.22, 0.09 (mean 0.16), and 12 % over the
 # whole validation part. The limits allow about 1.5× the measured mean and 0.45 for one
 # photo, so a change that makes counting clearly worse fails here.
 REGRESSION = {  # image: the method the regime choice must make
@@ -175,9 +175,9 @@ def test_density_head_reads_the_detector_features_at_any_frame_size(density, mod
     res = density(img)
     assert res.density.shape == (768 // 8, 1024 // 8)
     assert res.count == pytest.approx(float(res.density.sum()), rel=1e-4)
-    assert abs(res.count - len(heads)) / len(heads) < 0.2  # measured 251 (−11 %)
+    assert abs(res.count - len(heads)) / len(heads) < 0.2  # measured 256 (−9 %)
     # The map puts people where the annotated heads are: each quarter of the photo (165, 108,
-    # 5 and 3 heads) gets its share (measured 145, 99, 4.5, 2.4).
+    # 5 and 3 heads) gets its share.
     seen = res.density.reshape(2, 48, 2, 64).sum(axis=(1, 3)).ravel()
     truth = np.histogram2d(heads[:, 1], heads[:, 0], bins=[2, 2], range=[[0, 768], [0, 1024]])[0].ravel()
     assert np.all(np.abs(seen - truth) <= np.maximum(5, 0.25 * truth)), (seen, truth)
@@ -248,3 +248,23 @@ def test_detector_features_from_pytorch_weights_have_the_heads_shapes(tmp_path):
     assert f.backend == "torch"
     a3, a4 = f(np.random.default_rng(0).random((1, 3, 256, 320), dtype=np.float32))
     assert a3.shape == (1, 64, 32, 40) and a4.shape == (1, 128, 16, 20)
+
+
+def test_density_head_on_a_sparse_cctv_view_counts_people_not_clutter(density, vtest_path):
+    """vtest (PETS 2009, an elevated campus camera, 3–8 people among cones, a tripod and grass)
+    hand-counted on frames the head never trained on (tests/data/vtest_hand_counts.csv;
+    frames from 400 on). Before the head saw pseudo-labelled frames 0–399 of this view it
+    read about twice the people there (mean relative error 1.26); measured now 0.11."""
+    from .conftest import REPO
+
+    with open(REPO / "tests" / "data" / "vtest_hand_counts.csv") as f:
+        truth = {int(r["frame"]): int(r["count"]) for r in csv.DictReader(f) if int(r["frame"]) >= 400}
+    cap = cv2.VideoCapture(str(vtest_path))
+    errs = {}
+    for i, n in truth.items():
+        cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+        ok, frame = cap.read()
+        assert ok
+        errs[i] = abs(density(frame).count - n) / n
+    cap.release()
+    assert np.mean(list(errs.values())) <= 0.25 and max(errs.values()) <= 0.5, errs
