@@ -345,8 +345,14 @@ class DetectorFeatures:
             net.model[i].register_forward_hook(lambda _m, _i, out, i=i: self._out.__setitem__(i, out))
         return net
 
+    MAX_SIZES = 8  # compiled input sizes kept (a folder of photos of many sizes evicts the oldest)
+
     def _openvino(self, h: int, w: int):
-        if (h, w) not in self._compiled:
+        if (h, w) in self._compiled:
+            self._compiled[(h, w)] = self._compiled.pop((h, w))  # most recently used last
+        else:
+            while len(self._compiled) >= self.MAX_SIZES:
+                self._compiled.pop(next(iter(self._compiled)))
             import openvino as ov
 
             core = ov.Core()

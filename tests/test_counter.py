@@ -268,3 +268,14 @@ def test_density_head_on_a_sparse_cctv_view_counts_people_not_clutter(density, v
         errs[i] = abs(density(frame).count - n) / n
     cap.release()
     assert np.mean(list(errs.values())) <= 0.25 and max(errs.values()) <= 0.5, errs
+
+
+def test_detector_features_keep_a_bounded_set_of_compiled_sizes(model_path):
+    from edge.density import DetectorFeatures
+
+    f = DetectorFeatures(model_path, [16, 19], threads=2)
+    f.MAX_SIZES = 2
+    for h, w in ((64, 64), (64, 96), (64, 64), (96, 64)):
+        a3, a4 = f(np.zeros((1, 3, h, w), np.float32))
+        assert a3.shape[2:] == (h // 8, w // 8) and a4.shape[2:] == (h // 16, w // 16)
+    assert list(f._compiled) == [(64, 64), (96, 64)]  # 64×96 was the least recently used
