@@ -181,6 +181,8 @@ def cmd_edge(args) -> int:
         return 2
     if density is None:
         log.warning("no density model (edge.density_model / CROWDFLOW_DENSITY_MODEL): dense crowds are undercounted")
+    else:
+        log.info("density model: %s", density.path)
     grabber = FrameGrabber(uri, realtime=not args.fast, loop=args.loop, max_backoff_s=site.edge.reconnect_max_s)
     r, url, keys, embedded = open_redis(site)
     spool_path = args.spool or (site.edge.spool_path or str(data_dir() / "edge-spool-{camera}.sqlite"))
