@@ -37,7 +37,7 @@ class CounterSettings:
     max_tiles: int = 8  # time budget: tiles per frame at most
     # Density-model count from which the density map is used (uncalibrated frames). On street
     # photos the density head wins at every count (tuning part: MAE-optimal at 10, validation
-    # MAE 14.15 at 10 against 14.29 at 20). Detection stays the choice for the sparsest
+    # MAE 13.27 at 10 against 13.46 at 20). Detection stays the choice for the sparsest
     # frames of views the head has not seen, where clutter can collect a few people's worth of
     # density (a head not adapted to vtest read ~16 there for 3–8 people).
     dense_count: float = 20.0
@@ -223,7 +223,7 @@ class CountResult:
 # features. Detection was measured where the automatic counter chose it (a density count under
 # `dense_count`): 30 photos with the first head, whose counts were lower; coarse bins.
 CONFIDENCE: dict[str, list[tuple[float, float]]] = {
-    "density": [(20, 0.90), (40, 0.89), (80, 0.89), (160, 0.91), (320, 0.89), (float("inf"), 0.88)],
+    "density": [(20, 0.94), (40, 0.91), (80, 0.92), (160, 0.92), (320, 0.90), (float("inf"), 0.86)],
     "detect": [(20, 0.57), (float("inf"), 0.77)],
 }
 

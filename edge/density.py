@@ -7,7 +7,7 @@ through :func:`load_density_model`:
   trained by ``scripts/train_density_head.py``) on the neck features of the YOLO detector the
   agent already runs, computed at the frame's own resolution. The detector's COCO features
   generalise to unseen views far better than a small network trained on one dataset (on the
-  held-back ShanghaiTech B photos it has never seen: MAE 14.1 against MCNN's 23.5 on photos
+  held-back ShanghaiTech B photos it has never seen: MAE 13.3 against MCNN's 23.5 on photos
   MCNN was trained on; docs/performance.md).
 * :class:`DensityModel`: self-contained multi-column networks such as the MCNN release. The
   network is described as data (:data:`ARCHITECTURES`: columns of conv layers, pools and a
@@ -247,7 +247,9 @@ class DensityModel:
             x = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1], dtype=np.float32)).permute(2, 0, 1)[None]
         return x  # raw 0–255 values, as the MCNN release was trained
 
-    def __call__(self, bgr: np.ndarray) -> DensityResult:
+    def __call__(self, bgr: np.ndarray, side: int | None = None) -> DensityResult:
+        """``side`` is accepted for the common interface and ignored: these nets run on the
+        frame as it is."""
         import torch
 
         x = self.prepare(bgr)
@@ -291,17 +293,19 @@ def _build_head(channels: list[int], hidden: int):
     return NeckDensityHead()
 
 
-def feature_input(bgr: np.ndarray, max_side: int = 1280) -> tuple[np.ndarray, float]:
-    """(1×3×H×W float32 RGB in 0–1, scale f): the frame scaled by f = min(1, max_side / long
-    side), padded right and bottom to a multiple of 32 with ultralytics' grey (114); no
-    letterbox, so a pixel (x, y) of the frame is (x·f, y·f) of the input."""
+def feature_input(bgr: np.ndarray, side: int | None = None, max_side: int = 1280) -> tuple[np.ndarray, float]:
+    """(1×3×H×W float32 RGB in 0–1, scale f): the frame scaled to a long side of ``side`` px
+    (up or down), or without ``side`` only down to ``max_side``; padded right and bottom to a
+    multiple of 32 with ultralytics' grey (114). No letterbox: a pixel (x, y) of the frame is
+    (x·f, y·f) of the input."""
     import cv2
 
     img = bgr if bgr.ndim == 3 else cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
     h, w = img.shape[:2]
-    f = min(1.0, max_side / max(h, w))
-    if f < 1.0:
-        img = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    f = side / max(h, w) if side else min(1.0, max_side / max(h, w))
+    if f != 1.0:
+        img = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))),
+                         interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
     hh, ww = img.shape[:2]
     pad = np.full((-(-hh // 32) * 32, -(-ww // 32) * 32, 3), 114, np.uint8)
     pad[:hh, :ww] = img
@@ -386,9 +390,10 @@ class DetectorFeatures:
 
 
 class FeatureDensityModel:
-    """A density head (:data:`HEADS`) on the detector's neck features. Frames whose long side is
-    over ``max_side`` are scaled down first (people in them are large; time stays bounded);
-    the map is returned at 1/``stride`` of the frame's own size either way, summing to the count."""
+    """A density head (:data:`HEADS`) on the detector's neck features. Frames are scaled to the
+    long side the head was trained at (its file's ``input_side``; for heads without one, only
+    frames over ``max_side`` are scaled, down); the map is returned at 1/``stride`` of the
+    frame's own size either way, summing to the count."""
 
     def __init__(self, path: str | Path, detector_model: str | Path, threads: int | None = None,
                  max_side: int = 1280, _loaded: dict | None = None):
@@ -410,6 +415,9 @@ class FeatureDensityModel:
             torch.set_num_threads(threads)
         self.stride = spec["stride"]
         self.max_side = max_side
+        # Heads trained on frames brought to one size (their file says which) see every frame
+        # at that size: people appear as large as in training whatever the camera's resolution.
+        self.input_side = int(obj["input_side"]) if obj.get("input_side") else None
         self.backend = "torch"
         self.features = DetectorFeatures(detector_model, [i for i, _ in spec["layers"]], threads)
         got = [f.shape[1] for f in self.features(np.zeros((1, 3, 64, 64), np.float32))]
@@ -420,7 +428,7 @@ class FeatureDensityModel:
                 f"({self.channels}). Use that detector or train a head for this one (scripts/train_density_head.py)")
 
     def prepare(self, bgr: np.ndarray) -> tuple[np.ndarray, float]:
-        return feature_input(bgr, self.max_side)
+        return feature_input(bgr, self.input_side, self.max_side)
 
     def density_of(self, x: np.ndarray):
         """The head's map (× HEAD_SCALE) for a prepared input, as a torch tensor with gradients
@@ -430,12 +438,15 @@ class FeatureDensityModel:
         p3, p4 = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in self.features(x))
         return self.net(p3, p4)
 
-    def __call__(self, bgr: np.ndarray) -> DensityResult:
+    def __call__(self, bgr: np.ndarray, side: int | None = None) -> DensityResult:
+        """``side``: a long side other than the head's own, for a quick look (the agent's
+        once-a-second regime check uses 640 px: a quarter of the work, counts a few percent
+        low; docs/performance.md)."""
         import cv2
         import torch
 
         h, w = bgr.shape[:2]
-        x, f = self.prepare(bgr)
+        x, f = feature_input(bgr, side, self.max_side) if side else self.prepare(bgr)
         with torch.inference_mode():
             d = self.density_of(x)[0, 0].numpy() / HEAD_SCALE
         s = self.stride
@@ -443,6 +454,6 @@ class FeatureDensityModel:
         total = float(d.sum())
         out = (max(1, h // s), max(1, w // s))
         if d.shape != out:  # back to the frame's own grid, keeping the sum
-            d = cv2.resize(d, (out[1], out[0]), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+            d = cv2.resize(d, (out[1], out[0]), interpolation=cv2.INTER_AREA if d.shape[0] > out[0] else cv2.INTER_LINEAR)
             d *= total / max(float(d.sum()), 1e-9)
         return DensityResult(d, total)

@@ -74,6 +74,8 @@ def main() -> int:
     ap.add_argument("--video", action="append", default=[],
                     help="footage of a sparse fixed view to add, pseudo-labelled by tiled detection (repeatable)")
     ap.add_argument("--video-frames", default="0:400:4", help="start:stop:step of the video frames used")
+    ap.add_argument("--input-side", type=int, default=1280,
+                    help="every photo and frame is scaled to this long side, in training and in use (0: as is)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -94,7 +96,7 @@ def main() -> int:
     F3, F4, T = [], [], []  # sample 2k: a photo or frame, 2k + 1: its mirror image
 
     def add(img, points):
-        x, f = feature_input(img)
+        x, f = feature_input(img, args.input_side)
         h, w = x.shape[2:]
         points = [(px * f, py * f) for px, py in points]
         for flip in (False, True):
@@ -152,6 +154,8 @@ def main() -> int:
         return float(np.mean(np.abs(counts(ids) - gt[ids])))
 
     ch, cw = 40, 56  # crop in stride-8 cells (320×448 px: fits a padded 480×360 frame too)
+    if min(t.shape[0] for t in T) < ch or min(t.shape[1] for t in T) < cw:
+        raise SystemExit(f"--input-side {args.input_side} makes maps smaller than the {cw * 8}×{ch * 8} crops")
     best = (float("inf"), 0, None)
     t0 = time.time()
     for ep in range(1, args.epochs + 1):
@@ -183,14 +187,14 @@ def main() -> int:
         return {"photos": len(ids), "mae": round(float(np.abs(e).mean()), 2),
                 "mean_rel_error": round(float((np.abs(e) / gt[ids]).mean()), 4), "bias": round(float(e.mean()), 2)}
 
-    meta = {"backbone": f"{Path(args.model).name} (ultralytics YOLO11n, COCO)", "data":
+    meta = {"backbone": f"{Path(args.model).name} (ultralytics YOLO11n, COCO)", "input_side": args.input_side, "data":
             "ShanghaiTech B train, tuning part (photos not every 5th by name); validation part never seen",
             "epochs": args.epochs, "best_epoch": best[1], "sigma": args.sigma, "lr": args.lr, "batch": args.batch,
             "seed": args.seed, "tune": figures(tune), "val": figures(val),
             "command": "python scripts/train_density_head.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"arch": args.arch, "channels": channels, "hidden": args.hidden,
+    torch.save({"arch": args.arch, "channels": channels, "hidden": args.hidden, "input_side": args.input_side or None,
                 "state_dict": ema.module.state_dict(), "meta": meta}, out)
     print(json.dumps(meta, indent=1))
     return 0

@@ -137,7 +137,7 @@ def test_mcnn_loads_through_the_generic_loader_and_round_trips(mcnn, tmp_path, s
 # Accuracy regression on validation photos (every 5th, sorted by name; see
 # scripts/eval_counting.py), which neither the detector nor the density head was trained on.
 # Measured by that script (docs/performance.md): on these six the automatic counter's
-# relative errors are 0.17, 0.26, 0.17, 0.06, 0.22, 0.09 (mean 0.16), and 12 % over the
+# relative errors are 0.17, 0.26, 0.11, 0.10, 0.19, 0.09 (mean 0.15), and 10.6 % over the
 # whole validation part. The limits allow about 1.5× the measured mean and 0.45 for one
 # photo, so a change that makes counting clearly worse fails here.
 REGRESSION = {  # image: the method the regime choice must make
@@ -175,7 +175,7 @@ def test_density_head_reads_the_detector_features_at_any_frame_size(density, mod
     res = density(img)
     assert res.density.shape == (768 // 8, 1024 // 8)
     assert res.count == pytest.approx(float(res.density.sum()), rel=1e-4)
-    assert abs(res.count - len(heads)) / len(heads) < 0.2  # measured 256 (−9 %)
+    assert abs(res.count - len(heads)) / len(heads) < 0.2  # measured 257 (−9 %)
     # The map puts people where the annotated heads are: each quarter of the photo (165, 108,
     # 5 and 3 heads) gets its share.
     seen = res.density.reshape(2, 48, 2, 64).sum(axis=(1, 3)).ravel()
@@ -189,7 +189,12 @@ def test_density_head_reads_the_detector_features_at_any_frame_size(density, mod
     big = cv2.resize(img, (2048, 1536), interpolation=cv2.INTER_CUBIC)
     rb = density(big)
     assert rb.density.shape == (1536 // 8, 2048 // 8)
-    assert rb.count == pytest.approx(res.count, rel=0.1)  # scaled back down to 1280 px: about the same count
+    assert rb.count == pytest.approx(res.count, rel=0.05)  # both seen at the head's 1280 px
+    # A low-resolution camera: the frame is brought up to the head's size, people with it.
+    assert density.input_side == 1280
+    small = density(cv2.resize(img, (512, 384), interpolation=cv2.INTER_AREA))
+    assert small.density.shape == (384 // 8, 512 // 8)
+    assert abs(small.count - len(heads)) / len(heads) < 0.25
 
 
 def test_density_head_refuses_a_detector_it_was_not_trained_for(model_path, tmp_path):
@@ -254,7 +259,7 @@ def test_density_head_on_a_sparse_cctv_view_counts_people_not_clutter(density, v
     """vtest (PETS 2009, an elevated campus camera, 3–8 people among cones, a tripod and grass)
     hand-counted on frames the head never trained on (tests/data/vtest_hand_counts.csv;
     frames from 400 on). Before the head saw pseudo-labelled frames 0–399 of this view it
-    read about twice the people there (mean relative error 1.26); measured now 0.11."""
+    read about twice the people there (mean relative error 1.26); measured now 0.16."""
     from .conftest import REPO
 
     with open(REPO / "tests" / "data" / "vtest_hand_counts.csv") as f:
