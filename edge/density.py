@@ -56,12 +56,17 @@ NONE = {"none", "off", ""}
 def resolve_density_model(configured: str | None = None, override: str | None = None) -> str | None:
     """``--density-model`` beats ``CROWDFLOW_DENSITY_MODEL`` beats ``edge.density_model`` beats
     the shipped head (:data:`DEFAULT_HEAD`); ``none`` turns density counting off (None)."""
+    v = _named_density_model(configured, override)
+    if v is not None:
+        return None if v.strip().lower() in NONE else v
+    return str(DEFAULT_HEAD) if DEFAULT_HEAD.exists() else None
+
+
+def _named_density_model(configured: str | None, override: str | None) -> str | None:
+    """The first density-model setting someone made, or None (the default applies)."""
     import os
 
-    for v in (override, os.environ.get("CROWDFLOW_DENSITY_MODEL"), configured):
-        if v is not None:
-            return None if v.strip().lower() in NONE else v
-    return str(DEFAULT_HEAD) if DEFAULT_HEAD.exists() else None
+    return next((v for v in (override, os.environ.get("CROWDFLOW_DENSITY_MODEL"), configured) if v is not None), None)
 
 
 def open_density_model(configured: str | None, override: str | None, detector_model: str | Path,
@@ -70,15 +75,15 @@ def open_density_model(configured: str | None, override: str | None, detector_mo
     named is an error; the shipped default head that does not fit the detector in use (another
     YOLO size) is skipped with a warning, leaving detection only."""
     import logging
-    import os
 
+    named = _named_density_model(configured, override)
     path = resolve_density_model(configured, override)
     if path is None:
         return None
     try:
         return load_density_model(path, detector_model, threads)
     except DensityModelError as e:
-        if any(v is not None for v in (override, os.environ.get("CROWDFLOW_DENSITY_MODEL"), configured)):
+        if named is not None:
             raise
         logging.getLogger(__name__).warning("default density head not used: %s", e)
         return None
@@ -263,9 +268,10 @@ class DensityModel:
 
 # ---- density heads on the detector's features ---------------------------------------------
 
-# A head reads these neck layers of an ultralytics YOLO detector: (layer index, stride).
+# A head reads these neck layers of an ultralytics YOLO detector (strides 8 and 16) and writes
+# a map at the first one's stride.
 HEADS: dict[str, dict] = {
-    "yolo-neck-head": {"layers": [(16, 8), (19, 16)], "stride": 8},
+    "yolo-neck-head": {"layers": [16, 19], "stride": 8},
 }
 HEAD_SCALE = 100.0  # heads are trained on density × 100 (better conditioned); outputs are divided back
 
@@ -418,25 +424,13 @@ class FeatureDensityModel:
         # Heads trained on frames brought to one size (their file says which) see every frame
         # at that size: people appear as large as in training whatever the camera's resolution.
         self.input_side = int(obj["input_side"]) if obj.get("input_side") else None
-        self.backend = "torch"
-        self.features = DetectorFeatures(detector_model, [i for i, _ in spec["layers"]], threads)
+        self.features = DetectorFeatures(detector_model, spec["layers"], threads)
         got = [f.shape[1] for f in self.features(np.zeros((1, 3, 64, 64), np.float32))]
         if got != self.channels:
             raise DensityModelError(
                 f"{self.path}: the detector {detector_model} gives {got} channels at layers "
-                f"{[i for i, _ in spec['layers']]}; this head was trained on {self.meta.get('backbone', '?')} "
+                f"{spec['layers']}; this head was trained on {self.meta.get('backbone', '?')} "
                 f"({self.channels}). Use that detector or train a head for this one (scripts/train_density_head.py)")
-
-    def prepare(self, bgr: np.ndarray) -> tuple[np.ndarray, float]:
-        return feature_input(bgr, self.input_side, self.max_side)
-
-    def density_of(self, x: np.ndarray):
-        """The head's map (× HEAD_SCALE) for a prepared input, as a torch tensor with gradients
-        when asked (training uses the same path)."""
-        import torch
-
-        p3, p4 = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in self.features(x))
-        return self.net(p3, p4)
 
     def __call__(self, bgr: np.ndarray, side: int | None = None) -> DensityResult:
         """``side``: a long side other than the head's own, for a quick look (the agent's
@@ -446,9 +440,10 @@ class FeatureDensityModel:
         import torch
 
         h, w = bgr.shape[:2]
-        x, f = feature_input(bgr, side, self.max_side) if side else self.prepare(bgr)
+        x, f = feature_input(bgr, side or self.input_side, self.max_side)
+        p3, p4 = (torch.from_numpy(a) for a in self.features(x))
         with torch.inference_mode():
-            d = self.density_of(x)[0, 0].numpy() / HEAD_SCALE
+            d = self.net(p3, p4)[0, 0].numpy() / HEAD_SCALE
         s = self.stride
         d = d[: max(1, round(h * f) // s), : max(1, round(w * f) // s)]
         total = float(d.sum())

@@ -91,7 +91,7 @@ def main() -> int:
     names = sorted(pts)
     parts = split(names)
     spec = HEADS[args.arch]
-    feats = DetectorFeatures(args.model, [i for i, _ in spec["layers"]], args.threads)
+    feats = DetectorFeatures(args.model, spec["layers"], args.threads)
     t0 = time.time()
     F3, F4, T = [], [], []  # sample 2k: a photo or frame, 2k + 1: its mirror image
 
