@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from crowdflow.records import Alarm, Command, Recommendation, ZoneState
 from crowdflow.site import Site, Text
+from crowdflow.vocab import COMMAND_ROLE, role_allows
 
 KEEP_CLEARED = 200
 
@@ -68,7 +69,7 @@ class AlarmBook:
             self._clear(aid, now)
 
     def ack(self, now: float, cmd: Command) -> str | None:
-        if cmd.role not in ("operator", "commander"):
+        if not role_allows(cmd.role, COMMAND_ROLE["ack_alarm"]):
             return f"role {cmd.role} may not acknowledge alarms"
         cur = self.alarms.get(cmd.alarm_id or "")
         if cur is None:

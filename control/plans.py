@@ -40,12 +40,12 @@ from crowdflow.records import (
     ZoneState,
 )
 from crowdflow import crowd
-from crowdflow.site import LEVELS, Action, Plan, PlanLevel, Site, StaffingAction, Text, TrafficCutoffAction
+from crowdflow.site import Action, Plan, PlanLevel, Site, StaffingAction, Text, TrafficCutoffAction
+from crowdflow.vocab import COMMAND_ROLE, LEVELS, level_rank, role_allows
 
 HISTORY = 50
 PREDICT_FROM = 0.75  # a forecast counts only for a zone already at ≥ 75 % of the trigger
 RECENT_RECS = 200
-COMMANDER_ONLY = {"confirm", "reject", "override", "set_auto", "set_mode"}
 METRIC_TEXT = {
     "capacity_ratio": ("承载率", "capacity ratio"),
     "density": ("密度(人/㎡)", "density (p/m²)"),
@@ -53,8 +53,7 @@ METRIC_TEXT = {
 }
 
 
-def severity(level: str | None) -> int:
-    return -1 if level is None else LEVELS.index(level)
+severity = level_rank
 
 
 def merge_actions(actions: list[Action]) -> list[Action]:
@@ -101,14 +100,8 @@ class Area:
 
     def capacities_at(self, site: Site, level: str | None) -> dict[str, int]:
         """Each zone's capacity with the road space this area's ``level`` keeps cut off."""
-        roads = {r.id: r for r in site.roads}
-        extra: dict[str, float] = {}
-        for a in self.actions_at(level):
-            if isinstance(a, TrafficCutoffAction) and a.road in roads:
-                for zid, share in roads[a.road].frees.items():
-                    extra[zid] = extra.get(zid, 0.0) + share * roads[a.road].pedestrian_area_m2
-        return {zid: crowd.capacity(site.zone_by_id[zid].walkable_area_m2 + extra.get(zid, 0.0),
-                                    site.zone_by_id[zid].area_per_visitor_m2) for zid in self.plan.zones}
+        caps = site.capacities(a.road for a in self.actions_at(level) if isinstance(a, TrafficCutoffAction))
+        return {zid: caps[zid] for zid in self.plan.zones}
 
 
 class PlanEngine:
@@ -280,8 +273,8 @@ class PlanEngine:
         return result, entries
 
     def _handle(self, now: float, cmd: Command, zones) -> str | None:
-        if cmd.kind in COMMANDER_ONLY and cmd.role != "commander":
-            return f"role {cmd.role} may not {cmd.kind}; a commander must"
+        if not role_allows(cmd.role, COMMAND_ROLE[cmd.kind]):
+            return f"role {cmd.role} may not {cmd.kind}; a {COMMAND_ROLE[cmd.kind]} must"
         if cmd.kind == "set_mode":
             return self._set_mode(now, cmd, zones)
         if cmd.kind == "ack_alarm":

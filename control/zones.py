@@ -86,14 +86,7 @@ class ZoneBook:
         """The actions in force. A cut road's pedestrian area joins the zones beside it
         (roads[].frees): people spread onto it, so the zone's count covers that ground too,
         at the density its cameras see, and its capacity grows with it."""
-        extra: dict[str, float] = {}
-        roads = {r.id: r for r in self.site.roads}
-        for a in actions:
-            if isinstance(a, TrafficCutoffAction) and a.road in roads:
-                rd = roads[a.road]
-                for zid, share in rd.frees.items():
-                    extra[zid] = extra.get(zid, 0.0) + share * rd.pedestrian_area_m2
-        self._extra_area = extra
+        self._extra_area = self.site.freed_area(a.road for a in actions if isinstance(a, TrafficCutoffAction))
 
     # ------------------------------------------------------------------ input
 

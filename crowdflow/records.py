@@ -24,13 +24,9 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .site import Action, Text
+from .vocab import LOS, AlarmKind, CommandKind, Health, Id, Level, Mode, Role, Severity, ZoneStatus
 
 SCHEMA_VERSION = 1
-
-Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
-Health = Literal["ok", "camera_offline", "view_moved", "degraded"]
-Level = Literal["IV", "III", "II", "I"]  # IV blue (least) → I red (most severe)
-Role = Literal["viewer", "operator", "commander"]
 
 
 class RecordError(ValueError):
@@ -95,7 +91,7 @@ class ZoneState(Record):
 
     v: Literal[1] = 1
     zone_id: Id
-    status: Literal["ok", "unknown"]
+    status: ZoneStatus
     reason: str | None = None  # why unknown
     count: float | None = None  # people in the zone (estimated over its walkable area)
     density: float | None = None  # persons / m² of walkable ground
@@ -109,7 +105,7 @@ class ZoneState(Record):
     computed_at: float  # when control produced this record
     last_known: LastKnown | None = None  # the last fresh value, shown with its age when unknown
     flow_ppm: float | None = None  # persons / metre width / minute (bottleneck flow metric)
-    los: Literal["A", "B", "C", "D", "E", "F"] | None = None  # Fruin walkway level of service
+    los: LOS | None = None  # Fruin walkway level of service
     inflow_pm: float | None = None  # persons per minute entering (gates), smoothed
     outflow_pm: float | None = None
     trend_pm: float | None = None  # d(count)/dt in persons per minute
@@ -176,7 +172,7 @@ class SiteMode(Record):
     """平急转换: the whole site in normal or emergency operation."""
 
     v: Literal[1] = 1
-    mode: Literal["normal", "emergency"]
+    mode: Mode
     since: float
     by: str
     reason: str | None = None
@@ -185,8 +181,8 @@ class SiteMode(Record):
 class Alarm(Record):
     v: Literal[1] = 1
     id: str = Field(min_length=1, max_length=128)
-    kind: Literal["zone_unknown", "camera_offline", "view_moved", "recommendation", "level_I", "record_rejected"]
-    severity: Literal["info", "warning", "critical"]
+    kind: AlarmKind
+    severity: Severity
     zone_id: Id | None = None
     camera_id: Id | None = None
     plan_id: Id | None = None
@@ -202,12 +198,12 @@ class Command(Record):
 
     v: Literal[1] = 1
     id: str = Field(min_length=8, max_length=64)
-    kind: Literal["confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm"]
+    kind: CommandKind
     plan_id: Id | None = None
     recommendation_id: str | None = None
     level: Level | None = None  # override target; None with kind=override means normal
     auto: bool | None = None  # set_auto
-    mode: Literal["normal", "emergency"] | None = None  # set_mode
+    mode: Mode | None = None  # set_mode
     alarm_id: str | None = None  # ack_alarm
     user: str = Field(min_length=1, max_length=64)
     role: Role

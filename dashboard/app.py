@@ -42,6 +42,7 @@ from crowdflow.records import (
     decode,
 )
 from crowdflow.site import Site
+from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE, CommandKind, Level, Mode
 
 from .auth import COOKIE, LoginLimiter, Session, Sessions, load_users, role_at_least, verify_password
 from .geo import site_geojson
@@ -53,9 +54,6 @@ HISTORY_MAX_MIN = 120  # the timeline shows at most the last 2 hours (what contr
 AUDIT_SCAN = 5000  # newest audit entries searched by one filtered query
 KEEP_RECS, KEEP_ALARMS = 200, 500  # what a dashboard holds at most (control keeps "open and recent")
 
-# Who may send which command (control checks the same again; docs/architecture.md).
-COMMAND_ROLE = {"confirm": "commander", "reject": "commander", "override": "commander",
-                "set_auto": "commander", "set_mode": "commander", "ack_alarm": "operator"}
 
 
 class ZoneStore:
@@ -166,18 +164,16 @@ def _msg(kind: str, rec) -> str:
 class CommandRequest(BaseModel):
     """A command from the console. Who sends it comes from the session, never from the body."""
 
-    kind: Literal["confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm"]
+    kind: CommandKind
     plan_id: str | None = None
     recommendation_id: str | None = None
-    level: Literal["IV", "III", "II", "I"] | None = None
+    level: Level | None = None
     auto: bool | None = None
-    mode: Literal["normal", "emergency"] | None = None
+    mode: Mode | None = None
     alarm_id: str | None = None
     note: str | None = Field(None, max_length=500)
 
 
-_NEEDS = {"confirm": ("recommendation_id",), "reject": ("recommendation_id",), "override": ("plan_id",),
-          "set_auto": ("plan_id", "auto"), "set_mode": ("mode",), "ack_alarm": ("alarm_id",)}
 
 
 class LoginRequest(BaseModel):
@@ -428,7 +424,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         needed = COMMAND_ROLE[body.kind]
         if not role_at_least(s.role, needed):
             raise HTTPException(403, f"{body.kind} needs role {needed}; {s.user} is {s.role}")
-        missing = [f for f in _NEEDS[body.kind] if getattr(body, f) is None]
+        missing = [f for f in COMMAND_FIELDS[body.kind] if getattr(body, f) is None]
         if missing:
             raise HTTPException(400, f"{body.kind} needs {', '.join(missing)}")
         try:

@@ -27,9 +27,9 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from pydantic import TypeAdapter, ValidationError
 
 from crowdflow.site import DashboardUser, Site
+from crowdflow.vocab import role_allows
 
 COOKIE = "cf_session"
-ROLES = ("viewer", "operator", "commander")  # each includes the ones before it
 
 # scrypt cost: n=2^14, r=8, p=1 takes ~50 ms and 16 MiB here: cheap for a login, dear for a guesser.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -84,8 +84,7 @@ def load_users(site: Site, env: str | None = None) -> dict[str, DashboardUser]:
     return users
 
 
-def role_at_least(role: str, needed: str) -> bool:
-    return ROLES.index(role) >= ROLES.index(needed)
+role_at_least = role_allows
 
 
 @dataclass(frozen=True)

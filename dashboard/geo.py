@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from crowdflow import vocab
 from crowdflow.site import Site
 
 # GCJ-02 ("Mars coordinates"): the published obfuscation, Krasovsky 1940 ellipsoid.
@@ -99,4 +100,5 @@ def site_geojson(site: Site, datum: str = "wgs84") -> dict:
         "plans": [{"id": p.id, "name": p.name.model_dump(), "zones": p.zones,
                    "levels": [lv.level for lv in p.levels]} for p in site.plans],
         "stale_after_s": site.control.stale_after_s,
+        "vocab": vocab.as_dict(),  # levels, roles, health states, command kinds: declared once
     }

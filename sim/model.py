@@ -221,8 +221,6 @@ class Model:
                 if a.road in self.cut_roads:
                     continue
                 self.cut_roads.add(a.road)
-                for zid, share in roads[a.road].frees.items():
-                    extra_area[net.index[zid]] += share * roads[a.road].pedestrian_area_m2
                 rs = sc.roads.get(a.road)
                 if rs is None:
                     continue
@@ -261,6 +259,8 @@ class Model:
             i = net.index[zid]
             dwell_mult[i] *= 1.0 - min(self.p.staff_dwell_cut * more, self.p.staff_dwell_cut_max)
             flow_mult[i] *= 1.0 + min(self.p.staff_flow_gain * more, self.p.staff_flow_gain_max)
+        for zid, m2 in self.site.freed_area(self.cut_roads).items():
+            extra_area[net.index[zid]] += m2
         self.extra_area = extra_area
         self.width = np.array([e.width_m for e in net.edges]) + widen
         self.open = open_

@@ -35,7 +35,7 @@ def test_round_trip():
         (json.dumps(obs(zones=[dict(zone_id="z1", count=-1, visible_area_m2=10)])),
          "zones[0].count: Input should be greater than or equal to 0"),
         (json.dumps(obs(seq="seven")), "seq: Input should be a valid integer"),
-        (json.dumps(obs(health="on fire")), "health: Input should be 'ok', 'camera_offline', 'view_moved' or 'degraded'"),
+        (json.dumps(obs(health="on fire")), "health: Input should be 'ok', 'camera_offline', 'view_moved', 'view_unverified', 'frozen' or 'degraded'"),
         (json.dumps(obs(colour="red")), "colour: Extra inputs are not permitted"),
         (json.dumps(obs(zones=[dict(zone_id="z1", count=float("nan"), visible_area_m2=10)])),
          "zones[0].count: Input should be a finite number"),

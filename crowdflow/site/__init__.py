@@ -1,0 +1,54 @@
+"""The site as data: one YAML file, validated once at start.
+
+Every service loads the site through :func:`load_site`. A broken file raises
+:class:`ConfigError` whose messages name the exact path of each problem, e.g.
+``zones[3].polygon: ring has 2 points``.
+
+One module per group of sections (Frigate style):
+
+* :mod:`.runtime` — ``site``, ``redis``, ``edge``, ``control``, ``dashboard`` (runtime settings);
+* :mod:`.places`  — ``zones``, ``cameras``, ``roads``, ``gates``, ``posts``, ``basemap``;
+* :mod:`.plans`   — measures (``Action``), tiered ``plans``, ``emergency``;
+* :mod:`.model`   — :class:`Site`, the whole file, with its lookups and helpers;
+* :mod:`.checks`  — the named ``verify_*`` cross-checks, listed in ``CHECKS``;
+* :mod:`.load`    — parsing and path-precise errors.
+"""
+
+from ..vocab import LEVELS, Id
+from .base import ConfigError, LonLat, Strict, Text, check_ring
+from .checks import CHECKS, semantic_problems
+from .load import load_site, parse_site, validate_file_model
+from .model import Projection, Site
+from .places import Basemap, BasemapArea, CalibrationPoint, Camera, Gate, Post, Preset, Road, Zone
+from .plans import (
+    Action,
+    BroadcastAction,
+    Emergency,
+    ExitOnlyAction,
+    Hysteresis,
+    MetroLimitAction,
+    OneWayAction,
+    Plan,
+    PlanLevel,
+    StaffingAction,
+    TrafficCutoffAction,
+    Triggers,
+)
+from .runtime import (
+    ControlSection,
+    DashboardSection,
+    DashboardUser,
+    EdgeSection,
+    RedisSection,
+    SiteInfo,
+    TileLayer,
+)
+
+__all__ = [
+    "LEVELS", "Id", "ConfigError", "LonLat", "Strict", "Text", "check_ring", "CHECKS", "semantic_problems",
+    "load_site", "parse_site", "validate_file_model", "Projection", "Site", "Basemap", "BasemapArea",
+    "CalibrationPoint", "Camera", "Gate", "Post", "Preset", "Road", "Zone", "Action", "BroadcastAction",
+    "Emergency", "ExitOnlyAction", "Hysteresis", "MetroLimitAction", "OneWayAction", "Plan", "PlanLevel",
+    "StaffingAction", "TrafficCutoffAction", "Triggers", "ControlSection", "DashboardSection", "DashboardUser",
+    "EdgeSection", "RedisSection", "SiteInfo", "TileLayer",
+]

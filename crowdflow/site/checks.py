@@ -1,0 +1,220 @@
+"""Cross-references and geometry that single fields cannot check.
+
+Each ``verify_*`` function takes the parsed :class:`Site` and returns ``(path, message)``
+problems; :data:`CHECKS` lists them in the order they run. Add a check here, by name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from shapely.geometry import LineString, Polygon
+
+from ..vocab import LEVELS
+from .model import Site
+from .plans import ExitOnlyAction, MetroLimitAction, OneWayAction, StaffingAction, TrafficCutoffAction
+
+Problems = list[tuple[str, str]]
+
+
+def _ref(problems: Problems, path: str, value: str | None, known: set[str], what: str) -> None:
+    if value is not None and value not in known:
+        problems.append((path, f"unknown {what} {value!r}"))
+
+
+def verify_unique_ids(site: Site) -> Problems:
+    """Every id is unique within its section."""
+    problems: Problems = []
+    for kind in ("zones", "cameras", "roads", "gates", "posts", "plans"):
+        seen: dict[str, int] = {}
+        for i, it in enumerate(getattr(site, kind)):
+            if it.id in seen:
+                problems.append((f"{kind}[{i}].id", f"duplicate id {it.id!r} (also {kind}[{seen[it.id]}])"))
+            seen.setdefault(it.id, i)
+    return problems
+
+
+def verify_users(site: Site) -> Problems:
+    """Dashboard user names are unique and name known posts."""
+    problems: Problems = []
+    users: dict[str, int] = {}
+    post_ids = {p.id for p in site.posts}
+    for i, u in enumerate(site.dashboard.users):
+        if u.name in users:
+            problems.append((f"dashboard.users[{i}].name", f"duplicate user {u.name!r} (also dashboard.users[{users[u.name]}])"))
+        users.setdefault(u.name, i)
+        _ref(problems, f"dashboard.users[{i}].post", u.post, post_ids, "post")
+    return problems
+
+
+def verify_zones(site: Site) -> Problems:
+    """Zone polygons are simple, near the site, and hold their walkable area."""
+    problems: Problems = []
+    proj = site.projection
+    centre = proj.to_metric([site.site.center])[0]
+    for i, z in enumerate(site.zones):
+        poly = Polygon(proj.to_metric(z.polygon))
+        if not poly.is_valid:
+            problems.append((f"zones[{i}].polygon", "ring crosses itself"))
+            continue
+        room = poly.area * z.floors
+        if z.walkable_area_m2 > room * 1.001:
+            problems.append(
+                (
+                    f"zones[{i}].walkable_area_m2",
+                    f"{z.walkable_area_m2:g} m² exceeds the polygon's {poly.area:.0f} m²"
+                    + (f" × {z.floors} floors" if z.floors > 1 else ""),
+                )
+            )
+        d = math.dist(proj.to_metric([z.polygon[0]])[0], centre)
+        if d > 50_000:
+            problems.append((f"zones[{i}].polygon", f"is {d / 1000:.0f} km from site.center; lon/lat swapped?"))
+    return problems
+
+
+def verify_cameras(site: Site) -> Problems:
+    """Cameras name known zones; presets are unique with calibration points spread in the image."""
+    problems: Problems = []
+    zone_ids = {z.id for z in site.zones}
+    for i, c in enumerate(site.cameras):
+        for j, zid in enumerate(c.zones):
+            _ref(problems, f"cameras[{i}].zones[{j}]", zid, zone_ids, "zone")
+        seen: set[str] = set()
+        for j, p in enumerate(c.presets):
+            if p.id in seen:
+                problems.append((f"cameras[{i}].presets[{j}].id", f"duplicate preset {p.id!r}"))
+            seen.add(p.id)
+            w, h = p.image_size
+            for k, pt in enumerate(p.points):
+                u, v = pt.pixel
+                if not (0 <= u <= w and 0 <= v <= h):
+                    problems.append(
+                        (f"cameras[{i}].presets[{j}].points[{k}].pixel", f"[{u:g}, {v:g}] lies outside the {w}x{h} image")
+                    )
+            pix = [pt.pixel for pt in p.points]
+            if len(set(pix)) < len(pix):
+                problems.append((f"cameras[{i}].presets[{j}].points", "two points share a pixel"))
+            elif Polygon(pix).convex_hull.area < 1e-3 * w * h:
+                problems.append(
+                    (f"cameras[{i}].presets[{j}].points", "pixels are (nearly) on one line; spread them over the ground")
+                )
+    return problems
+
+
+def verify_roads(site: Site) -> Problems:
+    """The area a cut road frees goes to known zones, in shares that add up to at most 1."""
+    problems: Problems = []
+    zone_ids = {z.id for z in site.zones}
+    for i, rd in enumerate(site.roads):
+        for zid, share in rd.frees.items():
+            _ref(problems, f"roads[{i}].frees.{zid}", zid, zone_ids, "zone")
+            if not 0 < share <= 1:
+                problems.append((f"roads[{i}].frees.{zid}", f"share {share:g} must be in (0, 1]"))
+        if sum(rd.frees.values()) > 1.0001:
+            problems.append((f"roads[{i}].frees", f"shares add up to {sum(rd.frees.values()):.2f} > 1"))
+    return problems
+
+
+def verify_gates(site: Site) -> Problems:
+    """Gates join known zones, belong to known cameras and are at least 0.5 m long."""
+    problems: Problems = []
+    zone_ids = {z.id for z in site.zones}
+    cam_ids = {c.id for c in site.cameras}
+    for i, g in enumerate(site.gates):
+        _ref(problems, f"gates[{i}].outside_zone", g.outside_zone, zone_ids, "zone")
+        _ref(problems, f"gates[{i}].inside_zone", g.inside_zone, zone_ids, "zone")
+        _ref(problems, f"gates[{i}].camera", g.camera, cam_ids, "camera")
+        if g.outside_zone is None and g.inside_zone is None:
+            problems.append((f"gates[{i}]", "needs outside_zone or inside_zone"))
+        if LineString(site.projection.to_metric(g.line)).length < 0.5:
+            problems.append((f"gates[{i}].line", "is shorter than 0.5 m"))
+    return problems
+
+
+def _action_problems(site: Site, path: str, a) -> Problems:
+    problems: Problems = []
+    if isinstance(a, StaffingAction):
+        _ref(problems, f"{path}.post", a.post, {p.id for p in site.posts}, "post")
+    elif isinstance(a, TrafficCutoffAction):
+        _ref(problems, f"{path}.road", a.road, {r.id for r in site.roads}, "road")
+    elif isinstance(a, OneWayAction):
+        zone_ids = {z.id for z in site.zones}
+        _ref(problems, f"{path}.zone", a.zone, zone_ids, "zone")
+        _ref(problems, f"{path}.toward", a.toward, zone_ids, "zone")
+    elif isinstance(a, (ExitOnlyAction, MetroLimitAction)):
+        _ref(problems, f"{path}.gate", a.gate, {g.id for g in site.gates}, "gate")
+    return problems
+
+
+def verify_plans(site: Site) -> Problems:
+    """Plans name known zones; levels run IV → I with rising thresholds; actions name known things."""
+    problems: Problems = []
+    zone_ids = {z.id for z in site.zones}
+    for k, a in enumerate(site.emergency.actions):
+        problems += _action_problems(site, f"emergency.actions[{k}]", a)
+    for i, p in enumerate(site.plans):
+        for j, zid in enumerate(p.zones):
+            _ref(problems, f"plans[{i}].zones[{j}]", zid, zone_ids, "zone")
+        order = [lv.level for lv in p.levels]
+        if order != sorted(order, key=LEVELS.index) or len(set(order)) != len(order):
+            problems.append((f"plans[{i}].levels", f"levels must be distinct and ordered IV → I, got {order}"))
+        for j, lv in enumerate(p.levels):
+            base = f"plans[{i}].levels[{j}]"
+            if not lv.triggers.model_dump(exclude_none=True):
+                problems.append((f"{base}.triggers", "needs at least one of capacity_ratio, density, flow_ppm"))
+            for k, a in enumerate(lv.actions):
+                problems += _action_problems(site, f"{base}.actions[{k}]", a)
+        # thresholds must rise with severity, metric by metric
+        for metric in ("capacity_ratio", "density", "flow_ppm"):
+            prev = None
+            for j, lv in enumerate(p.levels):
+                t = getattr(lv.triggers, metric)
+                if t is None:
+                    continue
+                if prev is not None and t <= prev:
+                    problems.append(
+                        (f"plans[{i}].levels[{j}].triggers.{metric}", f"{t:g} must exceed the milder level's {prev:g}")
+                    )
+                prev = t
+    return problems
+
+
+def verify_basemap(site: Site) -> Problems:
+    """Basemap polygons: unique ids per layer, simple rings, near the site."""
+    problems: list[tuple[str, str]] = []
+    proj = site.projection
+    centre = proj.to_metric([site.site.center])[0]
+    for layer in ("water", "buildings", "bridges"):
+        seen: dict[str, int] = {}
+        for i, a in enumerate(getattr(site.basemap, layer)):
+            path = f"basemap.{layer}[{i}]"
+            if a.id in seen:
+                problems.append((f"{path}.id", f"duplicate id {a.id!r} (also basemap.{layer}[{seen[a.id]}])"))
+            seen.setdefault(a.id, i)
+            ring = proj.to_metric(a.polygon)
+            if not Polygon(ring).is_valid:
+                problems.append((f"{path}.polygon", "ring crosses itself"))
+            elif math.dist(ring[0], centre) > 50_000:
+                problems.append((f"{path}.polygon", f"is {math.dist(ring[0], centre) / 1000:.0f} km from site.center; lon/lat swapped?"))
+    return problems
+
+
+
+
+# The named checks, in the order they run. A site file is usable when all return nothing.
+CHECKS: tuple[Callable[[Site], Problems], ...] = (
+    verify_unique_ids,
+    verify_basemap,
+    verify_users,
+    verify_zones,
+    verify_cameras,
+    verify_roads,
+    verify_gates,
+    verify_plans,
+)
+
+
+def semantic_problems(site: Site) -> Problems:
+    """Every named check's problems, in order."""
+    return [p for check in CHECKS for p in check(site)]

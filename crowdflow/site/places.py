@@ -1,0 +1,117 @@
+"""The place: ``zones``, ``cameras`` (with presets), ``roads``, ``gates``, ``posts``, ``basemap``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from .. import crowd
+from .base import Id, LonLat, Strict, Text, check_ring
+
+
+class Zone(Strict):
+    id: Id
+    name: Text
+    kind: Literal["walkway", "plaza", "platform", "metro", "crossing", "interior", "street"]
+    polygon: list[LonLat]
+    floors: int = Field(1, ge=1, le=20)
+    walkable_area_m2: float = Field(gt=0)
+    area_per_visitor_m2: float = Field(ge=0.3, le=20)
+
+    @field_validator("polygon")
+    @classmethod
+    def _ring(cls, v: list[LonLat]) -> list[LonLat]:
+        return check_ring(v)
+
+    @property
+    def capacity(self) -> int:
+        """Instantaneous capacity C1 = walkable area ÷ area per visitor (LB/T 034-2014)."""
+        return crowd.capacity(self.walkable_area_m2, self.area_per_visitor_m2)
+
+
+class CalibrationPoint(Strict):
+    pixel: tuple[float, float]
+    lonlat: LonLat
+
+
+class Preset(Strict):
+    id: Id
+    image_size: tuple[int, int]
+    points: list[CalibrationPoint] = Field(min_length=4)
+    # The view at this preset (image file, relative to the config file); the edge agent
+    # compares frames with it to notice a turned camera. None: the first frame seen.
+    reference_image: str | None = None
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] < 16 or v[1] < 16:
+            raise ValueError(f"image size {v[0]}x{v[1]} is too small")
+        return v
+
+
+class Camera(Strict):
+    id: Id
+    name: Text
+    position: LonLat
+    height_m: float = Field(gt=0, le=500)
+    zones: list[Id] = Field(min_length=1)
+    source: str | None = None  # rtsp://, http(s)://, file path or device index
+    presets: list[Preset] = Field(min_length=1)
+
+    def preset(self, preset_id: str | None = None) -> Preset:
+        if preset_id is None:
+            return self.presets[0]
+        for p in self.presets:
+            if p.id == preset_id:
+                return p
+        raise KeyError(f"camera {self.id} has no preset {preset_id!r}")
+
+
+class Road(Strict):
+    id: Id
+    name: Text
+    line: list[LonLat] = Field(min_length=2)
+    pedestrian_area_m2: float = Field(0, ge=0)
+    # When cut off, the zones beside it gain its pedestrian area in these shares: people
+    # spread onto the road, and control counts them with the zone (see control/zones.py).
+    frees: dict[Id, float] = Field(default_factory=dict)
+
+
+class Gate(Strict):
+    id: Id
+    name: Text
+    line: tuple[LonLat, LonLat]
+    outside_zone: Id | None = None
+    inside_zone: Id | None = None
+    camera: Id | None = None
+
+
+class Post(Strict):
+    id: Id
+    name: Text
+    position: LonLat
+    department: str = Field(min_length=1)
+    headcount: int = Field(ge=0, le=10000)
+
+
+class BasemapArea(Strict):
+    """A polygon of the offline vector basemap (river, building footprint, bridge deck)."""
+
+    id: Id
+    name: Text | None = None
+    polygon: list[LonLat]
+
+    @field_validator("polygon")
+    @classmethod
+    def _ring(cls, v: list[LonLat]) -> list[LonLat]:
+        return check_ring(v)
+
+
+class Basemap(Strict):
+    """The offline vector basemap drawn under the zones; roads come from ``roads``."""
+
+    water: list[BasemapArea] = Field(default_factory=list)
+    buildings: list[BasemapArea] = Field(default_factory=list)
+    bridges: list[BasemapArea] = Field(default_factory=list)
