@@ -56,7 +56,8 @@ from crowdflow.site import Site
 
 from .alarms import AlarmBook
 from .plans import PlanEngine
-from .zones import ZoneBook, site_problem
+from .ingest import MAX_RECORD_BYTES, check, entry_time
+from .zones import ZoneBook
 
 log = logging.getLogger("crowdflow.control")
 
@@ -110,6 +111,7 @@ class ControlService:
         self.applied = self.rejected = self.duplicates = 0
         self.stats: Counter = Counter()  # errors by kind, reconnects, … (exported as metrics)
         self.rejected_by: Counter = Counter()  # dead letters by reason class
+        self.skew_s: dict[str, float] = {}  # camera → its gateway's clock offset, when corrected
         self._started = False
         self._reset()
 
@@ -309,16 +311,22 @@ class ControlService:
         out = self.out
         good: list[tuple[str, Observation]] = []
         for entry_id, fields in entries:
+            raw = fields.get("rec", b"")
+            if len(raw) > MAX_RECORD_BYTES:
+                self._reject(entry_id, fields, f"(record): {len(raw):,} bytes, limit {MAX_RECORD_BYTES:,}", kind="size")
+                continue
             try:
-                obs = decode(Observation, fields.get("rec", b""))
+                obs = decode(Observation, raw)
             except RecordError as e:
                 self._reject(entry_id, fields, str(e))
                 continue
-            problem = site_problem(obs, self.site)
-            if problem:
-                self._reject(entry_id, fields, problem)
+            verdict = check(obs, self.site, now, entry_time(entry_id))
+            if verdict.obs is None:
+                self._reject(entry_id, fields, verdict.reason)
                 continue
-            good.append((entry_id, obs))
+            if verdict.skew_s is not None:
+                self._clock_skew(obs, verdict.skew_s)
+            good.append((entry_id, verdict.obs))
         if not good:
             return set()
         # Idempotency by (camera, seq), in Redis so it holds across restarts and failover. The
@@ -356,6 +364,16 @@ class ControlService:
             out.zadd(key, mapping)
             out.zremrangebyscore(key, "-inf", now - SEEN_KEEP_S)
         return touched
+
+    def _clock_skew(self, obs: Observation, skew: float) -> None:
+        """A gateway whose clock is off: its capture times are corrected, and it is reported
+        (once per camera per change of more than a second, and as a metric)."""
+        self.stats["clock_corrected"] += 1
+        prev = self.skew_s.get(obs.camera_id)
+        self.skew_s[obs.camera_id] = skew
+        if prev is None or abs(prev - skew) > 1.0:
+            log.warning("camera %s (agent %s): gateway clock %+.1f s off; capture times corrected",
+                        obs.camera_id, obs.agent_id, skew)
 
     def _reject(self, entry_id: str, fields: dict, reason: str, kind: str | None = None) -> None:
         self.obs_reader.dead_letter(entry_id, fields, reason, pipe=self.out)
