@@ -41,6 +41,7 @@ from crowdflow.bus import (
 )
 from crowdflow.records import (
     Alarm,
+    LastKnown,
     AuditEntry,
     Command,
     CommandResult,
@@ -56,6 +57,7 @@ from crowdflow.site import Site
 
 from .alarms import AlarmBook
 from .plans import PlanEngine
+from . import snapshot
 from .ingest import MAX_RECORD_BYTES, check, entry_time
 from .zones import ZoneBook
 
@@ -155,7 +157,14 @@ class ControlService:
         self.engine.restore(plans, recs, mode)
         self.book.set_actions(self.engine.active_actions())
         self.alarms.restore(self._load(self.keys.alarms, Alarm))
-        # A restart begins from nothing: every zone is unknown until fresh data arrives.
+        # The previous leader's working memory: filters, camera views, flows, sustain timers and
+        # cooldowns. Without it (first start, too old) zones are unknown until data arrives,
+        # keeping the last known values that were published.
+        if snapshot.load(self.book, self.engine, self._raw_get(self.keys.control_memory), now):
+            log.info("control %s restored the previous leader's memory", self.consumer)
+            self.stats["memory_restored"] += 1
+        else:
+            self._seed_last_known(self._load(self.keys.zone_state, ZoneState))
         self.states = self.book.states(now)
         out = self.out
         self._publish_zones(out, self.states)
@@ -168,6 +177,23 @@ class ControlService:
             out.set(self.keys.mode, mode.encode())
             self._event(out, "mode", mode)
         self._flush()
+
+    def _raw_get(self, key: str):
+        try:
+            return self.raw.get(key)
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            quarantine_wrong_type(self.r, key, "string")
+            return None
+
+    def _seed_last_known(self, published: dict) -> None:
+        for zid, s in published.items():
+            if zid not in self.book._last_known:
+                if s.status == "ok" and s.count is not None and s.updated_at is not None:
+                    self.book._last_known[zid] = LastKnown(count=s.count, density=s.density or 0.0, at=s.updated_at)
+                elif s.last_known is not None:
+                    self.book._last_known[zid] = s.last_known
 
     def _load(self, key: str, cls) -> dict:
         """A hash of records, read as bytes; an unreadable field is reported and skipped (it can
@@ -257,6 +283,7 @@ class ControlService:
                 self.alarms.update_recommendation(now, rec)
             self.alarms.update_zones(now, self.states)
             self._sample_history(out, now, self.states)
+            out.set(self.keys.control_memory, snapshot.dump(self.book, self.engine, now))
         if cmd_entries or now == self._last_full:
             self.book.set_actions(self.engine.active_actions())  # cut roads widen their zones
         self._publish_decisions(out)

@@ -21,6 +21,7 @@ key                             type    content
 ``<p>:audit``                   stream  AuditEntry JSON, append-only, never trimmed
 ``<p>:leader``                  string  the leading control instance's lease (id, with a TTL)
 ``<p>:leader:last``             string  the id of the last instance that took the lease
+``<p>:control:memory``          string  control's working memory (filters, timers) for takeover
 ==============================  ======  =====================================================
 
 Consumer group ``control`` reads ``<p>:obs`` at-least-once: entries are acknowledged only
@@ -88,6 +89,7 @@ class Keys:
     audit = _key("audit")
     leader = _key("leader")
     leader_last = _key("leader:last")
+    control_memory = _key("control:memory")
 
     def zone_history(self, zone_id: str) -> str:
         return f"{self.prefix}:zone:hist:{zone_id}"
@@ -105,6 +107,28 @@ class Keys:
 
 def resolve_prefix(configured: str) -> str:
     return os.environ.get("CROWDFLOW_REDIS_PREFIX") or configured
+
+
+def mask_url(url: str | None) -> str | None:
+    """A URL fit for logs: the password (and a user name with it) replaced by ``***``.
+    Works for redis://, rediss://, rtsp:// and http(s):// URLs alike."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***:***@{host}" if parts.password is not None else f"***@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def resolve_url(configured: str | None) -> str | None:
@@ -152,7 +176,6 @@ def connect(url: str, **kw) -> redis.Redis:
     kw.setdefault("socket_keepalive", True)
     kw.setdefault("health_check_interval", 15)
     kw.setdefault("retry", command_retry())
-    kw.setdefault("client_name", f"crowdflow-{os.getpid()}")
     return redis.Redis.from_url(url, **kw)
 
 

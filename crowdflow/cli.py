@@ -22,6 +22,9 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from .redact import install
+
+    install()  # credentials in URLs (rtsp://user:pw@…) never reach a log line
 
 
 def _load(args) -> Site:
@@ -165,6 +168,14 @@ def cmd_edge(args) -> int:
     if args.log_json or os.environ.get("CROWDFLOW_LOG_FORMAT") == "json":
         use_json_logs()
     site = _load(args)
+    from .bus import Keys, connect, mask_url, resolve_prefix, resolve_url
+
+    url = resolve_url(site.redis.url)
+    if url is None:
+        # An embedded Redis on a gateway would keep its observations to itself: refuse.
+        print("error: the edge agent needs the control site's Redis: set REDIS_URL (or redis.url in the "
+              "site file); it never starts an embedded one", file=sys.stderr)
+        return 2
     camera = _camera(site, args.camera)
     uri = args.source or camera.source
     if not uri:
@@ -185,7 +196,10 @@ def cmd_edge(args) -> int:
     else:
         log.info("density model: %s", density.path)
     grabber = FrameGrabber(uri, realtime=not args.fast, loop=args.loop, max_backoff_s=site.edge.reconnect_max_s)
-    r, url, keys, embedded = open_redis(site)
+    # No wait for Redis: the agent counts and spools from the first frame, and replays when
+    # Redis answers (edge/spool.py).
+    r, keys, embedded = connect(url), Keys(resolve_prefix(site.redis.prefix)), None
+    log.info("edge %s publishes to %s", camera.id, mask_url(url))
     spool_path = args.spool or (site.edge.spool_path or str(data_dir() / "edge-spool-{camera}.sqlite"))
     spool = Spool(spool_path.format(camera=camera.id), site.edge.spool_max_records)
     metrics = EdgeMetrics(camera.id)
