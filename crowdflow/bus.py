@@ -16,9 +16,13 @@ key                             type    content
 ``<p>:events``                  stream  every change above, fields ``type`` and ``rec``
 ``<p>:cmd``                     stream  Command JSON from the dashboard (group ``control``)
 ``<p>:cmd:dead``                stream  rejected commands with the reason
-``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency)
-``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe)
-``<p>:audit``                   stream  AuditEntry JSON, append-only, never trimmed
+``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency, 24 h)
+``<p>:cmd:results:at``          zset    command id → answer time (drives the 24 h retention)
+``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe, 3 h)
+``<p>:audit``                   stream  AuditEntry JSON, append-only; archived to files, then trimmed
+``<p>:audit:archived``          string  the last audit id written to the archive files
+``<p>:session:<sha256>``        hash    a dashboard session (TTL = session lifetime)
+``<p>:limits:…``                        login rate-limit windows (the ``limits`` library)
 ``<p>:leader``                  string  the leading control instance's lease (id, with a TTL)
 ``<p>:leader:last``             string  the id of the last instance that took the lease
 ``<p>:control:memory``          string  control's working memory (filters, timers) for takeover
@@ -56,6 +60,9 @@ OBS_MAXLEN = 200_000  # ~1 h of 50 cameras at 1 Hz; approximate trimming
 EVENTS_MAXLEN = 50_000
 HISTORY_MAXLEN = 800  # 2 h of 10 s samples, with margin
 DEAD_MAXLEN = 10_000
+CMD_MAXLEN = 10_000  # commands are answered within seconds; results are kept 24 h
+RESULTS_KEEP_S = 24 * 3600
+AUDIT_KEEP_S = 7 * 86400  # audit kept in Redis (searchable on the dashboard) once archived
 DEAD_RAW_KEEP = 64 * 1024  # bytes of a rejected entry kept verbatim (longer ones: head + size + sha256)
 
 # Errors that mean "Redis is not answering right now" (down, restarting, paused, loading its
@@ -86,6 +93,8 @@ class Keys:
     cmd = _key("cmd")
     cmd_dead = _key("cmd:dead")
     cmd_results = _key("cmd:results")
+    cmd_results_at = _key("cmd:results:at")
+    audit_archived = _key("audit:archived")
     audit = _key("audit")
     leader = _key("leader")
     leader_last = _key("leader:last")

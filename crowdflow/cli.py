@@ -100,7 +100,15 @@ def cmd_control(args) -> int:
 
     site = _load(args)
     r, url, keys, embedded = open_redis(site, wait_s=None)  # control waits for Redis as long as it takes
-    svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after)
+    audit_dir = args.audit_dir or os.environ.get("CROWDFLOW_AUDIT_DIR") or str(data_dir() / "audit")
+    svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
+                         audit_dir=None if audit_dir == "none" else audit_dir)
+    port = args.metrics_port or int(os.environ.get("CROWDFLOW_CONTROL_METRICS_PORT", "0") or 0)
+    if port:
+        from control.metrics import ControlMetrics
+
+        ControlMetrics(svc).serve(port)
+        log.info("metrics on :%d/metrics", port)
     try:
         svc.run(_stop_event())
     finally:
@@ -510,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=cfg)
     s.add_argument("--consumer", help="consumer name in the 'control' group (default control-<host>)")
     s.add_argument("--stale-after", type=float, help="seconds without data before a zone is unknown")
+    s.add_argument("--audit-dir", help="archive the audit trail to rotated JSON-lines files here "
+                                       "(default $CROWDFLOW_AUDIT_DIR or <data dir>/audit; 'none': keep it in Redis only)")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port "
+                                                    "(default $CROWDFLOW_CONTROL_METRICS_PORT; off)")
     s.set_defaults(func=cmd_control)
 
     s = sub.add_parser("dashboard", help="serve the live map")

@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
-from crowdflow.bus import Keys
+from crowdflow.bus import CMD_MAXLEN, Keys
 from crowdflow.records import (
     EVENT_TYPES,
     Alarm,
@@ -52,6 +52,7 @@ from .security import (
     STATE_CHANGING, LoginGuard, RequestView, SessionStore, document_api, origin_allowed, parse_networks,
 )
 from .geo import site_geojson
+from .metrics import DashboardMetrics
 
 log = logging.getLogger("crowdflow.dashboard")
 STATIC = Path(__file__).parent / "static"
@@ -187,6 +188,15 @@ class LoginRequest(BaseModel):
     password: str = Field(min_length=1, max_length=256)
 
 
+def _in(host: str, net) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host) in net
+    except ValueError:
+        return False
+
+
 def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | None = None) -> FastAPI:
     cfg = site.dashboard
     stale = stale_after_s if stale_after_s is not None else site.control.stale_after_s
@@ -266,6 +276,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                         key = s.model_dump_json(exclude={"computed_at", "reason"})
                         if shown.get(s.zone_id) != key:
                             shown[s.zone_id] = key
+                            app.state.metrics.send_lag.observe(max(0.0, now - s.computed_at))
                             hub.broadcast(json.dumps({"type": "zone", "state": s.model_dump()}, ensure_ascii=False))
             except asyncio.CancelledError:
                 raise
@@ -301,11 +312,22 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     app.state.live = state
     app.state.hub = hub
     app.state.refused_logins = 0
+    app.state.redis_errors = 0
+    metrics = app.state.metrics = DashboardMetrics(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus(request: Request) -> Response:
+        peer = request.client.host if request.client else None
+        if peer not in ("127.0.0.1", "::1", "testclient") and not any(
+                peer and _in(peer, n) for n in trusted):
+            raise HTTPException(403, "metrics are for the site's own scraper")
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
     document_api(app, public={"/api/login", "/api/logout"})
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
         log.error("redis error on %s %s: %s", request.method, request.url.path, exc)
+        app.state.redis_errors += 1
         return JSONResponse({"detail": "Redis is unreachable; retry shortly"}, status_code=503,
                             headers={"Retry-After": "2"})
 
@@ -471,7 +493,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         fut = asyncio.get_running_loop().create_future()
         waiting[cmd.id] = fut
         try:
-            await clients["r"].xadd(keys.cmd, {"rec": cmd.encode()})
+            await clients["r"].xadd(keys.cmd, {"rec": cmd.encode()}, maxlen=CMD_MAXLEN, approximate=True)
             log.info("command %s %s by %s (%s)", cmd.id, cmd.kind, s.user, s.role)
             try:
                 res: CommandResult = await asyncio.wait_for(fut, cfg.command_timeout_s)
