@@ -37,7 +37,8 @@ from collections import Counter
 from pathlib import Path
 
 from crowdflow.bus import (
-    AUDIT_KEEP_S, EVENTS_MAXLEN, HISTORY_MAXLEN, RESULTS_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
+    AUDIT_KEEP_S, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S, RESULTS_KEEP_S,
+    RETENTION_SCALE, SEEN_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
     LeaseLost, quarantine_wrong_type, raw_client, text,
 )
 from crowdflow.records import (
@@ -68,14 +69,13 @@ log = logging.getLogger("crowdflow.control")
 GROUP = "control"
 FULL_EVERY_S = 1.0
 HISTORY_EVERY_S = 10.0
-SEEN_KEEP_S = 3 * 3600
 CLAIM_EVERY_S = 5.0  # take over entries left pending by other (dead or fenced) consumers
 CONSUMER_GC_EVERY_S = 60.0
 CONSUMER_IDLE_MS = 10 * 60 * 1000  # a consumer silent this long with nothing pending is gone
 # The Redis type each command of a write batch expects its key to have (for WRONGTYPE repair).
 KEY_TYPE = {"hset": "hash", "hdel": "hash", "xadd": "stream", "xack": "stream", "xtrim": "stream", "set": "string",
             "zadd": "zset", "zrem": "zset", "zremrangebyscore": "zset"}
-MAINTAIN_EVERY_S = 30.0  # retention: old command results, dropped recommendations/alarms, audit archive
+MAINTAIN_EVERY_S = max(2.0, 30.0 / RETENTION_SCALE)  # retention: old command results, dropped recommendations/alarms, audit archive
 
 
 class WriteQueue:
@@ -336,6 +336,25 @@ class ControlService:
                 archived_ms, archived_seq = (int(x) for x in new.split("-"))
                 minid = f"{keep_from}-0" if keep_from < archived_ms else f"{archived_ms}-{archived_seq}"
                 out.xtrim(k.audit, minid=minid, approximate=False)
+        # Streams by age: events (live push only), zone timelines, and acknowledged observations,
+        # never past the oldest entry still unacknowledged or not yet delivered.
+        out.xtrim(k.events, minid=f"{int((now - EVENTS_KEEP_S) * 1000)}-0", approximate=True)
+        hist_min = f"{int((now - HISTORY_KEEP_S) * 1000)}-0"
+        for z in self.site.zones:
+            out.xtrim(k.zone_history(z.id), minid=hist_min, approximate=True)
+        for stream in (k.obs, k.cmd):
+            keep_from = int((now - OBS_KEEP_S) * 1000)
+            try:
+                pend = self.raw.xpending(stream, GROUP)
+                if pend and pend.get("pending"):
+                    keep_from = min(keep_from, int(text(pend["min"]).split("-")[0]))
+                for g in self.raw.xinfo_groups(stream):
+                    g = {text(a): b for a, b in g.items()}
+                    if text(g.get("name")) == GROUP:
+                        keep_from = min(keep_from, int(text(g["last-delivered-id"]).split("-")[0]))
+            except redis.ResponseError:
+                continue
+            out.xtrim(stream, minid=f"{keep_from}-0", approximate=True)
 
     def _flush(self) -> None:
         """Send the queued writes as one MULTI/EXEC (fenced by the lease when leading).

@@ -19,7 +19,7 @@ key                             type    content
 ``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency, 24 h)
 ``<p>:cmd:results:at``          zset    command id → answer time (drives the 24 h retention)
 ``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe, 3 h)
-``<p>:audit``                   stream  AuditEntry JSON, append-only; archived to files, then trimmed
+``<p>:audit``                   stream  AuditEntry JSON, append-only; archived to files, kept 24 h
 ``<p>:audit:archived``          string  the last audit id written to the archive files
 ``<p>:session:<sha256>``        hash    a dashboard session (TTL = session lifetime)
 ``<p>:limits:…``                        login rate-limit windows (the ``limits`` library)
@@ -61,8 +61,16 @@ EVENTS_MAXLEN = 50_000
 HISTORY_MAXLEN = 800  # 2 h of 10 s samples, with margin
 DEAD_MAXLEN = 10_000
 CMD_MAXLEN = 10_000  # commands are answered within seconds; results are kept 24 h
-RESULTS_KEEP_S = 24 * 3600
-AUDIT_KEEP_S = 7 * 86400  # audit kept in Redis (searchable on the dashboard) once archived
+# Time-based retention (control trims every stream and hash to these; the MAXLENs above are hard
+# caps on top). CROWDFLOW_RETENTION_SCALE divides them all: the soak test runs a whole evening at
+# 60x with every window 60x shorter, so that Redis reaches its steady state within the run.
+RETENTION_SCALE = max(1.0, float(os.environ.get("CROWDFLOW_RETENTION_SCALE", "1") or 1))
+RESULTS_KEEP_S = 24 * 3600 / RETENTION_SCALE
+AUDIT_KEEP_S = 24 * 3600 / RETENTION_SCALE  # audit kept in Redis (dashboard search) once archived
+SEEN_KEEP_S = 3 * 3600 / RETENTION_SCALE  # (camera, seq) dedupe window; ingest refuses older records
+EVENTS_KEEP_S = 600 / RETENTION_SCALE  # dashboards resync from the hashes; events are for live push
+OBS_KEEP_S = 900 / RETENTION_SCALE  # acknowledged observations (never past an unacknowledged one)
+HISTORY_KEEP_S = 2 * 3600 / RETENTION_SCALE  # the zone timeline's 2 hours
 DEAD_RAW_KEEP = 64 * 1024  # bytes of a rejected entry kept verbatim (longer ones: head + size + sha256)
 
 # Errors that mean "Redis is not answering right now" (down, restarting, paused, loading its
@@ -280,7 +288,20 @@ class GroupReader:
         return out
 
     def read(self, count: int = 500, block_ms: int | None = 1000) -> list[tuple[str, dict]]:
-        """Pending entries first, then new ones; ``block_ms=None`` does not wait."""
+        """Pending entries first, then new ones; ``block_ms=None`` does not wait. A group that
+        vanished (Redis restarted without persistence, a stream deleted) is created again."""
+        try:
+            return self._read(count, block_ms)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            log.warning("consumer group %s of %s is gone (Redis restarted empty?): creating it again",
+                        self.group, self.stream)
+            self.ensure_group()
+            self._pending_done = False
+            return []
+
+    def _read(self, count: int, block_ms: int | None) -> list[tuple[str, dict]]:
         if not self._pending_done:
             resp = self.raw.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
             entries = self._entries(resp)
