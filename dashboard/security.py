@@ -252,7 +252,7 @@ def _command_body_schema() -> dict:
 
 ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}}}}}
 STATUS = {
-    400: "malformed: the message says which field",
+    400: "malformed: not JSON, or (commands) a field the kind needs is missing; the message says which",
     401: "no session, or it expired or was revoked",
     403: "the session's role may not do this, or the request came from a foreign Origin",
     404: "no such item",
@@ -282,6 +282,8 @@ def document_api(app, public: set[str]) -> None:
                     codes |= {403, 422}
                 if op.get("parameters") or op.get("requestBody"):
                     codes.add(422)
+                if op.get("requestBody"):
+                    codes.add(400)  # a body that is not JSON at all
                 if "{" in path:
                     codes.add(404)
                 if path == "/api/login":
