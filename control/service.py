@@ -39,7 +39,7 @@ from pathlib import Path
 from crowdflow.bus import (
     AUDIT_KEEP_S, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S, RESULTS_KEEP_S,
     RETENTION_SCALE, SEEN_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
-    LeaseLost, quarantine_wrong_type, raw_client, text,
+    LeaseLost, quarantine_wrong_type, raw_client, signature_ok, text,
 )
 from crowdflow.records import (
     Alarm,
@@ -101,8 +101,12 @@ class WriteQueue:
 class ControlService:
     def __init__(self, site: Site, r: redis.Redis, keys: Keys, consumer: str | None = None,
                  stale_after_s: float | None = None, clock: Callable[[], float] = time.time,
-                 lease_ms: int = 3000, audit_dir: str | Path | None = None):
+                 lease_ms: int = 3000, audit_dir: str | Path | None = None,
+                 edge_keys: dict[str, str] | None = None):
         self.site = site
+        # camera → its edge's secret: when set, a camera's records must carry that edge's
+        # signature (``sig``), so one gateway's Redis user cannot speak for another's cameras.
+        self.edge_keys = edge_keys
         # With an archive directory the audit trail is appended to rotated JSON-lines files and
         # trimmed from Redis after AUDIT_KEEP_S; without one it stays in Redis untrimmed.
         self.archive = AuditArchive(audit_dir) if audit_dir else None
@@ -338,10 +342,12 @@ class ControlService:
                 out.xtrim(k.audit, minid=minid, approximate=False)
         # Streams by age: events (live push only), zone timelines, and acknowledged observations,
         # never past the oldest entry still unacknowledged or not yet delivered.
-        out.xtrim(k.events, minid=f"{int((now - EVENTS_KEEP_S) * 1000)}-0", approximate=True)
+        # Exact trims: approximate ones only drop whole radix-tree nodes (~100 entries), which a
+        # zone timeline never fills; the cost is the entries removed, a few per pass.
+        out.xtrim(k.events, minid=f"{int((now - EVENTS_KEEP_S) * 1000)}-0", approximate=False)
         hist_min = f"{int((now - HISTORY_KEEP_S) * 1000)}-0"
         for z in self.site.zones:
-            out.xtrim(k.zone_history(z.id), minid=hist_min, approximate=True)
+            out.xtrim(k.zone_history(z.id), minid=hist_min, approximate=False)
         for stream in (k.obs, k.cmd):
             keep_from = int((now - OBS_KEEP_S) * 1000)
             try:
@@ -411,6 +417,16 @@ class ControlService:
             except RecordError as e:
                 self._reject(entry_id, fields, str(e))
                 continue
+            if self.edge_keys is not None:
+                secret = self.edge_keys.get(obs.camera_id)
+                if secret is None:
+                    self._reject(entry_id, fields, f"sig: no edge key is configured for camera {obs.camera_id}",
+                                 kind="sig")
+                    continue
+                if not signature_ok(secret, raw, fields.get("sig")):
+                    self._reject(entry_id, fields, f"sig: not signed with camera {obs.camera_id}'s edge key",
+                                 kind="sig")
+                    continue
             verdict = check(obs, self.site, now, entry_time(entry_id))
             if verdict.obs is None:
                 self._reject(entry_id, fields, verdict.reason)

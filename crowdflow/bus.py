@@ -148,6 +148,41 @@ def mask_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def sign_record(secret: str, rec: bytes | str) -> str:
+    """HMAC-SHA256 of a record with an edge's secret: the ``sig`` field next to ``rec``."""
+    import hmac
+
+    data = rec.encode() if isinstance(rec, str) else rec
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+
+
+def signature_ok(secret: str, rec: bytes | str, sig: bytes | str | None) -> bool:
+    import hmac
+
+    if not sig:
+        return False
+    sig = sig.decode("ascii", errors="replace") if isinstance(sig, bytes) else sig
+    return hmac.compare_digest(sign_record(secret, rec), sig)
+
+
+def load_edge_keys(env: dict | None = None) -> dict[str, str] | None:
+    """Camera id → that camera's edge secret, from ``CROWDFLOW_EDGE_KEYS`` (a JSON object) or
+    the file named by ``CROWDFLOW_EDGE_KEYS_FILE``; None when neither is set (not enforced)."""
+    import json
+
+    env = os.environ if env is None else env
+    raw = env.get("CROWDFLOW_EDGE_KEYS")
+    if not raw and env.get("CROWDFLOW_EDGE_KEYS_FILE"):
+        raw = Path(env["CROWDFLOW_EDGE_KEYS_FILE"]).read_text(encoding="utf-8")
+    if not raw:
+        return None
+    keys = json.loads(raw)
+    if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) >= 16
+                                             for k, v in keys.items()):
+        raise ValueError("CROWDFLOW_EDGE_KEYS: a JSON object of camera id -> secret (16+ characters)")
+    return keys
+
+
 def resolve_url(configured: str | None) -> str | None:
     """``REDIS_URL`` wins over the config; None means "start an embedded server"."""
     return os.environ.get("REDIS_URL") or configured

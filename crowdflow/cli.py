@@ -101,8 +101,17 @@ def cmd_control(args) -> int:
     site = _load(args)
     r, url, keys, embedded = open_redis(site, wait_s=None)  # control waits for Redis as long as it takes
     audit_dir = args.audit_dir or os.environ.get("CROWDFLOW_AUDIT_DIR") or str(data_dir() / "audit")
+    from .bus import load_edge_keys
+
+    try:
+        edge_keys = load_edge_keys()
+    except (ValueError, OSError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if edge_keys is None:
+        log.warning("CROWDFLOW_EDGE_KEYS not set: records are not checked against their camera's edge key")
     svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
-                         audit_dir=None if audit_dir == "none" else audit_dir)
+                         audit_dir=None if audit_dir == "none" else audit_dir, edge_keys=edge_keys)
     port = args.metrics_port or int(os.environ.get("CROWDFLOW_CONTROL_METRICS_PORT", "0") or 0)
     if port:
         from control.metrics import ControlMetrics
@@ -217,8 +226,9 @@ def cmd_edge(args) -> int:
         log.info("metrics on :%d/metrics", port)
     counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px))
     try:
-        agent = EdgeAgent(site, camera.id, grabber, counter, Publisher(r, keys, spool), preset=args.preset,
-                          metrics=metrics, config_dir=Path(args.config).parent)
+        publisher = Publisher(r, keys, spool, signing_key=os.environ.get("CROWDFLOW_EDGE_KEY"))
+        agent = EdgeAgent(site, camera.id, grabber, counter, publisher, preset=args.preset, metrics=metrics,
+                          config_dir=Path(args.config).parent)
     except (KeyError, FileNotFoundError, ValueError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         spool.close()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from crowdflow.bus import OBS_MAXLEN, TRANSIENT, Backoff, Keys
+from crowdflow.bus import OBS_MAXLEN, TRANSIENT, Backoff, Keys, sign_record
 from crowdflow.records import Observation, RecordError, decode
 
 MEMORY_MAX = 10_000  # records held in memory while the spool file cannot be written
@@ -76,12 +76,13 @@ class Publisher:
     """XADD observations; spool them while Redis is unreachable and replay them in order."""
 
     def __init__(self, r: redis.Redis, keys: Keys, spool: Spool, batch: int = 200, retry_s: float = 0.25,
-                 max_retry_s: float = 2.0, clock=time.time):
+                 max_retry_s: float = 2.0, clock=time.time, signing_key: str | None = None):
         self.r = r
         self.keys = keys
         self.spool = spool
         self.batch = batch
         self.clock = clock
+        self.signing_key = signing_key  # this camera's secret: control checks the records are ours
         self.published = 0
         self.spooled = 0
         self.replayed = 0
@@ -106,7 +107,11 @@ class Publisher:
     def _send(self, recs: list[str]) -> None:
         pipe = self.r.pipeline(transaction=False)
         for rec in recs:
-            pipe.xadd(self.keys.obs, {"rec": self._stamp(rec)}, maxlen=OBS_MAXLEN, approximate=True)
+            rec = self._stamp(rec)
+            fields = {"rec": rec}
+            if self.signing_key:
+                fields["sig"] = sign_record(self.signing_key, rec)
+            pipe.xadd(self.keys.obs, fields, maxlen=OBS_MAXLEN, approximate=True)
         pipe.execute()
 
     @property
