@@ -59,6 +59,7 @@ STATIC = Path(__file__).parent / "static"
 CLIENT_QUEUE = 256  # messages a client may lag behind before it is dropped (it then resyncs)
 HISTORY_MAX_MIN = 120  # the timeline shows at most the last 2 hours (what control keeps)
 AUDIT_SCAN = 5000  # newest audit entries searched by one filtered query
+SESSION_RECHECK_S = 15.0  # an open /ws re-checks its session this often (a logout elsewhere ends it)
 KEEP_RECS, KEEP_ALARMS = 200, 500  # what a dashboard holds at most (control keeps "open and recent")
 
 
@@ -534,10 +535,13 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             while True:
                 left = s.expires_at - time.time()
                 try:
-                    msg = await asyncio.wait_for(q.get(), timeout=max(left, 0.01))
+                    msg = await asyncio.wait_for(q.get(), timeout=min(max(left, 0.01), SESSION_RECHECK_S))
                 except asyncio.TimeoutError:
-                    await websocket.close(code=4401, reason="session expired")
-                    return
+                    # expired, or revoked meanwhile (logout elsewhere, password changed)?
+                    if time.time() >= s.expires_at or await session_of(websocket) is None:
+                        await websocket.close(code=4401, reason="session expired or revoked")
+                        return
+                    continue
                 if msg is None:
                     await websocket.close(code=4000, reason="too slow; reconnect for a snapshot")
                     return

@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--clock-offset", type=float, default=0.0, help="this gateway's clock error (s)")
     ap.add_argument("--drain-s", type=float, default=20.0)
+    ap.add_argument("--health-file", help="a file whose text is the health the camera reports (default ok)")
     args = ap.parse_args()
     site = load_site("configs/hongyadong.yaml")
     cams = [site.camera_by_id[c] for c in args.cameras.split(",")]
@@ -41,11 +42,19 @@ def main() -> None:
     interval = 1.0 / args.rate
     nxt = time.monotonic()
     while not stop.is_set():
+        health = "ok"
+        if args.health_file:
+            try:
+                health = open(args.health_file).read().strip() or "ok"
+            except OSError:
+                pass
         for cam in cams:
             zone = site.zone_by_id[cam.zones[0]]
             vis = min(zone.walkable_area_m2, 500.0)
+            h = health if cam is cams[0] else "ok"  # the first camera gets the fault
+            zones = [ZoneCount(zone_id=zone.id, count=round(0.3 * vis, 1), visible_area_m2=vis)] if h == "ok" else []
             o = Observation(camera_id=cam.id, agent_id="fault-producer", seq=seq, captured_at=clock(), window_s=interval,
-                            frames=5, zones=[ZoneCount(zone_id=zone.id, count=round(0.3 * vis, 1), visible_area_m2=vis)])
+                            frames=5 if h == "ok" else 0, health=h, zones=zones)
             pub.publish(o)
             sent.append((cam.id, seq))
         seq += 1

@@ -59,7 +59,8 @@ class Rig:
         self.procs["producer"] = subprocess.Popen(
             [sys.executable, "-m", "tests.fault_producer", "--url", self.proxy.url, "--prefix", PREFIX,
              "--cameras", ",".join(CAMS), "--rate", "2", "--spool", str(self.tmp / "spool.sqlite"),
-             "--out", str(self.tmp / "sent.json"), "--clock-offset", str(clock_offset)],
+             "--out", str(self.tmp / "sent.json"), "--clock-offset", str(clock_offset),
+             "--health-file", str(self.tmp / "health")],
             cwd=REPO, env=self.env(self.proxy.url), stdout=open(self.tmp / "producer.log", "w"),
             stderr=subprocess.STDOUT)
 
@@ -276,3 +277,20 @@ def test_gateway_clock_off_by_five_minutes(rig, offset):
     s = decode(ZoneState, r.client().hget(r.keys.zone_state, ZONE))
     assert s.status == "ok" and abs(s.updated_at - time.time()) < 5  # corrected to the receiver's clock
     r.finish(f"gateway clock {offset:+.0f} s", live_again_s=None)
+
+
+@pytest.mark.parametrize("health", ["frozen", "degraded", "camera_offline"],
+                         ids=["camera-frozen", "camera-black", "camera-disconnected"])
+def test_camera_frozen_black_or_disconnected(rig, health):
+    """The edge reports what its picture is (frozen, black → degraded, no signal → offline;
+    detecting it in the pixels is the agent's job, tests/test_agent.py); control must show the
+    zone unknown with the reason at once and live again when the picture is back."""
+    r = started(rig())
+    (r.tmp / "health").write_text(health)
+    to_unknown = r.wait("unknown", 10)
+    s = decode(ZoneState, r.client().hget(r.keys.zone_state, ZONE))
+    assert health in (s.reason or "") and s.last_known is not None
+    time.sleep(5)
+    (r.tmp / "health").write_text("ok")
+    back = r.wait("ok", 10)
+    r.finish(f"camera {health} 5 s", to_unknown_s=round(to_unknown, 1), live_again_s=round(back, 1))
