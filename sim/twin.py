@@ -257,6 +257,7 @@ class Network:
         self.n_cells = C
         last = np.array([ln[4] for ln in self.lanes], int)
         self.lane_last = last
+        self.lane_rev = np.arange(len(self.lanes)) ^ 1  # lanes come in pairs per corridor
         self.lane_to = np.array([self.pi[ln[2]] for ln in self.lanes], int)
         self.cell_is_last = self.cdown < 0
         self.cell_to_place = np.full(C, -1)
@@ -576,19 +577,23 @@ class Twin:
                 st.rdy += moved
                 st.diverted += tot
 
-        # 1. corridors: Godunov flows between cells
+        # 1. corridors: Godunov flows between cells. Opposing directions form lanes: each takes
+        # a share of the width in proportion to the people walking its way on the corridor
+        # (lane formation), and both lose ``counterflow_factor`` of capacity while both walk.
         tot = st.cell.sum(1)
-        other = tot[n.crev]
         width = n.cwidth + ctl.cell_width_add
-        rho = (tot + other) / (n.clen * width)
-        both = (tot > 1e-9) & (other > 1e-9)
-        share = np.where(other <= 1e-9, 1.0, np.where(tot <= 1e-9, p.share_min,
-                         np.clip(tot / np.maximum(tot + other, 1e-12), p.share_min, 1 - p.share_min)))
-        loss = np.where(both, p.counterflow_factor, 1.0)
-        wdir = width * share * loss
-        D = np.minimum(tot, fd.demand(rho) * n.csf * wdir * dt)
-        S = fd.supply(rho) * wdir * dt
-        S = np.minimum(S, np.maximum(0.0, fd.rho_jam * n.clen * width - tot - other))
+        lane_n = np.bincount(n.clane, weights=tot, minlength=len(n.lanes))
+        lane_o = lane_n[n.lane_rev]
+        lshare = np.where(lane_o <= 1e-9, 1.0, np.where(lane_n <= 1e-9, p.share_min,
+                          np.clip(lane_n / np.maximum(lane_n + lane_o, 1e-12), p.share_min, 1 - p.share_min)))
+        lloss = np.where((lane_n > 1e-9) & (lane_o > 1e-9), p.counterflow_factor, 1.0)
+        share = lshare[n.clane]
+        wdir = width * share
+        rho = tot / (n.clen * wdir)  # the density this direction walks at, on its own lanes
+        cap_w = wdir * lloss[n.clane]
+        D = np.minimum(tot, fd.demand(rho) * n.csf * cap_w * dt)
+        S = fd.supply(rho) * cap_w * dt
+        S = np.minimum(S, np.maximum(0.0, fd.rho_jam * n.clen * wdir - tot))
         down = n.cdown
         has_down = down >= 0
         f = np.where(has_down, np.minimum(D, S[np.maximum(down, 0)]), 0.0)
@@ -597,6 +602,9 @@ class Twin:
         npl = st.act.sum(1) + st.rdy.sum(1)
         prho = npl / area
         room = np.maximum(0.0, p.max_density * area - npl)
+        # what a place can take in a step: its supply across its own cross-section (area ÷
+        # length): a sidewalk fed by four side ways still discharges only over its width
+        room = np.minimum(room, fd.supply(prho) * (area / n.plen) * dt)
         last = n.lane_last
         into_place_w = width[last] * share[last]
         want_last = np.minimum(D[last], fd.supply(prho[n.lane_to]) * into_place_w * dt)
@@ -619,14 +627,19 @@ class Twin:
         # lane entries: no more than the first cell can take (S is this direction's supply)
         k0 = n.pkind == 0
         pf[k0] = np.minimum(pf[k0], S[n.pcell[k0]] - 0.0)
+        # connectors into a place: no more than its supply across the way's width (the place's
+        # density above critical density lowers what it takes, as a corridor cell's would)
+        k1 = n.pkind == 1
+        weq = np.maximum(n.pwidth, n.pcap / fd.q_max) * ctl.port_cap_mult
+        pf[k1] = np.minimum(pf[k1], fd.supply(prho[np.minimum(n.phead[k1], n.N - 1)]) * weq[k1] * dt)
         # total into each place (from lanes and connectors) within its room: scale pro rata
         into = np.zeros(n.N)
         np.add.at(into, n.lane_to, f_last)
-        k1 = n.pkind == 1
         np.add.at(into, n.phead[k1], pf[k1])
         scale = np.where(into > room, room / np.maximum(into, 1e-12), 1.0)
         f_last = f_last * scale[n.lane_to]
         pf[k1] = pf[k1] * scale[n.phead[k1]]
+        room_left = np.maximum(0.0, room - into * scale)
 
         # apply corridor flows (composition moves pro rata)
         frac = np.where(tot > 1e-12, np.where(has_down, f, 0.0) / np.maximum(tot, 1e-12), 0.0)
@@ -710,9 +723,10 @@ class Twin:
             hq = st.held.sum(1)
             st.wait_sum += float(hq.sum()) * dt
             cap_s = np.minimum(n.src_cap, ctl.src_rate) * dt
-            ent = np.minimum(hq, cap_s)
             npl = st.act.sum(1) + st.rdy.sum(1)
-            room = np.maximum(0.0, p.max_density * area - npl)
+            rho_in = npl[n.src_place] / area[n.src_place]
+            ent = np.minimum(hq, np.minimum(cap_s, fd.supply(rho_in) * (n.src_cap / fd.q_max) * dt))
+            room = np.minimum(room_left, np.maximum(0.0, p.max_density * area - npl))
             need = np.zeros(n.N)
             np.add.at(need, n.src_place, ent)
             sc = np.where(need > room, room / np.maximum(need, 1e-12), 1.0)

@@ -168,3 +168,36 @@ def test_fd_is_data():
     assert slow.q_max == pytest.approx(1.0) and slow.rho_c == pytest.approx(2.0)
     assert FD.weidmann().q_max == pytest.approx(1.22, abs=0.02)
     assert FD.weidmann().rho_c == pytest.approx(1.75, abs=0.05)
+
+
+def test_counter_flow_loses_capacity_only_while_both_directions_walk():
+    """Saturated demand both ways on a 3 m corridor: each direction gets its share of the
+    width less the counter-flow loss; close one direction (one-way) and the other carries the
+    full q_max·W."""
+    def run(both_ways: bool):
+        places = [Place("A", 1e6, 10.0), Place("B", 1e6, 10.0)]
+        chains = [Chain("ab", ["outB"]), Chain("ba", ["outA"])]
+        spec = Spec(places=places, corridors=[Corridor("c", "A", "B", [Segment("z", 100.0, 3.0)])], connectors=[],
+                    exits=[Exit("outA", "A", 1e9), Exit("outB", "B", 1e9)], sources=[], chains=chains,
+                    params=Params(balk_max_per_min=0.0))
+        net = Network(spec)
+        tw = Twin(net)
+        st = tw.initial()
+        ctl = tw.controls()
+        st.rdy[0, net.chain_first["ab"]] = 5000.0
+        if both_ways:
+            st.rdy[1, net.chain_first["ba"]] = 5000.0
+        for _ in range(120):
+            tw.step(st, ctl, demand=False)
+        a = st.port_flow[net.pidx["B>outB"]]
+        st.port_flow[:] = 0
+        for _ in range(60):
+            tw.step(st, ctl, demand=False)
+        return st.port_flow[net.pidx["B>outB"]] / (60 * tw.p.dt), st.port_flow[net.pidx["A>outA"]] / (60 * tw.p.dt), a
+
+    ab, ba, _ = run(True)
+    solo, _, _ = run(False)
+    q = tw_q = FD.weidmann().q_max * 3.0
+    assert solo == pytest.approx(q, rel=0.03)
+    assert ab + ba == pytest.approx(0.85 * tw_q, rel=0.05)  # the loss, only while both walk
+    assert ab > 0.3 * q and ba > 0.3 * q
