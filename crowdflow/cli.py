@@ -465,7 +465,7 @@ def cmd_whatif(args) -> int:
         return 0
     print(f"what if {', '.join(args.action)} — from {origin}, next {args.horizon:g} min ({took:.1f} s)")
     if unknown:
-        print(f"  no live data (started empty): {', '.join(unknown)}")
+        print(f"  no live data (started at the worst plausible load): {', '.join(unknown)}")
     if not w.curves:
         print("  no zone changes noticeably")
     step = max(1, len(w.curves[0].minutes) // 6) if w.curves else 1
