@@ -188,7 +188,7 @@ class ControlService:
             if not new:
                 self.duplicates += 1
                 continue
-            touched |= self.book.apply(obs)
+            touched |= self.book.apply(obs, now)
             self.alarms.update_camera(now, obs.camera_id, obs.health)
             self.applied += 1
         return touched

@@ -88,6 +88,10 @@ def cmd_check_config(args) -> int:
     print(f"  gates   {len(site.gates):3d}  roads {len(site.roads)}  posts {len(site.posts)}")
     for p in site.plans:
         print(f"  plan {p.id}: {len(p.zones)} zones, levels {' → '.join(lv.level for lv in p.levels)}")
+    from crowdflow.site import semantic_warnings
+
+    for path, msg in semantic_warnings(site):
+        print(f"warning: {path}: {msg}")
     return 0
 
 

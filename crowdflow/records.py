@@ -94,10 +94,12 @@ class ZoneState(Record):
     status: ZoneStatus
     reason: str | None = None  # why unknown
     count: float | None = None  # people in the zone (estimated over its walkable area)
+    count_std: float | None = None  # 1 σ of the count: wider where parts are estimated, not seen
     density: float | None = None  # persons / m² of walkable ground
     capacity: int  # LB/T 034-2014 instantaneous capacity
     capacity_ratio: float | None = None
     coverage: float | None = None  # share of the walkable area the cameras see, 0..1
+    estimated_share: float | None = None  # share estimated from history or neighbours (not seen now)
     method: str | None = None
     confidence: float | None = None
     sources: list[str] = Field(default_factory=list)  # cameras whose data is in the value
@@ -105,7 +107,8 @@ class ZoneState(Record):
     computed_at: float  # when control produced this record
     last_known: LastKnown | None = None  # the last fresh value, shown with its age when unknown
     flow_ppm: float | None = None  # persons / metre width / minute (bottleneck flow metric)
-    los: LOS | None = None  # Fruin walkway level of service
+    flow_measured: bool | None = None  # flow_ppm counted at gates (True) or from density (False)
+    los: LOS | None = None  # Fruin walkway LOS: the worse of the space and the flow tables
     inflow_pm: float | None = None  # persons per minute entering (gates), smoothed
     outflow_pm: float | None = None
     trend_pm: float | None = None  # d(count)/dt in persons per minute
@@ -301,9 +304,11 @@ def as_of(state: ZoneState, now: float, stale_after_s: float) -> ZoneState:
             status="unknown",
             reason=f"stale: newest observation {age:.0f} s old (limit {stale_after_s:g} s)",
             count=None,
+            count_std=None,
             density=None,
             capacity_ratio=None,
             coverage=None,
+            estimated_share=None,
             method=None,
             confidence=None,
             last_known=LastKnown(count=state.count or 0.0, density=state.density or 0.0, at=state.updated_at),
