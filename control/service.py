@@ -44,6 +44,7 @@ from crowdflow.records import (
 from crowdflow.site import Site
 
 from .alarms import AlarmBook
+from .commands import refusal_audit, too_late
 from .plans import PlanEngine
 from .zones import ZoneBook, site_problem
 
@@ -203,7 +204,10 @@ class ControlService:
         if done is not None:  # seen before (a retry or a redelivery): answer again, act once
             self._event(pipe, "command_result", decode(CommandResult, done))
             return
-        if cmd.kind == "ack_alarm":
+        late = too_late(cmd, now, self.site.control.command_max_age_s)
+        if late is not None:
+            result, audit = CommandResult(command_id=cmd.id, ok=False, error=late, at=now), [refusal_audit(cmd, now, late)]
+        elif cmd.kind == "ack_alarm":
             error = self.alarms.ack(now, cmd)
             result = CommandResult(command_id=cmd.id, ok=error is None, error=error, at=now)
             audit = [] if error else [self._ack_audit(now, cmd)]

@@ -10,6 +10,7 @@ Every route but ``/api/login`` and the static page needs a session; commands nee
 from __future__ import annotations
 
 import asyncio
+import copy
 import contextlib
 import json
 import logging
@@ -24,7 +25,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, W
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from crowdflow.bus import Keys
 from crowdflow.records import (
@@ -42,7 +43,7 @@ from crowdflow.records import (
     decode,
 )
 from crowdflow.site import Site
-from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE, CommandKind, Level, Mode
+from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE
 
 from .auth import COOKIE, LoginLimiter, Session, Sessions, load_users, role_at_least, verify_password
 from .geo import site_geojson
@@ -161,19 +162,26 @@ def _msg(kind: str, rec) -> str:
     return json.dumps({"type": kind, "rec": rec.model_dump()}, ensure_ascii=False)
 
 
-class CommandRequest(BaseModel):
-    """A command from the console. Who sends it comes from the session, never from the body."""
+def _command_request_model() -> type[BaseModel]:
+    """The console's command request, derived from :class:`Command`: the same fields and
+    checks, less what the session says (``user``, ``role``) and the schema version. ``id``
+    and ``issued_at`` are made by the client — a retried request carries the same id and
+    acts once; without them (scripts) the dashboard mints them, and a retry acts again."""
+    fields = {}
+    for name, f in Command.model_fields.items():
+        if name in ("v", "user", "role"):
+            continue
+        if name in ("id", "issued_at"):
+            f = copy.copy(f)  # same constraints, but optional
+            f.default = None
+            fields[name] = (f.annotation | None, f)
+        else:
+            fields[name] = (f.annotation, f)
+    return create_model("CommandRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
-    kind: CommandKind
-    plan_id: str | None = None
-    recommendation_id: str | None = None
-    level: Level | None = None
-    auto: bool | None = None
-    mode: Mode | None = None
-    alarm_id: str | None = None
-    note: str | None = Field(None, max_length=500)
 
-
+CommandRequest = _command_request_model()
+MAX_CLIENT_AHEAD_S = 300  # a command dated further ahead of the server's clock is refused
 
 
 class LoginRequest(BaseModel):
@@ -427,18 +435,26 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         missing = [f for f in COMMAND_FIELDS[body.kind] if getattr(body, f) is None]
         if missing:
             raise HTTPException(400, f"{body.kind} needs {', '.join(missing)}")
+        now = time.time()
+        if body.issued_at is not None and body.issued_at > now + MAX_CLIENT_AHEAD_S:
+            raise HTTPException(400, f"issued_at: {body.issued_at - now:.0f} s ahead of the server's clock; "
+                                     "check the device's time")
+        fields = body.model_dump()
+        fields["id"] = fields["id"] or uuid.uuid4().hex
+        fields["issued_at"] = fields["issued_at"] or now
         try:
-            cmd = decode(Command, {"v": 1, "id": uuid.uuid4().hex, **body.model_dump(), "user": s.user,
-                                   "role": s.role, "issued_at": time.time()})
+            cmd = decode(Command, {"v": 1, **fields, "user": s.user, "role": s.role})
         except RecordError as e:
             raise HTTPException(400, str(e)) from None
-        fut = asyncio.get_running_loop().create_future()
-        waiting[cmd.id] = fut
+        fut = waiting.get(cmd.id)  # a retry while the first request still waits shares its answer
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            waiting[cmd.id] = fut
         try:
             await clients["r"].xadd(keys.cmd, {"rec": cmd.encode()})
             log.info("command %s %s by %s (%s)", cmd.id, cmd.kind, s.user, s.role)
             try:
-                res: CommandResult = await asyncio.wait_for(fut, cfg.command_timeout_s)
+                res: CommandResult = await asyncio.wait_for(asyncio.shield(fut), cfg.command_timeout_s)
             except asyncio.TimeoutError:
                 return JSONResponse({"command_id": cmd.id, "ok": None,
                                      "error": f"control did not answer within {cfg.command_timeout_s:g} s; "

@@ -58,6 +58,9 @@ class EdgeSection(Strict):
 
 class ControlSection(Strict):
     stale_after_s: float = Field(10, gt=0, le=3600)
+    # A command that reaches control later than this after it was issued (queued through an
+    # outage) is refused with the reason, not applied on a situation its sender never saw.
+    command_max_age_s: float = Field(30, gt=0, le=3600)
 
 
 class DashboardUser(Strict):

@@ -19,7 +19,9 @@
   ];
   const UNKNOWN_FILL = "url(#cf-hatch)";
   const CAM = { ok: "#1f9d55", offline: "#d7191c", moved: "#f07c19", unknown: "#9aa0a6" };
-  const ROLES = ["viewer", "operator", "commander"];
+  // Levels, roles, health states and command kinds come from /api/site's `vocab`
+  // (crowdflow/vocab.py): declared once on the server, never copied here.
+  const V = () => (S.site && S.site.vocab) || { roles: [], levels: [], command_role: {}, health_states: [] };
   const colour = (s) => {
     if (!s || s.status !== "ok" || s.capacity_ratio == null) return UNKNOWN_FILL;
     for (const [t, c] of BANDS) if (s.capacity_ratio >= t) return c;
@@ -36,7 +38,8 @@
   const cams = {};        // camera id → circle marker
   const posts = {};       // post id → marker
   window.crowdflow = { states: S.states, layers, S };  // for tests, screenshots and debugging
-  const can = (role) => S.me && ROLES.indexOf(S.me.role) >= ROLES.indexOf(role);
+  const can = (role) => !!S.me && V().roles.indexOf(S.me.role) >= V().roles.indexOf(role) && V().roles.indexOf(role) >= 0;
+  const canCmd = (kind) => can(V().command_role[kind]);
   const nm = (kind, id) => (S.names[`${kind}:${id}`] || {})[lang] || id;
   const planName = (id) => { const p = (S.site.plans || []).find((x) => x.id === id); return p ? p.name[lang] : id; };
 
@@ -256,17 +259,84 @@
   }
 
   // ---------------------------------------------------------------- panels
+  function newId() {  // crypto.randomUUID needs a secure context; getRandomValues does not
+    const b = new Uint8Array(16);
+    crypto.getRandomValues(b);
+    return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  }
+  // One command = one id, made here with the time it was issued. A request that fails on
+  // the way (network, or control slow to answer) is sent again with the same id: control
+  // acts once and answers both. Control refuses, with the reason, a command that reaches it
+  // later than command_max_age_s after issued_at.
   async function command(body) {
-    let res;
-    try {
-      res = await fetch("/api/commands", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-    } catch (e) { toast(T("cmd_timeout", { error: String(e) })); return; }
-    const data = await res.json().catch(() => ({}));
-    const error = data.error || data.detail || res.statusText;
-    if (res.ok) toast(T("cmd_ok"));
-    else if (res.status === 504) toast(T("cmd_timeout", { error }));
+    const cmd = { ...body, id: newId(), issued_at: Date.now() / 1000 };
+    let res, data = {};
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        res = await fetch("/api/commands", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(cmd) });
+        data = await res.json().catch(() => ({}));
+        if (res.status !== 504) break;
+      } catch (e) {
+        res = null; data = { error: String(e) };
+      }
+    }
+    const error = data.error || (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail || "")) || (res ? res.statusText : "");
+    window.crowdflow.lastCommand = { id: cmd.id, kind: cmd.kind, status: res ? res.status : 0, error: res && res.ok ? null : error };
+    if (res && res.ok) toast(T("cmd_ok"));
+    else if (!res || res.status === 504) toast(T("cmd_timeout", { error }));
     else if (res.status === 403 || res.status === 401) toast(T("cmd_forbidden", { error }));
     else toast(T("cmd_failed", { error }));
+    return res && res.ok;
+  }
+  // A modal that says what a command will do, and asks for a note (required or not).
+  function ask({ title, body, noteLabel, noteRequired, ok }) {
+    const dlg = $("#dlg");
+    $("#dlg-title").textContent = title;
+    $("#dlg-body").innerHTML = body || "";
+    $("#dlg-note-wrap").hidden = !noteLabel;
+    $("#dlg-note-label").textContent = noteLabel || "";
+    $("#dlg-note").value = "";
+    $("#dlg-error").textContent = "";
+    $("#dlg-ok").textContent = ok || T("ok");
+    const okBtn = $("#dlg-ok");
+    const sync = () => { okBtn.disabled = !!noteRequired && !$("#dlg-note").value.trim(); };
+    $("#dlg-note").oninput = sync;
+    sync();
+    return new Promise((resolve) => {
+      dlg.onclose = () => resolve(dlg.returnValue === "ok" ? { note: $("#dlg-note").value.trim() } : null);
+      $("#dlg-cancel").onclick = () => dlg.close("cancel");
+      dlg.returnValue = "";
+      dlg.showModal();
+      if (noteLabel) $("#dlg-note").focus();
+    });
+  }
+  async function override(planId, level) {
+    const p = S.plans[planId] || {};
+    const acts = areaActions(planId, level);
+    const r = await ask({
+      title: T("override_title", { plan: planName(planId) }),
+      body: `<p>${levelBadge(p.level)} → ${levelBadge(level)}</p>` +
+        (acts.length ? `<div class="muted">${T("will_be_in_force")}</div><ul>${acts.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul>` : `<p class="muted">${T("no_measures")}</p>`),
+      noteLabel: T("override_note"), noteRequired: true, ok: T("override"),
+    });
+    if (r) command({ kind: "override", plan_id: planId, level: level || null, note: r.note });
+  }
+  async function switchMode(next) {
+    const acts = next === "emergency" ? ((S.site.emergency || {}).actions || []) : [];
+    const lv = V().levels[V().levels.length - 1];
+    const body = next === "emergency"
+      ? `<p>${T("mode_emergency_does", { level: T(`level_${lv}`) })}</p><ul class="mode-actions">${acts.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul><p class="muted">${T("mode_pending_superseded")}</p>`
+      : `<p>${T("mode_normal_does")}</p><ul class="mode-actions">${(S.site.plans || []).map((sp) => {
+          const before = [...((S.plans[sp.id] || {}).history || [])].reverse().find((h) => h.via !== "emergency" && h.via !== "release");
+          return `<li>${esc(sp.name[lang])} → ${levelBadge(before ? before.level : null)}</li>`; }).join("")}</ul>`;
+    const r = await ask({ title: T(`to_${next}`), body, noteLabel: T("mode_note"), noteRequired: false, ok: T(`to_${next}`) });
+    if (r) command({ kind: "set_mode", mode: next, note: r.note || null });
+  }
+  function areaActions(planId, level) {  // what a plan's level keeps in force (cumulative)
+    const sp = (S.site.plans || []).find((x) => x.id === planId);
+    if (!sp || !sp.actions || !level) return [];
+    const rank = (l) => V().levels.indexOf(l);
+    return Object.entries(sp.actions).filter(([l]) => rank(l) <= rank(level)).flatMap(([, a]) => a);
   }
   function renderRecs() {
     const recs = Object.values(S.recs).sort((a, b) => (a.status === "pending" ? 0 : 1) - (b.status === "pending" ? 0 : 1) || b.created_at - a.created_at).slice(0, 12);
@@ -277,7 +347,7 @@
         <span class="muted">${T(`status_${r.status}`)}${r.decided_by ? ` · ${esc(r.decided_by)}` : ""} · ${clock(r.decided_at || r.created_at)}</span>
         <ul class="reasons">${r.reasons.map((x) => `<li>${esc(x.text[lang])}</li>`).join("")}</ul>
         ${r.status === "pending" ? `<ul class="actions">${r.actions.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul>` : ""}
-        ${r.status === "pending" && can("commander") ? `<div class="btns">
+        ${r.status === "pending" && canCmd("confirm") ? `<div class="btns">
           <button class="cmd-confirm" data-id="${esc(r.id)}">${T("confirm")}</button>
           <button class="cmd-reject" data-id="${esc(r.id)}">${T("reject")}</button></div>` : ""}
       </div>`).join("") : `<p class="muted">${T("no_recs")}</p>`;
@@ -289,11 +359,12 @@
       const hist = (p.history || []).slice(-5).reverse();
       return `<div class="card plan" data-plan="${esc(sp.id)}">
         <b>${esc(sp.name[lang])}</b> <span class="plan-level">${levelBadge(p.level)}</span>
-        <span class="muted">${p.since ? `${T("since")} ${clock(p.since)}` : ""} · ${T(p.auto ? "auto" : "manual")}${p.pending ? ` · ${T("pending")}` : ""}</span>
+        <span class="muted">${p.since ? `${T("since")} ${clock(p.since)}` : ""} · <span class="plan-auto" data-auto="${p.auto}">${T(p.auto ? "auto" : "manual")}</span>${p.pending ? ` · ${T("pending")}` : ""}</span>
         ${p.active_actions.length ? `<div class="muted">${T("active_actions")}</div><ul class="active-actions">${p.active_actions.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul>` : ""}
         ${hist.length ? `<div class="muted">${T("history")}</div><ul class="history">${hist.map((h) => `<li>${clock(h.at)} ${levelBadge(h.level)} ${esc(h.by)} · ${T(`via_${h.via}`)}</li>`).join("")}</ul>` : ""}
-        ${can("commander") ? `<div class="btns"><select class="override-level">${["", "IV", "III", "II", "I"].map((lv) => `<option value="${lv}" ${lv === (p.level || "") ? "selected" : ""}>${T(lv ? `level_${lv}` : "level_none")}</option>`).join("")}</select>
+        ${canCmd("override") ? `<div class="btns"><select class="override-level">${["", ...V().levels].map((lv) => `<option value="${lv}" ${lv === (p.level || "") ? "selected" : ""}>${T(lv ? `level_${lv}` : "level_none")}</option>`).join("")}</select>
           <button class="cmd-override" data-plan="${esc(sp.id)}">${T("override")}</button></div>` : ""}
+        ${canCmd("set_auto") ? `<div class="btns"><button class="cmd-auto ${p.auto ? "on" : ""}" data-plan="${esc(sp.id)}" data-auto="${p.auto ? "false" : "true"}" aria-pressed="${p.auto}">${T(p.auto ? "auto_on" : "auto_off")}</button></div>` : ""}
       </div>`;
     }).join("");
   }
@@ -303,7 +374,7 @@
     el.textContent = m ? T(`mode_${m.mode}`) : T("mode_unknown");
     el.className = `mode ${m ? m.mode : ""}`;
     const next = m && m.mode === "emergency" ? "normal" : "emergency";
-    $("#mode-cmd").innerHTML = can("commander") ? `<button class="cmd-mode" data-mode="${next}">${T(`to_${next}`)}</button>` : "";
+    $("#mode-cmd").innerHTML = canCmd("set_mode") ? `<button class="cmd-mode to-${next}" data-mode="${next}">${T(`to_${next}`)}</button>` : "";
   }
   function renderAlarms() {
     const list = Object.values(S.alarms).sort((a, b) => (a.cleared_at ? 1 : 0) - (b.cleared_at ? 1 : 0) || b.raised_at - a.raised_at).slice(0, 30);
@@ -311,7 +382,7 @@
       <div class="card alarm ${a.severity} ${a.cleared_at ? "cleared" : ""}" data-alarm="${esc(a.id)}">
         <b>${T(`severity_${a.severity}`)}</b> ${esc(a.text[lang])}
         <div class="muted">${clock(a.raised_at)}${a.cleared_at ? ` · ${T("cleared")}` : ""}${a.acked_by ? ` · ${T("acked")}: ${esc(a.acked_by)}` : ""}</div>
-        ${!a.acked_by && !a.cleared_at && can("operator") ? `<div class="btns"><button class="cmd-ack" data-id="${esc(a.id)}">${T("ack")}</button></div>` : ""}
+        ${!a.acked_by && !a.cleared_at && canCmd("ack_alarm") ? `<div class="btns"><button class="cmd-ack" data-id="${esc(a.id)}">${T("ack")}</button></div>` : ""}
       </div>`).join("") : `<p class="muted">${T("no_alarms")}</p>`;
   }
   function myPost() { return (S.me && S.me.post) || localStorage.getItem("crowdflow.post") || ""; }
@@ -384,10 +455,11 @@
     if (b.classList.contains("cmd-confirm")) command({ kind: "confirm", recommendation_id: b.dataset.id });
     else if (b.classList.contains("cmd-reject")) command({ kind: "reject", recommendation_id: b.dataset.id });
     else if (b.classList.contains("cmd-ack")) command({ kind: "ack_alarm", alarm_id: b.dataset.id });
-    else if (b.classList.contains("cmd-mode")) command({ kind: "set_mode", mode: b.dataset.mode });
+    else if (b.classList.contains("cmd-mode")) switchMode(b.dataset.mode);
+    else if (b.classList.contains("cmd-auto")) command({ kind: "set_auto", plan_id: b.dataset.plan, auto: b.dataset.auto === "true" });
     else if (b.classList.contains("cmd-override")) {
       const lv = b.closest(".plan").querySelector(".override-level").value;
-      command({ kind: "override", plan_id: b.dataset.plan, level: lv || null });
+      override(b.dataset.plan, lv || null);
     }
   });
   document.addEventListener("change", (ev) => {
