@@ -45,6 +45,7 @@ from crowdflow.site import Site
 
 from .alarms import AlarmBook
 from .commands import refusal_audit, too_late
+from .inforce import in_force, same_measures
 from .plans import PlanEngine
 from .zones import ZoneBook, site_problem
 
@@ -94,6 +95,7 @@ class ControlService:
         self.states: dict[str, ZoneState] = {}
         self._last_full = float("-inf")
         self._last_hist: dict[str, tuple[float, str]] = {}
+        self._inforce = None  # the InForce record last published
 
     # ------------------------------------------------------------------ start / takeover
 
@@ -122,6 +124,7 @@ class ControlService:
             self.engine.mode = mode
             pipe.set(self.keys.mode, mode.encode())
             self._event(pipe, "mode", mode)
+        self._publish_inforce(pipe, now)
         pipe.execute()
 
     # ------------------------------------------------------------------ one cycle
@@ -156,6 +159,7 @@ class ControlService:
         if cmd_entries or now == self._last_full:
             self.book.set_actions(self.engine.active_actions())  # cut roads widen their zones
         self._publish_decisions(pipe)
+        self._publish_inforce(pipe, now)
         pipe.execute()
         self.obs_reader.ack([i for i, _ in obs_entries])
         self.cmd_reader.ack([i for i, _ in cmd_entries])
@@ -254,6 +258,15 @@ class ControlService:
                 self._last_hist[zid] = (now, s.status)
                 rec = encoded[zid] if encoded else s.encode()
                 pipe.xadd(self.keys.zone_history(zid), {"rec": rec}, maxlen=HISTORY_MAXLEN, approximate=True)
+
+    def _publish_inforce(self, pipe, now: float) -> None:
+        """The one record of what is in force (control/inforce.py), on change only."""
+        rec = in_force(self.site, self.engine.plan_states(), self.engine.mode, now)
+        if same_measures(self._inforce, rec):
+            return
+        self._inforce = rec
+        pipe.set(self.keys.inforce, rec.encode())
+        self._event(pipe, "inforce", rec)
 
     def _publish_decisions(self, pipe) -> None:
         plans, recs, mode = self.engine.take_changes()

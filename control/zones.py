@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from crowdflow import crowd
+from crowdflow.records import CameraView as CameraViewRecord
 from crowdflow.records import LastKnown, Observation, ZoneState
 from crowdflow.site import LEVELS, Site, TrafficCutoffAction
 
@@ -241,7 +242,7 @@ class ZoneBook:
         views = self._views[zone_id]
         fresh = {cid: v for cid, v in views.items() if self._fresh(v, now)}
         cap_now = crowd.capacity(zone.walkable_area_m2 + self._extra_area.get(zone_id, 0.0), zone.area_per_visitor_m2)
-        base = dict(zone_id=zone_id, capacity=cap_now, computed_at=now)
+        base = dict(zone_id=zone_id, capacity=cap_now, computed_at=now, cameras=self.camera_views(zone_id, now))
         flows = self.flows_pm(zone_id, now)
         if not fresh or zone_id not in self._filters:
             # Gate flows are measured on their own; they stay visible while the count is unknown.
@@ -292,6 +293,23 @@ class ZoneBook:
             minutes_to_level=to_level,
             **base,
         )
+
+    def camera_views(self, zone_id: str, now: float) -> list[CameraViewRecord]:
+        """Every configured camera's view of the zone, as structured health."""
+        out = []
+        for cid in self._covering[zone_id]:
+            v = self._views[zone_id].get(cid)
+            if v is None:
+                out.append(CameraViewRecord.model_construct(camera_id=cid, state="no_data", at=None, preset=None, used=False))
+                continue
+            if v.health == "ok":
+                used = self._fresh(v, now)
+                state = "ok" if used else "stale"
+            else:
+                used, state = False, v.health
+            out.append(CameraViewRecord.model_construct(camera_id=cid, state=state, at=v.captured_at, preset=v.preset,
+                                                        used=used))
+        return out
 
     def _forecast(self, zone_id: str, now: float, count: float, net_pm: float, cap: int):
         """Forecasts move slowly: recomputed at most once a second per zone."""

@@ -68,6 +68,8 @@ class Keys:
     cmd_results = _key("cmd:results")
     audit = _key("audit")
     leader = _key("leader")
+    inforce = _key("inforce")  # InForce: every measure in force, with its source (one string)
+    orders = _key("orders")  # Order per id: measures and staffing sent to posts, with answers
 
     def zone_history(self, zone_id: str) -> str:
         return f"{self.prefix}:zone:hist:{zone_id}"

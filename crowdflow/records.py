@@ -24,7 +24,8 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .site import Action, Text
-from .vocab import LOS, AlarmKind, CommandKind, Health, Id, Level, Mode, Role, Severity, ZoneStatus
+from .vocab import (LOS, AlarmKind, CameraViewState, CommandKind, Health, Id, Level, MeasureSource, Mode, OrderStatus,
+                    Role, Severity, ZoneStatus)
 
 SCHEMA_VERSION = 1
 
@@ -86,6 +87,17 @@ class Forecast(Record):
     capacity_ratio: float = Field(ge=0)
 
 
+class CameraView(Record):
+    """What control knows of one configured camera's view of a zone: structured health, so
+    no reader has to parse it out of ``reason``."""
+
+    camera_id: Id
+    state: CameraViewState  # an edge health state, or out_of_view / stale / no_data
+    at: float | None = None  # capture time of the camera's last word about this zone
+    preset: str | None = None
+    used: bool = False  # its count is in the zone's value now
+
+
 class ZoneState(Record):
     """Control → dashboard: the state of one zone. Unknown values are null, never 0."""
 
@@ -114,6 +126,7 @@ class ZoneState(Record):
     trend_pm: float | None = None  # d(count)/dt in persons per minute
     forecast: list[Forecast] = Field(default_factory=list)  # 5/10/15 min ahead
     minutes_to_level: dict[Level, float] = Field(default_factory=dict)  # forecast crossing times
+    cameras: list[CameraView] = Field(default_factory=list)  # every camera configured for the zone
 
 
 # ----------------------------------------------------------------------------- plans and decisions
@@ -196,6 +209,57 @@ class Alarm(Record):
     acked_at: float | None = None
 
 
+class MeasureInForce(Record):
+    """One measure in force: what, from where, since when and by whom."""
+
+    action: Action
+    source: MeasureSource  # a plan level, the site's emergency mode, or a commander's override
+    plan_id: Id | None = None  # None for the site's emergency actions
+    level: Level | None = None
+    since: float
+    by: str  # user name, or "system"
+    posts: list[Id] = Field(default_factory=list)  # the posts it is sent to (orders)
+
+
+class InForce(Record):
+    """Control → everyone: the one published record of what is in force. The map, the
+    phones and the simulator read it; none derives it from plan states on its own."""
+
+    v: Literal[1] = 1
+    mode: Mode
+    measures: list[MeasureInForce] = Field(default_factory=list)
+    updated_at: float
+
+
+class OrderAnswer(Record):
+    status: OrderStatus
+    by: str
+    at: float
+    note: str | None = Field(None, max_length=500)
+
+
+class Order(Record):
+    """A confirmed measure or staffing order sent to the phones of one post, and its answers
+    (acknowledged → in place, or cannot with a reason). ``in_place_s`` is the dispatch
+    response time: from the commander's confirmation to "in place"."""
+
+    v: Literal[1] = 1
+    id: str = Field(min_length=1, max_length=128)
+    post: Id
+    action: Action
+    plan_id: Id | None = None
+    level: Level | None = None
+    source: MeasureSource
+    issued_at: float  # when the measure came into force (the confirmation)
+    issued_by: str
+    status: OrderStatus = "sent"
+    answers: list[OrderAnswer] = Field(default_factory=list)
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+    in_place_at: float | None = None
+    in_place_s: float | None = None
+
+
 class Command(Record):
     """Dashboard → control. ``id`` makes it idempotent: a command seen twice acts once."""
 
@@ -249,6 +313,8 @@ EVENT_TYPES = {
     "mode": SiteMode,
     "audit": AuditEntry,
     "command_result": CommandResult,
+    "inforce": InForce,
+    "order": Order,
 }
 
 

@@ -27,6 +27,17 @@ Role = Literal["viewer", "operator", "commander"]
 HEALTH_STATES = ("ok", "camera_offline", "view_moved", "view_unverified", "frozen", "degraded")
 Health = Literal["ok", "camera_offline", "view_moved", "view_unverified", "frozen", "degraded"]
 
+# What control knows of one camera's view of one zone: its health, or why it is not in use.
+CAMERA_VIEW_STATES = HEALTH_STATES + ("out_of_view", "stale", "no_data")
+CameraViewState = Literal["ok", "camera_offline", "view_moved", "view_unverified", "frozen", "degraded",
+                          "out_of_view", "stale", "no_data"]
+
+# Where a measure in force comes from, and what an officer answers to an order.
+MEASURE_SOURCES = ("plan", "emergency", "override")
+MeasureSource = Literal["plan", "emergency", "override"]
+ORDER_STATES = ("sent", "acknowledged", "in_place", "cannot", "withdrawn")
+OrderStatus = Literal["sent", "acknowledged", "in_place", "cannot", "withdrawn"]
+
 # Site operation (平急转换).
 MODES = ("normal", "emergency")
 Mode = Literal["normal", "emergency"]
@@ -92,6 +103,9 @@ def as_dict() -> dict:
         "command_fields": {k: list(v) for k, v in COMMAND_FIELDS.items()},
         "alarm_kinds": list(ALARM_KINDS),
         "los_grades": list(LOS_GRADES),
+        "camera_view_states": list(CAMERA_VIEW_STATES),
+        "measure_sources": list(MEASURE_SOURCES),
+        "order_states": list(ORDER_STATES),
     }
 
 
@@ -101,7 +115,8 @@ def _check() -> None:
 
     for lit, tup in ((Level, LEVELS), (Role, ROLES), (Health, HEALTH_STATES), (Mode, MODES),
                      (CommandKind, COMMAND_KINDS), (AlarmKind, ALARM_KINDS), (Severity, SEVERITIES),
-                     (ZoneStatus, ZONE_STATUSES), (LOS, LOS_GRADES)):
+                     (ZoneStatus, ZONE_STATUSES), (LOS, LOS_GRADES), (CameraViewState, CAMERA_VIEW_STATES),
+                     (MeasureSource, MEASURE_SOURCES), (OrderStatus, ORDER_STATES)):
         assert get_args(lit) == tup, (lit, tup)
     assert set(COMMAND_ROLE) == set(COMMAND_KINDS) == set(COMMAND_FIELDS)
 

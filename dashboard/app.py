@@ -34,6 +34,8 @@ from crowdflow.records import (
     AuditEntry,
     Command,
     CommandResult,
+    InForce,
+    Order,
     PlanState,
     Recommendation,
     RecordError,
@@ -53,7 +55,7 @@ STATIC = Path(__file__).parent / "static"
 CLIENT_QUEUE = 256  # messages a client may lag behind before it is dropped (it then resyncs)
 HISTORY_MAX_MIN = 120  # the timeline shows at most the last 2 hours (what control keeps)
 AUDIT_SCAN = 5000  # newest audit entries searched by one filtered query
-KEEP_RECS, KEEP_ALARMS = 200, 500  # what a dashboard holds at most (control keeps "open and recent")
+KEEP_RECS, KEEP_ALARMS, KEEP_ORDERS = 200, 500, 500  # what a dashboard holds at most (control keeps "open and recent")
 
 
 
@@ -90,6 +92,8 @@ class LiveState:
         self.recs: dict[str, Recommendation] = {}
         self.alarms: dict[str, Alarm] = {}
         self.mode: SiteMode | None = None
+        self.inforce: InForce | None = None
+        self.orders: dict[str, Order] = {}
 
     def apply(self, rec) -> None:
         if isinstance(rec, ZoneState):
@@ -104,6 +108,11 @@ class LiveState:
             _bound(self.alarms, KEEP_ALARMS, lambda x: (x.cleared_at is None, x.raised_at))
         elif isinstance(rec, SiteMode):
             self.mode = rec
+        elif isinstance(rec, InForce):
+            self.inforce = rec
+        elif isinstance(rec, Order):
+            self.orders[rec.id] = rec
+            _bound(self.orders, KEEP_ORDERS, lambda x: (x.status in ("sent", "acknowledged"), x.issued_at))
 
     def clear_decisions(self) -> None:
         """Before a fresh snapshot: control may have pruned old entries from its hashes."""
@@ -111,6 +120,8 @@ class LiveState:
         self.recs.clear()
         self.alarms.clear()
         self.mode = None
+        self.inforce = None
+        self.orders.clear()
 
     def snapshot(self, now: float) -> dict:
         return {
@@ -121,6 +132,8 @@ class LiveState:
             "recommendations": sorted((r.model_dump() for r in self.recs.values()), key=lambda d: -d["created_at"]),
             "alarms": sorted((a.model_dump() for a in self.alarms.values()), key=lambda d: -d["raised_at"]),
             "mode": self.mode.model_dump() if self.mode else None,
+            "inforce": self.inforce.model_dump() if self.inforce else None,
+            "orders": sorted((o.model_dump() for o in self.orders.values()), key=lambda d: -d["issued_at"]),
         }
 
 
@@ -218,12 +231,18 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                     state.apply(decode(cls, raw))
                 except RecordError as e:
                     log.warning("bad %s[%s]: %s", key, field, e)
-        raw = await r.get(keys.mode)
-        if raw:
+        for key, cls in ((keys.mode, SiteMode), (keys.inforce, InForce)):
+            raw = await r.get(key)
+            if raw:
+                try:
+                    state.apply(decode(cls, raw))
+                except RecordError as e:
+                    log.warning("bad %s: %s", key, e)
+        for field, raw in (await r.hgetall(keys.orders)).items():
             try:
-                state.apply(decode(SiteMode, raw))
+                state.apply(decode(Order, raw))
             except RecordError as e:
-                log.warning("bad %s: %s", keys.mode, e)
+                log.warning("bad %s[%s]: %s", keys.orders, field, e)
         return last_id
 
     def handle(entry_id: str, fields: dict) -> None:

@@ -101,6 +101,10 @@ def test_every_console_button(browser, tmp_path, redis_url, keys, r, site):
         page.click("#dlg-ok")
         page.wait_for_selector("#mode.emergency")
         assert all(plan_state(r, keys, p.id).level == "I" for p in site.plans)
+        # the emergency-only cutoff reaches the published record, the map and the in-force list
+        page.wait_for_selector("path.cutoff-road-qsm-tunnel")
+        tunnel = page.locator('#inforce li.src-emergency', has_text="千厮门隧道")
+        assert tunnel.count() == 1 and "commander" in tunnel.inner_text()
         page.click("button.cmd-mode")  # back to normal: it says where each area returns
         page.wait_for_selector("#dlg[open]")
         assert "千厮门大桥" in page.inner_text("#dlg-body") and "四级" in page.inner_text("#dlg-body")

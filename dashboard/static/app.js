@@ -30,7 +30,7 @@
 
   // ---------------------------------------------------------------- state
   const S = {
-    me: null, site: null, states: {}, plans: {}, recs: {}, alarms: {}, mode: null,
+    me: null, site: null, states: {}, plans: {}, recs: {}, alarms: {}, mode: null, inforce: null,
     names: {}, // "zone:id" / "post:id" / ... → {zh, en}
     feats: {}, // "kind:id" → GeoJSON feature
   };
@@ -124,11 +124,17 @@
         if (a.kind === "view_moved") return "moved";
       }
     }
+    // Structured health from the zone states (ZoneState.cameras), never parsed out of text.
+    const MAP = { ok: "ok", camera_offline: "offline", frozen: "offline", view_moved: "moved",
+                  view_unverified: "moved", degraded: "moved" };
     let h = "unknown";
     for (const s of Object.values(S.states)) {
-      if (s.status === "ok" && (s.sources || []).includes(id)) return "ok";
-      if (s.reason && s.reason.includes(`${id} camera_offline`)) h = "offline";
-      if (s.reason && s.reason.includes(`${id} view_moved`)) h = "moved";
+      for (const c of s.cameras || []) {
+        if (c.camera_id !== id) continue;
+        if (c.used) return "ok";
+        const m = MAP[c.state];
+        if (m === "offline" || (m === "moved" && h !== "offline")) h = m;
+      }
     }
     return h;
   }
@@ -141,10 +147,21 @@
       if (el) el.setAttribute("data-health", h);
     }
   }
+  // What is in force comes from control's one published record (InForce), never derived here.
   function activeActions() {
-    const out = [];
-    for (const p of Object.values(S.plans)) for (const a of p.active_actions || []) out.push([p.plan_id, a]);
-    return out;
+    return ((S.inforce || {}).measures || []).map((m) => [m.plan_id, m.action, m]);
+  }
+  function sourceText(m) {
+    if (m.source === "emergency") return T("src_emergency");
+    const lv = m.level ? T(`level_${m.level}`) : "";
+    return m.source === "override" ? `${planName(m.plan_id)} ${lv} · ${T("src_override")}` : `${planName(m.plan_id)} ${lv}`;
+  }
+  function renderInForce() {
+    const ms = (S.inforce || {}).measures || [];
+    $("#inforce .body").innerHTML = ms.length ? `<ul class="inforce">${ms.map((m) => `
+      <li class="measure src-${m.source}" data-type="${esc(m.action.type)}">${esc(actionText(m.action))}
+        <div class="muted">${esc(sourceText(m))} · ${T("since")} ${clock(m.since)} · ${esc(m.by)}</div></li>`).join("")}</ul>`
+      : `<p class="muted">${T("no_measures_in_force")}</p>`;
   }
   function centroid(kind, id) {
     const f = S.feats[`${kind}:${id}`];
@@ -395,10 +412,10 @@
     if (id && S.feats[`post:${id}`]) {
       const f = S.feats[`post:${id}`];
       const lines = [];
-      for (const [planId, a] of activeActions()) {
-        if ((a.type === "staffing" && a.post === id) || a.type === "broadcast") lines.push(`${levelBadge((S.plans[planId] || {}).level)} ${esc(actionText(a))}`);
+      for (const [, a, m] of activeActions()) {
+        if ((m.posts || []).includes(id) || a.type === "broadcast") lines.push(`${m.level ? levelBadge(m.level) : `<span class="level lv-I">${T("src_emergency")}</span>`} ${esc(actionText(a))}`);
       }
-      for (const [, a] of activeActions()) if (a.type !== "staffing" && a.type !== "broadcast") lines.push(esc(actionText(a)));
+      for (const [, a, m] of activeActions()) if (!(m.posts || []).includes(id) && a.type !== "broadcast") lines.push(esc(actionText(a)));
       html += `<div><b>${esc(nm("post", id))}</b> · ${esc(f.properties.department)} · ${f.properties.headcount}${T("people")}</div>
         <div class="muted">${T("post_instructions")}</div>
         <ul class="instructions">${lines.length ? lines.map((l) => `<li>${l}</li>`).join("") : `<li>${T("no_instructions")}</li>`}</ul>`;
@@ -446,7 +463,7 @@
   const auditSoon = () => { clearTimeout(auditTimer); auditTimer = setTimeout(renderAudit, 200); };
 
   function renderAll() {
-    renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); paintActions(); paintCameras();
+    renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); renderInForce(); paintActions(); paintCameras();
   }
 
   document.addEventListener("click", (ev) => {
@@ -513,6 +530,7 @@
       msg.recommendations.forEach((r) => { S.recs[r.id] = r; });
       msg.alarms.forEach((a) => { S.alarms[a.id] = a; });
       S.mode = msg.mode;
+      S.inforce = msg.inforce;
       Object.keys(layers).forEach(paint);
       renderAll();
       return;
@@ -523,6 +541,7 @@
     else if (msg.type === "recommendation") S.recs[r.id] = r;
     else if (msg.type === "alarm") S.alarms[r.id] = r;
     else if (msg.type === "mode") S.mode = r;
+    else if (msg.type === "inforce") S.inforce = r;
     else if (msg.type === "audit") { auditSoon(); return; }
     renderAll();
   }

@@ -2,6 +2,10 @@
 // "{name}" placeholders are filled by T(key, {name: ...}) in app.js.
 window.I18N = {
   zh: {
+    in_force: "现行措施",
+    no_measures_in_force: "无",
+    src_emergency: "应急状态",
+    src_override: "改判",
     ok: "确定",
     cancel: "取消",
     override_title: "改判 {plan}",
@@ -131,6 +135,10 @@ window.I18N = {
     cutoff: "交通管制",
   },
   en: {
+    in_force: "Measures in force",
+    no_measures_in_force: "None",
+    src_emergency: "emergency mode",
+    src_override: "override",
     ok: "OK",
     cancel: "Cancel",
     override_title: "Override {plan}",
