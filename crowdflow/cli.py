@@ -120,7 +120,7 @@ def cmd_dashboard(args) -> int:
     r, url, keys, embedded = open_redis(site)
     r.close()
     try:
-        app = create_app(site, url, keys)
+        app = create_app(site, url, keys, config_dir=Path(args.config).resolve().parent)
     except AuthError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -48,6 +48,7 @@ from crowdflow.site import Site
 from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE
 
 from .auth import COOKIE, LoginLimiter, Session, Sessions, load_users, role_at_least, verify_password
+from .basemap import BasemapError, basemap_path, load_basemap
 from .geo import site_geojson
 
 log = logging.getLogger("crowdflow.dashboard")
@@ -202,8 +203,18 @@ class LoginRequest(BaseModel):
     password: str = Field(min_length=1, max_length=256)
 
 
-def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | None = None) -> FastAPI:
+def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | None = None,
+               config_dir: Path | None = None) -> FastAPI:
     cfg = site.dashboard
+    basemap: dict = {}
+    bm_path = basemap_path(site, config_dir if config_dir is not None else Path.cwd())
+    if bm_path is not None:
+        try:
+            basemap = load_basemap(site, bm_path)
+            log.info("basemap %s: %d features", bm_path, len(basemap["features"]))
+        except BasemapError as e:
+            basemap = {"error": str(e)}
+            log.warning("no basemap: %s", e)
     stale = stale_after_s if stale_after_s is not None else site.control.stale_after_s
     state = LiveState(site, stale)
     store = state.zones
@@ -375,6 +386,14 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         zh/en, plus the plans' action catalogue and the optional tile layer. Coordinates are
         in the tiles' datum (WGS84 unless ``dashboard.tiles.datum`` is gcj02)."""
         return geojson[cfg.tiles.datum if cfg.tiles else "wgs84"]
+
+    @app.get("/api/basemap", tags=["read"])
+    def get_basemap(s: Session = viewer) -> dict:
+        """The OSM basemap near the site (streets, footways, steps, buildings, metro), with
+        its attribution; 404 saying why when the site has none or its file is unusable."""
+        if not basemap or "error" in basemap:
+            raise HTTPException(404, basemap.get("error") or "no basemap configured (dashboard.basemap_file)")
+        return basemap
 
     @app.get("/api/zones", tags=["read"])
     def get_zones(s: Session = viewer) -> list[dict]:

@@ -94,3 +94,6 @@ class DashboardSection(Strict):
     login_attempts_per_min: int = Field(5, ge=1, le=1000)  # failed logins per name and address
     command_timeout_s: float = Field(5, gt=0, le=60)  # wait this long for control's answer
     tiles: TileLayer | None = None
+    # The OSM basemap (GeoJSON, relative to this file; CROWDFLOW_BASEMAP overrides). Never
+    # committed: build it from an OSM extract with scripts/build_basemap.py. None: no basemap.
+    basemap_file: str | None = None

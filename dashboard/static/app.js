@@ -85,19 +85,6 @@
     }
     return `${esc(n)}<br>${Math.round(s.count)}${T("people")} · ${Math.round(s.capacity_ratio * 100)}% · ${s.density.toFixed(2)}/m²${trendArrow(s)}`;
   }
-  function popup(id) {
-    const s = S.states[id] || {};
-    const rows = s.status === "ok"
-      ? [[T("people"), Math.round(s.count)], [T("density"), `${s.density.toFixed(2)} /m²`],
-         [T("ratio"), `${Math.round(s.capacity_ratio * 100)}%`], [T("capacity"), s.capacity],
-         [T("trend"), s.trend_pm == null ? "—" : `${s.trend_pm.toFixed(1)} ${T("per_min")}`],
-         [T("coverage"), `${Math.round((s.coverage || 0) * 100)}%`],
-         [T("sources"), (s.sources || []).join(", ")], [T("updated"), age(s.updated_at)]]
-      : [[T("unknown"), s.last_known ? `${Math.round(s.last_known.count)}${T("people")} · ${age(s.last_known.at)}` : ""],
-         [T("reason"), s.reason || ""], [T("capacity"), s.capacity]];
-    return `<div class="popup"><b>${esc(nm("zone", id))}</b><table>` +
-      rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(v)}</td></tr>`).join("") + "</table></div>";
-  }
   function paint(id) {
     const layer = layers[id];
     if (!layer) return;
@@ -115,7 +102,14 @@
       // Zoomed out, calm zones (< 60 %) drop their labels so the busy ones read at a glance.
       tip.classList.toggle("calm", !unknown && (s.capacity_ratio == null || s.capacity_ratio < 0.6));
     }
-    if (layer.isPopupOpen()) layer.setPopupContent(popup(id));
+    scheduleDeclutter();
+    if (S.panelZone === id) renderZoneFacts(id);
+  }
+  let declutterPending = false;
+  function scheduleDeclutter() {
+    if (declutterPending) return;
+    declutterPending = true;
+    requestAnimationFrame(() => { declutterPending = false; declutter(); });
   }
   function cameraHealth(id) {
     for (const a of Object.values(S.alarms)) {
@@ -228,7 +222,8 @@
     svg.insertBefore(defs, svg.firstChild);
   }
   function buildMap(site) {
-    map = L.map("map", { zoomControl: true, attributionControl: !!site.tiles, maxZoom: 20 });
+    map = L.map("map", { zoomControl: true, attributionControl: true, maxZoom: 20 });
+    map.attributionControl.setPrefix(false);
     map.createPane("basemap").style.zIndex = 300;
     map.createPane("actions").style.zIndex = 450;
     if (site.tiles) L.tileLayer(site.tiles.url, { maxZoom: site.tiles.max_zoom, attribution: site.tiles.attribution }).addTo(map);
@@ -249,8 +244,12 @@
         const latlngs = ll(f.geometry.coordinates[0]);
         const poly = L.polygon(latlngs, { className: `zone zone-${p.id}` }).addTo(map);
         poly.bindTooltip("", { permanent: true, direction: "center", className: "zone-label" });
-        poly.bindPopup(() => popup(p.id));
-        poly.on("click", () => showTimeline(p.id));
+        poly.on("mouseover", () => { const el = poly.getTooltip().getElement(); if (el) el.classList.add("hover"); });
+        poly.on("mouseout", () => { const el = poly.getTooltip().getElement(); if (el) el.classList.remove("hover"); });
+        poly.on("click", () => {
+          showTimeline(p.id);
+          if (layout === "phone") $("#timeline").scrollIntoView({ behavior: "smooth", block: "start" });
+        });
         layers[p.id] = poly;
         latlngs.forEach((x) => bounds.extend(x));
       } else if (p.kind === "road") {
@@ -268,11 +267,87 @@
     addHatch();
     window.crowdflow.map = map;
     window.crowdflow.showTimeline = showTimeline;
+    S.zoneBounds = bounds;
     map.fitBounds(bounds, { padding: [10, 10] });
+    map.on("zoomend moveend", () => requestAnimationFrame(declutter));
     const DETAIL_ZOOM = 18;  // zoomed out, only busy live zones keep their labels
     const overview = () => map.getContainer().classList.toggle("overview", map.getZoom() < DETAIL_ZOOM);
     map.on("zoomend", overview);
     overview();
+  }
+
+  // The OSM basemap (streets, footways, steps, buildings, metro), served by /api/basemap from
+  // the file the site names; drawn under everything, with its attribution on the map.
+  async function loadBasemap() {
+    const res = await fetch("/api/basemap");
+    if (!res.ok) { window.crowdflow.basemap = { error: (await res.json().catch(() => ({}))).detail || res.status }; return; }
+    const bm = await res.json();
+    const ll = (c) => c.map(([lon, lat]) => [lat, lon]);
+    const pane = "osm";
+    if (!map.getPane(pane)) map.createPane(pane).style.zIndex = 250;
+    const g = L.layerGroup();
+    let n = 0;
+    const STREET = { primary: 6, primary_link: 4, secondary: 5, secondary_link: 4, tertiary: 4, residential: 3 };
+    for (const f of bm.features) {
+      const p = f.properties, t = f.geometry.type, layer = p._layer;
+      const name = p[lang === "en" && p["name:en"] ? "name:en" : "name"];
+      const lines = t === "LineString" ? [f.geometry.coordinates] : t === "MultiLineString" ? f.geometry.coordinates : null;
+      if (layer === "building" && (t === "Polygon" || t === "MultiPolygon")) {
+        const polys = t === "Polygon" ? [f.geometry.coordinates] : f.geometry.coordinates;
+        for (const poly of polys) L.polygon(poly.map(ll), { pane, color: "#c9b99f", weight: 0.6, fillColor: "#e4d9c6", fillOpacity: 0.85, className: "osm osm-building", interactive: false }).addTo(g);
+        n++;
+      } else if ((layer === "street" || layer === "footway") && lines) {
+        const steps = p.highway === "steps";
+        const style = layer === "street"
+          ? { color: "#ffffff", weight: STREET[p.highway] || 2.5, opacity: 0.95, className: "osm osm-street" }
+          : steps ? { color: "#a0522d", weight: 2.5, dashArray: "2 3", opacity: 0.9, className: "osm osm-steps" }
+            : { color: "#7c8b99", weight: 1.5, dashArray: "4 3", opacity: 0.9, className: "osm osm-footway" };
+        for (const c of lines) {
+          const pl = L.polyline(ll(c), { pane, ...style });
+          if (name) pl.bindTooltip(esc(name), { sticky: true });
+          pl.addTo(g);
+        }
+        n++;
+      } else if ((layer === "metro_entrance" || layer === "metro_station") && t === "Point") {
+        const [lon, lat] = f.geometry.coordinates;
+        const txt = layer === "metro_entrance" ? `M${p.ref ? esc(p.ref) : ""}` : "M";
+        L.marker([lat, lon], { pane, interactive: !!name, icon: L.divIcon({ className: `osm-metro osm-${layer}`, html: txt }) })
+          .bindTooltip(esc(name || T("metro_exit"))).addTo(g);
+        n++;
+      }
+    }
+    g.addTo(map);
+    map.attributionControl.addAttribution(esc(bm.attribution));
+    window.crowdflow.basemap = { features: n };
+  }
+
+  // Labels never overlap: the busiest zones are placed first; a label that would cover one
+  // already placed is hidden and shown on hover (its zone's tooltip) instead.
+  function declutter() {
+    if (!map) return;
+    const items = Object.entries(layers).map(([id, layer]) => {
+      const tip = layer.getTooltip() && layer.getTooltip().getElement();
+      const s = S.states[id];
+      const prio = !s || s.status !== "ok" ? -1 : (s.capacity_ratio || 0);
+      return { id, tip, prio };
+    }).filter((x) => x.tip);
+    items.sort((a, b) => b.prio - a.prio || a.id.localeCompare(b.id));
+    const placed = [];
+    for (const it of items) {
+      it.tip.classList.remove("collide");
+      const style = getComputedStyle(it.tip);
+      if (style.display === "none") continue;
+      const r = it.tip.getBoundingClientRect();
+      if (!r.width) continue;
+      const hit = placed.some((q) => r.left < q.right && r.right > q.left && r.top < q.bottom && r.bottom > q.top);
+      if (hit) it.tip.classList.add("collide");
+      else placed.push(r);
+    }
+  }
+  function fitZones() {
+    if (!map || !S.zoneBounds) return;
+    map.invalidateSize();
+    map.fitBounds(S.zoneBounds, { padding: [10, 10] });
   }
 
   // ---------------------------------------------------------------- panels
@@ -355,9 +430,8 @@
     const rank = (l) => V().levels.indexOf(l);
     return Object.entries(sp.actions).filter(([l]) => rank(l) <= rank(level)).flatMap(([, a]) => a);
   }
-  function renderRecs() {
-    const recs = Object.values(S.recs).sort((a, b) => (a.status === "pending" ? 0 : 1) - (b.status === "pending" ? 0 : 1) || b.created_at - a.created_at).slice(0, 12);
-    $("#recs .body").innerHTML = recs.length ? recs.map((r) => `
+  function recCard(r) {
+    return `
       <div class="card rec ${r.status}" data-rec="${esc(r.id)}">
         <b>${esc(planName(r.plan_id))}</b> ${levelBadge(r.from_level)} → ${levelBadge(r.level)}
         ${r.predictive ? `<span class="muted">(${T("predictive")})</span>` : ""}
@@ -367,7 +441,17 @@
         ${r.status === "pending" && canCmd("confirm") ? `<div class="btns">
           <button class="cmd-confirm" data-id="${esc(r.id)}">${T("confirm")}</button>
           <button class="cmd-reject" data-id="${esc(r.id)}">${T("reject")}</button></div>` : ""}
-      </div>`).join("") : `<p class="muted">${T("no_recs")}</p>`;
+      </div>`;
+  }
+  // Pending first, then decisions; superseded and expired recommendations fold away.
+  function renderRecs() {
+    const all = Object.values(S.recs).sort((a, b) => (a.status === "pending" ? 0 : 1) - (b.status === "pending" ? 0 : 1) || b.created_at - a.created_at);
+    const gone = (r) => r.status === "superseded" || r.status === "expired";
+    const shown = all.filter((r) => !gone(r)).slice(0, 8);
+    const folded = all.filter(gone).slice(0, 30);
+    const wasOpen = $("#recs details.folded") && $("#recs details.folded").open;
+    $("#recs .body").innerHTML = (shown.length ? shown.map(recCard).join("") : `<p class="muted">${T("no_recs")}</p>`) +
+      (folded.length ? `<details class="folded" ${wasOpen ? "open" : ""}><summary class="muted">${T("folded_recs", { n: folded.length })}</summary>${folded.map(recCard).join("")}</details>` : "");
   }
   function renderPlans() {
     const plans = S.site.plans || [];
@@ -422,7 +506,28 @@
     }
     el.querySelector(".body").innerHTML = html;
   }
+  function renderZoneFacts(id) {
+    const el = $("#timeline .facts");
+    if (!el) return;
+    const s = S.states[id] || {};
+    const zoneF = S.feats[`zone:${id}`];
+    const planIds = (S.site.plans || []).filter((p) => p.zones.includes(id)).map((p) => p.id);
+    const measures = ((S.inforce || {}).measures || []).filter((m) => (m.plan_id && planIds.includes(m.plan_id)) || m.source === "emergency" || m.action.zone === id);
+    const rows = s.status === "ok"
+      ? [[T("people"), `${Math.round(s.count)}${s.count_std != null ? ` ± ${Math.round(s.count_std)}` : ""}`],
+         [T("density"), `${s.density.toFixed(2)} /m²`], [T("ratio"), `${Math.round(s.capacity_ratio * 100)}%`],
+         [T("los"), `<span class="los los-${esc(s.los)}">${esc(s.los || "—")}</span> · ${s.flow_ppm != null ? `${s.flow_ppm.toFixed(0)} ${T("ppm")}${s.flow_measured ? ` (${T("flow_gates")})` : ""}` : ""}`],
+         [T("trend"), s.trend_pm == null ? "—" : `${s.trend_pm > 0 ? "+" : ""}${s.trend_pm.toFixed(1)} ${T("per_min")}${trendArrow(s)}`],
+         [T("coverage"), `${Math.round((s.coverage || 0) * 100)}%${s.estimated_share ? ` · ${T("estimated")} ${Math.round(s.estimated_share * 100)}%` : ""} · ${T("confidence")} ${Math.round((s.confidence || 0) * 100)}%`]]
+      : [[T("unknown"), `${esc(s.reason || "")}${s.last_known ? ` · ${Math.round(s.last_known.count)}${T("people")} · ${age(s.last_known.at)}` : ""}`]];
+    rows.push([T("capacity"), `${s.capacity != null ? s.capacity : (zoneF ? zoneF.properties.capacity : "")}`]);
+    const cams = (s.cameras || []).map((c) => `<li class="cam cam-${esc(c.state)}" data-camera="${esc(c.camera_id)}">${esc(nm("camera", c.camera_id))} · ${T(`camstate_${c.state}`)}${c.used ? " ✓" : ""}</li>`).join("");
+    el.innerHTML = `<table class="zone-facts">${rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${v}</td></tr>`).join("")}</table>
+      <div class="muted">${T("cameras")}</div><ul class="zone-cams">${cams || `<li>${T("no_camera")}</li>`}</ul>
+      <div class="muted">${T("in_force")}</div><ul class="zone-measures">${measures.length ? measures.map((m) => `<li>${esc(actionText(m.action))} <span class="muted">· ${esc(sourceText(m))}</span></li>`).join("") : `<li>${T("no_measures_in_force")}</li>`}</ul>`;
+  }
   async function showTimeline(id) {
+    S.panelZone = id;
     const res = await fetch(`/api/zones/${encodeURIComponent(id)}/history`);
     if (!res.ok) return;
     const h = await res.json();
@@ -440,14 +545,15 @@
     const ticks = [-120, -60, 0, 15].map((m) => `<text x="${x(h.now + m * 60)}" y="${H - 6}" fill="#8d9aa7" font-size="10" text-anchor="middle">${m === 0 ? clock(h.now).slice(0, 5) : `${m > 0 ? "+" : ""}${m}′`}</text>`).join("");
     const last = h.current.status === "ok" ? `${Math.round(h.current.count)}${T("people")} · ${Math.round(h.current.capacity_ratio * 100)}%`
       : `${T("unknown")}${h.current.last_known ? ` (${Math.round(h.current.last_known.count)}${T("people")} · ${age(h.current.last_known.at)})` : ""}`;
-    $("#timeline .body").innerHTML = `<div data-zone="${esc(id)}"><b>${esc(nm("zone", id))}</b> · ${last}</div>
+    $("#timeline .body").innerHTML = `<div data-zone="${esc(id)}"><b>${esc(nm("zone", id))}</b> · ${last}</div><div class="facts"></div>
       <svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${lines}
         <line x1="${x(h.now)}" x2="${x(h.now)}" y1="${P / 2}" y2="${H - P}" stroke="#4b5866"/>
         ${pts.length ? `<polyline class="samples" points="${path}" fill="none" stroke="#6ec1ff" stroke-width="2"/>` : ""}
         ${cur.length ? `<circle class="now" cx="${x(h.now)}" cy="${y(cur[0].r)}" r="3.5" fill="#6ec1ff"/>` : ""}
         ${fc.length ? `<polyline class="forecast" points="${fpath}" fill="none" stroke="#ffb74d" stroke-width="2" stroke-dasharray="5 4"/>` : ""}
         ${ticks}</svg>
-      <div class="muted">${T("ratio")}${pts.length ? "" : ` · ${T("no_history")}`}${fc.length ? ` · ${T("forecast")} ${h.forecast.map((f) => `+${f.horizon_min}′ ${Math.round(f.capacity_ratio * 100)}%`).join(" ")}` : ""}</div>`;
+      <div class="muted">${T("chart_caption")}${pts.length ? "" : ` · ${T("no_history")}`}${fc.length ? ` · ${T("forecast")} ${h.forecast.map((f) => `+${f.horizon_min}′ ${Math.round(f.capacity_ratio * 100)}%`).join(" ")}` : ""}</div>`;
+    renderZoneFacts(id);
   }
   async function renderAudit() {
     const q = $("#audit-filter").value.trim();
@@ -464,6 +570,7 @@
 
   function renderAll() {
     renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); renderInForce(); paintActions(); paintCameras();
+    if (S.panelZone) renderZoneFacts(S.panelZone);
   }
 
   document.addEventListener("click", (ev) => {
@@ -570,9 +677,12 @@
     if (!map) {
       S.site = await (await fetch("/api/site")).json();
       buildMap(S.site);
+      loadBasemap();
     }
     relabel();
+    fitZones();  // after the layout has sized the map: the first view shows every zone
     centreOnPost();
+    requestAnimationFrame(declutter);
     renderAudit();
     connect();
   }
