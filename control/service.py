@@ -33,7 +33,9 @@ from crowdflow.records import (
     AuditEntry,
     Command,
     CommandResult,
+    InForce,
     Observation,
+    Order,
     PlanState,
     Recommendation,
     RecordError,
@@ -46,6 +48,7 @@ from crowdflow.site import Site
 from .alarms import AlarmBook
 from .commands import refusal_audit, too_late
 from .inforce import in_force, same_measures
+from .orders import OrderBook
 from .plans import PlanEngine
 from .zones import ZoneBook, site_problem
 
@@ -96,6 +99,7 @@ class ControlService:
         self._last_full = float("-inf")
         self._last_hist: dict[str, tuple[float, str]] = {}
         self._inforce = None  # the InForce record last published
+        self.orders = OrderBook()
 
     # ------------------------------------------------------------------ start / takeover
 
@@ -111,6 +115,9 @@ class ControlService:
         self.engine.restore(plans, recs, decode(SiteMode, raw_mode) if raw_mode else None)
         self.book.set_actions(self.engine.active_actions())
         self.alarms.restore({k: decode(Alarm, v) for k, v in self.r.hgetall(self.keys.alarms).items()})
+        raw_inforce = self.r.get(self.keys.inforce)
+        self._inforce = decode(InForce, raw_inforce) if raw_inforce else None
+        self.orders.restore({k: decode(Order, v) for k, v in self.r.hgetall(self.keys.orders).items()})
         now = self.clock()
         # A restart begins from nothing: every zone is unknown until fresh data arrives.
         self.states = self.book.states(now)
@@ -211,6 +218,10 @@ class ControlService:
         late = too_late(cmd, now, self.site.control.command_max_age_s)
         if late is not None:
             result, audit = CommandResult(command_id=cmd.id, ok=False, error=late, at=now), [refusal_audit(cmd, now, late)]
+        elif cmd.kind == "answer_order":
+            error = self.orders.answer(cmd, now)
+            result = CommandResult(command_id=cmd.id, ok=error is None, error=error, at=now)
+            audit = [refusal_audit(cmd, now, error)] if error else []
         elif cmd.kind == "ack_alarm":
             error = self.alarms.ack(now, cmd)
             result = CommandResult(command_id=cmd.id, ok=error is None, error=error, at=now)
@@ -262,11 +273,17 @@ class ControlService:
     def _publish_inforce(self, pipe, now: float) -> None:
         """The one record of what is in force (control/inforce.py), on change only."""
         rec = in_force(self.site, self.engine.plan_states(), self.engine.mode, now)
-        if same_measures(self._inforce, rec):
-            return
-        self._inforce = rec
-        pipe.set(self.keys.inforce, rec.encode())
-        self._event(pipe, "inforce", rec)
+        if not same_measures(self._inforce, rec):
+            self.orders.update(self._inforce, rec, now)  # new measures go to their posts' phones
+            self._inforce = rec
+            pipe.set(self.keys.inforce, rec.encode())
+            self._event(pipe, "inforce", rec)
+        orders, audit = self.orders.take_changes()
+        for o in orders:
+            pipe.hset(self.keys.orders, o.id, o.encode())
+            self._event(pipe, "order", o)
+        for entry in audit:
+            self._audit(pipe, entry)
 
     def _publish_decisions(self, pipe) -> None:
         plans, recs, mode = self.engine.take_changes()

@@ -24,8 +24,8 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .site import Action, Text
-from .vocab import (LOS, AlarmKind, CameraViewState, CommandKind, Health, Id, Level, MeasureSource, Mode, OrderStatus,
-                    Role, Severity, ZoneStatus)
+from .vocab import (LOS, AlarmKind, CameraViewState, CommandKind, Health, Id, Level, MeasureSource, Mode,
+                    OrderAnswerKind, OrderStatus, Role, Severity, ZoneStatus)
 
 SCHEMA_VERSION = 1
 
@@ -272,8 +272,11 @@ class Command(Record):
     auto: bool | None = None  # set_auto
     mode: Mode | None = None  # set_mode
     alarm_id: str | None = None  # ack_alarm
+    order_id: str | None = Field(None, max_length=128)  # answer_order
+    answer: OrderAnswerKind | None = None  # answer_order
     user: str = Field(min_length=1, max_length=64)
     role: Role
+    post: Id | None = None  # the sender's staff post (from the session, like user and role)
     note: str | None = Field(None, max_length=500)
     issued_at: float
 
@@ -295,13 +298,16 @@ class AuditEntry(Record):
     actor: str  # user name or "system"
     role: Role | Literal["system"]
     action: Literal["recommend", "confirm", "reject", "override", "auto_apply", "supersede", "expire",
-                    "set_auto", "set_mode", "ack_alarm", "release", "refuse"]
+                    "set_auto", "set_mode", "ack_alarm", "release", "refuse", "order", "order_answer"]
     plan_id: Id | None = None
     level_from: Level | None = None
     level_to: Level | None = None
     recommendation_id: str | None = None
     command_id: str | None = None
     reason: str | None = None  # the commander's note or the recommendation's reasons
+    order_id: str | None = None  # order / order_answer
+    post: Id | None = None  # order / order_answer: the post it was sent to
+    in_place_s: float | None = None  # order_answer in_place: confirmation → in place (dispatch response)
     zone_states: list[ZoneState] = Field(default_factory=list)
 
 

@@ -28,6 +28,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from crowdflow.bus import Keys
+from crowdflow.dispatch import summarise
 from crowdflow.records import (
     EVENT_TYPES,
     Alarm,
@@ -178,12 +179,12 @@ def _msg(kind: str, rec) -> str:
 
 def _command_request_model() -> type[BaseModel]:
     """The console's command request, derived from :class:`Command`: the same fields and
-    checks, less what the session says (``user``, ``role``) and the schema version. ``id``
+    checks, less what the session says (``user``, ``role``, ``post``) and the schema version. ``id``
     and ``issued_at`` are made by the client — a retried request carries the same id and
     acts once; without them (scripts) the dashboard mints them, and a retry acts again."""
     fields = {}
     for name, f in Command.model_fields.items():
-        if name in ("v", "user", "role"):
+        if name in ("v", "user", "role", "post"):
             continue
         if name in ("id", "issued_at"):
             f = copy.copy(f)  # same constraints, but optional
@@ -395,6 +396,14 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             raise HTTPException(404, basemap.get("error") or "no basemap configured (dashboard.basemap_file)")
         return basemap
 
+    @app.get("/api/orders", tags=["read"])
+    def get_orders(s: Session = viewer) -> dict:
+        """Orders sent to posts with their answers (newest first), and per evening the
+        dispatch response: confirmation → in place (median, 90th percentile)."""
+        orders = sorted(state.orders.values(), key=lambda o: -o.issued_at)
+        return {"orders": [o.model_dump() for o in orders],
+                "summary": summarise(orders, site.site.timezone)}
+
     @app.get("/api/zones", tags=["read"])
     def get_zones(s: Session = viewer) -> list[dict]:
         """Every configured zone's current state; no fresh data means status ``unknown``."""
@@ -481,7 +490,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         fields["id"] = fields["id"] or uuid.uuid4().hex
         fields["issued_at"] = fields["issued_at"] or now
         try:
-            cmd = decode(Command, {"v": 1, **fields, "user": s.user, "role": s.role})
+            cmd = decode(Command, {"v": 1, **fields, "user": s.user, "role": s.role, "post": s.post})
         except RecordError as e:
             raise HTTPException(400, str(e)) from None
         fut = waiting.get(cmd.id)  # a retry while the first request still waits shares its answer

@@ -30,7 +30,7 @@
 
   // ---------------------------------------------------------------- state
   const S = {
-    me: null, site: null, states: {}, plans: {}, recs: {}, alarms: {}, mode: null, inforce: null,
+    me: null, site: null, states: {}, plans: {}, recs: {}, alarms: {}, mode: null, inforce: null, orders: {},
     names: {}, // "zone:id" / "post:id" / ... → {zh, en}
     feats: {}, // "kind:id" → GeoJSON feature
   };
@@ -494,6 +494,7 @@
     const options = Object.keys(posts).map((p) => `<option value="${esc(p)}" ${p === id ? "selected" : ""}>${esc(nm("post", p))}</option>`).join("");
     let html = `<select id="post-select"><option value="">${T("choose_post")}</option>${options}</select>`;
     if (id && S.feats[`post:${id}`]) {
+      html += myOrders(id);
       const f = S.feats[`post:${id}`];
       const lines = [];
       for (const [, a, m] of activeActions()) {
@@ -526,6 +527,62 @@
       <div class="muted">${T("cameras")}</div><ul class="zone-cams">${cams || `<li>${T("no_camera")}</li>`}</ul>
       <div class="muted">${T("in_force")}</div><ul class="zone-measures">${measures.length ? measures.map((m) => `<li>${esc(actionText(m.action))} <span class="muted">· ${esc(sourceText(m))}</span></li>`).join("") : `<li>${T("no_measures_in_force")}</li>`}</ul>`;
   }
+  // ---------------------------------------------------------------- orders to posts
+  const mmss = (s) => s == null ? "—" : `${Math.floor(s / 60)}:${String(Math.round(s % 60)).padStart(2, "0")}`;
+  function orderStatus(o) { return `<span class="ostatus ostatus-${esc(o.status)}">${T(`order_${o.status}`)}</span>`; }
+  function myOrders(post) {
+    const mine = Object.values(S.orders).filter((o) => o.post === post).sort((a, b) => b.issued_at - a.issued_at);
+    const open = mine.filter((o) => o.status === "sent" || o.status === "acknowledged");
+    const done = mine.filter((o) => !(o.status === "sent" || o.status === "acknowledged")).slice(0, 5);
+    const card = (o) => `<div class="order-card ostatus-${esc(o.status)}" data-order="${esc(o.id)}">
+        <div class="order-what">${esc(actionText(o.action))}</div>
+        <div class="muted">${esc(o.issued_by)} · ${clock(o.issued_at)} · ${orderStatus(o)}</div>
+        ${(o.status === "sent" || o.status === "acknowledged") && canCmd("answer_order") ? `<div class="btns">
+          ${o.status === "sent" ? `<button class="ord-ack" data-id="${esc(o.id)}">${T("order_ack")}</button>` : ""}
+          <button class="ord-inplace" data-id="${esc(o.id)}">${T("order_inplace")}</button>
+          <button class="ord-cannot" data-id="${esc(o.id)}">${T("order_cannot")}</button></div>` : ""}
+      </div>`;
+    return (open.length ? `<div class="orders-open"><div class="order-head">${T("orders_for_you", { n: open.length })}</div>${open.map(card).join("")}</div>` : "") +
+      (done.length ? `<details class="orders-done"><summary class="muted">${T("orders_done", { n: done.length })}</summary>${done.map(card).join("")}</details>` : "");
+  }
+  function renderOrders() {
+    const list = Object.values(S.orders).sort((a, b) => b.issued_at - a.issued_at).slice(0, 40);
+    const sum = (S.orderSummary || [])[0];
+    $("#orders .body").innerHTML = (sum ? `<div class="order-summary muted">${T("orders_summary", { day: sum.evening, n: sum.orders, placed: sum.in_place, med: mmss(sum.in_place_median_s), p90: mmss(sum.in_place_p90_s) })}</div>` : "") +
+      (list.length ? `<table class="orders"><tr><th>${T("post")}</th><th>${T("order_what")}</th><th>${T("order_state")}</th><th>${T("order_ack_by")}</th><th>${T("order_time")}</th></tr>${list.map((o) => `
+        <tr class="order-row ostatus-${esc(o.status)}" data-order="${esc(o.id)}" data-post="${esc(o.post)}">
+          <td>${esc(nm("post", o.post))}</td><td>${esc(actionText(o.action))}</td><td>${orderStatus(o)}${o.status === "cannot" ? `<div class="muted">${esc((o.answers[o.answers.length - 1] || {}).note || "")}</div>` : ""}</td>
+          <td class="ack">${o.acknowledged_by ? `${esc(o.acknowledged_by)} · ${clock(o.acknowledged_at)}` : "—"}</td>
+          <td class="inplace">${mmss(o.in_place_s)}</td></tr>`).join("")}</table>` : `<p class="muted">${T("no_orders")}</p>`);
+  }
+  let summaryTimer = null;
+  const summarySoon = () => { clearTimeout(summaryTimer); summaryTimer = setTimeout(loadSummary, 300); };
+  async function loadSummary() {
+    const res = await fetch("/api/orders");
+    if (!res.ok) return;
+    S.orderSummary = (await res.json()).summary;
+    renderOrders();
+  }
+  function alertOfficer() {  // a new order for this phone's post: a tone and a buzz, where the browser allows
+    try {
+      const ctx = alertOfficer.ctx || (alertOfficer.ctx = new (window.AudioContext || window.webkitAudioContext)());
+      const o = ctx.createOscillator(), g = ctx.createGain();
+      o.frequency.value = 880; g.gain.value = 0.2;
+      o.connect(g); g.connect(ctx.destination); o.start(); o.stop(ctx.currentTime + 0.35);
+    } catch (e) { /* no audio before a user gesture: the card still flashes */ }
+    if (navigator.vibrate) navigator.vibrate([200, 100, 200]);
+    window.crowdflow.alerts = (window.crowdflow.alerts || 0) + 1;
+  }
+  async function answerOrder(id, answer) {
+    if (answer === "cannot") {
+      const o = S.orders[id];
+      const r = await ask({ title: T("order_cannot"), body: `<p>${esc(o ? actionText(o.action) : id)}</p>`,
+                            noteLabel: T("order_cannot_why"), noteRequired: true, ok: T("order_cannot") });
+      if (!r) return;
+      command({ kind: "answer_order", order_id: id, answer, note: r.note });
+    } else command({ kind: "answer_order", order_id: id, answer });
+  }
+
   async function showTimeline(id) {
     S.panelZone = id;
     const res = await fetch(`/api/zones/${encodeURIComponent(id)}/history`);
@@ -569,7 +626,7 @@
   const auditSoon = () => { clearTimeout(auditTimer); auditTimer = setTimeout(renderAudit, 200); };
 
   function renderAll() {
-    renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); renderInForce(); paintActions(); paintCameras();
+    renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); renderInForce(); renderOrders(); paintActions(); paintCameras();
     if (S.panelZone) renderZoneFacts(S.panelZone);
   }
 
@@ -580,6 +637,9 @@
     else if (b.classList.contains("cmd-reject")) command({ kind: "reject", recommendation_id: b.dataset.id });
     else if (b.classList.contains("cmd-ack")) command({ kind: "ack_alarm", alarm_id: b.dataset.id });
     else if (b.classList.contains("cmd-mode")) switchMode(b.dataset.mode);
+    else if (b.classList.contains("ord-ack")) answerOrder(b.dataset.id, "acknowledged");
+    else if (b.classList.contains("ord-inplace")) answerOrder(b.dataset.id, "in_place");
+    else if (b.classList.contains("ord-cannot")) answerOrder(b.dataset.id, "cannot");
     else if (b.classList.contains("cmd-auto")) command({ kind: "set_auto", plan_id: b.dataset.plan, auto: b.dataset.auto === "true" });
     else if (b.classList.contains("cmd-override")) {
       const lv = b.closest(".plan").querySelector(".override-level").value;
@@ -638,6 +698,8 @@
       msg.alarms.forEach((a) => { S.alarms[a.id] = a; });
       S.mode = msg.mode;
       S.inforce = msg.inforce;
+      for (const id of Object.keys(S.orders)) delete S.orders[id];
+      (msg.orders || []).forEach((o) => { S.orders[o.id] = o; });
       Object.keys(layers).forEach(paint);
       renderAll();
       return;
@@ -649,6 +711,12 @@
     else if (msg.type === "alarm") S.alarms[r.id] = r;
     else if (msg.type === "mode") S.mode = r;
     else if (msg.type === "inforce") S.inforce = r;
+    else if (msg.type === "order") {
+      const fresh = !S.orders[r.id];
+      S.orders[r.id] = r;
+      if (fresh && r.post === myPost() && r.status === "sent") alertOfficer();
+      summarySoon();
+    }
     else if (msg.type === "audit") { auditSoon(); return; }
     renderAll();
   }
@@ -680,6 +748,7 @@
       loadBasemap();
     }
     relabel();
+    loadSummary();
     fitZones();  // after the layout has sized the map: the first view shows every zone
     centreOnPost();
     requestAnimationFrame(declutter);
