@@ -213,3 +213,23 @@ def test_check_config_warns_about_triggers_that_cannot_fire(site, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     assert f"warning: plans[{bridge}].levels[{lv2}].triggers.flow_ppm" in out.stdout
+
+
+def test_figures_of_issue_13():
+    """The figures quoted in docs/architecture.md (run with -s to see them)."""
+    book = ZoneBook(small_site([_cam("a", 0, 0.5), _cam("b", 0.5, 1)]), stale_after_s=10)
+    feed(book, T0, 20, a=400.0, b=0.0)
+    hh = book.state("z", T0 + 20)
+    same = ZoneBook(small_site([_cam("a", 0, 1), _cam("b", 0, 1)]), stale_after_s=10)
+    feed(same, T0, 20, area=800.0, a=360.0, b=440.0)
+    sg = same.state("z", T0 + 20)
+    widths = []
+    for i in range(20, 80):
+        book.apply(ob("a", T0 + i, 400.0, seq=i), T0 + i)
+        if i % 5 == 0:
+            book.apply(ob("b", T0 + i, None, health="camera_offline", seq=i), T0 + i)
+        if i in (20, 30, 79):
+            widths.append(book.state("z", T0 + i + 1))
+    print(f"\nhalf/half 400|0 → {hh.count:.0f} ± {hh.count_std:.0f}; same ground 360/440 → {sg.count:.0f} ± {sg.count_std:.0f}; "
+          "b offline 1/11/60 s → " + ", ".join(f"{s.count:.0f} ± {s.count_std:.0f}" for s in widths))
+    assert widths[0].count_std < widths[1].count_std < widths[2].count_std
