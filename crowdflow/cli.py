@@ -92,6 +92,10 @@ def cmd_check_config(args) -> int:
     print(f"  gates   {len(site.gates):3d}  roads {len(site.roads)}  posts {len(site.posts)}")
     for p in site.plans:
         print(f"  plan {p.id}: {len(p.zones)} zones, levels {' → '.join(lv.level for lv in p.levels)}")
+    from crowdflow.site import semantic_warnings
+
+    for path, msg in semantic_warnings(site):
+        print(f"warning: {path}: {msg}")
     return 0
 
 
@@ -137,7 +141,7 @@ def cmd_dashboard(args) -> int:
     r, url, keys, embedded = open_redis(site)
     r.close()
     try:
-        app = create_app(site, url, keys)
+        app = create_app(site, url, keys, config_dir=Path(args.config).resolve().parent)
     except AuthError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
