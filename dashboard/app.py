@@ -362,7 +362,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                 peer and _in(peer, n) for n in trusted):
             raise HTTPException(403, "metrics are for the site's own scraper")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-    document_api(app, public={"/api/login", "/api/logout"})
+    document_api(app, public={"/api/login", "/api/logout"}, command_model=CommandRequest)
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
@@ -543,7 +543,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             raise HTTPException(400, f"{body.kind} needs {', '.join(missing)}")
         now = time.time()
         if body.issued_at is not None and body.issued_at > now + MAX_CLIENT_AHEAD_S:
-            raise HTTPException(400, f"issued_at: {body.issued_at - now:.0f} s ahead of the server's clock; "
+            raise HTTPException(409, f"issued_at: {body.issued_at - now:.3g} s ahead of the server's clock; "
                                      "check the device's time")
         fields = body.model_dump()
         fields["id"] = fields["id"] or uuid.uuid4().hex
