@@ -30,6 +30,7 @@ import numpy as np
 from crowdflow import crowd
 from crowdflow.site import (
     ExitOnlyAction,
+    MeteringAction,
     MetroLimitAction,
     OneWayAction,
     Site,
@@ -201,6 +202,9 @@ class Model:
         * ``exit_only`` (gate): nobody crosses the gate inward; a source behind the gate
           (metro exit) holds its arrivals;
         * ``metro_limit`` (gate, max/min): arrivals through the gate are metered;
+        * ``metering`` (gate, max/min): arrivals through a source's gate are metered (they wait
+          in the holding area behind it: the source queue); on a link's gate the inward
+          width is narrowed to pass at most the rate (the held wait in the outside zone);
         * ``staffing`` (post, headcount): each officer above the normal headcount shortens
           stops and adds orderly flow out of the post's zone (bounded);
         * ``broadcast``: no modelled effect.
@@ -212,6 +216,7 @@ class Model:
         open_ = np.ones(len(net.edges), dtype=bool)
         one_way = np.zeros(len(net.edges), dtype=bool)
         limit = np.full(len(net.sources), np.inf)  # persons/s
+        meter_w = np.full(len(net.edges), np.inf)  # metered links: width passing the rate at most
         staff: dict[str, int] = dict(self.normal_headcount)
         roads = {r.id: r for r in self.site.roads}
         by_name = {e.name: k for k, e in enumerate(net.edges)}
@@ -250,6 +255,13 @@ class Model:
                 for s, g in enumerate(net.source_gate):
                     if g == a.gate:
                         limit[s] = min(limit[s], a.max_per_min / 60.0)
+            elif isinstance(a, MeteringAction):
+                for s, g in enumerate(net.source_gate):
+                    if g == a.gate:
+                        limit[s] = min(limit[s], a.max_per_min / 60.0)
+                for k, e in enumerate(net.edges):
+                    if e.gate == a.gate and e.gate_dir == "in":
+                        meter_w[k] = min(meter_w[k], a.max_per_min / 60.0 / Q_MAX)
             elif isinstance(a, StaffingAction):
                 staff[a.post] = max(staff.get(a.post, 0), a.headcount)
         dwell_mult = np.ones(len(net.zones))
@@ -262,7 +274,7 @@ class Model:
         for zid, m2 in self.site.freed_area(self.cut_roads).items():
             extra_area[net.index[zid]] += m2
         self.extra_area = extra_area
-        self.width = np.array([e.width_m for e in net.edges]) + widen
+        self.width = np.minimum(np.array([e.width_m for e in net.edges]) + widen, meter_w)
         self.open = open_
         self.one_way = one_way
         self.limit = limit

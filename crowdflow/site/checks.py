@@ -13,7 +13,7 @@ from shapely.geometry import LineString, Polygon
 
 from ..vocab import LEVELS
 from .model import Site
-from .plans import ExitOnlyAction, MetroLimitAction, OneWayAction, StaffingAction, TrafficCutoffAction
+from .plans import ExitOnlyAction, MeteringAction, MetroLimitAction, OneWayAction, StaffingAction, TrafficCutoffAction
 
 Problems = list[tuple[str, str]]
 
@@ -144,6 +144,11 @@ def _action_problems(site: Site, path: str, a) -> Problems:
         _ref(problems, f"{path}.toward", a.toward, zone_ids, "zone")
     elif isinstance(a, (ExitOnlyAction, MetroLimitAction)):
         _ref(problems, f"{path}.gate", a.gate, {g.id for g in site.gates}, "gate")
+    elif isinstance(a, MeteringAction):
+        _ref(problems, f"{path}.gate", a.gate, {g.id for g in site.gates}, "gate")
+        _ref(problems, f"{path}.holding_zone", a.holding_zone, {z.id for z in site.zones}, "zone")
+        if a.holding_zone is None and a.holding_area_m2 is None:
+            problems.append((path, "metering needs a holding_zone or a holding_area_m2 where the held people wait"))
     return problems
 
 
@@ -202,6 +207,40 @@ def verify_basemap(site: Site) -> Problems:
 
 
 
+def verify_measures(site: Site) -> Problems:
+    """Measures: unique ids, known plans and zones, valid actions, a release below the trigger,
+    and staff the pool can supply; staff reserves have unique ids."""
+    problems: Problems = []
+    plan_ids = {p.id for p in site.plans}
+    zone_ids = {z.id for z in site.zones}
+    seen: dict[str, int] = {}
+    for i, r in enumerate(site.staff.reserves):
+        if r.id in seen:
+            problems.append((f"staff.reserves[{i}].id", f"duplicate id {r.id!r} (also staff.reserves[{seen[r.id]}])"))
+        seen.setdefault(r.id, i)
+    pool = sum(r.headcount for r in site.staff.reserves)
+    normal = {p.id: p.headcount for p in site.posts}
+    seen = {}
+    for i, m in enumerate(site.measures):
+        base = f"measures[{i}]"
+        if m.id in seen:
+            problems.append((f"{base}.id", f"duplicate id {m.id!r} (also measures[{seen[m.id]}])"))
+        seen.setdefault(m.id, i)
+        for j, pid in enumerate(m.plans):
+            _ref(problems, f"{base}.plans[{j}]", pid, plan_ids, "plan")
+        for j, zid in enumerate(m.relieves):
+            _ref(problems, f"{base}.relieves[{j}]", zid, zone_ids, "zone")
+        for k, a in enumerate(m.actions):
+            problems += _action_problems(site, f"{base}.actions[{k}]", a)
+        if m.release.forecast_ratio >= m.trigger.forecast_ratio:
+            problems.append((f"{base}.release.forecast_ratio",
+                             f"{m.release.forecast_ratio:g} must be below the trigger's {m.trigger.forecast_ratio:g} (hysteresis)"))
+        extra = sum(max(0, a.headcount - normal.get(a.post, 0)) for a in m.actions if isinstance(a, StaffingAction))
+        if extra > pool:
+            problems.append((f"{base}.actions", f"needs {extra} staff beyond the posts' normal headcount; the reserves hold {pool}"))
+    return problems
+
+
 # The named checks, in the order they run. A site file is usable when all return nothing.
 CHECKS: tuple[Callable[[Site], Problems], ...] = (
     verify_unique_ids,
@@ -212,6 +251,7 @@ CHECKS: tuple[Callable[[Site], Problems], ...] = (
     verify_roads,
     verify_gates,
     verify_plans,
+    verify_measures,
 )
 
 

@@ -12,6 +12,7 @@ from shapely.geometry import Polygon
 from .. import crowd
 from .base import Strict
 from .places import Basemap, Camera, Gate, Post, Road, Zone
+from .measures import Measure, StaffSection
 from .plans import Emergency, Plan
 from .runtime import ControlSection, DashboardSection, EdgeSection, RedisSection, SiteInfo
 
@@ -30,6 +31,8 @@ class Site(Strict):
     posts: list[Post] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
     emergency: Emergency = Emergency()
+    measures: list[Measure] = Field(default_factory=list)
+    staff: StaffSection = StaffSection()
     basemap: Basemap = Basemap()
 
     # -- lookups (the model is frozen, so these are computed once)
@@ -62,6 +65,10 @@ class Site(Strict):
     @cached_property
     def post_by_id(self) -> dict[str, Post]:
         return {p.id: p for p in self.posts}
+
+    @cached_property
+    def measure_by_id(self) -> dict[str, Measure]:
+        return {m.id: m for m in self.measures}
 
     @cached_property
     def plan_by_id(self) -> dict[str, Plan]:

@@ -38,6 +38,18 @@ class MetroLimitAction(Strict):
     max_per_min: int = Field(ge=0, le=100000)
 
 
+class MeteringAction(Strict):
+    """A rate limit through one gate (an entrance, a metro exit, the bus drop-off): people
+    beyond ``max_per_min`` wait in ``holding_zone`` (a zone of the site) or, for a gate people
+    arrive through (metro, bus), in the holding area behind it (``holding_area_m2``)."""
+
+    type: Literal["metering"]
+    gate: Id
+    max_per_min: int = Field(ge=0, le=100000)
+    holding_zone: Id | None = None
+    holding_area_m2: float | None = Field(None, gt=0, le=100000)
+
+
 class BroadcastAction(Strict):
     type: Literal["broadcast"]
     text: Text
@@ -50,6 +62,7 @@ Action = Annotated[
         OneWayAction,
         ExitOnlyAction,
         MetroLimitAction,
+        MeteringAction,
         BroadcastAction,
     ],
     Field(discriminator="type"),
