@@ -101,6 +101,9 @@ class Decision:
     timed_out: bool = False
     unknown: list[str] = field(default_factory=list)
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # "with"/"without" → element → loads
+    # measure → (the element its reason names, its peak without the change, minute of that peak,
+    # minute the element first reaches the measure's trigger without it, or None)
+    focus: dict[str, tuple[str, float, float, float | None]] = field(default_factory=dict)
 
 
 def _hhmm(tod_s: float) -> str:
@@ -148,9 +151,9 @@ class Optimizer:
         events: dict[float, None] = {0.0: None}
         for c in cands.values():
             if c.id in chosen and not c.active:
-                events[round(c.delay_min, 3)] = None
+                events[c.delay_min] = None
             if c.active and c.id not in chosen:
-                events[round(c.measure.teardown_min, 3)] = None
+                events[float(c.measure.teardown_min)] = None
         sched = []
         for t in sorted(events):
             acts = list(base)
@@ -278,6 +281,7 @@ class Optimizer:
                     r = rc
         # reasons: with / without each changed measure
         reasons: dict[str, Text] = {}
+        self._focus = {}
         on = sorted(chosen - current)
         off = sorted(current - chosen)
         for mid in on + off:
@@ -293,9 +297,11 @@ class Optimizer:
             peaks[eid] = Peak(eid, p, t)
         curves = {"with": {e: [round(float(x), 3) for x in s] for e, s in r.load.items()},
                   "without": {e: [round(float(x), 3) for x in s] for e, s in r_cur.load.items()}}
+        timed_out = timed_out or over_time()  # an answer after the budget is not an answer
         return Decision(chosen=sorted(chosen), on=on, off=off, feasible=self._excess(r) <= 0,
                         violations=self._violations(r), reasons=reasons, peaks=peaks, rollouts=self._n,
-                        elapsed_s=self.clock() - t0, timed_out=timed_out, unknown=list(unknown), curves=curves)
+                        elapsed_s=self.clock() - t0, timed_out=timed_out, unknown=list(unknown), curves=curves,
+                        focus=dict(self._focus))
 
     def _reason(self, start: TwinStart, m: Measure, with_r: Rollout | None, without_r: Rollout | None,
                 switching_on: bool) -> Text:
@@ -311,6 +317,7 @@ class Optimizer:
         pw, tw = with_r.peak(z, g)
         po, to = without_r.peak(z, g)
         at_w, at_o = _hhmm(start.tod_s + tw * 60), _hhmm(start.tod_s + to * 60)
+        self._focus[m.id] = (z, po, to, self._first_over(without_r, z, m.trigger.forecast_ratio))
         verb_zh = "启用" if switching_on else "解除"
         verb_en = "switch on" if switching_on else "release"
         return Text(
