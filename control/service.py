@@ -2,18 +2,24 @@
 
 One loop, run only by the instance holding the leader lease:
 
-1. read observations (consumer group, pending first), validate, drop duplicates by camera and
-   sequence number (a Redis sorted set per camera, so this survives restarts and failover),
-   apply them in capture-time order, and publish the touched zones at once;
+1. read observations (consumer group, pending first, as raw bytes), decode and check them
+   (bad ones go to ``<p>:obs:dead`` with the reason and the raw bytes), drop duplicates by
+   camera and sequence number, apply them in capture-time order;
 2. read commands, answer each exactly once (results are kept by command id);
 3. once a second, recompute every zone (staleness), run the plan engine and the alarms, and
    write a 10 s history sample per zone;
-4. publish every change (hash + ``<p>:events``), append audit entries, then acknowledge.
+4. publish every change (hash + ``<p>:events``), append audit entries, mark the observations
+   seen and acknowledge the entries: all in ONE MULTI/EXEC fenced by the leader lease
+   (:meth:`crowdflow.bus.LeaderLease.transaction`). An observation is therefore marked seen in
+   Redis only together with the state it produced; a paused ex-leader's writes are refused.
 
-A second instance waits for the lease; when the leader dies it takes over within the lease
-time (3 s) plus one poll (0.5 s): it restores the plan state from Redis and claims the dead
-leader's unacknowledged entries, so nothing is lost and, thanks to the idempotency keys,
-nothing is applied twice.
+Failures never end the loop (docs/reliability.md): when the publish fails (Redis down, paused,
+out of memory, a key of the wrong type) the writes are kept in memory and retried with
+backoff, no new entries are read meanwhile, and the zone book, filters and timers stay as they
+are, so a reconnect resumes where it was. A second instance waits for the lease; when the
+leader dies it takes over within the lease time (3 s) plus one poll (0.5 s): it restores the
+plan state from Redis and claims the dead leader's unacknowledged entries, so nothing is lost
+and, thanks to the idempotency keys, nothing is applied twice.
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ from typing import Callable
 
 import redis
 
-from crowdflow.bus import EVENTS_MAXLEN, HISTORY_MAXLEN, GroupReader, Keys, LeaderLease
+from collections import Counter
+
+from crowdflow.bus import (
+    EVENTS_MAXLEN, HISTORY_MAXLEN, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease, LeaseLost,
+    quarantine_wrong_type, raw_client, text,
+)
 from crowdflow.records import (
     Alarm,
     AuditEntry,
@@ -53,20 +64,32 @@ GROUP = "control"
 FULL_EVERY_S = 1.0
 HISTORY_EVERY_S = 10.0
 SEEN_KEEP_S = 3 * 3600
-# ARGV: prefix, trim-before, then (camera, seq, captured_at) triples → 1 new / 0 duplicate each.
-DEDUPE_LUA = """
-local out = {}
-local trimmed = {}
-for i = 3, #ARGV, 3 do
-  local key = ARGV[1] .. ':obs:seen:' .. ARGV[i]
-  out[#out + 1] = redis.call('ZADD', key, 'NX', ARGV[i + 2], ARGV[i + 1])
-  if not trimmed[key] then
-    trimmed[key] = true
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
-  end
-end
-return out
-"""
+CLAIM_EVERY_S = 5.0  # take over entries left pending by other (dead or fenced) consumers
+CONSUMER_GC_EVERY_S = 60.0
+CONSUMER_IDLE_MS = 10 * 60 * 1000  # a consumer silent this long with nothing pending is gone
+# The Redis type each command of a write batch expects its key to have (for WRONGTYPE repair).
+KEY_TYPE = {"hset": "hash", "xadd": "stream", "xack": "stream", "set": "string", "zadd": "zset",
+            "zremrangebyscore": "zset"}
+
+
+class WriteQueue:
+    """Redis writes recorded in order, sent later as one fenced MULTI/EXEC. Mirrors the pipeline
+    methods the service uses (``hset``, ``xadd``, …): ``out.hset(k, f, v)`` queues the call."""
+
+    def __init__(self):
+        self.ops: list[list] = []  # [method, args, kwargs, failures]
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def record(*args, **kwargs):
+            self.ops.append([name, args, kwargs, 0])
+
+        return record
+
+    def __len__(self) -> int:
+        return len(self.ops)
 
 
 class ControlService:
@@ -75,15 +98,19 @@ class ControlService:
                  lease_ms: int = 3000):
         self.site = site
         self.r = r
+        self.raw = raw_client(r)  # reads what others wrote: bytes, decoded by the record decoder
         self.keys = keys
         self.clock = clock
         self.stale_after_s = stale_after_s if stale_after_s is not None else site.control.stale_after_s
         self.consumer = consumer or f"control-{socket.gethostname()}-{os.getpid()}"
-        self.obs_reader = GroupReader(r, keys.obs, GROUP, self.consumer, keys.obs_dead)
-        self.cmd_reader = GroupReader(r, keys.cmd, GROUP, self.consumer, keys.cmd_dead)
+        self.obs_reader = GroupReader(r, keys.obs, GROUP, self.consumer, keys.obs_dead, raw=self.raw)
+        self.cmd_reader = GroupReader(r, keys.cmd, GROUP, self.consumer, keys.cmd_dead, raw=self.raw)
         self.lease = LeaderLease(r, keys.leader, ttl_ms=lease_ms, instance_id=self.consumer)
-        self._dedupe = r.register_script(DEDUPE_LUA)
+        self.fenced = False  # run() turns it on: every write then requires the lease
         self.applied = self.rejected = self.duplicates = 0
+        self.stats: Counter = Counter()  # errors by kind, reconnects, … (exported as metrics)
+        self.rejected_by: Counter = Counter()  # dead letters by reason class
+        self._started = False
         self._reset()
 
     def _reset(self) -> None:
@@ -93,52 +120,128 @@ class ControlService:
         self.states: dict[str, ZoneState] = {}
         self._last_full = float("-inf")
         self._last_hist: dict[str, tuple[float, str]] = {}
+        self.out = WriteQueue()  # writes not yet in Redis
+        self._unflushed_seen: set[tuple[str, int]] = set()  # applied here, not yet marked in Redis
+        self._answered: dict[str, str] = {}  # command id → result, until the result is in Redis
+        self._last_claim = self._last_gc = time.monotonic()
 
     # ------------------------------------------------------------------ start / takeover
 
     def start(self) -> None:
-        """Begin as leader: restore decisions from Redis, claim orphaned work, publish."""
-        self._reset()
+        """Begin as leader: restore decisions from Redis, claim orphaned work, publish.
+
+        When no other instance led since this one last did (a reconnect, or the lease lapsed
+        during a Redis outage and nobody took it), the in-memory zone book, filters, timers and
+        unsent writes are kept: they are the newest state there is."""
         for reader in (self.obs_reader, self.cmd_reader):
             reader.ensure_group()
             reader.claim_all()
-        plans = {k: decode(PlanState, v) for k, v in self.r.hgetall(self.keys.plan_state).items()}
-        recs = {k: decode(Recommendation, v) for k, v in self.r.hgetall(self.keys.recommendations).items()}
-        raw_mode = self.r.get(self.keys.mode)
-        self.engine.restore(plans, recs, decode(SiteMode, raw_mode) if raw_mode else None)
-        self.book.set_actions(self.engine.active_actions())
-        self.alarms.restore({k: decode(Alarm, v) for k, v in self.r.hgetall(self.keys.alarms).items()})
         now = self.clock()
+        if self._started and self.lease.continued:
+            log.info("control %s resumes with its state (no other leader in between)", self.consumer)
+            self.obs_reader.replay_pending()
+            self.cmd_reader.replay_pending()
+            self.states = self.book.states(now)
+            self._publish_zones(self.out, self.states)
+            self._flush()
+            return
+        self._reset()
+        self._started = True
+        plans = self._load(self.keys.plan_state, PlanState)
+        recs = self._load(self.keys.recommendations, Recommendation)
+        mode = self._load_one(self.keys.mode, SiteMode)
+        self.engine.restore(plans, recs, mode)
+        self.book.set_actions(self.engine.active_actions())
+        self.alarms.restore(self._load(self.keys.alarms, Alarm))
         # A restart begins from nothing: every zone is unknown until fresh data arrives.
         self.states = self.book.states(now)
-        pipe = self.r.pipeline(transaction=False)
-        self._publish_zones(pipe, self.states)
+        out = self.out
+        self._publish_zones(out, self.states)
         for ps in self.engine.plan_states().values():
-            self._event(pipe, "plan", ps)
-            pipe.hset(self.keys.plan_state, ps.plan_id, ps.encode())
-        if raw_mode is None:  # a first start: the site is in normal operation, say so
+            self._event(out, "plan", ps)
+            out.hset(self.keys.plan_state, ps.plan_id, ps.encode())
+        if mode is None:  # a first start: the site is in normal operation, say so
             mode = SiteMode(mode="normal", since=now, by="system")
             self.engine.mode = mode
-            pipe.set(self.keys.mode, mode.encode())
-            self._event(pipe, "mode", mode)
-        pipe.execute()
+            out.set(self.keys.mode, mode.encode())
+            self._event(out, "mode", mode)
+        self._flush()
+
+    def _load(self, key: str, cls) -> dict:
+        """A hash of records, read as bytes; an unreadable field is reported and skipped (it can
+        never stop a restart), a key of the wrong type is renamed aside."""
+        try:
+            raw = self.raw.hgetall(key)
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            quarantine_wrong_type(self.r, key, "hash")
+            return {}
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[text(k)] = decode(cls, v)
+            except RecordError as e:
+                self.stats["restore_unreadable"] += 1
+                log.error("%s field %r unreadable, ignored on restore: %s", key, text(k)[:80], e)
+        return out
+
+    def _load_one(self, key: str, cls):
+        try:
+            raw = self.raw.get(key)
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            quarantine_wrong_type(self.r, key, "string")
+            return None
+        if raw is None:
+            return None
+        try:
+            return decode(cls, raw)
+        except RecordError as e:
+            self.stats["restore_unreadable"] += 1
+            log.error("%s unreadable, ignored on restore: %s", key, e)
+            return None
 
     # ------------------------------------------------------------------ one cycle
 
     def step(self, block_ms: int = 100) -> int:
-        """One read-apply-publish-ack cycle. Returns the number of stream entries handled."""
+        """One read-apply-publish-ack cycle. Returns the number of stream entries handled.
+
+        Raises Redis errors (the caller backs off); whatever was applied in memory stays, with
+        its writes queued, and the entries read are re-read after the error."""
+        try:
+            return self._step(block_ms)
+        except BaseException:
+            self.obs_reader.replay_pending()
+            self.cmd_reader.replay_pending()
+            raise
+
+    def _step(self, block_ms: int) -> int:
+        if self.out:  # an earlier publish failed: send it first, read nothing new meanwhile
+            self._flush()
+        mono = time.monotonic()
+        if mono - self._last_claim >= CLAIM_EVERY_S:
+            self._last_claim = mono
+            for reader in (self.obs_reader, self.cmd_reader):
+                reader.claim_all(min_idle_ms=max(10_000, 3 * self.lease.ttl_ms))
+        if mono - self._last_gc >= CONSUMER_GC_EVERY_S:
+            self._last_gc = mono
+            for reader in (self.obs_reader, self.cmd_reader):
+                gone = reader.remove_idle_consumers(CONSUMER_IDLE_MS)
+                if gone:
+                    log.info("removed idle consumers of %s: %s", reader.stream, ", ".join(gone))
         obs_entries = self.obs_reader.read(count=1000, block_ms=block_ms)
         cmd_entries = self.cmd_reader.read(count=100, block_ms=None)
         now = self.clock()
-        pipe = self.r.pipeline(transaction=False)
+        out = self.out
         touched = self._ingest(obs_entries, now)
         if touched:
             fresh = self.book.states(now, touched)
             self.states.update(fresh)
-            self._publish_zones(pipe, fresh)
-        answered: dict[str, str] = {}
+            self._publish_zones(out, fresh)
         for entry_id, fields in cmd_entries:
-            self._command(pipe, entry_id, fields, now, answered)
+            self._command(out, entry_id, fields, now)
         if now - self._last_full >= FULL_EVERY_S:
             self._last_full = now
             # Zones that received nothing are only re-evaluated when they may have gone stale.
@@ -147,61 +250,131 @@ class ControlService:
             if quiet:
                 expired = self.book.states(now, quiet)
                 self.states.update(expired)
-                self._publish_zones(pipe, expired)
+                self._publish_zones(out, expired)
             for rec in self.engine.evaluate(now, self.states):
                 self.alarms.update_recommendation(now, rec)
             self.alarms.update_zones(now, self.states)
-            self._sample_history(pipe, now, self.states)
+            self._sample_history(out, now, self.states)
         if cmd_entries or now == self._last_full:
             self.book.set_actions(self.engine.active_actions())  # cut roads widen their zones
-        self._publish_decisions(pipe)
-        pipe.execute()
-        self.obs_reader.ack([i for i, _ in obs_entries])
-        self.cmd_reader.ack([i for i, _ in cmd_entries])
+        self._publish_decisions(out)
+        self.obs_reader.ack([i for i, _ in obs_entries], pipe=out)
+        self.cmd_reader.ack([i for i, _ in cmd_entries], pipe=out)
+        self._flush()
         return len(obs_entries) + len(cmd_entries)
 
+    def _flush(self) -> None:
+        """Send the queued writes as one MULTI/EXEC (fenced by the lease when leading).
+
+        A command refused on its own (WRONGTYPE: the key is renamed aside and the command
+        retried; anything else: retried twice, then dropped with an error log) does not undo
+        the others. A refused or lost transaction keeps every write queued for the next try."""
+        ops = self.out.ops
+        if not ops:
+            return
+
+        def build(pipe):
+            for name, args, kwargs, _ in ops:
+                getattr(pipe, name)(*args, **kwargs)
+
+        if self.fenced:
+            results = self.lease.transaction(build)
+        else:
+            with self.r.pipeline(transaction=True) as pipe:
+                build(pipe)
+                results = pipe.execute(raise_on_error=False)
+        keep = []
+        for op, res in zip(ops, results):
+            if not isinstance(res, Exception):
+                continue
+            name, args = op[0], op[1]
+            op[3] += 1
+            if "WRONGTYPE" in str(res):
+                self.stats["wrongtype"] += 1
+                quarantine_wrong_type(self.r, args[0], KEY_TYPE.get(name, "none"))
+            else:
+                self.stats["write_refused"] += 1
+                log.error("redis refused %s %s: %s", name, args[0] if args else "", res)
+            if op[3] <= 3:
+                keep.append(op)
+            else:
+                self.stats["write_dropped"] += 1
+                log.error("gave up on %s %s after %d refusals", name, args[0] if args else "", op[3])
+        self.out.ops = keep
+        if not keep:
+            self._unflushed_seen.clear()
+            self._answered.clear()
+
     def _ingest(self, entries, now: float) -> set[str]:
+        out = self.out
         good: list[tuple[str, Observation]] = []
         for entry_id, fields in entries:
             try:
-                obs = decode(Observation, fields.get("rec", ""))
+                obs = decode(Observation, fields.get("rec", b""))
             except RecordError as e:
-                self.obs_reader.dead_letter(entry_id, fields, str(e))
-                self.rejected += 1
+                self._reject(entry_id, fields, str(e))
                 continue
             problem = site_problem(obs, self.site)
             if problem:
-                self.obs_reader.dead_letter(entry_id, fields, problem)
-                self.rejected += 1
+                self._reject(entry_id, fields, problem)
                 continue
             good.append((entry_id, obs))
         if not good:
             return set()
-        # Idempotency by (camera, seq), in Redis so it holds across restarts and failover: one
-        # script call per batch answers, per observation, whether it is new (ZADD NX → 1).
-        args = []
+        # Idempotency by (camera, seq), in Redis so it holds across restarts and failover. The
+        # check only reads; the mark is written with the state it produced (see _flush), so an
+        # observation is "seen" exactly when its effect is published.
+        by_cam: dict[str, list[int]] = {}
         for _, obs in good:
-            args += [obs.camera_id, obs.seq, obs.captured_at]
-        fresh_flags = self._dedupe(args=[self.keys.prefix, now - SEEN_KEEP_S, *args])
+            by_cam.setdefault(obs.camera_id, []).append(obs.seq)
+        pipe = self.r.pipeline(transaction=False)
+        for cam, seqs in by_cam.items():
+            pipe.zmscore(self.keys.obs_seen(cam), seqs)
+        seen = {}
+        for (cam, seqs), scores in zip(by_cam.items(), pipe.execute()):
+            for seq, score in zip(seqs, scores or [None] * len(seqs)):
+                if score is not None:
+                    seen[(cam, seq)] = True
         touched: set[str] = set()
-        for (_, obs), new in sorted(zip(good, fresh_flags), key=lambda x: x[0][1].captured_at):
-            if not new:
+        marks: dict[str, dict[str, float]] = {}
+        for entry_id, obs in sorted(good, key=lambda x: x[1].captured_at):
+            key = (obs.camera_id, obs.seq)
+            if key in seen or key in self._unflushed_seen:
                 self.duplicates += 1
                 continue
-            touched |= self.book.apply(obs)
-            self.alarms.update_camera(now, obs.camera_id, obs.health)
+            try:
+                touched |= self.book.apply(obs)
+                self.alarms.update_camera(now, obs.camera_id, obs.health)
+            except Exception as e:  # a bug must not turn one record into a crash loop
+                log.exception("observation %s could not be applied", entry_id)
+                self._reject(entry_id, {"rec": obs.encode()}, f"internal: {type(e).__name__}: {e}", kind="internal")
+                continue
+            self._unflushed_seen.add(key)
+            marks.setdefault(self.keys.obs_seen(obs.camera_id), {})[str(obs.seq)] = obs.captured_at
             self.applied += 1
+        for key, mapping in marks.items():
+            out.zadd(key, mapping)
+            out.zremrangebyscore(key, "-inf", now - SEEN_KEEP_S)
         return touched
 
-    def _command(self, pipe, entry_id: str, fields: dict, now: float, answered: dict) -> None:
+    def _reject(self, entry_id: str, fields: dict, reason: str, kind: str | None = None) -> None:
+        self.obs_reader.dead_letter(entry_id, fields, reason, pipe=self.out)
+        self.rejected += 1
+        self.rejected_by[kind or reason_kind(reason)] += 1
+
+    def _command(self, pipe, entry_id: str, fields: dict, now: float) -> None:
         try:
-            cmd = decode(Command, fields.get("rec", ""))
+            cmd = decode(Command, fields.get("rec", b""))
         except RecordError as e:
-            self.cmd_reader.dead_letter(entry_id, fields, str(e))
+            self.cmd_reader.dead_letter(entry_id, fields, str(e), pipe=pipe)
+            self.stats["commands_rejected"] += 1
             return
-        done = answered.get(cmd.id) or self.r.hget(self.keys.cmd_results, cmd.id)
+        done = self._answered.get(cmd.id) or self.raw.hget(self.keys.cmd_results, cmd.id)
         if done is not None:  # seen before (a retry or a redelivery): answer again, act once
-            self._event(pipe, "command_result", decode(CommandResult, done))
+            try:
+                self._event(pipe, "command_result", decode(CommandResult, done))
+            except RecordError as e:
+                log.error("stored result of command %s unreadable (%s); not acting again", cmd.id, e)
             return
         if cmd.kind == "ack_alarm":
             error = self.alarms.ack(now, cmd)
@@ -215,7 +388,7 @@ class ControlService:
         if not result.ok:
             log.warning("command %s (%s by %s/%s) refused: %s", cmd.id, cmd.kind, cmd.user, cmd.role, result.error)
         pipe.hset(self.keys.cmd_results, cmd.id, result.encode())
-        answered[cmd.id] = result.encode()
+        self._answered[cmd.id] = result.encode()
         self._event(pipe, "command_result", result)
         for entry in audit:
             self._audit(pipe, entry)
@@ -271,9 +444,14 @@ class ControlService:
     # ------------------------------------------------------------------ the loop
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
+        """Lead when the lease is free, follow otherwise; never return before ``stop``.
+
+        Redis errors of every class are caught here: the loop waits with the one backoff
+        policy (:class:`crowdflow.bus.Backoff`, capped at 2 s so that control is back within
+        seconds of Redis) and keeps its in-memory state; a lost lease makes it a follower."""
+        self.fenced = True
+        backoff = Backoff(cap_s=2.0)
         leader = False
-        last_renew = 0.0
         while not stop.is_set():
             try:
                 if not leader:
@@ -281,25 +459,54 @@ class ControlService:
                         stop.wait(0.5)
                         continue
                     self.start()
-                    leader, last_renew = True, time.monotonic()
+                    leader = True
+                    self.stats["leader_terms"] += 1
                     log.info("control %s leads: %d zones, %d cameras, %d plans", self.consumer,
                              len(self.site.zones), len(self.site.cameras), len(self.site.plans))
-                if time.monotonic() - last_renew >= 1.0:
-                    if not self.lease.renew():
-                        log.warning("control %s lost the lease; standing by", self.consumer)
-                        leader = False
-                        continue
-                    last_renew = time.monotonic()
                 self.step()
-                backoff = 0.5
-            except redis.ConnectionError as e:
-                # Unacknowledged entries are re-read after reconnect; decisions are in Redis.
-                log.error("redis unreachable (%s); retrying in %.1f s", e, backoff)
+                if backoff.failures:
+                    log.info("redis answers again after %d failed tries", backoff.failures)
+                backoff.succeeded()
+            except LeaseLost as e:
+                log.warning("control %s lost the lease (%s); standing by", self.consumer, e)
+                self.stats["lease_lost"] += 1
                 leader = False
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10)
+            except TRANSIENT as e:
+                self.stats["reconnects"] += 1
+                wait = backoff.failed()
+                log.error("redis unreachable (%s: %s); retrying in %.1f s, state kept", type(e).__name__, e, wait)
+                stop.wait(wait)
+            except redis.RedisError as e:
+                self.stats[f"redis_{error_kind(e)}"] += 1
+                wait = backoff.failed()
+                log.error("redis error (%s: %s); retrying in %.1f s, state kept", type(e).__name__, e, wait)
+                stop.wait(wait)
+            except Exception:  # a bug: report it loudly, never stop watching the site
+                self.stats["internal_error"] += 1
+                log.exception("unexpected error in the control loop; retrying")
+                stop.wait(backoff.failed())
         if leader:
             try:
                 self.lease.release()
             except redis.RedisError:
                 pass
+
+
+def error_kind(e: Exception) -> str:
+    """A short label for a Redis error (metrics, logs): oom, wrongtype, readonly, …"""
+    msg = str(e).split(" ", 1)[0].lower() if str(e) else ""
+    if isinstance(e, redis.exceptions.OutOfMemoryError) or msg == "oom":
+        return "oom"
+    if msg in ("wrongtype", "readonly", "noscript", "loading", "busy", "masterdown", "execabort", "noperm",
+               "noauth", "crossslot", "moved", "ask", "tryagain", "clusterdown"):
+        return msg
+    return type(e).__name__.lower()
+
+
+def reason_kind(reason: str) -> str:
+    """The class of a dead-letter reason for metrics: the field path before the colon, with
+    list indexes dropped (``zones[3].count: …`` → ``zones.count``)."""
+    import re
+
+    head = reason.split(":", 1)[0]
+    return re.sub(r"\[\d+\]", "", head)[:40] or "(record)"

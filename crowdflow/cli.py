@@ -56,7 +56,7 @@ def data_dir() -> Path:
     return Path(os.environ.get("CROWDFLOW_DATA_DIR", "var"))
 
 
-def open_redis(site: Site):
+def open_redis(site: Site, wait_s: float | None = 15):
     """(client, url, keys, embedded-or-None). Without REDIS_URL an embedded server is used."""
     from .bus import EmbeddedRedis, Keys, connect, resolve_prefix, resolve_url, wait_until_up
 
@@ -67,7 +67,8 @@ def open_redis(site: Site):
         url = embedded.url
         log.info("no REDIS_URL: using embedded redis at %s", url)
     r = connect(url)
-    wait_until_up(r, timeout_s=15)
+    if wait_s:
+        wait_until_up(r, timeout_s=wait_s)
     return r, url, Keys(resolve_prefix(site.redis.prefix)), embedded
 
 
@@ -95,7 +96,7 @@ def cmd_control(args) -> int:
     from control.service import ControlService
 
     site = _load(args)
-    r, url, keys, embedded = open_redis(site)
+    r, url, keys, embedded = open_redis(site, wait_s=None)  # control waits for Redis as long as it takes
     svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after)
     try:
         svc.run(_stop_event())
