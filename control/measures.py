@@ -141,3 +141,40 @@ def level_needed(site: Site, measure_ids) -> str | None:
 
 
 __all__ = ["MeasurePlanner", "PlanResult", "level_needed", "owner", "Peak"]
+
+
+class BackgroundPlanner:
+    """Runs a :class:`MeasurePlanner`'s decisions on one worker thread so the control loop
+    (leases, observations, commands) never waits on a rollout. ``decide`` starts a decision
+    when the cycle is due and none is running, and returns the latest finished one (None
+    before the first). The decision itself is pure and stays under its own time budget."""
+
+    def __init__(self, planner: MeasurePlanner):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.inner = planner
+        self.staff = planner.staff
+        self.owned = planner.owned
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mpc")
+        self._fut = None
+        self._asked_at = float("-inf")
+
+    def areas_with_measures(self) -> set[str]:
+        return self.inner.areas_with_measures()
+
+    @property
+    def last(self) -> PlanResult | None:
+        return self.inner.last
+
+    def decide(self, now, zones, active, released, bound, force: bool = False) -> PlanResult | None:
+        if self._fut is not None and self._fut.done():
+            self._fut.result()  # re-raises nothing: the planner falls back to the rules itself
+            self._fut = None
+        if self._fut is None and (force or now - self._asked_at >= self.inner.cycle_s):
+            self._asked_at = now
+            self._fut = self._pool.submit(self.inner.decide, now, dict(zones), dict(active), dict(released),
+                                          dict(bound), True)
+        return self.inner.last
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -95,8 +95,11 @@ class WriteQueue:
 class ControlService:
     def __init__(self, site: Site, r: redis.Redis, keys: Keys, consumer: str | None = None,
                  stale_after_s: float | None = None, clock: Callable[[], float] = time.time,
-                 lease_ms: int = 3000):
+                 lease_ms: int = 3000, planner_factory: Callable[[], object] | None = None):
         self.site = site
+        # Measures engine (issue 11): a factory of control.measures planners (one per leadership
+        # term, so a takeover starts from what Redis says is in force); None: level bundles only.
+        self.planner_factory = planner_factory
         self.r = r
         self.raw = raw_client(r)  # reads what others wrote: bytes, decoded by the record decoder
         self.keys = keys
@@ -115,7 +118,7 @@ class ControlService:
 
     def _reset(self) -> None:
         self.book = ZoneBook(self.site, self.stale_after_s)
-        self.engine = PlanEngine(self.site)
+        self.engine = PlanEngine(self.site, planner=self.planner_factory() if self.planner_factory else None)
         self.alarms = AlarmBook(self.site)
         self.states: dict[str, ZoneState] = {}
         self._last_full = float("-inf")

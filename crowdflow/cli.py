@@ -92,12 +92,28 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def _planner_factory(site, twin: str | None):
+    """The measures engine's planner for ``crowdflow control --twin SCENARIO`` (issue 11): the
+    site simulator as the planning twin, decisions on a worker thread. None without --twin or
+    when the site declares no measures (the plans then act by level bundles)."""
+    twin = twin or os.environ.get("CROWDFLOW_TWIN")
+    if not twin or not site.measures:
+        return None
+    from control.measures import BackgroundPlanner, MeasurePlanner
+    from sim.plantwin import ModelTwin
+    from sim.scenario import load_scenario
+
+    sc, _ = load_scenario(twin, site)
+    return lambda: BackgroundPlanner(MeasurePlanner(site, ModelTwin(site, sc)))
+
+
 def cmd_control(args) -> int:
     from control.service import ControlService
 
     site = _load(args)
     r, url, keys, embedded = open_redis(site, wait_s=None)  # control waits for Redis as long as it takes
-    svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after)
+    svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
+                         planner_factory=_planner_factory(site, args.twin))
     try:
         svc.run(_stop_event())
     finally:
@@ -496,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=cfg)
     s.add_argument("--consumer", help="consumer name in the 'control' group (default control-<host>)")
     s.add_argument("--stale-after", type=float, help="seconds without data before a zone is unknown")
+    s.add_argument("--twin", help="scenario whose simulator is the measures engine's twin (e.g. mayday-evening; "
+                                  "env CROWDFLOW_TWIN); without it the plans act by level bundles")
     s.set_defaults(func=cmd_control)
 
     s = sub.add_parser("dashboard", help="serve the live map")
