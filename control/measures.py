@@ -44,8 +44,11 @@ class PlanResult:
 
 class MeasurePlanner:
     def __init__(self, site: Site, twin: Twin | None, cycle_s: float = CYCLE_S, budget_s: float = 2.0,
-                 staff: StaffBook | None = None):
+                 staff: StaffBook | None = None, tod=None):
         self.site = site
+        # time of day the twin starts from (seconds after local midnight); a drill or a demo
+        # whose simulator keeps its own clock passes a fixed one
+        self.tod = tod or (lambda now: tod_of(now, site.site.timezone))
         self.twin = twin
         self.cycle_s = cycle_s
         self.optimizer = Optimizer(site, twin, budget_s=budget_s) if twin is not None else None
@@ -82,7 +85,7 @@ class MeasurePlanner:
         result = None
         if self.optimizer is not None:
             try:
-                start = TwinStart(tod_of(now, self.site.site.timezone), counts)
+                start = TwinStart(self.tod(now), counts)
                 d = self.optimizer.decide(start, cands, now, unknown=unknown)
                 if not d.timed_out:
                     result = PlanResult(d, "mpc", now)

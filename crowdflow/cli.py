@@ -104,7 +104,20 @@ def _planner_factory(site, twin: str | None):
     from sim.scenario import load_scenario
 
     sc, _ = load_scenario(twin, site)
-    return lambda: BackgroundPlanner(MeasurePlanner(site, ModelTwin(site, sc)))
+    tod = twin_tod()
+    return lambda: BackgroundPlanner(MeasurePlanner(site, ModelTwin(site, sc), tod=tod))
+
+
+def twin_tod():
+    """CROWDFLOW_TWIN_TOD=HH:MM: the twin plans from that time of day whatever the clock says
+    (drills, and the demo, whose simulator plays its own evening); unset: the site's clock."""
+    fixed = os.environ.get("CROWDFLOW_TWIN_TOD")
+    if not fixed:
+        return None
+    from sim.scenario import hhmm_to_s
+
+    t = hhmm_to_s(fixed)
+    return lambda now: t
 
 
 def cmd_control(args) -> int:

@@ -228,3 +228,22 @@ def test_decision_is_a_search_not_brute_force(site, surge):
     assert res.engine == "mpc"
     assert res.decision.rollouts <= 2 * len(site.measures) + 4 < 2 ** len(site.measures)
     assert res.decision.elapsed_s < Optimizer(site, twin).budget_s * 3  # loose: timings live in bench_mpc
+
+
+def test_whatif_service_refuses_unknown_measures_and_says_when_there_is_no_twin(site, scenario):
+    from fastapi import HTTPException
+
+    from dashboard.whatif import WhatIfRequest, WhatIfService
+
+    with pytest.raises(HTTPException) as ei:
+        WhatIfService(site, None).run(WhatIfRequest(measures=["meter-xsz"]), {}, {}, {}, T0)
+    assert ei.value.status_code == 503 and "CROWDFLOW_TWIN" in ei.value.detail
+    svc = WhatIfService(site, lambda: ModelTwin(site, scenario))
+    with pytest.raises(HTTPException) as ei:
+        svc.run(WhatIfRequest(measures=["no-such"]), {}, {}, {}, T0)
+    assert ei.value.status_code == 422 and "no-such" in ei.value.detail
+    # no zone known at all: every zone starts at its worst plausible load and says so
+    out = svc.run(WhatIfRequest(measures=["meter-xsz"]), {}, {}, {}, T0 + 3600)
+    assert set(out["unknown"]) == set(site.zone_by_id)
+    walk = next(c for c in out["curves"] if c["element"] == "cangbai-walk")
+    assert walk["unknown"] and walk["without"][0] >= 0.9 - 1e-6
