@@ -57,7 +57,10 @@ class MeasurePlanner:
         self.owned = {p.id: [m.id for m in site.measures if owner(m) == p.id] for p in site.plans}
 
     def areas_with_measures(self) -> set[str]:
-        return {p for p, ms in self.owned.items() if ms}
+        """Every area a measure names: its level bounds measures, and what is in force there is
+        the measure set (an area that owns none has nothing in force of its own — never the
+        level's old cumulative bundle beside the measures)."""
+        return {p for m in self.site.measures for p in m.plans}
 
     def candidates(self, active: Mapping[str, float], released: Mapping[str, float],
                    bound: Mapping[str, str | None]) -> list[Candidate]:

@@ -43,6 +43,7 @@ UNKNOWN_RECENT_S = 300.0  # … unless it was seen within 5 minutes: then its la
 UNKNOWN_GROWTH = 1.15  # … by this factor (whichever is higher)
 DEFAULT_TARGET = 0.9  # LB/T 068 orange (≥ 90 %) for zones no measure names
 HOLDING_TARGET = 1.0
+TURNED_AWAY_PER_COST = 25.0  # people turned away (gave up in a holding queue) worth one cost unit (≈ an officer for the horizon)
 GRACE_MIN = 5.0  # targets are judged from this minute on: no measure undoes a crowd already there sooner
 
 
@@ -244,8 +245,9 @@ class Optimizer:
                     rc = runs.get(key) or self._roll(start, cands, key, base_actions)
                     runs[key] = rc
                     gain = self._excess(r) - self._excess(rc)
-                    if gain > 1e-3 and (best is None or gain / cost[c.id] > best[0]):
-                        best = (gain / cost[c.id], c.id, rc)
+                    price = cost[c.id] + max(0.0, rc.turned_away - r.turned_away) / TURNED_AWAY_PER_COST
+                    if gain > 1e-3 and (best is None or gain / price > best[0]):
+                        best = (gain / price, c.id, rc)
                 if best is not None or timed_out:
                     break  # a later stage only when no earlier lever helps
             if best is None:
@@ -261,7 +263,7 @@ class Optimizer:
             key = frozenset(chosen - {mid})
             rc = runs.get(key) or self._roll(start, cands, key, base_actions)
             runs[key] = rc
-            if self._excess(rc) <= self._excess(r) + 1e-9:
+            if self._excess(rc) <= self._excess(r) + 1e-9 and rc.turned_away <= r.turned_away + TURNED_AWAY_PER_COST * cost[mid]:
                 chosen.discard(mid)
                 r = rc
         # 3. release what the forecast no longer needs (dearest first), with hysteresis

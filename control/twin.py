@@ -39,6 +39,7 @@ class TwinStart:
 class Rollout:
     minutes: np.ndarray  # (K,) sample times after the start
     load: dict[str, np.ndarray]  # element id → (K,) load ratio (people ÷ capacity)
+    turned_away: float = 0.0  # people who gave up waiting (held at a metered/closed source) over the horizon
 
     def peak(self, element: str, from_min: float = 0.0) -> tuple[float, float]:
         """(peak load, minute of the peak) from minute ``from_min`` on."""

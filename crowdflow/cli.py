@@ -380,6 +380,22 @@ def cmd_sim(args) -> int:
     return 0
 
 
+def _mpc_policy(site, sc, args):
+    """The measures engine (issue 11) as an evaluation policy: the plan engine with the
+    measures planner, its twin the scenario at its *nominal* demand (the planner is not told
+    the evening's true demand multiplier), a commander confirming after the same delay."""
+    from control.measures import MeasurePlanner
+    from control.plans import PlanEngine
+    from sim.evaluate import PlanEnginePolicy
+    from sim.plantwin import ModelTwin
+
+    nominal = sc.model_copy(update={"demand_scale": 1.0})
+    planner = MeasurePlanner(site, ModelTwin(site, nominal), cycle_s=args.mpc_cycle_s)
+    pol = PlanEnginePolicy(site, args.confirm_delay_s, engine=PlanEngine(site, planner=planner))
+    pol.name = "mpc"
+    return pol
+
+
 def cmd_evaluate(args) -> int:
     import json
     import time
@@ -394,9 +410,9 @@ def cmd_evaluate(args) -> int:
             return 2
         sc = sc.model_copy(update={"demand_scale": args.demand_scale})
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ("none", "baseline", "plans")]
+    unknown = [n for n in names if n not in ("none", "baseline", "plans", "mpc")]
     if unknown or not names:
-        print(f"error: --policies: unknown {unknown or names} (choose from none, baseline, plans)", file=sys.stderr)
+        print(f"error: --policies: unknown {unknown or names} (choose from none, baseline, plans, mpc)", file=sys.stderr)
         return 2
     params = BaselineParams(delay_s=args.baseline_delay_min * 60)
     if "plans" in names:
@@ -410,6 +426,7 @@ def cmd_evaluate(args) -> int:
         "none": lambda: NoControl(site),
         "baseline": lambda: ReactiveBaseline(site, params),
         "plans": lambda: PlanEnginePolicy(site, args.confirm_delay_s),
+        "mpc": lambda: _mpc_policy(site, sc, args),
     }
     views = camera_views(site)
     results = {n: [] for n in names}
@@ -605,10 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="site file (default: the one the scenario names)")
     s.add_argument("--seeds", type=int, default=10, help="evenings per policy")
     s.add_argument("--seed0", type=int, default=0, help="first seed")
-    s.add_argument("--policies", default="baseline,plans", help="comma-separated: none, baseline, plans")
+    s.add_argument("--policies", default="baseline,plans", help="comma-separated: none, baseline, plans, mpc")
     s.add_argument("--baseline-delay-min", type=float, default=5.0, help="the reactive baseline's human delay")
     s.add_argument("--confirm-delay-s", type=float, default=60.0, help="commander's time to confirm a recommendation")
     s.add_argument("--demand-scale", type=float, help="multiply every arrival curve (sensitivity runs)")
+    s.add_argument("--mpc-cycle-s", type=float, default=30.0, help="the measures engine's decision cycle (policy mpc)")
     s.add_argument("--json", help="also write every run's metrics to this file")
     s.set_defaults(func=cmd_evaluate)
 

@@ -21,6 +21,7 @@ from .model import Model, Network
 from .scenario import Scenario
 
 HOLD_DENSITY = 2.0  # p/m²: a queue in a holding area is at its capacity at this density
+MAX_WAIT_MIN = 15.0  # a holding queue is also "full" when the wait at the metered rate reaches this
 
 
 class ModelTwin:
@@ -52,8 +53,15 @@ class ModelTwin:
         return self._elements
 
     def _loads(self, m: Model) -> np.ndarray:
+        """Zones: people ÷ capacity. Holding areas: the worse of people ÷ (area × HOLD_DENSITY)
+        and the wait at the metered rate ÷ MAX_WAIT_MIN (the yardstick's p95 wait bound)."""
         zone = m.density * self.apv
-        hold = [m.queue[s] / (area * HOLD_DENSITY) for s, area in self._holding.values()]
+        hold = []
+        for s, area in self._holding.values():
+            q = float(m.queue[s])
+            rate_pm = float(m.limit[s]) * 60.0
+            wait = q / rate_pm if rate_pm > 0 else (0.0 if q == 0 else np.inf)
+            hold.append(max(q / (area * HOLD_DENSITY), min(wait, 1e3) / MAX_WAIT_MIN))
         return np.concatenate([zone, np.array(hold, dtype=float)])
 
     def rollout(self, start: TwinStart, schedule: Schedule, minutes: float, every_min: float = 1.0) -> Rollout:
@@ -79,4 +87,5 @@ class ModelTwin:
             m.run_until(start.tod_s + t_min * 60)
             out[i] = self._loads(m)
         ids = list(self._elements)
-        return Rollout(np.arange(n + 1) * every_min, {e: out[:, j] for j, e in enumerate(ids)})
+        return Rollout(np.arange(n + 1) * every_min, {e: out[:, j] for j, e in enumerate(ids)},
+                       turned_away=float(m.totals.gave_up))
