@@ -1,19 +1,19 @@
-"""Staff dispatch: a pool of reserves, posts and travel times. Pure (time passed in).
+"""Staff dispatch: the staff pool, posts and travel times. Pure (time passed in).
 
-Each post has its normal headcount (site ``posts``); measures raise a post's headcount with
-their ``staffing`` actions, and the extra comes from the staff ``reserves`` (muster points
-with a headcount). A :class:`StaffBook` knows where every reserve officer is and which
-measure holds them:
+Each post has its duty headcount (site ``posts``); a measure needs officers at posts as the
+twin counts them (:func:`crowdflow.site.measures.staff_needed`: a road cut its closure points'
+officers, metering and exit-only the gate's marshals, one-way ``staff.one_way_staff``, a
+``staffing`` action the headcount above duty). They come from the site's ``staff`` pool,
+which waits at its base; a :class:`StaffBook` knows how many are out and for which measure:
 
 * :meth:`StaffBook.shortfall` — how many officers a measure would lack on top of those already
   committed (the optimiser never recommends a measure that lacks any);
-* :meth:`StaffBook.deploy` — which reserves send how many to which post, leaving late enough
-  to be in place just before the measure is needed (pre-positioning by forecast) and never
-  before now; nearest reserve first;
-* :meth:`StaffBook.release` — the officers a released measure no longer needs walk back,
-  but not before their minimum deployment block (``staff.min_block_min``) has passed.
+* :meth:`StaffBook.deploy` — how many go from the base to which post, leaving late enough to be
+  in place just before the measure is needed (pre-positioning by forecast), never before now;
+* :meth:`StaffBook.release` — officers a released measure no longer needs walk back, but not
+  before their minimum deployment block (``staff.min_block_min``) is over.
 
-Travel time = straight-line distance × ``staff.detour`` ÷ ``staff.walk_speed_mps``.
+Travel time = ``staff.mobilise_min`` + straight-line distance ÷ ``staff.speed_mps`` (the twin's rule).
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from typing import Iterable
 from zoneinfo import ZoneInfo
 
-from crowdflow.site import Site, StaffingAction, Text
+from crowdflow.site import Site, Text
+from crowdflow.site.measures import staff_needed
+
+BASE = "staff-base"
 
 
 @dataclass(frozen=True)
@@ -60,31 +63,39 @@ class StaffBook:
     teams: dict[str, list[Team]] = field(default_factory=dict)  # measure → teams it holds
 
     def __post_init__(self):
+        st = self.site.staff
         if not self.free:
-            self.free = {r.id: r.headcount for r in self.site.staff.reserves}
+            self.free = {BASE: st.pool}
         self._normal = {p.id: p.headcount for p in self.site.posts}
         self._tz = ZoneInfo(self.site.site.timezone)
         proj = self.site.projection
-        self._xy = {r.id: proj.to_metric([r.position])[0] for r in self.site.staff.reserves}
+        self._xy = {BASE: proj.to_metric([st.base or self.site.site.center])[0]}
         self._xy.update({p.id: proj.to_metric([p.position])[0] for p in self.site.posts})
-        self._names = {r.id: r.name for r in self.site.staff.reserves}
+        self._names = {BASE: Text(zh="备勤点", en="the reserve base")}
         self._names.update({p.id: p.name for p in self.site.posts})
 
     # ------------------------------------------------------------------ facts
 
     def travel_s(self, a: str, b: str) -> float:
         st = self.site.staff
-        return math.dist(self._xy[a], self._xy[b]) * st.detour / st.walk_speed_mps
+        walk = math.dist(self._xy[a], self._xy[b]) / st.speed_mps
+        return walk + (st.mobilise_min * 60 if a == BASE else 0.0)
 
     def required(self, measure_ids: Iterable[str]) -> dict[str, int]:
-        """Post → officers needed beyond its normal headcount for these measures together
-        (two measures staffing one post need the larger headcount, not the sum)."""
-        top: dict[str, int] = {}
+        """Post → officers needed beyond its duty headcount for these measures together: the
+        measures' needs add up; a ``staffing`` order asks for at least its headcount."""
+        need: dict[str, int] = {}
+        roster: dict[str, int] = {}
         for mid in measure_ids:
             for a in self.site.measure_by_id[mid].actions:
-                if isinstance(a, StaffingAction):
-                    top[a.post] = max(top.get(a.post, 0), a.headcount)
-        return {p: h - self._normal.get(p, 0) for p, h in top.items() if h > self._normal.get(p, 0)}
+                for post, n in staff_needed(self.site, a).items():
+                    if a.type == "staffing":
+                        roster[post] = max(roster.get(post, 0), n)
+                    else:
+                        need[post] = need.get(post, 0) + n
+        for post, n in roster.items():
+            need[post] = max(need.get(post, 0), n)
+        return {p: n for p, n in need.items() if n > 0}
 
     def present(self) -> dict[str, int]:
         """Post → reserve officers assigned there (on their way or in place)."""

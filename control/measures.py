@@ -72,8 +72,9 @@ class MeasurePlanner:
             travel = 0.0
             need = self.staff.required([m.id])
             if need:
-                travel = max(min((self.staff.travel_s(r.id, p) for r in self.site.staff.reserves), default=0.0)
-                             for p in need) / 60
+                from .dispatch import BASE
+
+                travel = max(self.staff.travel_s(BASE, p) for p in need) / 60
             out.append(Candidate(m, active=on, since=active.get(m.id, released.get(m.id)),
                                  delay_min=travel + m.setup_min, allowed=allowed or on, staffed=staffed))
         return out

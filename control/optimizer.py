@@ -138,11 +138,9 @@ class Optimizer:
     @staticmethod
     def cost(m: Measure, site: Site) -> float:
         """Scalar cost of a measure in force over the horizon: extra staff + traffic + other."""
-        normal = {p.id: p.headcount for p in site.posts}
-        staff = 0
-        for a in m.actions:
-            if getattr(a, "type", "") == "staffing":
-                staff += max(0, a.headcount - normal.get(a.post, 0))
+        from crowdflow.site.measures import staff_needed
+
+        staff = sum(n for a in m.actions for n in staff_needed(site, a).values())
         return 1.0 + staff + m.cost.traffic_per_h * 0.5 + m.cost.other
 
     # ------------------------------------------------------------------ rollouts

@@ -6,10 +6,8 @@ import copy
 
 import pytest
 
-from control.dispatch import StaffBook
-from crowdflow.site import MeteringAction, StaffingAction
-from sim.model import Model
-from sim.scenario import hhmm_to_s
+from control.dispatch import BASE, StaffBook
+from crowdflow.site import MeteringAction
 
 from .conftest import problems_of
 
@@ -28,16 +26,7 @@ def test_real_site_declares_measures_with_metering_first(site):
     for m in site.measures:
         assert m.release.forecast_ratio < m.trigger.forecast_ratio  # hysteresis
         assert m.name.zh and m.name.en
-    assert sum(r.headcount for r in site.staff.reserves) > 0
-
-
-def test_metering_needs_a_holding_area(raw):
-    bad = copy.deepcopy(raw)
-    act = bad["measures"][0]["actions"][0]
-    assert act["type"] == "metering"
-    act.pop("holding_area_m2", None)
-    act.pop("holding_zone", None)
-    assert any("measures[0].actions[0]" in p and "holding" in p for p in problems_of(bad))
+    assert site.staff.pool > 0
 
 
 def test_measure_release_must_be_below_its_trigger(raw):
@@ -49,7 +38,7 @@ def test_measure_release_must_be_below_its_trigger(raw):
 def test_measure_needing_more_staff_than_the_pool_is_refused(raw):
     bad = copy.deepcopy(raw)
     bad["measures"][0]["actions"].append({"type": "staffing", "post": "post-riverside", "headcount": 5000})
-    assert any(p.startswith("measures[0].actions") and "reserves hold" in p for p in problems_of(bad))
+    assert any(p.startswith("measures[0].actions") and "staff pool holds" in p for p in problems_of(bad))
 
 
 def test_measure_names_unknown_things(raw):
@@ -61,88 +50,58 @@ def test_measure_names_unknown_things(raw):
     assert any(p.startswith("measures[0].relieves[0]") for p in probs)
 
 
-def test_metering_holds_arrivals_behind_a_metro_exit(site, scenario):
-    """A metered source lets at most the rate through; the rest wait in its holding queue."""
-    runs = {}
-    for rate in (None, 30):
-        m = Model(site, scenario, seed=3, tod_s=hhmm_to_s("19:30"))
-        if rate is not None:
-            m.set_actions([MeteringAction(type="metering", gate="gate-xsz-6", max_per_min=rate, holding_area_m2=300)])
-        s = m.net.source_gate.index("gate-xsz-6")
-        entered = 0
-        for _ in range(120):  # 10 minutes
-            m.step()
-            entered += int(m.last_entered[s])
-        runs[rate] = (entered, int(m.queue[s]))
-    assert runs[None][0] > 600  # ≈75/min arrive at exit 6 at 19:30
-    assert runs[30][0] <= 30 * 10 + 5
-    assert runs[30][1] > 200  # held in the station, not lost
-
-
-def test_metering_a_link_gate_caps_the_inward_flow(site, scenario):
-    m = Model(site, scenario, seed=1, tod_s=hhmm_to_s("20:00"))
-    m.set_counts({"cangbai-plaza": 1500})
-    m.set_actions([MeteringAction(type="metering", gate="gate-11f", max_per_min=60, holding_zone="cangbai-plaza")])
-    k = next(i for i, e in enumerate(m.net.edges) if e.gate == "gate-11f" and e.gate_dir == "in")
-    inward = 0
-    for _ in range(60):  # 5 minutes
-        m.step()
-        inward += int(m.last_moved[k])
-    # the rate, plus at most the post's orderly-flow gain (≤ 25 %) and rounding
-    assert 100 < inward <= 60 * 5 * 1.25 + 10
-
-
 # ----------------------------------------------------------------------------- dispatch
 
 
-def test_dispatch_sends_the_nearest_reserve_and_says_when_they_are_in_place(site):
+def test_dispatch_says_how_many_go_from_where_to_where_and_when_they_are_in_place(site):
     book = StaffBook(site)
     now = 1_746_100_800.0  # 2025-05-01 20:00 Asia/Shanghai
-    moves = book.deploy("meter-xsz", [], now)
+    moves = book.deploy("cut-cangbai", [], now)
     assert moves is not None
-    extra = sum(a.headcount for a in site.measure_by_id["meter-xsz"].actions if isinstance(a, StaffingAction)) \
-        - site.post_by_id["post-xsz"].headcount
-    assert sum(m.n for m in moves) == extra
-    first = moves[0]
-    nearest = min(site.staff.reserves, key=lambda r: book.travel_s(r.id, "post-xsz"))
-    assert first.src == nearest.id and first.dst == "post-xsz"
-    assert first.depart_at == now and first.in_place_at == pytest.approx(now + book.travel_s(nearest.id, "post-xsz"))
-    assert "到位" in first.text.zh and "in place" in first.text.en and "20:0" in first.text.en
-    assert book.available() == sum(r.headcount for r in site.staff.reserves) - extra
+    need = {cp.post: 0 for cp in site.road_by_id["road-cangbai"].closure_points}
+    for cp in site.road_by_id["road-cangbai"].closure_points:
+        need[cp.post] += cp.officers
+    assert {m.dst: m.n for m in moves} == need  # the closure points' officers, at their posts
+    for m in moves:
+        assert m.src == BASE and m.depart_at == now
+        assert m.in_place_at == pytest.approx(now + book.travel_s(BASE, m.dst))
+        assert m.in_place_at - now >= site.staff.mobilise_min * 60
+        assert "到位" in m.text.zh and "in place" in m.text.en
+    assert book.available() == site.staff.pool - sum(need.values())
 
 
 def test_dispatch_prepositions_by_forecast(site):
-    """Needed in 12 minutes: the team leaves so as to be in place (with set-up) just in time."""
+    """Needed in 40 minutes: the team leaves so as to be in place (with set-up) just in time."""
     book = StaffBook(site)
     now = 1_746_100_800.0
-    moves = book.deploy("cut-bridge", [], now, needed_at=now + 12 * 60, setup_s=8 * 60)
+    moves = book.deploy("cut-bridge", [], now, needed_at=now + 40 * 60, setup_s=15 * 60)
     assert moves
     for mv in moves:
-        assert mv.depart_at >= now
-        assert mv.in_place_at <= now + 12 * 60 - 8 * 60 + 1 or mv.depart_at == now
+        assert mv.depart_at > now
+        assert mv.in_place_at == pytest.approx(now + 40 * 60 - 15 * 60)
 
 
 def test_dispatch_never_overcommits_the_pool(site):
     book = StaffBook(site)
-    book.free = {r.id: 0 for r in site.staff.reserves}
-    book.free[site.staff.reserves[0].id] = 3
-    assert book.shortfall([], "meter-xsz") == 1  # needs 4 beyond the post's 6
-    assert book.deploy("meter-xsz", [], 0.0) is None
-    assert book.available() == 3  # nothing moved
+    need = sum(book.required(["cut-jiabin"]).values())
+    book.free = {BASE: need - 1}
+    assert book.shortfall([], "cut-jiabin") == 1
+    assert book.deploy("cut-jiabin", [], 0.0) is None
+    assert book.available() == need - 1  # nothing moved
 
 
-def test_two_measures_at_one_post_need_the_larger_headcount_and_release_keeps_the_other(site):
+def test_two_measures_share_a_post_and_release_keeps_what_the_other_needs(site):
     book = StaffBook(site)
-    # meter-xsz: post-xsz 10; cut-cangbai: post-xsz 14 (normal 6)
-    m1 = book.deploy("meter-xsz", [], 0.0)
-    m2 = book.deploy("cut-cangbai", ["meter-xsz"], 0.0)
-    assert sum(m.n for m in m1) == 4 and sum(m.n for m in m2 if m.dst == "post-xsz") == 4
-    back = book.release("cut-cangbai", ["meter-xsz"], 3600.0)
-    assert sum(m.n for m in back if m.src == "post-xsz") == 4  # the 4 extra go back, meter-xsz keeps its 4
-    assert book.present()["post-xsz"] == 4
-    back = book.release("meter-xsz", [], 3600.0)
-    assert sum(m.n for m in back) == 4 and book.present() == {}
-    assert book.available() == sum(r.headcount for r in site.staff.reserves)
+    # meter-11f: the 11F gate's marshals at post-11f; cut-cangbai: 4 officers at post-11f too
+    a = book.deploy("meter-11f", [], 0.0)
+    b = book.deploy("cut-cangbai", ["meter-11f"], 0.0)
+    at_11f = sum(m.n for m in a + b if m.dst == "post-11f")
+    assert at_11f == book.required(["meter-11f", "cut-cangbai"])["post-11f"]
+    back = book.release("cut-cangbai", ["meter-11f"], 7200.0)
+    assert book.present().get("post-11f", 0) == book.required(["meter-11f"])["post-11f"]
+    assert all(m.kind == "release" for m in back)
+    book.release("meter-11f", [], 7200.0)
+    assert book.present() == {} and book.available() == site.staff.pool
 
 
 def test_release_waits_for_the_minimum_block(site):

@@ -32,8 +32,8 @@ def test_service_recommends_metering_from_the_forecast_and_puts_it_in_force(r, k
         now = T19 + k * 25.0
         clock[0] = now
         model.run_until(hhmm_to_s("19:00") + k * 25.0)
-        z = np.zeros(len(model.net.edges), dtype=np.int64)
-        for o in cams.observe(now, model.zone_counts(), model.gate_flows(z, np.zeros(len(model.net.sources), dtype=np.int64)), 1.0):
+        flows = model.gate_flows(np.zeros(model.net.P), np.zeros(len(model.net.sources)))
+        for o in cams.observe(now, model.zone_counts(), flows, 1.0):
             r.xadd(keys.obs, {"rec": o.encode()})
         svc.step(block_ms=50)
         recs = [decode(Recommendation, v) for v in r.hgetall(keys.recommendations).values()]

@@ -20,8 +20,9 @@ from .base import ConfigError, LonLat, Strict, Text, check_ring
 from .checks import CHECKS, semantic_problems
 from .load import load_site, parse_site, validate_file_model
 from .model import Projection, Site
-from .places import Basemap, BasemapArea, CalibrationPoint, Camera, Gate, Post, Preset, Road, Zone
-from .measures import Measure, MeasureCost, MeasureRelease, MeasureTrigger, StaffReserve, StaffSection
+from .places import Basemap, BasemapArea, CalibrationPoint, Camera, ClosurePoint, Gate, HoldingArea, Post, Preset, Road, Zone
+from .staff import StaffPool
+from .measures import Measure, MeasureCost, MeasureRelease, MeasureTrigger
 from .plans import (
     Action,
     BroadcastAction,
@@ -52,7 +53,7 @@ __all__ = [
     "load_site", "parse_site", "validate_file_model", "Projection", "Site", "Basemap", "BasemapArea",
     "CalibrationPoint", "Camera", "Gate", "Post", "Preset", "Road", "Zone", "Action", "BroadcastAction",
     "Emergency", "ExitOnlyAction", "Hysteresis", "MetroLimitAction", "OneWayAction", "Plan", "PlanLevel",
-    "StaffingAction", "TrafficCutoffAction", "Triggers", "ControlSection", "DashboardSection", "DashboardUser",
+    "StaffingAction", "TrafficCutoffAction", "Triggers", "MeteringAction", "ClosurePoint", "HoldingArea", "StaffPool", "ControlSection", "DashboardSection", "DashboardUser",
     "EdgeSection", "RedisSection", "SiteInfo", "TileLayer",
-    "MeteringAction", "Measure", "MeasureCost", "MeasureRelease", "MeasureTrigger", "StaffReserve", "StaffSection",
+    "Measure", "MeasureCost", "MeasureRelease", "MeasureTrigger",
 ]

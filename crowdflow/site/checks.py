@@ -142,13 +142,8 @@ def _action_problems(site: Site, path: str, a) -> Problems:
         zone_ids = {z.id for z in site.zones}
         _ref(problems, f"{path}.zone", a.zone, zone_ids, "zone")
         _ref(problems, f"{path}.toward", a.toward, zone_ids, "zone")
-    elif isinstance(a, (ExitOnlyAction, MetroLimitAction)):
+    elif isinstance(a, (ExitOnlyAction, MetroLimitAction, MeteringAction)):
         _ref(problems, f"{path}.gate", a.gate, {g.id for g in site.gates}, "gate")
-    elif isinstance(a, MeteringAction):
-        _ref(problems, f"{path}.gate", a.gate, {g.id for g in site.gates}, "gate")
-        _ref(problems, f"{path}.holding_zone", a.holding_zone, {z.id for z in site.zones}, "zone")
-        if a.holding_zone is None and a.holding_area_m2 is None:
-            problems.append((path, "metering needs a holding_zone or a holding_area_m2 where the held people wait"))
     return problems
 
 
@@ -205,22 +200,64 @@ def verify_basemap(site: Site) -> Problems:
     return problems
 
 
+def verify_closure_points(site: Site) -> Problems:
+    """A road that frees pedestrian area names where its cut is held (closure points with
+    officers from known posts): a cut needs staff and set-up, never comes free."""
+    problems: Problems = []
+    posts = {p.id for p in site.posts}
+    for i, rd in enumerate(site.roads):
+        if rd.frees and not rd.closure_points:
+            problems.append((f"roads[{i}].closure_points", "a road whose cut frees pedestrian area needs closure points"))
+        seen: set[str] = set()
+        for j, cp in enumerate(rd.closure_points):
+            _ref(problems, f"roads[{i}].closure_points[{j}].post", cp.post, posts, "post")
+            if cp.id in seen:
+                problems.append((f"roads[{i}].closure_points[{j}].id", f"duplicate id {cp.id!r}"))
+            seen.add(cp.id)
+    return problems
+
+
+def verify_holding_areas(site: Site) -> Problems:
+    """Holding areas name known gates and zones; gates name known staff posts."""
+    problems: Problems = []
+    zone_ids = {z.id for z in site.zones}
+    gate_ids = {g.id for g in site.gates}
+    posts = {p.id for p in site.posts}
+    seen: set[str] = set()
+    for i, h in enumerate(site.holding_areas):
+        _ref(problems, f"holding_areas[{i}].gate", h.gate, gate_ids, "gate")
+        _ref(problems, f"holding_areas[{i}].zone", h.zone, zone_ids, "zone")
+        if h.id in seen:
+            problems.append((f"holding_areas[{i}].id", f"duplicate id {h.id!r}"))
+        seen.add(h.id)
+    for i, g in enumerate(site.gates):
+        _ref(problems, f"gates[{i}].post", g.post, posts, "post")
+    return problems
+
+
+def verify_staff_pool(site: Site) -> Problems:
+    """The reserve can staff the largest single measure, and its base is near the site."""
+    problems: Problems = []
+    need = max([rd.officers for rd in site.roads] + [g.staff for g in site.gates] + [site.staff.one_way_staff])
+    if site.staff.pool < need:
+        problems.append(("staff.pool", f"{site.staff.pool} cannot staff the largest measure ({need})"))
+    if site.staff.base is not None:
+        proj = site.projection
+        d = math.dist(proj.to_metric([site.staff.base])[0], proj.to_metric([site.site.center])[0])
+        if d > 10_000:
+            problems.append(("staff.base", f"is {d / 1000:.0f} km from site.center; lon/lat swapped?"))
+    return problems
 
 
 def verify_measures(site: Site) -> Problems:
     """Measures: unique ids, known plans and zones, valid actions, a release below the trigger,
-    and staff the pool can supply; staff reserves have unique ids."""
+    and staff the pool can supply."""
+    from .measures import staff_needed
+
     problems: Problems = []
     plan_ids = {p.id for p in site.plans}
     zone_ids = {z.id for z in site.zones}
     seen: dict[str, int] = {}
-    for i, r in enumerate(site.staff.reserves):
-        if r.id in seen:
-            problems.append((f"staff.reserves[{i}].id", f"duplicate id {r.id!r} (also staff.reserves[{seen[r.id]}])"))
-        seen.setdefault(r.id, i)
-    pool = sum(r.headcount for r in site.staff.reserves)
-    normal = {p.id: p.headcount for p in site.posts}
-    seen = {}
     for i, m in enumerate(site.measures):
         base = f"measures[{i}]"
         if m.id in seen:
@@ -235,9 +272,13 @@ def verify_measures(site: Site) -> Problems:
         if m.release.forecast_ratio >= m.trigger.forecast_ratio:
             problems.append((f"{base}.release.forecast_ratio",
                              f"{m.release.forecast_ratio:g} must be below the trigger's {m.trigger.forecast_ratio:g} (hysteresis)"))
-        extra = sum(max(0, a.headcount - normal.get(a.post, 0)) for a in m.actions if isinstance(a, StaffingAction))
-        if extra > pool:
-            problems.append((f"{base}.actions", f"needs {extra} staff beyond the posts' normal headcount; the reserves hold {pool}"))
+        need: dict[str, int] = {}
+        for a in m.actions:
+            for post, n in staff_needed(site, a).items():
+                need[post] = max(need.get(post, 0), n) if a.type == "staffing" else need.get(post, 0) + n
+        if sum(need.values()) > site.staff.pool:
+            problems.append((f"{base}.actions", f"needs {sum(need.values())} staff beyond the posts' duty roster; "
+                                                f"the staff pool holds {site.staff.pool}"))
     return problems
 
 
@@ -251,6 +292,9 @@ CHECKS: tuple[Callable[[Site], Problems], ...] = (
     verify_roads,
     verify_gates,
     verify_plans,
+    verify_closure_points,
+    verify_holding_areas,
+    verify_staff_pool,
     verify_measures,
 )
 

@@ -9,17 +9,25 @@ picks measures (``control/optimizer.py``). ``stage`` orders the levers: metering
 information first (1), flow control (2), road closures (3), entry stops (4); a later stage is
 only used when the earlier ones cannot hold the forecast.
 
-The staff ``reserves`` are the pool measures draw from: each reserve is a muster point with a
-headcount; travel time to a post is the walking distance × ``detour`` ÷ ``walk_speed_mps``.
+The staff a measure needs follow from the site, as the twin counts them
+(:func:`staff_needed`): a road cut its closure points' officers, metering and exit-only the
+gate's marshals, one-way ``staff.one_way_staff`` at the post nearest the zone, and a
+``staffing`` action the headcount above the post's duty roster. They come from the ``staff``
+pool (:mod:`.staff`).
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
+from typing import TYPE_CHECKING
+
 from ..vocab import Level
-from .base import Id, LonLat, Strict, Text
+from .base import Id, Strict, Text
 from .plans import Action
+
+if TYPE_CHECKING:
+    from .model import Site
 
 
 class MeasureTrigger(Strict):
@@ -60,16 +68,30 @@ class Measure(Strict):
     cost: MeasureCost = MeasureCost()
 
 
-class StaffReserve(Strict):
-    id: Id
-    name: Text
-    position: LonLat
-    department: str = Field(min_length=1)
-    headcount: int = Field(ge=0, le=10000)
 
 
-class StaffSection(Strict):
-    reserves: list[StaffReserve] = Field(default_factory=list)
-    walk_speed_mps: float = Field(1.2, gt=0.1, le=20)  # 1.2: walking through a crowd; a van is faster
-    detour: float = Field(1.4, ge=1, le=5)  # street distance ÷ straight line
-    min_block_min: float = Field(30, ge=0, le=480)  # least time a dispatched team stays at a post
+def staff_needed(site: "Site", action) -> dict[str, int]:
+    """Post → officers one action needs beyond the posts' duty roster (the twin's rule)."""
+    t = getattr(action, "type", None)
+    if t == "staffing":
+        normal = site.post_by_id[action.post].headcount if action.post in site.post_by_id else 0
+        return {action.post: action.headcount - normal} if action.headcount > normal else {}
+    if t == "traffic_cutoff":
+        rd = site.road_by_id.get(action.road)
+        out: dict[str, int] = {}
+        for cp in (rd.closure_points if rd else []):
+            out[cp.post] = out.get(cp.post, 0) + cp.officers
+        return out
+    if t in ("metering", "exit_only"):
+        g = site.gate_by_id.get(action.gate)
+        return {g.post: g.staff} if g is not None and g.post and g.staff else {}
+    if t == "one_way" and site.posts and site.staff.one_way_staff:
+        poly = site.zone_polygons_m.get(action.zone)
+        if poly is None:
+            return {}
+        from shapely.geometry import Point
+
+        proj = site.projection
+        post = min(site.posts, key=lambda p: poly.distance(Point(proj.to_metric([p.position])[0])))
+        return {post.id: site.staff.one_way_staff}
+    return {}

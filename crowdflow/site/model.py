@@ -11,9 +11,10 @@ from shapely.geometry import Polygon
 
 from .. import crowd
 from .base import Strict
-from .places import Basemap, Camera, Gate, Post, Road, Zone
-from .measures import Measure, StaffSection
+from .places import Basemap, Camera, Gate, HoldingArea, Post, Road, Zone
+from .measures import Measure
 from .plans import Emergency, Plan
+from .staff import StaffPool
 from .runtime import ControlSection, DashboardSection, EdgeSection, RedisSection, SiteInfo
 
 
@@ -32,8 +33,9 @@ class Site(Strict):
     plans: list[Plan] = Field(default_factory=list)
     emergency: Emergency = Emergency()
     measures: list[Measure] = Field(default_factory=list)
-    staff: StaffSection = StaffSection()
     basemap: Basemap = Basemap()
+    holding_areas: list[HoldingArea] = Field(default_factory=list)
+    staff: StaffPool = StaffPool()
 
     # -- lookups (the model is frozen, so these are computed once)
 

@@ -39,15 +39,12 @@ class MetroLimitAction(Strict):
 
 
 class MeteringAction(Strict):
-    """A rate limit through one gate (an entrance, a metro exit, the bus drop-off): people
-    beyond ``max_per_min`` wait in ``holding_zone`` (a zone of the site) or, for a gate people
-    arrive through (metro, bus), in the holding area behind it (``holding_area_m2``)."""
+    """Let at most ``per_min`` persons a minute through a gate inward; the rest wait in the
+    gate's holding area."""
 
     type: Literal["metering"]
     gate: Id
-    max_per_min: int = Field(ge=0, le=100000)
-    holding_zone: Id | None = None
-    holding_area_m2: float | None = Field(None, gt=0, le=100000)
+    per_min: int = Field(ge=0, le=100000)
 
 
 class BroadcastAction(Strict):
