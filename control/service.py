@@ -107,7 +107,7 @@ class ControlService:
     def __init__(self, site: Site, r: redis.Redis, keys: Keys, consumer: str | None = None,
                  stale_after_s: float | None = None, clock: Callable[[], float] = time.time,
                  lease_ms: int = 3000, audit_dir: str | Path | None = None,
-                 edge_keys: dict[str, str] | None = None):
+                 edge_keys: dict[str, str] | None = None, planner_factory: Callable[[], object] | None = None):
         self.site = site
         # camera → its edge's secret: when set, a camera's records must carry that edge's
         # signature (``sig``), so one gateway's Redis user cannot speak for another's cameras.
@@ -115,6 +115,9 @@ class ControlService:
         # With an archive directory the audit trail is appended to rotated JSON-lines files and
         # trimmed from Redis after AUDIT_KEEP_S; without one it stays in Redis untrimmed.
         self.archive = AuditArchive(audit_dir) if audit_dir else None
+        # Measures engine (issue 11): a factory of control.measures planners (one per leadership
+        # term, so a takeover starts from what Redis says is in force); None: level bundles only.
+        self.planner_factory = planner_factory
         self.r = r
         self.raw = raw_client(r)  # reads what others wrote: bytes, decoded by the record decoder
         self.keys = keys
@@ -138,7 +141,7 @@ class ControlService:
 
     def _reset(self) -> None:
         self.book = ZoneBook(self.site, self.stale_after_s)
-        self.engine = PlanEngine(self.site)
+        self.engine = PlanEngine(self.site, planner=self.planner_factory() if self.planner_factory else None)
         self.alarms = AlarmBook(self.site)
         self.states: dict[str, ZoneState] = {}
         self._last_full = float("-inf")

@@ -99,6 +99,34 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def _planner_factory(site, twin: str | None):
+    """The measures engine's planner for ``crowdflow control --twin SCENARIO`` (issue 11): the
+    site simulator as the planning twin, decisions on a worker thread. None without --twin or
+    when the site declares no measures (the plans then act by level bundles)."""
+    twin = twin or os.environ.get("CROWDFLOW_TWIN")
+    if not twin or not site.measures:
+        return None
+    from control.measures import BackgroundPlanner, MeasurePlanner
+    from sim.plantwin import ModelTwin
+    from sim.scenario import load_scenario
+
+    sc, _ = load_scenario(twin, site)
+    tod = twin_tod()
+    return lambda: BackgroundPlanner(MeasurePlanner(site, ModelTwin(site, sc), tod=tod))
+
+
+def twin_tod():
+    """CROWDFLOW_TWIN_TOD=HH:MM: the twin plans from that time of day whatever the clock says
+    (drills, and the demo, whose simulator plays its own evening); unset: the site's clock."""
+    fixed = os.environ.get("CROWDFLOW_TWIN_TOD")
+    if not fixed:
+        return None
+    from sim.scenario import hhmm_to_s
+
+    t = hhmm_to_s(fixed)
+    return lambda now: t
+
+
 def cmd_control(args) -> int:
     from control.service import ControlService
 
@@ -115,7 +143,8 @@ def cmd_control(args) -> int:
     if edge_keys is None:
         log.warning("CROWDFLOW_EDGE_KEYS not set: records are not checked against their camera's edge key")
     svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
-                         audit_dir=None if audit_dir == "none" else audit_dir, edge_keys=edge_keys)
+                         audit_dir=None if audit_dir == "none" else audit_dir, edge_keys=edge_keys,
+                         planner_factory=_planner_factory(site, args.twin))
     port = args.metrics_port or int(os.environ.get("CROWDFLOW_CONTROL_METRICS_PORT", "0") or 0)
     if port:
         from control.metrics import ControlMetrics
@@ -396,9 +425,9 @@ def cmd_evaluate(args) -> int:
 
     _load_scenario(args)  # a broken file fails here, with its paths
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ("none", "baseline", "plans")]
+    unknown = [n for n in names if n not in ("none", "baseline", "plans", "mpc")]
     if unknown or not names:
-        print(f"error: --policies: unknown {unknown or names} (choose from none, baseline, plans)", file=sys.stderr)
+        print(f"error: --policies: unknown {unknown or names} (choose from none, baseline, plans, mpc)", file=sys.stderr)
         return 2
     try:
         sweep = tuple(sorted({float(x) for x in args.sweep.split(",")})) if args.sweep else SWEEP
@@ -541,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default $CROWDFLOW_AUDIT_DIR or <data dir>/audit; 'none': keep it in Redis only)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port "
                                                     "(default $CROWDFLOW_CONTROL_METRICS_PORT; off)")
+    s.add_argument("--twin", help="scenario whose simulator is the measures engine's twin (e.g. mayday-evening; "
+                                  "env CROWDFLOW_TWIN); without it the plans act by level bundles")
     s.set_defaults(func=cmd_control)
 
     s = sub.add_parser("dashboard", help="serve the live map")
@@ -619,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="site file (default: the one the scenario names)")
     s.add_argument("--seeds", type=int, default=10, help="evenings per policy")
     s.add_argument("--seed0", type=int, default=0, help="first seed")
-    s.add_argument("--policies", default="baseline,plans", help="comma-separated: none, baseline, plans")
+    s.add_argument("--policies", default="baseline,plans", help="comma-separated: none, baseline, plans, mpc")
     s.add_argument("--sweep", help="demand multipliers for the safe-throughput sweep (default 1.0,1.1,…,1.6)")
     s.add_argument("--jobs", type=int, default=2, help="worker processes")
     s.add_argument("--baseline-report-delay-s", type=float, default=180.0,

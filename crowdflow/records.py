@@ -148,6 +148,19 @@ class Reason(Record):
     text: Text  # e.g. zh "桥面北段 承载率 0.86 ≥ 0.80 已持续 120 秒；预计 9 分钟后达 0.97"
 
 
+class StaffMove(Record):
+    """A dispatch: how many officers go from where to where, when they leave and are in place."""
+
+    n: int = Field(ge=1, le=10000)
+    from_id: Id  # staff reserve (deploy) or post (release)
+    to_id: Id
+    depart_at: float
+    in_place_at: float
+    measure_id: Id
+    kind: Literal["deploy", "release"]
+    text: Text
+
+
 class Recommendation(Record):
     """Control → dashboard: a level change for one plan area, waiting for a commander
     (or applied at once when the area is automatic)."""
@@ -162,6 +175,15 @@ class Recommendation(Record):
     predictive: bool = False
     created_at: float
     status: Literal["pending", "confirmed", "rejected", "overridden", "auto_applied", "superseded", "expired"]
+    # Measures engine (site ``measures``): the measure set in force after it (None: the level's
+    # cumulative bundle), what it switches on/off, the staff moves, and which engine chose it
+    # ("mpc": the twin's forecast; "rules": the measures' own triggers when the forecast could
+    # not finish in time).
+    measures: list[Id] | None = None
+    measures_on: list[Id] = Field(default_factory=list)
+    measures_off: list[Id] = Field(default_factory=list)
+    dispatch: list[StaffMove] = Field(default_factory=list)
+    engine: Literal["mpc", "rules"] | None = None
     decided_by: str | None = None
     decided_at: float | None = None
     note: str | None = None
@@ -186,6 +208,9 @@ class PlanState(Record):
     pending: str | None = None  # id of the recommendation waiting for a decision
     history: list[LevelChange] = Field(default_factory=list)  # newest last, bounded
     updated_at: float
+    measures: dict[Id, float] | None = None  # measure id → in force since (None: level bundles)
+    engine: Literal["mpc", "rules"] | None = None  # who chose the last measures (rules: fallback)
+    staff: list[StaffMove] = Field(default_factory=list)  # the latest dispatch of this area
 
 
 class SiteMode(Record):

@@ -403,6 +403,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         return dep
 
     viewer = Depends(require("viewer"))
+    from . import whatif as _whatif  # what-if panel (issue 11): its own module, its own routes
+
+    _whatif.mount(app, site, state, viewer)
 
     @app.post("/api/login", tags=["session"])
     async def login(body: LoginRequest, request: Request, response: Response) -> dict:

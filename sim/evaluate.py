@@ -512,21 +512,44 @@ def _init(scenario: str, faults: Faults | None, config: str | None = None) -> No
     _W.update(site=site, sc=sc, views=camera_views(site), net=build_network(site, sc), faults=faults)
 
 
-def make_policy(name: str, site: Site, confirm_delay_s: float = 60.0, baseline: BaselineParams | None = None):
+def make_policy(name: str, site: Site, confirm_delay_s: float = 60.0, baseline: BaselineParams | None = None,
+                sc: Scenario | None = None):
+    if name == "mpc":
+        return mpc_policy(site, sc, confirm_delay_s)
     if name == "none":
         return NoControl(site)
     if name == "baseline":
         return ReactiveBaseline(site, baseline)
     if name == "plans":
         return PlanEnginePolicy(site, confirm_delay_s)
-    raise ValueError(f"unknown policy {name!r} (choose from none, baseline, plans)")
+    raise ValueError(f"unknown policy {name!r} (choose from none, baseline, plans, mpc)")
+
+
+# The measures engine decides every 30 s live; the evaluation lets it decide every 2 minutes
+# (the twin's rollouts dominate an evening's run time) — a handicap for the engine, not a help.
+MPC_EVAL_CYCLE_S = 120.0
+
+
+def mpc_policy(site: Site, sc: Scenario, confirm_delay_s: float = 60.0, cycle_s: float = MPC_EVAL_CYCLE_S) -> PlanEnginePolicy:
+    """The measures engine (issue 11, ``control.measures``) through the same plan engine and
+    the same commander: its twin is this scenario at its *nominal* demand (the planner is not
+    told the evening's multiplier)."""
+    from control.measures import MeasurePlanner
+    from control.plans import PlanEngine
+
+    from .plantwin import ModelTwin
+
+    planner = MeasurePlanner(site, ModelTwin(site, sc.model_copy(update={"demand_scale": 1.0})), cycle_s=cycle_s)
+    pol = PlanEnginePolicy(site, confirm_delay_s, engine=PlanEngine(site, planner=planner))
+    pol.name = "mpc"
+    return pol
 
 
 def _job(args) -> tuple[str, int, float, Metrics, Series | None]:
     name, seed, demand, want_series, confirm, bparams = args
     w = _W
     ser = Series() if want_series else None
-    pol = make_policy(name, w["site"], confirm, bparams)
+    pol = make_policy(name, w["site"], confirm, bparams, sc=w["sc"])
     m = run_evening(w["site"], w["sc"], pol, seed, demand=demand, views=w["views"], network=w["net"],
                     faults=w["faults"], series=ser)
     return name, seed, demand, m, ser

@@ -250,6 +250,39 @@ def verify_staff_pool(site: Site) -> Problems:
     return problems
 
 
+def verify_measures(site: Site) -> Problems:
+    """Measures: unique ids, known plans and zones, valid actions, a release below the trigger,
+    and staff the pool can supply."""
+    from .measures import staff_needed
+
+    problems: Problems = []
+    plan_ids = {p.id for p in site.plans}
+    zone_ids = {z.id for z in site.zones}
+    seen: dict[str, int] = {}
+    for i, m in enumerate(site.measures):
+        base = f"measures[{i}]"
+        if m.id in seen:
+            problems.append((f"{base}.id", f"duplicate id {m.id!r} (also measures[{seen[m.id]}])"))
+        seen.setdefault(m.id, i)
+        for j, pid in enumerate(m.plans):
+            _ref(problems, f"{base}.plans[{j}]", pid, plan_ids, "plan")
+        for j, zid in enumerate(m.relieves):
+            _ref(problems, f"{base}.relieves[{j}]", zid, zone_ids, "zone")
+        for k, a in enumerate(m.actions):
+            problems += _action_problems(site, f"{base}.actions[{k}]", a)
+        if m.release.forecast_ratio >= m.trigger.forecast_ratio:
+            problems.append((f"{base}.release.forecast_ratio",
+                             f"{m.release.forecast_ratio:g} must be below the trigger's {m.trigger.forecast_ratio:g} (hysteresis)"))
+        need: dict[str, int] = {}
+        for a in m.actions:
+            for post, n in staff_needed(site, a).items():
+                need[post] = max(need.get(post, 0), n) if a.type == "staffing" else need.get(post, 0) + n
+        if sum(need.values()) > site.staff.pool:
+            problems.append((f"{base}.actions", f"needs {sum(need.values())} staff beyond the posts' duty roster; "
+                                                f"the staff pool holds {site.staff.pool}"))
+    return problems
+
+
 # The named checks, in the order they run. A site file is usable when all return nothing.
 CHECKS: tuple[Callable[[Site], Problems], ...] = (
     verify_unique_ids,
@@ -263,6 +296,7 @@ CHECKS: tuple[Callable[[Site], Problems], ...] = (
     verify_closure_points,
     verify_holding_areas,
     verify_staff_pool,
+    verify_measures,
 )
 
 
