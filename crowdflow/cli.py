@@ -280,6 +280,7 @@ def cmd_calibrate(args) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    given = bool(points)
     if not points and existing is not None:
         points = [PointPair(tuple(p.pixel), tuple(p.lonlat)) for p in existing.points]
         print(f"checking the {len(points)} points already in {camera.id}/{args.preset}")
@@ -319,12 +320,13 @@ def cmd_calibrate(args) -> int:
         print(f"reference view stored: {ref} (beside {args.out or args.config})")
     if args.write or args.out:
         try:
-            target = write_points(args.config, camera.id, args.preset, size, points, out=args.out,
-                                  reference_image=ref)
+            target = write_points(args.config, camera.id, args.preset, size, points if given else None,
+                                  out=args.out, reference_image=ref)
         except (ValueError, ConfigError) as e:
             print(f"error: not written: {e}", file=sys.stderr)
             return 1
-        print(f"wrote preset {args.preset} of {camera.id} to {target}")
+        print(f"wrote preset {args.preset} of {camera.id} to {target}"
+              + ("" if given else " (its reference view only; the points are unchanged)"))
     elif ref:
         print(f"add it to presets[].reference_image of {camera.id}/{args.preset}, or run again with --write")
     return 0

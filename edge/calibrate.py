@@ -127,8 +127,24 @@ def _value_line(line: str, key: str, value: str) -> str:
     return f"{head}{key}: {value}" + (f"  #{comment}" if comment is not None else "") + "\n"
 
 
+def _points_edits(lines, pre, pts, points, w, h) -> list[tuple[int, int, list[str]]]:
+    edits = []
+    first, col = pts.lc.item(0)
+    end = _block_end(lines, pts.lc.item(len(pts) - 1)[0], col - 2)
+    if lines[first].lstrip().startswith("-"):
+        edits.append((first, end, [_point_line(col - 2, p) for p in points]))
+    else:  # a flow list on the key's line
+        kl = pre.lc.key("points")[0]
+        ind = len(lines[kl]) - len(lines[kl].lstrip())
+        edits.append((kl, end if end > kl else kl + 1, [f"{' ' * ind}points:\n"] + [_point_line(ind + 2, p) for p in points]))
+    if "image_size" in pre:
+        kl = pre.lc.key("image_size")[0]
+        edits.append((kl, kl + 1, [_value_line(lines[kl], "image_size", f"[{w}, {h}]")]))
+    return edits
+
+
 def write_points(config: str | Path, camera_id: str, preset_id: str, image_size: tuple[int, int],
-                 points: list[PointPair], out: str | Path | None = None,
+                 points: list[PointPair] | None, out: str | Path | None = None,
                  reference_image: str | None = None) -> Path:
     """Replace (or add) the preset's points — and, given, a reference view — in the site file.
 
@@ -159,6 +175,8 @@ def write_points(config: str | Path, camera_id: str, preset_id: str, image_size:
         raise ValueError(f"{path}: camera {camera_id} has no presets list")
     w, h = image_size
     k = next((i for i, p in enumerate(presets) if str(p.get("id")) == preset_id), None)
+    if k is None and not points:
+        raise ValueError(f"{path}: camera {camera_id} has no preset {preset_id!r}; give its points")
     if k is None:  # a new preset after the last one
         line, col = presets.lc.item(len(presets) - 1)
         end = _block_end(lines, line, col - 2)
@@ -173,19 +191,12 @@ def write_points(config: str | Path, camera_id: str, preset_id: str, image_size:
         pre = presets[k]
         edits: list[tuple[int, int, list[str]]] = []  # (first line, end line, new lines), applied bottom-up
         pts = pre.get("points")
-        if not pts or not hasattr(pts, "lc"):
+        if points is None:  # only the reference view changes
+            pass
+        elif not pts or not hasattr(pts, "lc"):
             raise ValueError(f"{path}: preset {preset_id} of camera {camera_id} has no points list")
-        first, col = pts.lc.item(0)
-        end = _block_end(lines, pts.lc.item(len(pts) - 1)[0], col - 2)
-        if lines[first].lstrip().startswith("-"):
-            edits.append((first, end, [_point_line(col - 2, p) for p in points]))
-        else:  # a flow list on the key's line
-            kl = pre.lc.key("points")[0]
-            ind = len(lines[kl]) - len(lines[kl].lstrip())
-            edits.append((kl, end if end > kl else kl + 1, [f"{' ' * ind}points:\n"] + [_point_line(ind + 2, p) for p in points]))
-        if "image_size" in pre:
-            kl = pre.lc.key("image_size")[0]
-            edits.append((kl, kl + 1, [_value_line(lines[kl], "image_size", f"[{w}, {h}]")]))
+        else:
+            edits += _points_edits(lines, pre, pts, points, w, h)
         if reference_image is not None:
             old = pre.get("reference_image")
             refs = [] if not old else [str(old)] if isinstance(old, str) else [str(r) for r in old]

@@ -41,6 +41,8 @@ class ViewMatch:
 
 
 class ViewReference:
+    BLUR = 1.5  # px at the work width
+
     def __init__(self, image: np.ndarray, work_width: int = 480, n_features: int = 1000):
         self.work_width = work_width
         self.orb = cv2.ORB_create(nfeatures=n_features)
@@ -56,7 +58,9 @@ class ViewReference:
         s = self.work_width / gray.shape[1]
         if abs(s - 1) > 1e-3:
             gray = cv2.resize(gray, (self.work_width, round(gray.shape[0] * s)), interpolation=cv2.INTER_AREA)
-        return gray, s
+        # A slight blur keeps the corners of real structure and removes those of noise: a snowy
+        # picture (lost signal, high gain at night) has no texture to verify a view with.
+        return cv2.GaussianBlur(gray, (0, 0), self.BLUR), s
 
     def match(self, frame: np.ndarray, tolerance: float = 0.02, min_inliers: int = 15) -> ViewMatch:
         gray, _ = self._prep(frame)
