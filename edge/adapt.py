@@ -61,6 +61,7 @@ class AdaptSettings:
     min_frames: int = 8  # fitting frames with anybody in them
     max_minutes: float = 10.0
     epochs: int = 40
+    batch: int = 8
     lr: float = 3e-4
     sigma: float = 4.0
 
@@ -162,7 +163,9 @@ def adapt(counter, layout_for, source: str, camera_id: str, preset_id: str, conf
             people_fit += int(round(label))
             frames_with_people += label >= 1
         p3f, p4f = base.features(np.ascontiguousarray(x[..., ::-1]))
-        samples.append((idx, fit, (p3[0], p4[0]), (p3f[0], p4f[0]), tgt, tgt[:, ::-1].copy(), label, kind))
+        h16 = np.float16  # features kept at half precision (~4 MB a frame and its mirror image)
+        samples.append((idx, fit, (p3[0].astype(h16), p4[0].astype(h16)), (p3f[0].astype(h16), p4f[0].astype(h16)),
+                        tgt, tgt[:, ::-1].copy(), label, kind))
         bar.update(1)
     bar.close()
     fit_s = [x for x in samples if x[1]]
@@ -186,7 +189,8 @@ def adapt(counter, layout_for, source: str, camera_id: str, preset_id: str, conf
             if not sel:
                 continue
             with torch.inference_mode():
-                c = np.array([float(model(torch.from_numpy(r[2][0][None]), torch.from_numpy(r[2][1][None])).sum()) / HEAD_SCALE
+                c = np.array([float(model(torch.from_numpy(r[2][0][None].astype(np.float32)),
+                                             torch.from_numpy(r[2][1][None].astype(np.float32))).sum()) / HEAD_SCALE
                               for r in sel])
             gt = np.array([r[6] for r in sel])
             e = c - gt
@@ -201,14 +205,27 @@ def adapt(counter, layout_for, source: str, camera_id: str, preset_id: str, conf
     bar = tqdm(total=s.epochs, unit="epoch", desc="fine-tuning", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     t0 = time.time()
     net.train()
+    ch, cw = 40, 56  # crops of 40×56 cells (320×448 px at the head's input size), as in training
     for _ep in range(s.epochs):
-        for i in rng.permutation(len(fit_s)):
-            r = fit_s[i]
-            flip = bool(rng.integers(2))
-            (a3, a4), tgt = (r[3], r[5]) if flip else (r[2], r[4])
-            pred = net(torch.from_numpy(np.ascontiguousarray(a3)[None]), torch.from_numpy(np.ascontiguousarray(a4)[None]))
-            t = torch.from_numpy(np.ascontiguousarray(tgt)[None, None] * HEAD_SCALE)
-            loss = F.mse_loss(pred, t, reduction="sum") + 0.1 * (pred.sum() - t.sum()).abs()
+        order = rng.permutation(len(fit_s))
+        for b in range(0, len(order), s.batch):
+            a3s, a4s, ts = [], [], []
+            for i in order[b:b + s.batch]:
+                r = fit_s[i]
+                (a3, a4), tgt = (r[3], r[5]) if rng.integers(2) else (r[2], r[4])
+                H, W = tgt.shape
+                y = int(rng.integers(0, max(0, H - ch) // 2 + 1)) * 2
+                x = int(rng.integers(0, max(0, W - cw) // 2 + 1)) * 2
+                hh, ww = min(ch, H), min(cw, W)
+                a3s.append(a3[:, y:y + hh, x:x + ww])
+                a4s.append(a4[:, y // 2:(y + hh) // 2, x // 2:(x + ww) // 2])
+                ts.append(tgt[y:y + hh, x:x + ww])
+            if len({t.shape for t in ts}) > 1:  # frames of several sizes: one at a time
+                a3s, a4s, ts = a3s[:1], a4s[:1], ts[:1]
+            pred = net(torch.from_numpy(np.stack(a3s).astype(np.float32)),
+                       torch.from_numpy(np.stack(a4s).astype(np.float32)))
+            t = torch.from_numpy(np.ascontiguousarray(np.stack(ts))[:, None] * HEAD_SCALE)
+            loss = F.mse_loss(pred, t, reduction="sum") / len(ts)
             opt.zero_grad()
             loss.backward()
             opt.step()

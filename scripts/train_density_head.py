@@ -51,7 +51,7 @@ def main() -> int:
                     help="the detector whose features the head reads")
     ap.add_argument("--out", default="models/yolo11n-density-head.pt")
     ap.add_argument("--arch", default="yolo-neck-head", choices=sorted(HEADS))
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--sigma", type=float, default=4.0)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -59,6 +59,8 @@ def main() -> int:
     ap.add_argument("--ema", type=float, default=0.99, help="decay of the weights' moving average, per step")
     ap.add_argument("--augment", type=int, default=1,
                     help="night/weather versions (edge.augment: low light, floodlight, rain) per training frame")
+    ap.add_argument("--zoom", type=float, default=1.3,
+                    help="the night/weather versions are also scaled by a random factor in [1/zoom, zoom]")
     ap.add_argument("--video", action="append", default=[],
                     help="footage of a sparse fixed view to add, pseudo-labelled by tiled detection (repeatable)")
     ap.add_argument("--video-frames", default="0:400:4", help="start:stop:step of the video frames used")
@@ -87,8 +89,8 @@ def main() -> int:
     groups: dict[str, list[list[int]]] = {"train": []}
     evals: dict[str, list[tuple[int, float]]] = {}  # "<set>/<part>" -> (sample, annotated count)
 
-    def add(img, points, flip=False) -> int:
-        x, f = feature_input(img, args.input_side)
+    def add(img, points, flip=False, zoom=1.0) -> int:
+        x, f = feature_input(img, round(args.input_side * zoom) if args.input_side else None)
         h, w = x.shape[2:]
         pts = [(px * f, py * f) for px, py in points]
         a3, a4 = feats(x[..., ::-1].copy() if flip else x)
@@ -102,7 +104,8 @@ def main() -> int:
         ids = [add(img, points), add(img, points, flip=True)]
         for _ in range(args.augment):
             kind = augment.KINDS[int(rng.integers(len(augment.KINDS)))]
-            ids.append(add(augment.degrade(img, kind, rng), points, flip=bool(rng.integers(2))))
+            zoom = float(np.exp(rng.uniform(-np.log(args.zoom), np.log(args.zoom))))  # people nearer or farther
+            ids.append(add(augment.degrade(img, kind, rng), points, flip=bool(rng.integers(2)), zoom=zoom))
         groups["train"].append(ids)
 
     for name in args.sets.split(","):
