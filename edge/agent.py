@@ -95,6 +95,7 @@ class EdgeAgent:
         self._last_check = -1e18
         self._last_t = -1e18
         self._seen = 0  # frames looked at in this window (counted or not)
+        self._skip_looks = 0
         self._last: tuple[np.ndarray, FrameCount] | None = None  # for a snapshot, only when snapshots are on
 
     @property
@@ -116,6 +117,7 @@ class EdgeAgent:
             for g in self.my_gates
         }
         self.dense: set[str] = set()
+        self._skip_looks = 0
 
     def _counter_for(self, preset_id: str) -> CrowdCounter:
         """The preset's own density head when `crowdflow adapt` made one, else the shared counter."""
@@ -186,8 +188,19 @@ class EdgeAgent:
         self._set_state("ok" if m.ok else "view_moved" if m.verifiable else "view_unverified", m.reason,
                         shift_px=m.shift_px)
         if m.ok:
-            layout = self._layout(frame)
-            self.dense = self.preset_counter.dense_zones(self.preset_counter.look(frame, layout, CHECK_SIDE), layout)
+            self._look(frame)
+
+    def _look(self, frame: np.ndarray) -> None:
+        """Which zones are dense. A view far from dense everywhere (under half of
+        ``dense_count`` in every zone) is looked at again only every third check."""
+        self._skip_looks -= 1
+        if self._skip_looks > 0 and not self.dense:
+            return
+        layout = self._layout(frame)
+        sums = self.preset_counter.look(frame, layout, CHECK_SIDE)
+        self.dense = self.preset_counter.dense_zones(sums, layout)
+        quiet = sums is not None and max(sums.values(), default=0.0) < 0.5 * self.preset_counter.s.dense_count
+        self._skip_looks = 3 if quiet else 0
 
     def _set_state(self, state: str, reason: str = "", **extra) -> None:
         if state != "ok" and self.state == "ok":

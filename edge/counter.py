@@ -37,12 +37,13 @@ class CounterSettings:
     target_px: float = 32.0  # person height the detector needs, in its input pixels
     max_upscale: float = 3.0  # tiles are never enlarged more than this
     max_tiles: int = 8  # time budget: tiles per frame at most
-    # Density-model count from which the density map is used (uncalibrated frames). On street
-    # photos the density head wins at every count (tuning part: MAE-optimal at 10, validation
-    # MAE 13.27 at 10 against 13.46 at 20). Detection stays the choice for the sparsest
-    # frames of views the head has not seen, where clutter can collect a few people's worth of
-    # density (a head not adapted to vtest read ~16 there for 3–8 people).
-    dense_count: float = 20.0
+    # Density-model count from which the density map is used. The head reads crowds better than
+    # detection at every count from about 8 people, on street photos and on CCTV seen from above
+    # (detection misses the occluded and the steeply seen: 30–37 % low on the BRT platforms); 8
+    # minimises mean relative error on the tuning parts (scripts/eval_counting.py). Under it
+    # (a few separated people, e.g. the vtest plaza) detection is exact and clutter cannot
+    # add a person's worth of density.
+    dense_count: float = 8.0
     dense_min_count: float = 5.0  # a calibrated zone this crowded (edge.dense_per_m2) is counted by density from this many people
     dense_per_m2: float = 1.0
     nms_iou: float = 0.5

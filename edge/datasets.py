@@ -21,11 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BRT_VAL_GROUPS = ("1-20160620", "1-20170419", "2-20170506", "2-20170507")
-# No BRT group is set aside for choosing the epoch: the platform views are few, and a second
-# view in training (2-20170419) helped unseen views more than a view to choose epochs on
-# (held-back mean relative error: docs/performance.md). The epoch is chosen on the
-# ShanghaiTech pick part; a fixed cosine schedule ends near the best epoch anyway.
-BRT_PICK_GROUPS: tuple[str, ...] = ()
+BRT_PICK_GROUPS = ("2-20170419",)
 
 
 @dataclass

@@ -140,8 +140,8 @@ class FrozenDetector:
         self.frozen = False
 
     def update(self, t: float, frame: np.ndarray) -> bool:
-        g = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-        thumb = cv2.resize(g, (160, max(1, round(g.shape[0] * 160 / g.shape[1]))), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(frame, (160, max(1, round(frame.shape[0] * 160 / frame.shape[1]))), interpolation=cv2.INTER_AREA)
+        thumb = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
         prev, self._prev = self._prev, thumb.astype(np.int16)
         if prev is None or prev.shape != self._prev.shape:
             self.since, self.frozen = None, False
