@@ -220,9 +220,11 @@ def auto_levels(frame: np.ndarray, min_range: float = 150.0, min_mean: float = 7
     255; other frames are returned as they are. Measured on the held-back CCTV frames under a
     30 % haze veil: the density count's change from daylight fell from ~30 % to ~9 %; dark
     frames are left alone (stretching amplified their noise and made counts worse)."""
-    small = cv2.resize(frame, (160, max(1, round(frame.shape[0] * 160 / frame.shape[1]))), interpolation=cv2.INTER_AREA)
+    k = max(1, frame.shape[1] // 160)  # every k-th pixel: statistics at ~0.2 ms a frame
+    small = np.ascontiguousarray(frame[::k, ::k])
     g = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
-    lo, hi = np.percentile(g, (1, 99))
+    cdf = np.cumsum(np.bincount(g.ravel(), minlength=256)) / g.size
+    lo, hi = float(np.searchsorted(cdf, 0.01)), float(np.searchsorted(cdf, 0.99))
     if hi - lo >= min_range or g.mean() < min_mean:
         return frame
     lut = np.clip((np.arange(256, dtype=np.float32) - lo) * 255.0 / max(hi - lo, 1.0), 0, 255).astype(np.uint8)

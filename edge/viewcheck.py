@@ -125,7 +125,8 @@ class ViewChecker:
 
 
 class FrozenDetector:
-    """Has the picture stopped changing? Each frame is reduced to a 160-px-wide grey thumbnail;
+    """Has the picture stopped changing? Each frame is reduced to a ~160-px-wide grey thumbnail
+    (every k-th pixel);
     a frame whose thumbnail differs from the previous one by less than ``max_mean_diff`` grey
     levels on average, with fewer than ``max_changed`` of its pixels changed by more than 3
     levels, is a repeat. ``frozen`` turns true once repeats have lasted ``after_s`` seconds
@@ -140,7 +141,8 @@ class FrozenDetector:
         self.frozen = False
 
     def update(self, t: float, frame: np.ndarray) -> bool:
-        small = cv2.resize(frame, (160, max(1, round(frame.shape[0] * 160 / frame.shape[1]))), interpolation=cv2.INTER_AREA)
+        k = max(1, frame.shape[1] // 160)
+        small = np.ascontiguousarray(frame[::k, ::k])  # every k-th pixel: a repeat is a repeat everywhere
         thumb = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
         prev, self._prev = self._prev, thumb.astype(np.int16)
         if prev is None or prev.shape != self._prev.shape:

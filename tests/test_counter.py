@@ -201,7 +201,7 @@ def test_density_head_refuses_a_detector_it_was_not_trained_for(model_path, tmp_
     import torch
 
     obj = torch.load(DEFAULT_HEAD, map_location="cpu", weights_only=True)
-    assert obj["arch"] == "yolo-neck-head" and obj["meta"]["val"]["mae"] > 0
+    assert obj["arch"] == "yolo-neck-head" and obj["meta"]["shtech/val"]["mae"] > 0 and obj["meta"]["brt/val"]["mae"] > 0
     # A head file that claims other channel counts (as a head for YOLO11s would) is refused,
     # naming what the detector gives and what the head needs.
     obj = dict(obj, channels=[128, 256])
