@@ -2,18 +2,24 @@
 
 One loop, run only by the instance holding the leader lease:
 
-1. read observations (consumer group, pending first), validate, drop duplicates by camera and
-   sequence number (a Redis sorted set per camera, so this survives restarts and failover),
-   apply them in capture-time order, and publish the touched zones at once;
+1. read observations (consumer group, pending first, as raw bytes), decode and check them
+   (bad ones go to ``<p>:obs:dead`` with the reason and the raw bytes), drop duplicates by
+   camera and sequence number, apply them in capture-time order;
 2. read commands, answer each exactly once (results are kept by command id);
 3. once a second, recompute every zone (staleness), run the plan engine and the alarms, and
    write a 10 s history sample per zone;
-4. publish every change (hash + ``<p>:events``), append audit entries, then acknowledge.
+4. publish every change (hash + ``<p>:events``), append audit entries, mark the observations
+   seen and acknowledge the entries: all in ONE MULTI/EXEC fenced by the leader lease
+   (:meth:`crowdflow.bus.LeaderLease.transaction`). An observation is therefore marked seen in
+   Redis only together with the state it produced; a paused ex-leader's writes are refused.
 
-A second instance waits for the lease; when the leader dies it takes over within the lease
-time (3 s) plus one poll (0.5 s): it restores the plan state from Redis and claims the dead
-leader's unacknowledged entries, so nothing is lost and, thanks to the idempotency keys,
-nothing is applied twice.
+Failures never end the loop (docs/reliability.md): when the publish fails (Redis down, paused,
+out of memory, a key of the wrong type) the writes are kept in memory and retried with
+backoff, no new entries are read meanwhile, and the zone book, filters and timers stay as they
+are, so a reconnect resumes where it was. A second instance waits for the lease; when the
+leader dies it takes over within the lease time (3 s) plus one poll (0.5 s): it restores the
+plan state from Redis and claims the dead leader's unacknowledged entries, so nothing is lost
+and, thanks to the idempotency keys, nothing is applied twice.
 """
 
 from __future__ import annotations
@@ -27,13 +33,23 @@ from typing import Callable
 
 import redis
 
-from crowdflow.bus import EVENTS_MAXLEN, HISTORY_MAXLEN, GroupReader, Keys, LeaderLease
+from collections import Counter
+from pathlib import Path
+
+from crowdflow.bus import (
+    AUDIT_KEEP_S, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S, RESULTS_KEEP_S,
+    RETENTION_SCALE, SEEN_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
+    LeaseLost, quarantine_wrong_type, raw_client, signature_ok, text,
+)
 from crowdflow.records import (
     Alarm,
+    LastKnown,
     AuditEntry,
     Command,
     CommandResult,
+    InForce,
     Observation,
+    Order,
     PlanState,
     Recommendation,
     RecordError,
@@ -44,46 +60,80 @@ from crowdflow.records import (
 from crowdflow.site import Site
 
 from .alarms import AlarmBook
+from .commands import refusal_audit, too_late
+from .inforce import in_force, same_measures
+from .orders import OrderBook
 from .plans import PlanEngine
-from .zones import ZoneBook, site_problem
+from . import snapshot
+from .archive import AuditArchive
+from .ingest import MAX_RECORD_BYTES, check, entry_time
+from .zones import ZoneBook
 
 log = logging.getLogger("crowdflow.control")
 
 GROUP = "control"
 FULL_EVERY_S = 1.0
 HISTORY_EVERY_S = 10.0
-SEEN_KEEP_S = 3 * 3600
-# ARGV: prefix, trim-before, then (camera, seq, captured_at) triples → 1 new / 0 duplicate each.
-DEDUPE_LUA = """
-local out = {}
-local trimmed = {}
-for i = 3, #ARGV, 3 do
-  local key = ARGV[1] .. ':obs:seen:' .. ARGV[i]
-  out[#out + 1] = redis.call('ZADD', key, 'NX', ARGV[i + 2], ARGV[i + 1])
-  if not trimmed[key] then
-    trimmed[key] = true
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
-  end
-end
-return out
-"""
+CLAIM_EVERY_S = 5.0  # take over entries left pending by other (dead or fenced) consumers
+CONSUMER_GC_EVERY_S = 60.0
+CONSUMER_IDLE_MS = 10 * 60 * 1000  # a consumer silent this long with nothing pending is gone
+# The Redis type each command of a write batch expects its key to have (for WRONGTYPE repair).
+KEY_TYPE = {"hset": "hash", "hdel": "hash", "xadd": "stream", "xack": "stream", "xtrim": "stream", "set": "string",
+            "zadd": "zset", "zrem": "zset", "zremrangebyscore": "zset"}
+MAINTAIN_EVERY_S = max(2.0, 30.0 / RETENTION_SCALE)  # retention: old command results, dropped recommendations/alarms, audit archive
+
+
+class WriteQueue:
+    """Redis writes recorded in order, sent later as one fenced MULTI/EXEC. Mirrors the pipeline
+    methods the service uses (``hset``, ``xadd``, …): ``out.hset(k, f, v)`` queues the call."""
+
+    def __init__(self):
+        self.ops: list[list] = []  # [method, args, kwargs, failures]
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def record(*args, **kwargs):
+            self.ops.append([name, args, kwargs, 0])
+
+        return record
+
+    def __len__(self) -> int:
+        return len(self.ops)
 
 
 class ControlService:
     def __init__(self, site: Site, r: redis.Redis, keys: Keys, consumer: str | None = None,
                  stale_after_s: float | None = None, clock: Callable[[], float] = time.time,
-                 lease_ms: int = 3000):
+                 lease_ms: int = 3000, audit_dir: str | Path | None = None,
+                 edge_keys: dict[str, str] | None = None):
         self.site = site
+        # camera → its edge's secret: when set, a camera's records must carry that edge's
+        # signature (``sig``), so one gateway's Redis user cannot speak for another's cameras.
+        self.edge_keys = edge_keys
+        # With an archive directory the audit trail is appended to rotated JSON-lines files and
+        # trimmed from Redis after AUDIT_KEEP_S; without one it stays in Redis untrimmed.
+        self.archive = AuditArchive(audit_dir) if audit_dir else None
         self.r = r
+        self.raw = raw_client(r)  # reads what others wrote: bytes, decoded by the record decoder
         self.keys = keys
         self.clock = clock
         self.stale_after_s = stale_after_s if stale_after_s is not None else site.control.stale_after_s
         self.consumer = consumer or f"control-{socket.gethostname()}-{os.getpid()}"
-        self.obs_reader = GroupReader(r, keys.obs, GROUP, self.consumer, keys.obs_dead)
-        self.cmd_reader = GroupReader(r, keys.cmd, GROUP, self.consumer, keys.cmd_dead)
+        self.obs_reader = GroupReader(r, keys.obs, GROUP, self.consumer, keys.obs_dead, raw=self.raw)
+        self.cmd_reader = GroupReader(r, keys.cmd, GROUP, self.consumer, keys.cmd_dead, raw=self.raw)
         self.lease = LeaderLease(r, keys.leader, ttl_ms=lease_ms, instance_id=self.consumer)
-        self._dedupe = r.register_script(DEDUPE_LUA)
+        self.fenced = False  # run() turns it on: every write then requires the lease
         self.applied = self.rejected = self.duplicates = 0
+        self.stats: Counter = Counter()  # errors by kind, reconnects, … (exported as metrics)
+        self.rejected_by: Counter = Counter()  # dead letters by reason class
+        self.skew_s: dict[str, float] = {}  # camera → its gateway's clock offset, when corrected
+        self.leading = False
+        self.last_cycle_s = 0.0
+        self.newest_applied: float | None = None  # capture time of the newest applied observation
+        self.on_cycle: Callable[[float], None] | None = None  # metrics hook
+        self._started = False
         self._reset()
 
     def _reset(self) -> None:
@@ -93,52 +143,162 @@ class ControlService:
         self.states: dict[str, ZoneState] = {}
         self._last_full = float("-inf")
         self._last_hist: dict[str, tuple[float, str]] = {}
+        self.out = WriteQueue()  # writes not yet in Redis
+        self._unflushed_seen: set[tuple[str, int]] = set()  # applied here, not yet marked in Redis
+        self._answered: dict[str, str] = {}  # command id → result, until the result is in Redis
+        self._last_claim = self._last_gc = self._last_maintain = time.monotonic()
+        self._inforce = None  # the InForce record last published
+        self.orders = OrderBook()
 
     # ------------------------------------------------------------------ start / takeover
 
     def start(self) -> None:
-        """Begin as leader: restore decisions from Redis, claim orphaned work, publish."""
-        self._reset()
+        """Begin as leader: restore decisions from Redis, claim orphaned work, publish.
+
+        When no other instance led since this one last did (a reconnect, or the lease lapsed
+        during a Redis outage and nobody took it), the in-memory zone book, filters, timers and
+        unsent writes are kept: they are the newest state there is."""
         for reader in (self.obs_reader, self.cmd_reader):
             reader.ensure_group()
             reader.claim_all()
-        plans = {k: decode(PlanState, v) for k, v in self.r.hgetall(self.keys.plan_state).items()}
-        recs = {k: decode(Recommendation, v) for k, v in self.r.hgetall(self.keys.recommendations).items()}
-        raw_mode = self.r.get(self.keys.mode)
-        self.engine.restore(plans, recs, decode(SiteMode, raw_mode) if raw_mode else None)
-        self.book.set_actions(self.engine.active_actions())
-        self.alarms.restore({k: decode(Alarm, v) for k, v in self.r.hgetall(self.keys.alarms).items()})
         now = self.clock()
-        # A restart begins from nothing: every zone is unknown until fresh data arrives.
+        if self._started and self.lease.continued:
+            log.info("control %s resumes with its state (no other leader in between)", self.consumer)
+            self.obs_reader.replay_pending()
+            self.cmd_reader.replay_pending()
+            self.states = self.book.states(now)
+            self._publish_zones(self.out, self.states)
+            self._flush()
+            return
+        self._reset()
+        self._started = True
+        plans = self._load(self.keys.plan_state, PlanState)
+        recs = self._load(self.keys.recommendations, Recommendation)
+        mode = self._load_one(self.keys.mode, SiteMode)
+        self.engine.restore(plans, recs, mode)
+        self.book.set_actions(self.engine.active_actions())
+        self.alarms.restore(self._load(self.keys.alarms, Alarm))
+        # The previous leader's working memory: filters, camera views, flows, sustain timers and
+        # cooldowns. Without it (first start, too old) zones are unknown until data arrives,
+        # keeping the last known values that were published.
+        if snapshot.load(self.book, self.engine, self._raw_get(self.keys.control_memory), now):
+            log.info("control %s restored the previous leader's memory", self.consumer)
+            self.stats["memory_restored"] += 1
+        else:
+            self._seed_last_known(self._load(self.keys.zone_state, ZoneState))
+        self._inforce = self._load_one(self.keys.inforce, InForce)
+        self.orders.restore(self._load(self.keys.orders, Order))
         self.states = self.book.states(now)
-        pipe = self.r.pipeline(transaction=False)
-        self._publish_zones(pipe, self.states)
+        out = self.out
+        self._publish_zones(out, self.states)
         for ps in self.engine.plan_states().values():
-            self._event(pipe, "plan", ps)
-            pipe.hset(self.keys.plan_state, ps.plan_id, ps.encode())
-        if raw_mode is None:  # a first start: the site is in normal operation, say so
+            self._event(out, "plan", ps)
+            out.hset(self.keys.plan_state, ps.plan_id, ps.encode())
+        if mode is None:  # a first start: the site is in normal operation, say so
             mode = SiteMode(mode="normal", since=now, by="system")
             self.engine.mode = mode
-            pipe.set(self.keys.mode, mode.encode())
-            self._event(pipe, "mode", mode)
-        pipe.execute()
+            out.set(self.keys.mode, mode.encode())
+            self._event(out, "mode", mode)
+        self._publish_inforce(out, now)
+        self._flush()
+
+    def _raw_get(self, key: str):
+        try:
+            return self.raw.get(key)
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            quarantine_wrong_type(self.r, key, "string")
+            return None
+
+    def _seed_last_known(self, published: dict) -> None:
+        for zid, s in published.items():
+            if zid not in self.book._last_known:
+                if s.status == "ok" and s.count is not None and s.updated_at is not None:
+                    self.book._last_known[zid] = LastKnown(count=s.count, density=s.density or 0.0, at=s.updated_at)
+                elif s.last_known is not None:
+                    self.book._last_known[zid] = s.last_known
+
+    def _load(self, key: str, cls) -> dict:
+        """A hash of records, read as bytes; an unreadable field is reported and skipped (it can
+        never stop a restart), a key of the wrong type is renamed aside."""
+        try:
+            raw = self.raw.hgetall(key)
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            quarantine_wrong_type(self.r, key, "hash")
+            return {}
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[text(k)] = decode(cls, v)
+            except RecordError as e:
+                self.stats["restore_unreadable"] += 1
+                log.error("%s field %r unreadable, ignored on restore: %s", key, text(k)[:80], e)
+        return out
+
+    def _load_one(self, key: str, cls):
+        try:
+            raw = self.raw.get(key)
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            quarantine_wrong_type(self.r, key, "string")
+            return None
+        if raw is None:
+            return None
+        try:
+            return decode(cls, raw)
+        except RecordError as e:
+            self.stats["restore_unreadable"] += 1
+            log.error("%s unreadable, ignored on restore: %s", key, e)
+            return None
 
     # ------------------------------------------------------------------ one cycle
 
     def step(self, block_ms: int = 100) -> int:
-        """One read-apply-publish-ack cycle. Returns the number of stream entries handled."""
+        """One read-apply-publish-ack cycle. Returns the number of stream entries handled.
+
+        Raises Redis errors (the caller backs off); whatever was applied in memory stays, with
+        its writes queued, and the entries read are re-read after the error."""
+        t0 = time.perf_counter()
+        try:
+            n = self._step(block_ms)
+            self.last_cycle_s = time.perf_counter() - t0 - (block_ms / 1000 if n == 0 else 0.0)
+            if self.on_cycle is not None:
+                self.on_cycle(max(0.0, self.last_cycle_s))
+            return n
+        except BaseException:
+            self.obs_reader.replay_pending()
+            self.cmd_reader.replay_pending()
+            raise
+
+    def _step(self, block_ms: int) -> int:
+        if self.out:  # an earlier publish failed: send it first, read nothing new meanwhile
+            self._flush()
+        mono = time.monotonic()
+        if mono - self._last_claim >= CLAIM_EVERY_S:
+            self._last_claim = mono
+            for reader in (self.obs_reader, self.cmd_reader):
+                reader.claim_all(min_idle_ms=max(10_000, 3 * self.lease.ttl_ms))
+        if mono - self._last_gc >= CONSUMER_GC_EVERY_S:
+            self._last_gc = mono
+            for reader in (self.obs_reader, self.cmd_reader):
+                gone = reader.remove_idle_consumers(CONSUMER_IDLE_MS)
+                if gone:
+                    log.info("removed idle consumers of %s: %s", reader.stream, ", ".join(gone))
         obs_entries = self.obs_reader.read(count=1000, block_ms=block_ms)
         cmd_entries = self.cmd_reader.read(count=100, block_ms=None)
         now = self.clock()
-        pipe = self.r.pipeline(transaction=False)
+        out = self.out
         touched = self._ingest(obs_entries, now)
         if touched:
             fresh = self.book.states(now, touched)
             self.states.update(fresh)
-            self._publish_zones(pipe, fresh)
-        answered: dict[str, str] = {}
+            self._publish_zones(out, fresh)
         for entry_id, fields in cmd_entries:
-            self._command(pipe, entry_id, fields, now, answered)
+            self._command(out, entry_id, fields, now)
         if now - self._last_full >= FULL_EVERY_S:
             self._last_full = now
             # Zones that received nothing are only re-evaluated when they may have gone stale.
@@ -147,63 +307,221 @@ class ControlService:
             if quiet:
                 expired = self.book.states(now, quiet)
                 self.states.update(expired)
-                self._publish_zones(pipe, expired)
+                self._publish_zones(out, expired)
             for rec in self.engine.evaluate(now, self.states):
                 self.alarms.update_recommendation(now, rec)
             self.alarms.update_zones(now, self.states)
-            self._sample_history(pipe, now, self.states)
+            self._sample_history(out, now, self.states)
+            out.set(self.keys.control_memory, snapshot.dump(self.book, self.engine, now))
+        if time.monotonic() - self._last_maintain >= MAINTAIN_EVERY_S:
+            self._last_maintain = time.monotonic()
+            self.maintain(now)
         if cmd_entries or now == self._last_full:
             self.book.set_actions(self.engine.active_actions())  # cut roads widen their zones
-        self._publish_decisions(pipe)
-        pipe.execute()
-        self.obs_reader.ack([i for i, _ in obs_entries])
-        self.cmd_reader.ack([i for i, _ in cmd_entries])
+        self._publish_decisions(out)
+        self._publish_inforce(out, now)
+        self.obs_reader.ack([i for i, _ in obs_entries], pipe=out)
+        self.cmd_reader.ack([i for i, _ in cmd_entries], pipe=out)
+        self._flush()
         return len(obs_entries) + len(cmd_entries)
 
+    def maintain(self, now: float) -> None:
+        """Retention, so that Redis stays flat over an evening and a season: command results
+        after 24 h, recommendations and alarms the engine has let go of, and the audit trail
+        once archived to files (kept 7 days in Redis for the dashboard's search)."""
+        out, k = self.out, self.keys
+        old = self.raw.zrangebyscore(k.cmd_results_at, "-inf", now - RESULTS_KEEP_S, start=0, num=1000)
+        if old:
+            out.hdel(k.cmd_results, *old)
+            out.zrem(k.cmd_results_at, *old)
+        gone_recs = [f for f in self.raw.hkeys(k.recommendations) if text(f) not in self.engine.recs]
+        if gone_recs:
+            out.hdel(k.recommendations, *gone_recs)
+        gone_alarms = [f for f in self.raw.hkeys(k.alarms) if text(f) not in self.alarms.alarms]
+        if gone_alarms:
+            out.hdel(k.alarms, *gone_alarms)
+        self.stats["retention_removed"] += len(old) + len(gone_recs) + len(gone_alarms)
+        if self.archive is not None:
+            cursor = text(self._raw_get(k.audit_archived))
+            new = self.archive.archive(self.raw, k.audit, cursor)
+            if new and new != cursor:
+                out.set(k.audit_archived, new)
+            if new:
+                keep_from = int((now - AUDIT_KEEP_S) * 1000)
+                archived_ms, archived_seq = (int(x) for x in new.split("-"))
+                minid = f"{keep_from}-0" if keep_from < archived_ms else f"{archived_ms}-{archived_seq}"
+                out.xtrim(k.audit, minid=minid, approximate=False)
+        # Streams by age: events (live push only), zone timelines, and acknowledged observations,
+        # never past the oldest entry still unacknowledged or not yet delivered.
+        # Exact trims: approximate ones only drop whole radix-tree nodes (~100 entries), which a
+        # zone timeline never fills; the cost is the entries removed, a few per pass.
+        out.xtrim(k.events, minid=f"{int((now - EVENTS_KEEP_S) * 1000)}-0", approximate=False)
+        hist_min = f"{int((now - HISTORY_KEEP_S) * 1000)}-0"
+        for z in self.site.zones:
+            out.xtrim(k.zone_history(z.id), minid=hist_min, approximate=False)
+        for stream in (k.obs, k.cmd):
+            keep_from = int((now - OBS_KEEP_S) * 1000)
+            try:
+                pend = self.raw.xpending(stream, GROUP)
+                if pend and pend.get("pending"):
+                    keep_from = min(keep_from, int(text(pend["min"]).split("-")[0]))
+                for g in self.raw.xinfo_groups(stream):
+                    g = {text(a): b for a, b in g.items()}
+                    if text(g.get("name")) == GROUP:
+                        keep_from = min(keep_from, int(text(g["last-delivered-id"]).split("-")[0]))
+            except redis.ResponseError:
+                continue
+            out.xtrim(stream, minid=f"{keep_from}-0", approximate=True)
+
+    def _flush(self) -> None:
+        """Send the queued writes as one MULTI/EXEC (fenced by the lease when leading).
+
+        A command refused on its own (WRONGTYPE: the key is renamed aside and the command
+        retried; anything else: retried twice, then dropped with an error log) does not undo
+        the others. A refused or lost transaction keeps every write queued for the next try."""
+        ops = self.out.ops
+        if not ops:
+            return
+
+        def build(pipe):
+            for name, args, kwargs, _ in ops:
+                getattr(pipe, name)(*args, **kwargs)
+
+        if self.fenced:
+            results = self.lease.transaction(build)
+        else:
+            with self.r.pipeline(transaction=True) as pipe:
+                build(pipe)
+                results = pipe.execute(raise_on_error=False)
+        keep = []
+        for op, res in zip(ops, results):
+            if not isinstance(res, Exception):
+                continue
+            name, args = op[0], op[1]
+            op[3] += 1
+            if "WRONGTYPE" in str(res):
+                self.stats["wrongtype"] += 1
+                quarantine_wrong_type(self.r, args[0], KEY_TYPE.get(name, "none"))
+            else:
+                self.stats["write_refused"] += 1
+                log.error("redis refused %s %s: %s", name, args[0] if args else "", res)
+            if op[3] <= 3:
+                keep.append(op)
+            else:
+                self.stats["write_dropped"] += 1
+                log.error("gave up on %s %s after %d refusals", name, args[0] if args else "", op[3])
+        self.out.ops = keep
+        if not keep:
+            self._unflushed_seen.clear()
+            self._answered.clear()
+
     def _ingest(self, entries, now: float) -> set[str]:
+        out = self.out
         good: list[tuple[str, Observation]] = []
         for entry_id, fields in entries:
+            raw = fields.get("rec", b"")
+            if len(raw) > MAX_RECORD_BYTES:
+                self._reject(entry_id, fields, f"(record): {len(raw):,} bytes, limit {MAX_RECORD_BYTES:,}", kind="size")
+                continue
             try:
-                obs = decode(Observation, fields.get("rec", ""))
+                obs = decode(Observation, raw)
             except RecordError as e:
-                self.obs_reader.dead_letter(entry_id, fields, str(e))
-                self.rejected += 1
+                self._reject(entry_id, fields, str(e))
                 continue
-            problem = site_problem(obs, self.site)
-            if problem:
-                self.obs_reader.dead_letter(entry_id, fields, problem)
-                self.rejected += 1
+            if self.edge_keys is not None:
+                secret = self.edge_keys.get(obs.camera_id)
+                if secret is None:
+                    self._reject(entry_id, fields, f"sig: no edge key is configured for camera {obs.camera_id}",
+                                 kind="sig")
+                    continue
+                if not signature_ok(secret, raw, fields.get("sig")):
+                    self._reject(entry_id, fields, f"sig: not signed with camera {obs.camera_id}'s edge key",
+                                 kind="sig")
+                    continue
+            verdict = check(obs, self.site, now, entry_time(entry_id))
+            if verdict.obs is None:
+                self._reject(entry_id, fields, verdict.reason)
                 continue
-            good.append((entry_id, obs))
+            if verdict.skew_s is not None:
+                self._clock_skew(obs, verdict.skew_s)
+            good.append((entry_id, verdict.obs))
         if not good:
             return set()
-        # Idempotency by (camera, seq), in Redis so it holds across restarts and failover: one
-        # script call per batch answers, per observation, whether it is new (ZADD NX → 1).
-        args = []
+        # Idempotency by (camera, seq), in Redis so it holds across restarts and failover. The
+        # check only reads; the mark is written with the state it produced (see _flush), so an
+        # observation is "seen" exactly when its effect is published.
+        by_cam: dict[str, list[int]] = {}
         for _, obs in good:
-            args += [obs.camera_id, obs.seq, obs.captured_at]
-        fresh_flags = self._dedupe(args=[self.keys.prefix, now - SEEN_KEEP_S, *args])
+            by_cam.setdefault(obs.camera_id, []).append(obs.seq)
+        pipe = self.r.pipeline(transaction=False)
+        for cam, seqs in by_cam.items():
+            pipe.zmscore(self.keys.obs_seen(cam), seqs)
+        seen = {}
+        for (cam, seqs), scores in zip(by_cam.items(), pipe.execute()):
+            for seq, score in zip(seqs, scores or [None] * len(seqs)):
+                if score is not None:
+                    seen[(cam, seq)] = True
         touched: set[str] = set()
-        for (_, obs), new in sorted(zip(good, fresh_flags), key=lambda x: x[0][1].captured_at):
-            if not new:
+        marks: dict[str, dict[str, float]] = {}
+        for entry_id, obs in sorted(good, key=lambda x: x[1].captured_at):
+            key = (obs.camera_id, obs.seq)
+            if key in seen or key in self._unflushed_seen:
                 self.duplicates += 1
                 continue
-            touched |= self.book.apply(obs)
-            self.alarms.update_camera(now, obs.camera_id, obs.health)
+            try:
+                touched |= self.book.apply(obs, now)
+                self.alarms.update_camera(now, obs.camera_id, obs.health)
+            except Exception as e:  # a bug must not turn one record into a crash loop
+                log.exception("observation %s could not be applied", entry_id)
+                self._reject(entry_id, {"rec": obs.encode()}, f"internal: {type(e).__name__}: {e}", kind="internal")
+                continue
+            self._unflushed_seen.add(key)
+            marks.setdefault(self.keys.obs_seen(obs.camera_id), {})[str(obs.seq)] = obs.captured_at
             self.applied += 1
+        for key, mapping in marks.items():
+            out.zadd(key, mapping)
+            out.zremrangebyscore(key, "-inf", now - SEEN_KEEP_S)
+            out.expire(key, int(SEEN_KEEP_S))  # a camera taken away leaves nothing behind
+            self.newest_applied = max(self.newest_applied or 0.0, max(mapping.values()))
         return touched
 
-    def _command(self, pipe, entry_id: str, fields: dict, now: float, answered: dict) -> None:
+    def _clock_skew(self, obs: Observation, skew: float) -> None:
+        """A gateway whose clock is off: its capture times are corrected, and it is reported
+        (once per camera per change of more than a second, and as a metric)."""
+        self.stats["clock_corrected"] += 1
+        prev = self.skew_s.get(obs.camera_id)
+        self.skew_s[obs.camera_id] = skew
+        if prev is None or abs(prev - skew) > 1.0:
+            log.warning("camera %s (agent %s): gateway clock %+.1f s off; capture times corrected",
+                        obs.camera_id, obs.agent_id, skew)
+
+    def _reject(self, entry_id: str, fields: dict, reason: str, kind: str | None = None) -> None:
+        self.obs_reader.dead_letter(entry_id, fields, reason, pipe=self.out)
+        self.rejected += 1
+        self.rejected_by[kind or reason_kind(reason)] += 1
+
+    def _command(self, pipe, entry_id: str, fields: dict, now: float) -> None:
         try:
-            cmd = decode(Command, fields.get("rec", ""))
+            cmd = decode(Command, fields.get("rec", b""))
         except RecordError as e:
-            self.cmd_reader.dead_letter(entry_id, fields, str(e))
+            self.cmd_reader.dead_letter(entry_id, fields, str(e), pipe=pipe)
+            self.stats["commands_rejected"] += 1
             return
-        done = answered.get(cmd.id) or self.r.hget(self.keys.cmd_results, cmd.id)
+        done = self._answered.get(cmd.id) or self.raw.hget(self.keys.cmd_results, cmd.id)
         if done is not None:  # seen before (a retry or a redelivery): answer again, act once
-            self._event(pipe, "command_result", decode(CommandResult, done))
+            try:
+                self._event(pipe, "command_result", decode(CommandResult, done))
+            except RecordError as e:
+                log.error("stored result of command %s unreadable (%s); not acting again", cmd.id, e)
             return
-        if cmd.kind == "ack_alarm":
+        late = too_late(cmd, now, self.site.control.command_max_age_s)
+        if late is not None:
+            result, audit = CommandResult(command_id=cmd.id, ok=False, error=late, at=now), [refusal_audit(cmd, now, late)]
+        elif cmd.kind == "answer_order":
+            error = self.orders.answer(cmd, now)
+            result = CommandResult(command_id=cmd.id, ok=error is None, error=error, at=now)
+            audit = [refusal_audit(cmd, now, error)] if error else []
+        elif cmd.kind == "ack_alarm":
             error = self.alarms.ack(now, cmd)
             result = CommandResult(command_id=cmd.id, ok=error is None, error=error, at=now)
             audit = [] if error else [self._ack_audit(now, cmd)]
@@ -215,7 +533,8 @@ class ControlService:
         if not result.ok:
             log.warning("command %s (%s by %s/%s) refused: %s", cmd.id, cmd.kind, cmd.user, cmd.role, result.error)
         pipe.hset(self.keys.cmd_results, cmd.id, result.encode())
-        answered[cmd.id] = result.encode()
+        pipe.zadd(self.keys.cmd_results_at, {cmd.id: now})
+        self._answered[cmd.id] = result.encode()
         self._event(pipe, "command_result", result)
         for entry in audit:
             self._audit(pipe, entry)
@@ -230,7 +549,7 @@ class ControlService:
         pipe.xadd(self.keys.events, {"type": kind, "rec": rec.encode()}, maxlen=EVENTS_MAXLEN, approximate=True)
 
     def _audit(self, pipe, entry) -> None:
-        pipe.xadd(self.keys.audit, {"rec": entry.encode()})  # append-only, never trimmed
+        pipe.xadd(self.keys.audit, {"rec": entry.encode()})  # append-only; archived, then trimmed (maintain)
         self._event(pipe, "audit", entry)
 
     def _publish_zones(self, pipe, states: dict[str, ZoneState]) -> None:
@@ -250,6 +569,22 @@ class ControlService:
                 self._last_hist[zid] = (now, s.status)
                 rec = encoded[zid] if encoded else s.encode()
                 pipe.xadd(self.keys.zone_history(zid), {"rec": rec}, maxlen=HISTORY_MAXLEN, approximate=True)
+
+    def _publish_inforce(self, pipe, now: float) -> None:
+        """The one record of what is in force (control/inforce.py), on change only; the
+        measures that came into force go to their posts as orders (control/orders.py)."""
+        rec = in_force(self.site, self.engine.plan_states(), self.engine.mode, now)
+        if not same_measures(self._inforce, rec):
+            self.orders.update(self._inforce, rec, now)
+            self._inforce = rec
+            pipe.set(self.keys.inforce, rec.encode())
+            self._event(pipe, "inforce", rec)
+        orders, audit = self.orders.take_changes()
+        for o in orders:
+            pipe.hset(self.keys.orders, o.id, o.encode())
+            self._event(pipe, "order", o)
+        for entry in audit:
+            self._audit(pipe, entry)
 
     def _publish_decisions(self, pipe) -> None:
         plans, recs, mode = self.engine.take_changes()
@@ -271,9 +606,14 @@ class ControlService:
     # ------------------------------------------------------------------ the loop
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 0.5
+        """Lead when the lease is free, follow otherwise; never return before ``stop``.
+
+        Redis errors of every class are caught here: the loop waits with the one backoff
+        policy (:class:`crowdflow.bus.Backoff`, capped at 2 s so that control is back within
+        seconds of Redis) and keeps its in-memory state; a lost lease makes it a follower."""
+        self.fenced = True
+        backoff = Backoff(cap_s=2.0)
         leader = False
-        last_renew = 0.0
         while not stop.is_set():
             try:
                 if not leader:
@@ -281,25 +621,54 @@ class ControlService:
                         stop.wait(0.5)
                         continue
                     self.start()
-                    leader, last_renew = True, time.monotonic()
+                    leader = self.leading = True
+                    self.stats["leader_terms"] += 1
                     log.info("control %s leads: %d zones, %d cameras, %d plans", self.consumer,
                              len(self.site.zones), len(self.site.cameras), len(self.site.plans))
-                if time.monotonic() - last_renew >= 1.0:
-                    if not self.lease.renew():
-                        log.warning("control %s lost the lease; standing by", self.consumer)
-                        leader = False
-                        continue
-                    last_renew = time.monotonic()
                 self.step()
-                backoff = 0.5
-            except redis.ConnectionError as e:
-                # Unacknowledged entries are re-read after reconnect; decisions are in Redis.
-                log.error("redis unreachable (%s); retrying in %.1f s", e, backoff)
-                leader = False
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10)
+                if backoff.failures:
+                    log.info("redis answers again after %d failed tries", backoff.failures)
+                backoff.succeeded()
+            except LeaseLost as e:
+                log.warning("control %s lost the lease (%s); standing by", self.consumer, e)
+                self.stats["lease_lost"] += 1
+                leader = self.leading = False
+            except TRANSIENT as e:
+                self.stats["reconnects"] += 1
+                wait = backoff.failed()
+                log.error("redis unreachable (%s: %s); retrying in %.1f s, state kept", type(e).__name__, e, wait)
+                stop.wait(wait)
+            except redis.RedisError as e:
+                self.stats[f"redis_{error_kind(e)}"] += 1
+                wait = backoff.failed()
+                log.error("redis error (%s: %s); retrying in %.1f s, state kept", type(e).__name__, e, wait)
+                stop.wait(wait)
+            except Exception:  # a bug: report it loudly, never stop watching the site
+                self.stats["internal_error"] += 1
+                log.exception("unexpected error in the control loop; retrying")
+                stop.wait(backoff.failed())
         if leader:
             try:
                 self.lease.release()
             except redis.RedisError:
                 pass
+
+
+def error_kind(e: Exception) -> str:
+    """A short label for a Redis error (metrics, logs): oom, wrongtype, readonly, …"""
+    msg = str(e).split(" ", 1)[0].lower() if str(e) else ""
+    if isinstance(e, redis.exceptions.OutOfMemoryError) or msg == "oom":
+        return "oom"
+    if msg in ("wrongtype", "readonly", "noscript", "loading", "busy", "masterdown", "execabort", "noperm",
+               "noauth", "crossslot", "moved", "ask", "tryagain", "clusterdown"):
+        return msg
+    return type(e).__name__.lower()
+
+
+def reason_kind(reason: str) -> str:
+    """The class of a dead-letter reason for metrics: the field path before the colon, with
+    list indexes dropped (``zones[3].count: …`` → ``zones.count``)."""
+    import re
+
+    head = reason.split(":", 1)[0]
+    return re.sub(r"\[\d+\]", "", head)[:40] or "(record)"

@@ -16,18 +16,33 @@ key                             type    content
 ``<p>:events``                  stream  every change above, fields ``type`` and ``rec``
 ``<p>:cmd``                     stream  Command JSON from the dashboard (group ``control``)
 ``<p>:cmd:dead``                stream  rejected commands with the reason
-``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency)
-``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe)
-``<p>:audit``                   stream  AuditEntry JSON, append-only, never trimmed
-``<p>:leader``                  string  the leading control instance's lease
+``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency, 24 h)
+``<p>:cmd:results:at``          zset    command id → answer time (drives the 24 h retention)
+``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe, 3 h)
+``<p>:audit``                   stream  AuditEntry JSON, append-only; archived to files, kept 24 h
+``<p>:audit:archived``          string  the last audit id written to the archive files
+``<p>:session:<sha256>``        hash    a dashboard session (TTL = session lifetime)
+``<p>:limits:…``                        login rate-limit windows (the ``limits`` library)
+``<p>:leader``                  string  the leading control instance's lease (id, with a TTL)
+``<p>:leader:last``             string  the id of the last instance that took the lease
+``<p>:control:memory``          string  control's working memory (filters, timers) for takeover
 ==============================  ======  =====================================================
 
 Consumer group ``control`` reads ``<p>:obs`` at-least-once: entries are acknowledged only
-after their effect has been published.
+after their effect has been published, in the same MULTI/EXEC as the publish, fenced by the
+leader lease (:meth:`LeaderLease.transaction`).
+
+Failure policy (docs/reliability.md): stream entries are read as bytes and decoded by the
+record decoder, so nothing a producer writes can crash a reader; :data:`TRANSIENT` errors are
+retried per command by redis-py's ``Retry`` (:func:`command_retry`) and, beyond that, by the
+service loops with :class:`Backoff`; other Redis errors are reported and retried with the
+same backoff while the service keeps its state.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 import time
@@ -36,6 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import EqualJitterBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +60,24 @@ OBS_MAXLEN = 200_000  # ~1 h of 50 cameras at 1 Hz; approximate trimming
 EVENTS_MAXLEN = 50_000
 HISTORY_MAXLEN = 800  # 2 h of 10 s samples, with margin
 DEAD_MAXLEN = 10_000
+CMD_MAXLEN = 10_000  # commands are answered within seconds; results are kept 24 h
+# Time-based retention (control trims every stream and hash to these; the MAXLENs above are hard
+# caps on top). CROWDFLOW_RETENTION_SCALE divides them all: the soak test runs a whole evening at
+# 60x with every window 60x shorter, so that Redis reaches its steady state within the run.
+RETENTION_SCALE = max(1.0, float(os.environ.get("CROWDFLOW_RETENTION_SCALE", "1") or 1))
+RESULTS_KEEP_S = 24 * 3600 / RETENTION_SCALE
+AUDIT_KEEP_S = 24 * 3600 / RETENTION_SCALE  # audit kept in Redis (dashboard search) once archived
+SEEN_KEEP_S = 3 * 3600 / RETENTION_SCALE  # (camera, seq) dedupe window; ingest refuses older records
+EVENTS_KEEP_S = 600 / RETENTION_SCALE  # dashboards resync from the hashes; events are for live push
+OBS_KEEP_S = 900 / RETENTION_SCALE  # acknowledged observations (never past an unacknowledged one)
+HISTORY_KEEP_S = 2 * 3600 / RETENTION_SCALE  # the zone timeline's 2 hours
+DEAD_RAW_KEEP = 64 * 1024  # bytes of a rejected entry kept verbatim (longer ones: head + size + sha256)
+
+# Errors that mean "Redis is not answering right now" (down, restarting, paused, loading its
+# dump, failing over): retried with backoff, never fatal. Every other ``redis.RedisError``
+# (OOM, WRONGTYPE, READONLY, NOSCRIPT, …) is a ``ResponseError``: reported, backed off, and the
+# work kept for the next try. See :class:`Backoff` and docs/reliability.md.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 def _key(suffix: str) -> property:
@@ -66,8 +101,14 @@ class Keys:
     cmd = _key("cmd")
     cmd_dead = _key("cmd:dead")
     cmd_results = _key("cmd:results")
+    cmd_results_at = _key("cmd:results:at")
+    audit_archived = _key("audit:archived")
     audit = _key("audit")
     leader = _key("leader")
+    leader_last = _key("leader:last")
+    control_memory = _key("control:memory")
+    inforce = _key("inforce")  # InForce: every measure in force, with its source (one string)
+    orders = _key("orders")  # Order per id: measures and staffing sent to posts, with answers
 
     def zone_history(self, zone_id: str) -> str:
         return f"{self.prefix}:zone:hist:{zone_id}"
@@ -87,41 +128,174 @@ def resolve_prefix(configured: str) -> str:
     return os.environ.get("CROWDFLOW_REDIS_PREFIX") or configured
 
 
+def mask_url(url: str | None) -> str | None:
+    """A URL fit for logs: the password (and a user name with it) replaced by ``***``.
+    Works for redis://, rediss://, rtsp:// and http(s):// URLs alike."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***:***@{host}" if parts.password is not None else f"***@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def sign_record(secret: str, rec: bytes | str) -> str:
+    """HMAC-SHA256 of a record with an edge's secret: the ``sig`` field next to ``rec``."""
+    import hmac
+
+    data = rec.encode() if isinstance(rec, str) else rec
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+
+
+def signature_ok(secret: str, rec: bytes | str, sig: bytes | str | None) -> bool:
+    import hmac
+
+    if not sig:
+        return False
+    sig = sig.decode("ascii", errors="replace") if isinstance(sig, bytes) else sig
+    return hmac.compare_digest(sign_record(secret, rec), sig)
+
+
+def load_edge_keys(env: dict | None = None) -> dict[str, str] | None:
+    """Camera id → that camera's edge secret, from ``CROWDFLOW_EDGE_KEYS`` (a JSON object) or
+    the file named by ``CROWDFLOW_EDGE_KEYS_FILE``; None when neither is set (not enforced)."""
+    import json
+
+    env = os.environ if env is None else env
+    raw = env.get("CROWDFLOW_EDGE_KEYS")
+    if not raw and env.get("CROWDFLOW_EDGE_KEYS_FILE"):
+        raw = Path(env["CROWDFLOW_EDGE_KEYS_FILE"]).read_text(encoding="utf-8")
+    if not raw:
+        return None
+    keys = json.loads(raw)
+    if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) >= 16
+                                             for k, v in keys.items()):
+        raise ValueError("CROWDFLOW_EDGE_KEYS: a JSON object of camera id -> secret (16+ characters)")
+    return keys
+
+
 def resolve_url(configured: str | None) -> str | None:
     """``REDIS_URL`` wins over the config; None means "start an embedded server"."""
     return os.environ.get("REDIS_URL") or configured
 
 
+# ----------------------------------------------------------------------------- retry policy
+
+
+def command_retry(retries: int = 2, cap_s: float = 0.5, base_s: float = 0.05) -> Retry:
+    """redis-py's own per-command retry: a short, jittered exponential backoff that rides out a
+    blip (a reset connection after a Redis restart) without the caller seeing it. Longer
+    outages surface as :data:`TRANSIENT` errors to the service loop, which backs off with
+    :class:`Backoff` while keeping its state."""
+    return Retry(EqualJitterBackoff(cap=cap_s, base=base_s), retries, supported_errors=TRANSIENT)
+
+
+class Backoff:
+    """The one backoff policy of the services' outer loops (control, edge publisher, dashboard
+    follower): redis-py's jittered exponential backoff, capped so that a service is back within
+    ``cap_s`` of Redis returning. ``failed()`` returns the seconds to wait."""
+
+    def __init__(self, cap_s: float = 2.0, base_s: float = 0.1):
+        self._policy = EqualJitterBackoff(cap=cap_s, base=base_s)
+        self.cap_s = cap_s
+        self.failures = 0
+
+    def failed(self) -> float:
+        self.failures += 1
+        return min(self.cap_s, self._policy.compute(self.failures))
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
 def connect(url: str, **kw) -> redis.Redis:
+    """A client with short timeouts (a paused Redis is noticed in seconds, not minutes) and the
+    retry policy above. ``decode_responses`` is on: use :func:`raw_client` to read data that
+    other processes wrote (streams, hashes) so that bytes that are not UTF-8 cannot kill the
+    reader."""
     kw.setdefault("decode_responses", True)
     kw.setdefault("socket_timeout", 5)
     kw.setdefault("socket_connect_timeout", 3)
+    kw.setdefault("socket_keepalive", True)
     kw.setdefault("health_check_interval", 15)
+    kw.setdefault("retry", command_retry())
     return redis.Redis.from_url(url, **kw)
+
+
+def raw_client(r: redis.Redis) -> redis.Redis:
+    """A twin of ``r`` (same server, timeouts, retry) that returns bytes, never decoding."""
+    pool = r.connection_pool
+    kw = dict(pool.connection_kwargs)
+    kw["decode_responses"] = False
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kw))
+
+
+def text(b: bytes | str | None) -> str | None:
+    """Bytes from Redis as text for logs and dead letters (invalid UTF-8 shown escaped)."""
+    if b is None or isinstance(b, str):
+        return b
+    return b.decode("utf-8", errors="backslashreplace")
 
 
 def wait_until_up(r: redis.Redis, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
+    backoff = Backoff(cap_s=1.0)
     while True:
         try:
             r.ping()
             return
-        except redis.ConnectionError:
+        except TRANSIENT:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+            time.sleep(backoff.failed())
+
+
+def quarantine_wrong_type(r: redis.Redis, key: str, expected: str) -> str | None:
+    """A key of the wrong type (WRONGTYPE) is renamed aside, never deleted, so the service can
+    go on and an operator can look at it. Returns the new name, or None if the type is fine."""
+    actual = r.type(key)
+    actual = actual.decode() if isinstance(actual, bytes) else actual
+    if actual in (expected, "none"):
+        return None
+    aside = f"{key}:wrongtype:{int(time.time())}"
+    r.rename(key, aside)
+    log.error("key %s was a %s, not a %s: renamed to %s (kept for inspection)", key, actual, expected, aside)
+    return aside
+
+
+# ----------------------------------------------------------------------------- streams
+
+
+def _field_text(k) -> str:
+    return k.decode("utf-8", errors="backslashreplace") if isinstance(k, bytes) else str(k)
 
 
 class GroupReader:
     """At-least-once reading of one stream through a consumer group.
 
     ``read()`` first re-delivers this consumer's own pending entries (work it took but did not
-    acknowledge before a crash), then new ones. Entries that cannot be used are moved to the
-    dead-letter stream with a reason and acknowledged, so one bad record never blocks a reader.
+    acknowledge before a crash), then new ones. Entries come back as ``(id, fields)`` with the
+    field *values as bytes*, exactly as stored: decoding is the record decoder's job, so an
+    entry that is not UTF-8 is a dead letter, not a crash of the reader (a poison pill).
+    Entries that cannot be used are moved to the dead-letter stream with a reason and
+    acknowledged, so one bad record never blocks a reader.
     """
 
-    def __init__(self, r: redis.Redis, stream: str, group: str, consumer: str, dead_stream: str):
+    def __init__(self, r: redis.Redis, stream: str, group: str, consumer: str, dead_stream: str,
+                 raw: redis.Redis | None = None):
         self.r = r
+        self.raw = raw or raw_client(r)
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -132,54 +306,134 @@ class GroupReader:
         try:
             self.r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+            if "BUSYGROUP" in str(e):
+                return
+            if "WRONGTYPE" in str(e) and quarantine_wrong_type(self.r, self.stream, "stream"):
+                return self.ensure_group()
+            raise
+
+    def _entries(self, resp) -> list[tuple[str, dict]]:
+        if not resp:
+            return []
+        # RESP2 answers a list of [stream, entries]; RESP3 a dict.
+        entries = resp[0][1] if isinstance(resp, list) else next(iter(resp.values()))[0]
+        out = []
+        for entry_id, fields in entries:
+            if fields is None:
+                fields = {}
+            out.append((_field_text(entry_id), {_field_text(k): v for k, v in fields.items()}))
+        return out
 
     def read(self, count: int = 500, block_ms: int | None = 1000) -> list[tuple[str, dict]]:
-        """Pending entries first, then new ones; ``block_ms=None`` does not wait."""
+        """Pending entries first, then new ones; ``block_ms=None`` does not wait. A group that
+        vanished (Redis restarted without persistence, a stream deleted) is created again."""
+        try:
+            return self._read(count, block_ms)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            log.warning("consumer group %s of %s is gone (Redis restarted empty?): creating it again",
+                        self.group, self.stream)
+            self.ensure_group()
+            self._pending_done = False
+            return []
+
+    def _read(self, count: int, block_ms: int | None) -> list[tuple[str, dict]]:
         if not self._pending_done:
-            resp = self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
-            entries = resp[0][1] if resp else []
-            entries = [(i, f) for i, f in entries if f]  # trimmed-away entries come back empty
+            resp = self.raw.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
+            entries = self._entries(resp)
+            gone = [i for i, f in entries if not f]  # trimmed away while pending: nothing to do
+            if gone:
+                self.ack(gone)
+            entries = [(i, f) for i, f in entries if f]
             if entries:
                 return entries
-            self._pending_done = True
-        resp = self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
-        return resp[0][1] if resp else []
+            if not gone:
+                self._pending_done = True
+            else:
+                return []
+        resp = self.raw.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
+        return self._entries(resp)
 
-    def claim_all(self) -> int:
-        """Take over every pending entry of every consumer (a new leader after failover)."""
-        claimed, start = 0, "0-0"
+    def claim_all(self, min_idle_ms: int = 0) -> int:
+        """Take over the pending entries of every other consumer (idle at least ``min_idle_ms``):
+        a new leader after failover, or entries a paused ex-leader read after losing its lease.
+        Only ids are moved (JUSTID), so no entry is decoded here."""
+        claimed, start = 0, "-"
         while True:
-            resp = self.r.xautoclaim(self.stream, self.group, self.consumer, min_idle_time=0, start_id=start, count=500)
-            start, entries = resp[0], resp[1]
-            claimed += len(entries)
-            if start in ("0-0", b"0-0"):
+            pending = self.raw.xpending_range(self.stream, self.group, min=start, max="+", count=500,
+                                              idle=min_idle_ms or None)
+            ids = [p["message_id"] for p in pending if _field_text(p["consumer"]) != self.consumer]
+            if ids:
+                self.raw.xclaim(self.stream, self.group, self.consumer, min_idle_time=min_idle_ms,
+                                message_ids=ids, justid=True)
+                claimed += len(ids)
+            if len(pending) < 500:
                 break
-        self._pending_done = False
+            start = "(" + _field_text(pending[-1]["message_id"])
+        if claimed:
+            self._pending_done = False
         return claimed
+
+    def remove_idle_consumers(self, idle_ms: int) -> list[str]:
+        """Delete consumers (other than this one) idle for ``idle_ms`` with nothing pending:
+        the names of dead workers, which would otherwise accumulate for ever."""
+        removed = []
+        for c in self.raw.xinfo_consumers(self.stream, self.group):
+            name = _field_text(c.get("name") or c.get(b"name"))
+            pending = c.get("pending", c.get(b"pending", 0))
+            idle = c.get("idle", c.get(b"idle", 0))
+            if name != self.consumer and not pending and idle >= idle_ms:
+                self.r.xgroup_delconsumer(self.stream, self.group, name)
+                removed.append(name)
+        return removed
 
     def replay_pending(self) -> None:
         """Re-deliver unacknowledged entries on the next read (after a lost connection)."""
         self._pending_done = False
 
-    def ack(self, ids: list[str]) -> None:
+    def ack(self, ids: list[str], pipe=None) -> None:
         if ids:
-            self.r.xack(self.stream, self.group, *ids)
+            (pipe if pipe is not None else self.r).xack(self.stream, self.group, *ids)
 
-    def dead_letter(self, entry_id: str, fields: dict, reason: str) -> None:
-        raw = fields.get("rec", repr(fields))  # the raw record is kept, nothing is lost
-        self.r.xadd(
-            self.dead_stream,
-            {"rec": raw, "reason": reason, "source_id": entry_id, "at": f"{time.time():.3f}"},
-            maxlen=DEAD_MAXLEN,
-            approximate=True,
-        )
+    def dead_letter(self, entry_id: str, fields: dict, reason: str, pipe=None) -> None:
+        """Put a rejected entry aside with the reason. The raw record is kept: verbatim when it
+        is UTF-8 text (up to 64 KiB), else base64 in ``raw_b64``; beyond 64 KiB the head, the
+        size and the SHA-256 of the whole are kept, so a 1 MB hostile entry does not fill Redis.
+        With ``pipe`` the write joins the caller's transaction (dead letter and ack together)."""
+        raw = fields.get("rec")
+        if raw is None:
+            raw = repr({k: (v[:200] if isinstance(v, (bytes, str)) else v) for k, v in fields.items()}).encode()
+        elif isinstance(raw, str):
+            raw = raw.encode()
+        entry = {"reason": reason[:2000], "source_id": entry_id, "at": f"{time.time():.3f}", "size": str(len(raw))}
+        if len(raw) > DEAD_RAW_KEEP:
+            entry["sha256"] = hashlib.sha256(raw).hexdigest()
+            raw = raw[:DEAD_RAW_KEEP]
+            entry["truncated"] = "1"
+        try:
+            entry["rec"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            entry["rec"] = raw.decode("utf-8", errors="backslashreplace")
+            entry["raw_b64"] = base64.b64encode(raw).decode()
+        (pipe if pipe is not None else self.r).xadd(self.dead_stream, entry, maxlen=DEAD_MAXLEN, approximate=True)
         log.warning("rejected %s %s: %s", self.stream, entry_id, reason)
 
 
+# ----------------------------------------------------------------------------- leader lease
+
+
+class LeaseLost(Exception):
+    """This instance no longer holds the leader lease: its writes were not applied."""
+
+
 class LeaderLease:
-    """One leader among control instances: a Redis key holding the leader's id with a TTL."""
+    """One leader among control instances: a Redis key holding the leader's id with a TTL.
+
+    Fencing: every write of the leader goes through :meth:`transaction`, a MULTI/EXEC that
+    WATCHes the lease key and checks it still names this instance. A leader paused (SIGSTOP,
+    a long GC, a VM freeze) past its TTL wakes up to find another id there, or the key
+    changed under its WATCH, and its writes are discarded (:class:`LeaseLost`)."""
 
     _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
     _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
@@ -189,12 +443,31 @@ class LeaderLease:
         self.key = key
         self.ttl_ms = ttl_ms
         self.id = instance_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.last_key = f"{key}:last"
+        self.continued = False
+
+    # KEYS: lease, last holder. ARGV: id, ttl. → {1, previous holder} taken / {0, holder} not.
+    _ACQUIRE = """
+local cur = redis.call('get', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return {1, ARGV[1]}
+end
+if cur then return {0, cur} end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local prev = redis.call('get', KEYS[2]) or ''
+redis.call('set', KEYS[2], ARGV[1])
+return {1, prev}
+"""
 
     def acquire(self) -> bool:
-        """Take the lease if free, or keep it if already ours."""
-        if self.r.set(self.key, self.id, nx=True, px=self.ttl_ms):
-            return True
-        return self.renew()
+        """Take the lease if free, or keep it if already ours. Afterwards :attr:`continued`
+        says whether no other instance led since this one last held it (so its in-memory
+        state is still the newest and need not be restored from Redis)."""
+        ok, prev = self.r.eval(self._ACQUIRE, 2, self.key, self.last_key, self.id, self.ttl_ms)
+        if ok:
+            self.continued = prev == self.id
+        return bool(ok)
 
     def renew(self) -> bool:
         return bool(self.r.eval(self._RENEW, 1, self.key, self.id, self.ttl_ms))
@@ -204,6 +477,23 @@ class LeaderLease:
 
     def holder(self) -> str | None:
         return self.r.get(self.key)
+
+    def transaction(self, build) -> list:
+        """Run ``build(pipe)`` (which queues writes) as one MULTI/EXEC that also renews the lease,
+        applied only while this instance holds it. Returns the per-command results (errors
+        included, not raised: the caller reports them); raises :class:`LeaseLost`."""
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key)
+                holder = pipe.get(self.key)
+                if holder != self.id:
+                    raise LeaseLost(f"lease held by {holder!r}")
+                pipe.multi()
+                build(pipe)
+                pipe.pexpire(self.key, self.ttl_ms)
+                return pipe.execute(raise_on_error=False)
+            except redis.WatchError:
+                raise LeaseLost("lease changed during the transaction") from None
 
 
 class EmbeddedRedis:
