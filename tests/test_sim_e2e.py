@@ -24,7 +24,7 @@ def test_virtual_cameras_make_every_covered_zone_live(tmp_path, redis_url, keys,
     covered = {z for c in site.cameras for z in c.zones}
     with services(tmp_path, redis_url, keys.prefix) as s:
         s.start("control", "control", "--stale-after", "5")
-        s.start("sim", "sim", "--speed", "120", "--start", "20:00", "--duration", "60")
+        s.start("sim", "sim", "--speed", "120", "--start", "20:00", "--duration", "150")
 
         def all_live():
             st = zone_states(r, keys)
@@ -51,5 +51,7 @@ def test_virtual_cameras_make_every_covered_zone_live(tmp_path, redis_url, keys,
         wait_for(lambda: (raw := r.hget(keys.plan_state, "hongyadong")) and decode(PlanState, raw).level == "II", 10,
                  what="level II in force")
         low = before[len(before) // 2] * 0.6
-        wait_for(lambda: (d := frontage()) is not None and d < low, 20, what=f"frontage density below {low:.2f}")
+        # The twin puts a cut on the ground only once its officers have walked from the reserve
+        # and set it up (≈20 simulated minutes for 嘉滨路: ≈10 s at 120×, more on a busy machine).
+        wait_for(lambda: (d := frontage()) is not None and d < low, 75, what=f"frontage density below {low:.2f}")
         assert zone_states(r, keys)["jiabin-frontage"].capacity > site.zone_by_id["jiabin-frontage"].capacity
