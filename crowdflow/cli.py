@@ -22,6 +22,9 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from .redact import install
+
+    install()  # credentials in URLs (rtsp://user:pw@…) never reach a log line
 
 
 def _load(args) -> Site:
@@ -89,6 +92,10 @@ def cmd_check_config(args) -> int:
     print(f"  gates   {len(site.gates):3d}  roads {len(site.roads)}  posts {len(site.posts)}")
     for p in site.plans:
         print(f"  plan {p.id}: {len(p.zones)} zones, levels {' → '.join(lv.level for lv in p.levels)}")
+    from crowdflow.site import semantic_warnings
+
+    for path, msg in semantic_warnings(site):
+        print(f"warning: {path}: {msg}")
     return 0
 
 
@@ -125,8 +132,25 @@ def cmd_control(args) -> int:
 
     site = _load(args)
     r, url, keys, embedded = open_redis(site, wait_s=None)  # control waits for Redis as long as it takes
+    audit_dir = args.audit_dir or os.environ.get("CROWDFLOW_AUDIT_DIR") or str(data_dir() / "audit")
+    from .bus import load_edge_keys
+
+    try:
+        edge_keys = load_edge_keys()
+    except (ValueError, OSError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if edge_keys is None:
+        log.warning("CROWDFLOW_EDGE_KEYS not set: records are not checked against their camera's edge key")
     svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
+                         audit_dir=None if audit_dir == "none" else audit_dir, edge_keys=edge_keys,
                          planner_factory=_planner_factory(site, args.twin))
+    port = args.metrics_port or int(os.environ.get("CROWDFLOW_CONTROL_METRICS_PORT", "0") or 0)
+    if port:
+        from control.metrics import ControlMetrics
+
+        ControlMetrics(svc).serve(port)
+        log.info("metrics on :%d/metrics", port)
     try:
         svc.run(_stop_event())
     finally:
@@ -146,7 +170,7 @@ def cmd_dashboard(args) -> int:
     r, url, keys, embedded = open_redis(site)
     r.close()
     try:
-        app = create_app(site, url, keys)
+        app = create_app(site, url, keys, config_dir=Path(args.config).resolve().parent)
     except AuthError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -194,6 +218,14 @@ def cmd_edge(args) -> int:
     if args.log_json or os.environ.get("CROWDFLOW_LOG_FORMAT") == "json":
         use_json_logs()
     site = _load(args)
+    from .bus import Keys, connect, mask_url, resolve_prefix, resolve_url
+
+    url = resolve_url(site.redis.url)
+    if url is None:
+        # An embedded Redis on a gateway would keep its observations to itself: refuse.
+        print("error: the edge agent needs the control site's Redis: set REDIS_URL (or redis.url in the "
+              "site file); it never starts an embedded one", file=sys.stderr)
+        return 2
     camera = _camera(site, args.camera)
     uri = args.source or camera.source
     if not uri:
@@ -214,7 +246,10 @@ def cmd_edge(args) -> int:
     else:
         log.info("density model: %s", density.path)
     grabber = FrameGrabber(uri, realtime=not args.fast, loop=args.loop, max_backoff_s=site.edge.reconnect_max_s)
-    r, url, keys, embedded = open_redis(site)
+    # No wait for Redis: the agent counts and spools from the first frame, and replays when
+    # Redis answers (edge/spool.py).
+    r, keys, embedded = connect(url), Keys(resolve_prefix(site.redis.prefix)), None
+    log.info("edge %s publishes to %s", camera.id, mask_url(url))
     spool_path = args.spool or (site.edge.spool_path or str(data_dir() / "edge-spool-{camera}.sqlite"))
     spool = Spool(spool_path.format(camera=camera.id), site.edge.spool_max_records)
     metrics = EdgeMetrics(camera.id)
@@ -224,8 +259,9 @@ def cmd_edge(args) -> int:
         log.info("metrics on :%d/metrics", port)
     counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px))
     try:
-        agent = EdgeAgent(site, camera.id, grabber, counter, Publisher(r, keys, spool), preset=args.preset,
-                          metrics=metrics, config_dir=Path(args.config).parent)
+        publisher = Publisher(r, keys, spool, signing_key=os.environ.get("CROWDFLOW_EDGE_KEY"))
+        agent = EdgeAgent(site, camera.id, grabber, counter, publisher, preset=args.preset, metrics=metrics,
+                          config_dir=Path(args.config).parent)
     except (KeyError, FileNotFoundError, ValueError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         spool.close()
@@ -495,7 +531,7 @@ def cmd_whatif(args) -> int:
         return 0
     print(f"what if {', '.join(args.action)} — from {origin}, next {args.horizon:g} min ({took:.1f} s)")
     if unknown:
-        print(f"  no live data (started empty): {', '.join(unknown)}")
+        print(f"  no live data (started at the worst plausible load): {', '.join(unknown)}")
     if not w.curves:
         print("  no zone changes noticeably")
     step = max(1, len(w.curves[0].minutes) // 6) if w.curves else 1
@@ -530,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=cfg)
     s.add_argument("--consumer", help="consumer name in the 'control' group (default control-<host>)")
     s.add_argument("--stale-after", type=float, help="seconds without data before a zone is unknown")
+    s.add_argument("--audit-dir", help="archive the audit trail to rotated JSON-lines files here "
+                                       "(default $CROWDFLOW_AUDIT_DIR or <data dir>/audit; 'none': keep it in Redis only)")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port "
+                                                    "(default $CROWDFLOW_CONTROL_METRICS_PORT; off)")
     s.add_argument("--twin", help="scenario whose simulator is the measures engine's twin (e.g. mayday-evening; "
                                   "env CROWDFLOW_TWIN); without it the plans act by level bundles")
     s.set_defaults(func=cmd_control)

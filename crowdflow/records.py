@@ -24,7 +24,8 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .site import Action, Text
-from .vocab import LOS, AlarmKind, CommandKind, Health, Id, Level, Mode, Role, Severity, ZoneStatus
+from .vocab import (LOS, AlarmKind, CameraViewState, CommandKind, Health, Id, Level, MeasureSource, Mode,
+                    OrderAnswerKind, OrderStatus, Role, Severity, ZoneStatus)
 
 SCHEMA_VERSION = 1
 
@@ -51,19 +52,23 @@ class ZoneCount(Record):
 
 
 class Observation(Record):
-    """Edge → control: one per camera per publish interval (also as a heartbeat)."""
+    """Edge → control: one per camera per publish interval (also as a heartbeat).
+
+    Decoded with strict types: a number sent as ``"12"`` or ``true`` is refused. Physical
+    plausibility (densities, flows, clocks, ownership) is checked by ``control.ingest``."""
 
     v: Literal[1] = 1
     camera_id: Id
     agent_id: str = Field(min_length=1, max_length=128)
-    seq: int = Field(ge=0)  # per camera, strictly increasing across restarts
+    seq: int = Field(ge=0, lt=2**63)  # per camera, strictly increasing across restarts
     captured_at: float = Field(gt=1e9)  # Unix seconds, end of the window (capture clock)
     window_s: float = Field(1.0, gt=0, le=3600)
     frames: int = Field(0, ge=0)  # frames that went into the window
     health: Health = "ok"
-    preset: str | None = None
-    zones: list[ZoneCount] = Field(default_factory=list)
-    gates: list[GateFlow] = Field(default_factory=list)
+    preset: str | None = Field(None, max_length=64)
+    zones: list[ZoneCount] = Field(default_factory=list, max_length=64)
+    gates: list[GateFlow] = Field(default_factory=list, max_length=64)
+    sent_at: float | None = Field(None, gt=1e9)  # the gateway's clock when it published (skew check)
 
 
 class LastKnown(Record):
@@ -76,14 +81,25 @@ class GateFlow(Record):
     """Directional line-crossing counts of one gate during an observation window."""
 
     gate_id: Id
-    inflow: int = Field(ge=0)  # crossings outside_zone → inside_zone
-    outflow: int = Field(ge=0)
+    inflow: int = Field(ge=0, le=1_000_000)  # crossings outside_zone → inside_zone
+    outflow: int = Field(ge=0, le=1_000_000)
 
 
 class Forecast(Record):
     horizon_min: float = Field(gt=0)
     count: float = Field(ge=0)
     capacity_ratio: float = Field(ge=0)
+
+
+class CameraView(Record):
+    """What control knows of one configured camera's view of a zone: structured health, so
+    no reader has to parse it out of ``reason``."""
+
+    camera_id: Id
+    state: CameraViewState  # an edge health state, or out_of_view / stale / no_data
+    at: float | None = None  # capture time of the camera's last word about this zone
+    preset: str | None = None
+    used: bool = False  # its count is in the zone's value now
 
 
 class ZoneState(Record):
@@ -94,10 +110,12 @@ class ZoneState(Record):
     status: ZoneStatus
     reason: str | None = None  # why unknown
     count: float | None = None  # people in the zone (estimated over its walkable area)
+    count_std: float | None = None  # 1 σ of the count: wider where parts are estimated, not seen
     density: float | None = None  # persons / m² of walkable ground
     capacity: int  # LB/T 034-2014 instantaneous capacity
     capacity_ratio: float | None = None
     coverage: float | None = None  # share of the walkable area the cameras see, 0..1
+    estimated_share: float | None = None  # share estimated from history or neighbours (not seen now)
     method: str | None = None
     confidence: float | None = None
     sources: list[str] = Field(default_factory=list)  # cameras whose data is in the value
@@ -105,12 +123,14 @@ class ZoneState(Record):
     computed_at: float  # when control produced this record
     last_known: LastKnown | None = None  # the last fresh value, shown with its age when unknown
     flow_ppm: float | None = None  # persons / metre width / minute (bottleneck flow metric)
-    los: LOS | None = None  # Fruin walkway level of service
+    flow_measured: bool | None = None  # flow_ppm counted at gates (True) or from density (False)
+    los: LOS | None = None  # Fruin walkway LOS: the worse of the space and the flow tables
     inflow_pm: float | None = None  # persons per minute entering (gates), smoothed
     outflow_pm: float | None = None
     trend_pm: float | None = None  # d(count)/dt in persons per minute
     forecast: list[Forecast] = Field(default_factory=list)  # 5/10/15 min ahead
     minutes_to_level: dict[Level, float] = Field(default_factory=dict)  # forecast crossing times
+    cameras: list[CameraView] = Field(default_factory=list)  # every camera configured for the zone
 
 
 # ----------------------------------------------------------------------------- plans and decisions
@@ -218,6 +238,57 @@ class Alarm(Record):
     acked_at: float | None = None
 
 
+class MeasureInForce(Record):
+    """One measure in force: what, from where, since when and by whom."""
+
+    action: Action
+    source: MeasureSource  # a plan level, the site's emergency mode, or a commander's override
+    plan_id: Id | None = None  # None for the site's emergency actions
+    level: Level | None = None
+    since: float
+    by: str  # user name, or "system"
+    posts: list[Id] = Field(default_factory=list)  # the posts it is sent to (orders)
+
+
+class InForce(Record):
+    """Control → everyone: the one published record of what is in force. The map, the
+    phones and the simulator read it; none derives it from plan states on its own."""
+
+    v: Literal[1] = 1
+    mode: Mode
+    measures: list[MeasureInForce] = Field(default_factory=list)
+    updated_at: float
+
+
+class OrderAnswer(Record):
+    status: OrderStatus
+    by: str
+    at: float
+    note: str | None = Field(None, max_length=500)
+
+
+class Order(Record):
+    """A confirmed measure or staffing order sent to the phones of one post, and its answers
+    (acknowledged → in place, or cannot with a reason). ``in_place_s`` is the dispatch
+    response time: from the commander's confirmation to "in place"."""
+
+    v: Literal[1] = 1
+    id: str = Field(min_length=1, max_length=128)
+    post: Id
+    action: Action
+    plan_id: Id | None = None
+    level: Level | None = None
+    source: MeasureSource
+    issued_at: float  # when the measure came into force (the confirmation)
+    issued_by: str
+    status: OrderStatus = "sent"
+    answers: list[OrderAnswer] = Field(default_factory=list)
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+    in_place_at: float | None = None
+    in_place_s: float | None = None
+
+
 class Command(Record):
     """Dashboard → control. ``id`` makes it idempotent: a command seen twice acts once."""
 
@@ -230,8 +301,11 @@ class Command(Record):
     auto: bool | None = None  # set_auto
     mode: Mode | None = None  # set_mode
     alarm_id: str | None = None  # ack_alarm
+    order_id: str | None = Field(None, max_length=128)  # answer_order
+    answer: OrderAnswerKind | None = None  # answer_order
     user: str = Field(min_length=1, max_length=64)
     role: Role
+    post: Id | None = None  # the sender's staff post (from the session, like user and role)
     note: str | None = Field(None, max_length=500)
     issued_at: float
 
@@ -253,13 +327,16 @@ class AuditEntry(Record):
     actor: str  # user name or "system"
     role: Role | Literal["system"]
     action: Literal["recommend", "confirm", "reject", "override", "auto_apply", "supersede", "expire",
-                    "set_auto", "set_mode", "ack_alarm", "release", "refuse"]
+                    "set_auto", "set_mode", "ack_alarm", "release", "refuse", "order", "order_answer"]
     plan_id: Id | None = None
     level_from: Level | None = None
     level_to: Level | None = None
     recommendation_id: str | None = None
     command_id: str | None = None
     reason: str | None = None  # the commander's note or the recommendation's reasons
+    order_id: str | None = None  # order / order_answer
+    post: Id | None = None  # order / order_answer: the post it was sent to
+    in_place_s: float | None = None  # order_answer in_place: confirmation → in place (dispatch response)
     zone_states: list[ZoneState] = Field(default_factory=list)
 
 
@@ -271,10 +348,15 @@ EVENT_TYPES = {
     "mode": SiteMode,
     "audit": AuditEntry,
     "command_result": CommandResult,
+    "inforce": InForce,
+    "order": Order,
 }
 
 
 R = TypeVar("R", bound=Record)
+
+# Records that come from outside control (edges, dashboards) are decoded with strict types.
+STRICT: tuple[type[Record], ...] = (Observation, Command)
 
 
 def _field_path(loc: tuple) -> str:
@@ -296,13 +378,17 @@ def decode(cls: type[R], raw: str | bytes | dict) -> R:
             raw = json.loads(raw)
         except json.JSONDecodeError as e:
             raise RecordError(f"(record): not JSON ({e.msg} at char {e.pos})") from None
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, nesting 10,000 deep
+            raise RecordError(f"(record): not usable JSON ({type(e).__name__}: {str(e)[:80]})") from None
     if not isinstance(raw, dict):
         raise RecordError(f"(record): expected a JSON object, got {type(raw).__name__}")
     v = raw.get("v")
     if v != SCHEMA_VERSION:
         raise RecordError(f"v: unsupported schema version {v!r} (this reader speaks {SCHEMA_VERSION})")
     try:
-        rec = cls.model_validate(raw)
+        rec = cls.model_validate(raw, strict=cls in STRICT)
+    except RecursionError:
+        raise RecordError("(record): nested too deeply") from None
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
@@ -326,9 +412,11 @@ def as_of(state: ZoneState, now: float, stale_after_s: float) -> ZoneState:
             status="unknown",
             reason=f"stale: newest observation {age:.0f} s old (limit {stale_after_s:g} s)",
             count=None,
+            count_std=None,
             density=None,
             capacity_ratio=None,
             coverage=None,
+            estimated_share=None,
             method=None,
             confidence=None,
             last_known=LastKnown(count=state.count or 0.0, density=state.density or 0.0, at=state.updated_at),

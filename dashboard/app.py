@@ -10,6 +10,7 @@ Every route but ``/api/login`` and the static page needs a session; commands nee
 from __future__ import annotations
 
 import asyncio
+import copy
 import contextlib
 import json
 import logging
@@ -18,21 +19,27 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import EqualJitterBackoff
 import xstatic.pkg.leaflet as xleaflet
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from crowdflow.bus import Keys
+from crowdflow.bus import CMD_MAXLEN, Keys
+from crowdflow.dispatch import summarise
 from crowdflow.records import (
     EVENT_TYPES,
     Alarm,
     AuditEntry,
     Command,
     CommandResult,
+    InForce,
+    Order,
     PlanState,
     Recommendation,
     RecordError,
@@ -42,17 +49,23 @@ from crowdflow.records import (
     decode,
 )
 from crowdflow.site import Site
-from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE, CommandKind, Level, Mode
+from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE
 
-from .auth import COOKIE, LoginLimiter, Session, Sessions, load_users, role_at_least, verify_password
+from .auth import COOKIE, Session, dummy_hash, load_users, role_at_least, verify_password
+from .basemap import BasemapError, basemap_path, load_basemap
+from .security import (
+    STATE_CHANGING, LoginGuard, RequestView, SessionStore, document_api, origin_allowed, parse_networks,
+)
 from .geo import site_geojson
+from .metrics import DashboardMetrics
 
 log = logging.getLogger("crowdflow.dashboard")
 STATIC = Path(__file__).parent / "static"
 CLIENT_QUEUE = 256  # messages a client may lag behind before it is dropped (it then resyncs)
 HISTORY_MAX_MIN = 120  # the timeline shows at most the last 2 hours (what control keeps)
 AUDIT_SCAN = 5000  # newest audit entries searched by one filtered query
-KEEP_RECS, KEEP_ALARMS = 200, 500  # what a dashboard holds at most (control keeps "open and recent")
+SESSION_RECHECK_S = 15.0  # an open /ws re-checks its session this often (a logout elsewhere ends it)
+KEEP_RECS, KEEP_ALARMS, KEEP_ORDERS = 200, 500, 500  # what a dashboard holds at most (control keeps "open and recent")
 
 
 
@@ -89,6 +102,8 @@ class LiveState:
         self.recs: dict[str, Recommendation] = {}
         self.alarms: dict[str, Alarm] = {}
         self.mode: SiteMode | None = None
+        self.inforce: InForce | None = None
+        self.orders: dict[str, Order] = {}
 
     def apply(self, rec) -> None:
         if isinstance(rec, ZoneState):
@@ -103,6 +118,11 @@ class LiveState:
             _bound(self.alarms, KEEP_ALARMS, lambda x: (x.cleared_at is None, x.raised_at))
         elif isinstance(rec, SiteMode):
             self.mode = rec
+        elif isinstance(rec, InForce):
+            self.inforce = rec
+        elif isinstance(rec, Order):
+            self.orders[rec.id] = rec
+            _bound(self.orders, KEEP_ORDERS, lambda x: (x.status in ("sent", "acknowledged"), x.issued_at))
 
     def clear_decisions(self) -> None:
         """Before a fresh snapshot: control may have pruned old entries from its hashes."""
@@ -110,6 +130,8 @@ class LiveState:
         self.recs.clear()
         self.alarms.clear()
         self.mode = None
+        self.inforce = None
+        self.orders.clear()
 
     def snapshot(self, now: float) -> dict:
         return {
@@ -120,6 +142,8 @@ class LiveState:
             "recommendations": sorted((r.model_dump() for r in self.recs.values()), key=lambda d: -d["created_at"]),
             "alarms": sorted((a.model_dump() for a in self.alarms.values()), key=lambda d: -d["raised_at"]),
             "mode": self.mode.model_dump() if self.mode else None,
+            "inforce": self.inforce.model_dump() if self.inforce else None,
+            "orders": sorted((o.model_dump() for o in self.orders.values()), key=lambda d: -d["issued_at"]),
         }
 
 
@@ -161,19 +185,26 @@ def _msg(kind: str, rec) -> str:
     return json.dumps({"type": kind, "rec": rec.model_dump()}, ensure_ascii=False)
 
 
-class CommandRequest(BaseModel):
-    """A command from the console. Who sends it comes from the session, never from the body."""
+def _command_request_model() -> type[BaseModel]:
+    """The console's command request, derived from :class:`Command`: the same fields and
+    checks, less what the session says (``user``, ``role``, ``post``) and the schema version. ``id``
+    and ``issued_at`` are made by the client — a retried request carries the same id and
+    acts once; without them (scripts) the dashboard mints them, and a retry acts again."""
+    fields = {}
+    for name, f in Command.model_fields.items():
+        if name in ("v", "user", "role", "post"):
+            continue
+        if name in ("id", "issued_at"):
+            f = copy.copy(f)  # same constraints, but optional
+            f.default = None
+            fields[name] = (f.annotation | None, f)
+        else:
+            fields[name] = (f.annotation, f)
+    return create_model("CommandRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
-    kind: CommandKind
-    plan_id: str | None = None
-    recommendation_id: str | None = None
-    level: Level | None = None
-    auto: bool | None = None
-    mode: Mode | None = None
-    alarm_id: str | None = None
-    note: str | None = Field(None, max_length=500)
 
-
+CommandRequest = _command_request_model()
+MAX_CLIENT_AHEAD_S = 300  # a command dated further ahead of the server's clock is refused
 
 
 class LoginRequest(BaseModel):
@@ -181,8 +212,27 @@ class LoginRequest(BaseModel):
     password: str = Field(min_length=1, max_length=256)
 
 
-def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | None = None) -> FastAPI:
+def _in(host: str, net) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host) in net
+    except ValueError:
+        return False
+
+
+def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | None = None,
+               config_dir: Path | None = None) -> FastAPI:
     cfg = site.dashboard
+    basemap: dict = {}
+    bm_path = basemap_path(site, config_dir if config_dir is not None else Path.cwd())
+    if bm_path is not None:
+        try:
+            basemap = load_basemap(site, bm_path)
+            log.info("basemap %s: %d features", bm_path, len(basemap["features"]))
+        except BasemapError as e:
+            basemap = {"error": str(e)}
+            log.warning("no basemap: %s", e)
     stale = stale_after_s if stale_after_s is not None else site.control.stale_after_s
     state = LiveState(site, stale)
     store = state.zones
@@ -191,8 +241,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     if not users:
         log.warning("no dashboard users: nobody can log in (dashboard.users or CROWDFLOW_USERS; "
                     "make hashes with `crowdflow hash-password`)")
-    sessions = Sessions(cfg.session_ttl_s)
-    limiter = LoginLimiter(cfg.login_attempts_per_min)
+    trusted = parse_networks(cfg.trusted_proxies)
+    guard = LoginGuard(redis_url, keys.prefix, cfg.login_attempts_per_min)
+    decoy = dummy_hash()  # unknown users cost one scrypt too: names cannot be told apart by time
     waiting: dict[str, asyncio.Future] = {}  # command id → future of its CommandResult
     geojson = {"wgs84": site_geojson(site, "wgs84"), "gcj02": site_geojson(site, "gcj02")}
     clients: dict[str, aioredis.Redis] = {}
@@ -210,12 +261,18 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                     state.apply(decode(cls, raw))
                 except RecordError as e:
                     log.warning("bad %s[%s]: %s", key, field, e)
-        raw = await r.get(keys.mode)
-        if raw:
+        for key, cls in ((keys.mode, SiteMode), (keys.inforce, InForce)):
+            raw = await r.get(key)
+            if raw:
+                try:
+                    state.apply(decode(cls, raw))
+                except RecordError as e:
+                    log.warning("bad %s: %s", key, e)
+        for field, raw in (await r.hgetall(keys.orders)).items():
             try:
-                state.apply(decode(SiteMode, raw))
+                state.apply(decode(Order, raw))
             except RecordError as e:
-                log.warning("bad %s: %s", keys.mode, e)
+                log.warning("bad %s[%s]: %s", keys.orders, field, e)
         return last_id
 
     def handle(entry_id: str, fields: dict) -> None:
@@ -259,6 +316,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                         key = s.model_dump_json(exclude={"computed_at", "reason"})
                         if shown.get(s.zone_id) != key:
                             shown[s.zone_id] = key
+                            app.state.metrics.send_lag.observe(max(0.0, now - s.computed_at))
                             hub.broadcast(json.dumps({"type": "zone", "state": s.model_dump()}, ensure_ascii=False))
             except asyncio.CancelledError:
                 raise
@@ -268,9 +326,14 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        follow_r = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3)
+        # The same policy as the services (crowdflow.bus.command_retry): a reset connection after a
+        # Redis restart is retried, never an "Exception in ASGI application".
+        retry = dict(retry=AsyncRetry(EqualJitterBackoff(cap=0.5, base=0.05), 2),
+                     retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        follow_r = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3, **retry)
         clients["r"] = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3,
-                                               socket_timeout=5)
+                                               socket_timeout=5, **retry)
+        clients["sessions"] = SessionStore(clients["r"], keys.prefix, cfg.session_ttl_s)
         task = asyncio.create_task(follow(follow_r))
         try:
             yield
@@ -288,19 +351,50 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     app.state.store = store
     app.state.live = state
     app.state.hub = hub
+    app.state.refused_logins = 0
+    app.state.redis_errors = 0
+    metrics = app.state.metrics = DashboardMetrics(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus(request: Request) -> Response:
+        peer = request.client.host if request.client else None
+        if peer not in ("127.0.0.1", "::1", "testclient") and not any(
+                peer and _in(peer, n) for n in trusted):
+            raise HTTPException(403, "metrics are for the site's own scraper")
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+    document_api(app, public={"/api/login", "/api/logout"}, command_model=CommandRequest)
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.error("redis error on %s %s: %s", request.method, request.url.path, exc)
+        app.state.redis_errors += 1
+        return JSONResponse({"detail": "Redis is unreachable; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "2"})
+
+    @app.middleware("http")
+    async def same_origin(request: Request, call_next):
+        # A browser page from elsewhere must not act with the user's cookie (CSRF).
+        if request.method in STATE_CHANGING and not origin_allowed(
+                request.headers.get("origin"), RequestView.of(request, trusted), cfg.allowed_origins):
+            return JSONResponse({"detail": f"Origin {request.headers.get('origin')!r} is not this dashboard"},
+                                status_code=403)
+        return await call_next(request)
 
     # ------------------------------------------------------------------ sessions and roles
 
-    def session_of(request: Request) -> Session | None:
+    def token_of(request) -> str | None:
         token = request.cookies.get(COOKIE)
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             token = auth[7:].strip()
-        return sessions.check(token, users)
+        return token
+
+    async def session_of(request) -> Session | None:
+        return await clients["sessions"].check(token_of(request), users)
 
     def require(role: str):
-        def dep(request: Request) -> Session:
-            s = session_of(request)
+        async def dep(request: Request) -> Session:
+            s = await session_of(request)
             if s is None:
                 raise HTTPException(401, "not logged in or session expired")
             if not role_at_least(s.role, role):
@@ -314,29 +408,36 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     _whatif.mount(app, site, state, viewer)
 
     @app.post("/api/login", tags=["session"])
-    def login(body: LoginRequest, request: Request, response: Response) -> dict:
+    async def login(body: LoginRequest, request: Request, response: Response) -> dict:
         """Start a session (cookie ``cf_session``; the token is also returned for scripts).
-        Failed attempts are limited per user name and address (429 with Retry-After)."""
-        now = time.time()
-        key = f"{body.username}|{request.client.host if request.client else '-'}"
-        wait = limiter.retry_after(key, now)
+        Failed attempts are limited, shared by every dashboard instance, per user name and
+        address, per address, per user name and overall (429 with Retry-After; the limit lifts
+        by itself when its minute has passed). Unknown names cost the same as wrong passwords."""
+        view = RequestView.of(request, trusted)
+        wait, which = await guard.retry_after(body.username, view.client)
         if wait > 0:
-            raise HTTPException(429, f"too many failed logins; try again in {wait:.0f} s",
+            raise HTTPException(429, f"too many failed logins ({which}); try again in {wait:.0f} s",
                                 headers={"Retry-After": str(int(wait) + 1)})
         u = users.get(body.username)
-        if u is None or not verify_password(body.password, u.password_hash):
-            limiter.failed(key, now)
+        ok = await asyncio.to_thread(verify_password, body.password, u.password_hash if u else decoy)
+        if u is None or not ok:
+            await guard.failed(body.username, view.client)
+            app.state.refused_logins += 1
+            log.warning("refused login for %r from %s", body.username[:64], view.client)
             raise HTTPException(401, "wrong user name or password")
-        limiter.succeeded(key)
-        token, s = sessions.issue(u)
+        await guard.succeeded(body.username, view.client)
+        token, s = await clients["sessions"].issue(u)
+        secure = cfg.cookie_secure if cfg.cookie_secure is not None else view.scheme == "https"
         response.set_cookie(COOKIE, token, max_age=int(cfg.session_ttl_s), httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+                            secure=secure)
         return {"user": s.user, "role": s.role, "post": s.post, "expires_at": s.expires_at, "token": token}
 
     @app.post("/api/logout", tags=["session"])
-    def logout(response: Response) -> dict:
+    async def logout(request: Request, response: Response) -> dict:
+        """End this session everywhere at once (it is deleted in Redis, not just forgotten here)."""
+        revoked = await clients["sessions"].revoke(token_of(request))
         response.delete_cookie(COOKIE)
-        return {"ok": True}
+        return {"ok": True, "revoked": revoked}
 
     @app.get("/api/me", tags=["session"])
     def me(s: Session = viewer) -> dict:
@@ -351,6 +452,22 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         zh/en, plus the plans' action catalogue and the optional tile layer. Coordinates are
         in the tiles' datum (WGS84 unless ``dashboard.tiles.datum`` is gcj02)."""
         return geojson[cfg.tiles.datum if cfg.tiles else "wgs84"]
+
+    @app.get("/api/basemap", tags=["read"])
+    def get_basemap(s: Session = viewer) -> dict:
+        """The OSM basemap near the site (streets, footways, steps, buildings, metro), with
+        its attribution; 404 saying why when the site has none or its file is unusable."""
+        if not basemap or "error" in basemap:
+            raise HTTPException(404, basemap.get("error") or "no basemap configured (dashboard.basemap_file)")
+        return basemap
+
+    @app.get("/api/orders", tags=["read"])
+    def get_orders(s: Session = viewer) -> dict:
+        """Orders sent to posts with their answers (newest first), and per evening the
+        dispatch response: confirmation → in place (median, 90th percentile)."""
+        orders = sorted(state.orders.values(), key=lambda o: -o.issued_at)
+        return {"orders": [o.model_dump() for o in orders],
+                "summary": summarise(orders, site.site.timezone)}
 
     @app.get("/api/zones", tags=["read"])
     def get_zones(s: Session = viewer) -> list[dict]:
@@ -418,30 +535,35 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                          403: {"description": "role too low; nothing is written"},
                          409: {"description": "control refused it (error says why)"},
                          504: {"description": "control did not answer in time"}})
-    async def command(body: CommandRequest, request: Request) -> JSONResponse:
+    async def command(body: CommandRequest, request: Request, s: Session = viewer) -> JSONResponse:
         """Send a command to control and wait for its answer. ``confirm``/``reject``/
         ``override``/``set_auto``/``set_mode`` need a commander, ``ack_alarm`` an operator."""
-        s = session_of(request)
-        if s is None:
-            raise HTTPException(401, "not logged in or session expired")
         needed = COMMAND_ROLE[body.kind]
         if not role_at_least(s.role, needed):
             raise HTTPException(403, f"{body.kind} needs role {needed}; {s.user} is {s.role}")
         missing = [f for f in COMMAND_FIELDS[body.kind] if getattr(body, f) is None]
         if missing:
             raise HTTPException(400, f"{body.kind} needs {', '.join(missing)}")
+        now = time.time()
+        if body.issued_at is not None and body.issued_at > now + MAX_CLIENT_AHEAD_S:
+            raise HTTPException(409, f"issued_at: {body.issued_at - now:.3g} s ahead of the server's clock; "
+                                     "check the device's time")
+        fields = body.model_dump()
+        fields["id"] = fields["id"] or uuid.uuid4().hex
+        fields["issued_at"] = fields["issued_at"] or now
         try:
-            cmd = decode(Command, {"v": 1, "id": uuid.uuid4().hex, **body.model_dump(), "user": s.user,
-                                   "role": s.role, "issued_at": time.time()})
+            cmd = decode(Command, {"v": 1, **fields, "user": s.user, "role": s.role, "post": s.post})
         except RecordError as e:
             raise HTTPException(400, str(e)) from None
-        fut = asyncio.get_running_loop().create_future()
-        waiting[cmd.id] = fut
+        fut = waiting.get(cmd.id)  # a retry while the first request still waits shares its answer
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            waiting[cmd.id] = fut
         try:
-            await clients["r"].xadd(keys.cmd, {"rec": cmd.encode()})
+            await clients["r"].xadd(keys.cmd, {"rec": cmd.encode()}, maxlen=CMD_MAXLEN, approximate=True)
             log.info("command %s %s by %s (%s)", cmd.id, cmd.kind, s.user, s.role)
             try:
-                res: CommandResult = await asyncio.wait_for(fut, cfg.command_timeout_s)
+                res: CommandResult = await asyncio.wait_for(asyncio.shield(fut), cfg.command_timeout_s)
             except asyncio.TimeoutError:
                 return JSONResponse({"command_id": cmd.id, "ok": None,
                                      "error": f"control did not answer within {cfg.command_timeout_s:g} s; "
@@ -460,9 +582,15 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     async def ws(websocket: WebSocket) -> None:
         """A full snapshot, then every change. Needs a session (cookie or bearer header); closes
         (code 4401) when it expires."""
-        auth = websocket.headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else websocket.cookies.get(COOKIE)
-        s = sessions.check(token, users)
+        if not origin_allowed(websocket.headers.get("origin"), RequestView.of(websocket, trusted),
+                              cfg.allowed_origins):
+            await websocket.close(code=4403, reason="foreign Origin")
+            return
+        try:
+            s = await session_of(websocket)
+        except redis.RedisError:
+            await websocket.close(code=1013, reason="Redis unreachable; retry")
+            return
         if s is None:
             await websocket.close(code=4401, reason="not logged in or session expired")
             return
@@ -473,10 +601,13 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             while True:
                 left = s.expires_at - time.time()
                 try:
-                    msg = await asyncio.wait_for(q.get(), timeout=max(left, 0.01))
+                    msg = await asyncio.wait_for(q.get(), timeout=min(max(left, 0.01), SESSION_RECHECK_S))
                 except asyncio.TimeoutError:
-                    await websocket.close(code=4401, reason="session expired")
-                    return
+                    # expired, or revoked meanwhile (logout elsewhere, password changed)?
+                    if time.time() >= s.expires_at or await session_of(websocket) is None:
+                        await websocket.close(code=4401, reason="session expired or revoked")
+                        return
+                    continue
                 if msg is None:
                     await websocket.close(code=4000, reason="too slow; reconnect for a snapshot")
                     return

@@ -3,7 +3,7 @@
 Every ``interval_s`` of wall time the model advances ``speed × interval_s`` simulated
 seconds, the virtual cameras publish one Observation each to ``<p>:obs`` (field ``rec``),
 exactly as edge agents do, and every ``actions_every_s`` the actions in force are read from
-``<p>:plan:state`` (the union of every plan's ``active_actions``) and applied to the model,
+``<p>:inforce`` (control's one record of what is in force) and applied to the model,
 so a confirmed action changes the simulated crowd. At the scenario's end the evening starts
 over from its start (a new seed), so a demo can run for ever.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import redis
 
 from crowdflow.bus import OBS_MAXLEN, Keys
-from crowdflow.records import PlanState, RecordError, decode
+from crowdflow.records import InForce, PlanState, RecordError, decode
 from crowdflow.site import Site
 
 from .cameras import Faults, VirtualCameras, camera_views
@@ -30,8 +30,16 @@ log = logging.getLogger("crowdflow.sim")
 
 
 def active_actions(r: redis.Redis, keys: Keys) -> list:
-    """The union of every plan's active actions in ``<p>:plan:state`` (bad entries skipped
-    with a warning naming the plan and the field)."""
+    """The measures in force, from control's one published record ``<p>:inforce`` (plan
+    levels, overrides and the emergency mode's own measures). Before control has published
+    it (an older control), the union of every plan's ``active_actions`` in ``<p>:plan:state``
+    (bad entries skipped with a warning naming the plan and the field)."""
+    raw = r.get(keys.inforce)
+    if raw:
+        try:
+            return [m.action for m in decode(InForce, raw).measures]
+        except RecordError as e:
+            log.warning("%s: %s (falling back to plan states)", keys.inforce, e)
     out, seen = [], set()
     for plan_id, raw in sorted(r.hgetall(keys.plan_state).items()):
         try:
@@ -99,7 +107,12 @@ class SimRunner:
 
     def tick(self) -> int:
         flows = self.advance(self.speed * self.interval_s)
+        # Each record covers speed × interval simulated seconds of crossings: say so in window_s,
+        # so that control's flow plausibility check (control/ingest.py) sees a physical rate.
+        window = min(3600.0, self.interval_s * self.speed)
         obs = self.cameras.observe(self.clock(), self.model.zone_counts(), flows, window_s=self.interval_s)
+        if window != self.interval_s:
+            obs = [o.model_copy(update={"window_s": window}) for o in obs]
         pipe = self.r.pipeline(transaction=False)
         for o in obs:
             pipe.xadd(self.keys.obs, {"rec": o.encode()}, maxlen=OBS_MAXLEN, approximate=True)

@@ -335,6 +335,13 @@ class Network:
                 mix[si, self.chain_first[cid]] += w / tot
         self.src_mix = mix
         self.exit_place = np.array([self.pi[e.place] for e in spec.exits], int)
+        # one-hot matrices: scatter-adds as matrix products (much faster than np.add.at)
+        self.LT = np.zeros((N, len(self.lanes)))
+        self.LT[self.lane_to, np.arange(len(self.lanes))] = 1.0
+        self.NXT = np.zeros((self.K, self.K))
+        self.NXT[np.arange(self.K), self.cnext] = 1.0
+        self.SP = np.zeros((N, S))
+        self.SP[self.src_place, np.arange(S)] = 1.0
 
     # -- helpers
 
@@ -459,18 +466,17 @@ class Twin:
         if nh is None:
             return q
         ok = nh >= 0
-        np.add.at(q, nh[ok], st.rdy[ok])
-        return q
+        return np.bincount(nh[ok], st.rdy[ok], minlength=n.P)
 
     def zone_counts(self, st: State) -> np.ndarray:
         n = self.net
         z = np.zeros(len(n.zones))
         pz = n.place_zone
         m = pz >= 0
-        np.add.at(z, pz[m], st.act.sum(1)[m] + st.rdy.sum(1)[m])
+        z += np.bincount(pz[m], (st.act.sum(1) + st.rdy.sum(1))[m], minlength=len(z))
         cz = n.czone
         mc = cz >= 0
-        np.add.at(z, cz[mc], st.cell.sum(1)[mc])
+        z += np.bincount(cz[mc], st.cell.sum(1)[mc], minlength=len(z))
         return z
 
     def zone_peak_density(self, st: State, ctl: Controls) -> np.ndarray:
@@ -572,8 +578,7 @@ class Twin:
                 st.rdy -= amt
                 is_exit = n.ctarget >= n.N
                 to = np.where(is_exit, 0, n.cnext)
-                moved = np.zeros_like(st.rdy)
-                np.add.at(moved.T, to, amt.T)
+                moved = amt @ self._onehot(to)
                 st.rdy += moved
                 st.diverted += tot
 
@@ -613,7 +618,7 @@ class Twin:
         # 2. ports: queues at places → lanes / other places / exits
         q = np.zeros(n.P)
         ok = nh >= 0
-        np.add.at(q, nh[ok], st.rdy[ok])
+        q = np.bincount(nh[ok], st.rdy[ok], minlength=n.P)
         cap = np.minimum(n.pcap * ctl.port_cap_mult, ctl.port_rate)
         green = np.ones(n.P)
         sig = ctl.signal_on & (n.pcycle > 0)
@@ -634,8 +639,8 @@ class Twin:
         pf[k1] = np.minimum(pf[k1], fd.supply(prho[np.minimum(n.phead[k1], n.N - 1)]) * weq[k1] * dt)
         # total into each place (from lanes and connectors) within its room: scale pro rata
         into = np.zeros(n.N)
-        np.add.at(into, n.lane_to, f_last)
-        np.add.at(into, n.phead[k1], pf[k1])
+        into += n.LT @ f_last
+        into += np.bincount(n.phead[k1], pf[k1], minlength=n.N + len(n.exits))[: n.N]
         scale = np.where(into > room, room / np.maximum(into, 1e-12), 1.0)
         f_last = f_last * scale[n.lane_to]
         pf[k1] = pf[k1] * scale[n.phead[k1]]
@@ -648,9 +653,9 @@ class Twin:
         fll = st.cell[last] * fracl[:, None]
         st.cell -= fl
         st.cell[last] -= fll
-        np.add.at(st.cell, down[has_down], fl[has_down])
+        st.cell[down[has_down]] += fl[has_down]  # each cell has one upstream cell
         # arrivals into places from lanes: start activity/crossing
-        np.add.at(st.act, n.lane_to, fll)
+        st.act += n.LT @ fll
         zl = n.place_zone[n.lane_to]
         # apply port flows
         phi = np.where(q > 1e-12, pf / np.maximum(q, 1e-12), 0.0)
@@ -661,13 +666,13 @@ class Twin:
         ports = nh[ii, kk]
         kind = n.pkind[ports]
         m0 = kind == 0
-        np.add.at(st.cell, (n.pcell[ports[m0]], kk[m0]), amt[m0])
+        st.cell[n.pcell[ports[m0]], kk[m0]] += amt[m0]  # (first cell, class) pairs are unique
         m1 = kind == 1
-        np.add.at(st.act, (n.phead[ports[m1]], kk[m1]), amt[m1])
+        st.act += np.bincount(n.phead[ports[m1]] * n.K + kk[m1], amt[m1], minlength=n.N * n.K).reshape(n.N, n.K)
         m2 = kind == 2
         out_n = float(amt[m2].sum())
         st.exited += out_n
-        np.add.at(st.exits, n.phead[ports[m2]] - n.N, amt[m2])
+        st.exits += np.bincount(n.phead[ports[m2]] - n.N, amt[m2], minlength=len(n.exits))
         st.last_port = pf.copy()
         st.port_flow += pf
         # zone visits: people entering a zone (a place's zone, or a lane's first cell zone)
@@ -675,12 +680,12 @@ class Twin:
             hz = np.where(m1, n.place_zone[np.minimum(n.phead[ports], n.N - 1)], -1)
             hz = np.where(m0, n.czone[n.pcell[ports]], hz)
             g = hz >= 0
-            np.add.at(st.visits, hz[g], amt[g])
+            st.visits += np.bincount(hz[g], amt[g], minlength=len(n.zones))
             gl = zl >= 0
-            np.add.at(st.visits, zl[gl], f_last[gl])
+            st.visits += np.bincount(zl[gl], f_last[gl], minlength=len(n.zones))
             dz_from = n.czone[np.maximum(down, 0)]
             cross_zone = has_down & (dz_from != n.czone) & (dz_from >= 0)
-            np.add.at(st.visits, dz_from[cross_zone], f[cross_zone])
+            st.visits += np.bincount(dz_from[cross_zone], f[cross_zone], minlength=len(n.zones))
 
         # 3. places: activity / crossing done → queued toward the next hop
         pd = self.place_density(st, ctl)
@@ -693,9 +698,7 @@ class Twin:
         at = np.where(n.at_stop, done, 0.0)
         st.rdy += done - at
         if at.any():
-            nxt = np.zeros_like(at)
-            np.add.at(nxt.T, n.cnext, at.T)
-            st.rdy += nxt
+            st.rdy += at @ n.NXT
 
         # 4. reactive demand: balk from long queues toward an optional stop
         wait = q / np.maximum(cap * np.where(sig, n.pgreen / np.maximum(n.pcycle, 1e-9), 1.0), 1e-6)
@@ -707,9 +710,7 @@ class Twin:
             b = bk.sum()
             if b > 0:
                 st.rdy -= bk
-                nxt = np.zeros_like(bk)
-                np.add.at(nxt.T, n.cnext, bk.T)
-                st.rdy += nxt
+                st.rdy += bk @ n.NXT
                 st.balked += b
 
         # 5. sources: arrivals (Poisson), held ones enter as far as the way and the room allow
@@ -728,18 +729,18 @@ class Twin:
             ent = np.minimum(hq, np.minimum(cap_s, fd.supply(rho_in) * (n.src_cap / fd.q_max) * dt))
             room = np.minimum(room_left, np.maximum(0.0, p.max_density * area - npl))
             need = np.zeros(n.N)
-            np.add.at(need, n.src_place, ent)
+            need += n.SP @ ent
             sc = np.where(need > room, room / np.maximum(need, 1e-12), 1.0)
             ent = ent * sc[n.src_place]
             fr = np.where(hq > 1e-12, ent / np.maximum(hq, 1e-12), 0.0)
             e = st.held * fr[:, None]
             st.held -= e
-            np.add.at(st.act, n.src_place, e)
+            st.act += n.SP @ e
             st.src_in += ent
             st.last_src = ent
             gz = n.place_zone[n.src_place]
             g = gz >= 0
-            np.add.at(st.visits, gz[g], ent[g])
+            st.visits += np.bincount(gz[g], ent[g], minlength=len(n.zones))
             # held because of a closure or metering: give up with exponential patience
             heldback = ctl.src_rate < n.src_cap
             if heldback.any():
@@ -748,6 +749,11 @@ class Twin:
                 st.held[heldback] -= gu
                 st.gave_up += float(gu.sum())
         st.t += dt
+
+    def _onehot(self, to: np.ndarray) -> np.ndarray:
+        m = np.zeros((len(to), self.net.K))
+        m[np.arange(len(to)), to] = 1.0
+        return m
 
     def rollout(self, st: State, ctl: Controls, minutes: float, demand: bool = True, record: bool = True) -> Trace:
         """Advance ``st`` in place ``minutes`` under ``ctl``; per-step series if ``record``."""

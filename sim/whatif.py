@@ -93,9 +93,15 @@ def whatif(site: Site, sc: Scenario, counts: dict[str, float], tod_s: float, act
            min_change: float = 0.03) -> WhatIf:
     """Forecast curves per zone with and without ``proposed`` on top of ``active``.
 
-    ``counts``: people per zone now (zones missing start empty). A zone is *affected* when
-    the two futures differ by at least ``min_change`` of its capacity (and 5 people)."""
+    ``counts``: people per zone now. A zone missing from it is unknown, and unknown is never
+    empty: it starts at the worst plausible load — the highest capacity ratio among the known
+    zones (at least 1.0 × capacity when nothing is known). A zone is *affected* when the two
+    futures differ by at least ``min_change`` of its capacity (and 5 people)."""
     net = build_network(site, sc)
+    known = {z: c for z, c in counts.items() if z in site.zone_by_id}
+    ratios = [c / site.zone_by_id[z].capacity for z, c in known.items() if site.zone_by_id[z].capacity > 0]
+    worst = max(ratios + [0.0]) if ratios else 1.0
+    counts = {z.id: known.get(z.id, worst * z.capacity) for z in site.zones}
     n_samples = int(round(horizon_min / every_min))
     minutes = [k * every_min for k in range(n_samples + 1)]
 

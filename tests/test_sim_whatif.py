@@ -80,7 +80,7 @@ def test_cli_live_starts_from_the_zone_states_in_redis(site, redis_url, keys, r)
 
     now = time.time()
     for z in site.zones:
-        if z.id == "riverside-e":  # unknown: starts empty and is named as such
+        if z.id == "riverside-e":  # unknown: named as such, never taken as empty
             st = ZoneState(zone_id=z.id, status="unknown", capacity=z.capacity, computed_at=now, reason="stale")
         else:
             c = 0.9 * z.capacity if z.id == "cangbai-plaza" else 0.3 * z.capacity
@@ -93,5 +93,7 @@ def test_cli_live_starts_from_the_zone_states_in_redis(site, redis_url, keys, r)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["unknown_zones"] == ["riverside-e"]
+    # unknown is never empty: it starts at the worst known load (cangbai-plaza's 0.9)
+    assert out["all_zones"]["riverside-e"]["without"][0] == pytest.approx(0.9 * 1150, abs=1)
     plaza = out["all_zones"]["cangbai-plaza"]  # (affected or not: depends on the wall clock's hour)
     assert plaza["without"][0] == pytest.approx(0.9 * 1900, abs=1)  # from the live state

@@ -17,7 +17,7 @@ One module per group of sections (Frigate style):
 
 from ..vocab import LEVELS, Id
 from .base import ConfigError, LonLat, Strict, Text, check_ring
-from .checks import CHECKS, semantic_problems
+from .checks import CHECKS, WARNINGS, semantic_problems, semantic_warnings
 from .load import load_site, parse_site, validate_file_model
 from .model import Projection, Site
 from .places import Basemap, BasemapArea, CalibrationPoint, Camera, ClosurePoint, Gate, HoldingArea, Post, Preset, Road, Zone
@@ -49,7 +49,7 @@ from .runtime import (
 )
 
 __all__ = [
-    "LEVELS", "Id", "ConfigError", "LonLat", "Strict", "Text", "check_ring", "CHECKS", "semantic_problems",
+    "LEVELS", "Id", "ConfigError", "LonLat", "Strict", "Text", "check_ring", "CHECKS", "semantic_problems", "WARNINGS", "semantic_warnings",
     "load_site", "parse_site", "validate_file_model", "Projection", "Site", "Basemap", "BasemapArea",
     "CalibrationPoint", "Camera", "Gate", "Post", "Preset", "Road", "Zone", "Action", "BroadcastAction",
     "Emergency", "ExitOnlyAction", "Hysteresis", "MetroLimitAction", "OneWayAction", "Plan", "PlanLevel",

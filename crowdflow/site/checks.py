@@ -11,6 +11,7 @@ from typing import Callable
 
 from shapely.geometry import LineString, Polygon
 
+from .. import crowd
 from ..vocab import LEVELS
 from .model import Site
 from .plans import ExitOnlyAction, MeteringAction, MetroLimitAction, OneWayAction, StaffingAction, TrafficCutoffAction
@@ -302,3 +303,45 @@ CHECKS: tuple[Callable[[Site], Problems], ...] = (
 def semantic_problems(site: Site) -> Problems:
     """Every named check's problems, in order."""
     return [p for check in CHECKS for p in check(site)]
+
+
+# ----------------------------------------------------------------------------- warnings
+#
+# A warning names something that loads and runs but cannot do what the file says; the site
+# is still usable. ``check-config`` prints them.
+
+
+def verify_triggers_reachable(site: Site) -> Problems:
+    """Every level trigger can be reached by some zone of its plan: a flow trigger above the
+    fundamental diagram's peak needs a gate that measures flow; a density (or a capacity
+    ratio, through the zone's area per visitor) at or beyond jam density never occurs."""
+    warnings: Problems = []
+    peak = crowd.peak_flow_ppm()
+    gated = {zid for g in site.gates for zid in (g.inside_zone, g.outside_zone) if zid}
+    zones = site.zone_by_id
+    for i, p in enumerate(site.plans):
+        known = [zones[z] for z in p.zones if z in zones]
+        for j, lv in enumerate(p.levels):
+            base = f"plans[{i}].levels[{j}].triggers"
+            t = lv.triggers
+            if t.flow_ppm is not None and t.flow_ppm > peak and not any(z.id in gated for z in known):
+                warnings.append((f"{base}.flow_ppm",
+                                 f"{t.flow_ppm:g} p/m/min can never fire: flow from density peaks at {peak:.1f} "
+                                 f"and no zone of plan {p.id} has a gate that measures flow"))
+            if t.density is not None and t.density >= crowd.RHO_JAM:
+                warnings.append((f"{base}.density", f"{t.density:g} p/m² is at or beyond jam density "
+                                                    f"{crowd.RHO_JAM:g}: it can never fire"))
+            if t.capacity_ratio is not None and known and all(
+                    t.capacity_ratio / z.area_per_visitor_m2 >= crowd.RHO_JAM for z in known):
+                warnings.append((f"{base}.capacity_ratio",
+                                 f"{t.capacity_ratio:g} needs a density at or beyond jam ({crowd.RHO_JAM:g} p/m²) "
+                                 f"in every zone of plan {p.id}: it can never fire"))
+    return warnings
+
+
+WARNINGS: tuple[Callable[[Site], Problems], ...] = (verify_triggers_reachable,)
+
+
+def semantic_warnings(site: Site) -> Problems:
+    """Every named warning check's findings, in order."""
+    return [w for check in WARNINGS for w in check(site)]

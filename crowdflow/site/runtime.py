@@ -58,6 +58,9 @@ class EdgeSection(Strict):
 
 class ControlSection(Strict):
     stale_after_s: float = Field(10, gt=0, le=3600)
+    # A command that reaches control later than this after it was issued (queued through an
+    # outage) is refused with the reason, not applied on a situation its sender never saw.
+    command_max_age_s: float = Field(30, gt=0, le=3600)
 
 
 class DashboardUser(Strict):
@@ -90,4 +93,25 @@ class DashboardSection(Strict):
     session_ttl_s: float = Field(8 * 3600, ge=60, le=7 * 86400)  # a login lasts this long
     login_attempts_per_min: int = Field(5, ge=1, le=1000)  # failed logins per name and address
     command_timeout_s: float = Field(5, gt=0, le=60)  # wait this long for control's answer
+    # Proxies (CIDRs) whose X-Forwarded-For / -Proto / -Host are believed; nobody else's are.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Browser origins besides the dashboard's own allowed to send commands and open /ws.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Secure cookies: None = when the request came over HTTPS (directly or via a trusted proxy).
+    cookie_secure: bool | None = None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=False)
+            except ValueError:
+                raise ValueError(f"{c!r} is not an address or CIDR network") from None
+        return v
     tiles: TileLayer | None = None
+    # The OSM basemap (GeoJSON, relative to this file; CROWDFLOW_BASEMAP overrides). Never
+    # committed: build it from an OSM extract with scripts/build_basemap.py. None: no basemap.
+    basemap_file: str | None = None
