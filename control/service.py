@@ -74,7 +74,7 @@ CONSUMER_GC_EVERY_S = 60.0
 CONSUMER_IDLE_MS = 10 * 60 * 1000  # a consumer silent this long with nothing pending is gone
 # The Redis type each command of a write batch expects its key to have (for WRONGTYPE repair).
 KEY_TYPE = {"hset": "hash", "xadd": "stream", "xack": "stream", "set": "string", "zadd": "zset",
-            "zremrangebyscore": "zset"}
+            "zremrangebyscore": "zset", "hdel": "hash"}
 
 
 class WriteQueue:
@@ -451,6 +451,8 @@ class ControlService:
             self._inforce = rec
             pipe.set(self.keys.inforce, rec.encode())
             self._event(pipe, "inforce", rec)
+        for oid in self.orders.prune(now):
+            pipe.hdel(self.keys.orders, oid)
         orders, audit = self.orders.take_changes()
         for o in orders:
             pipe.hset(self.keys.orders, o.id, o.encode())
