@@ -16,11 +16,16 @@ key                             type    content
 ``<p>:events``                  stream  every change above, fields ``type`` and ``rec``
 ``<p>:cmd``                     stream  Command JSON from the dashboard (group ``control``)
 ``<p>:cmd:dead``                stream  rejected commands with the reason
-``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency)
-``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe)
-``<p>:audit``                   stream  AuditEntry JSON, append-only, never trimmed
+``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency, 24 h)
+``<p>:cmd:results:at``          zset    command id → answer time (drives the 24 h retention)
+``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe, 3 h)
+``<p>:audit``                   stream  AuditEntry JSON, append-only; archived to files, kept 24 h
+``<p>:audit:archived``          string  the last audit id written to the archive files
+``<p>:session:<sha256>``        hash    a dashboard session (TTL = session lifetime)
+``<p>:limits:…``                        login rate-limit windows (the ``limits`` library)
 ``<p>:leader``                  string  the leading control instance's lease (id, with a TTL)
 ``<p>:leader:last``             string  the id of the last instance that took the lease
+``<p>:control:memory``          string  control's working memory (filters, timers) for takeover
 ==============================  ======  =====================================================
 
 Consumer group ``control`` reads ``<p>:obs`` at-least-once: entries are acknowledged only
@@ -55,6 +60,17 @@ OBS_MAXLEN = 200_000  # ~1 h of 50 cameras at 1 Hz; approximate trimming
 EVENTS_MAXLEN = 50_000
 HISTORY_MAXLEN = 800  # 2 h of 10 s samples, with margin
 DEAD_MAXLEN = 10_000
+CMD_MAXLEN = 10_000  # commands are answered within seconds; results are kept 24 h
+# Time-based retention (control trims every stream and hash to these; the MAXLENs above are hard
+# caps on top). CROWDFLOW_RETENTION_SCALE divides them all: the soak test runs a whole evening at
+# 60x with every window 60x shorter, so that Redis reaches its steady state within the run.
+RETENTION_SCALE = max(1.0, float(os.environ.get("CROWDFLOW_RETENTION_SCALE", "1") or 1))
+RESULTS_KEEP_S = 24 * 3600 / RETENTION_SCALE
+AUDIT_KEEP_S = 24 * 3600 / RETENTION_SCALE  # audit kept in Redis (dashboard search) once archived
+SEEN_KEEP_S = 3 * 3600 / RETENTION_SCALE  # (camera, seq) dedupe window; ingest refuses older records
+EVENTS_KEEP_S = 600 / RETENTION_SCALE  # dashboards resync from the hashes; events are for live push
+OBS_KEEP_S = 900 / RETENTION_SCALE  # acknowledged observations (never past an unacknowledged one)
+HISTORY_KEEP_S = 2 * 3600 / RETENTION_SCALE  # the zone timeline's 2 hours
 DEAD_RAW_KEEP = 64 * 1024  # bytes of a rejected entry kept verbatim (longer ones: head + size + sha256)
 
 # Errors that mean "Redis is not answering right now" (down, restarting, paused, loading its
@@ -85,9 +101,12 @@ class Keys:
     cmd = _key("cmd")
     cmd_dead = _key("cmd:dead")
     cmd_results = _key("cmd:results")
+    cmd_results_at = _key("cmd:results:at")
+    audit_archived = _key("audit:archived")
     audit = _key("audit")
     leader = _key("leader")
     leader_last = _key("leader:last")
+    control_memory = _key("control:memory")
     inforce = _key("inforce")  # InForce: every measure in force, with its source (one string)
     orders = _key("orders")  # Order per id: measures and staffing sent to posts, with answers
 
@@ -107,6 +126,63 @@ class Keys:
 
 def resolve_prefix(configured: str) -> str:
     return os.environ.get("CROWDFLOW_REDIS_PREFIX") or configured
+
+
+def mask_url(url: str | None) -> str | None:
+    """A URL fit for logs: the password (and a user name with it) replaced by ``***``.
+    Works for redis://, rediss://, rtsp:// and http(s):// URLs alike."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***:***@{host}" if parts.password is not None else f"***@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def sign_record(secret: str, rec: bytes | str) -> str:
+    """HMAC-SHA256 of a record with an edge's secret: the ``sig`` field next to ``rec``."""
+    import hmac
+
+    data = rec.encode() if isinstance(rec, str) else rec
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+
+
+def signature_ok(secret: str, rec: bytes | str, sig: bytes | str | None) -> bool:
+    import hmac
+
+    if not sig:
+        return False
+    sig = sig.decode("ascii", errors="replace") if isinstance(sig, bytes) else sig
+    return hmac.compare_digest(sign_record(secret, rec), sig)
+
+
+def load_edge_keys(env: dict | None = None) -> dict[str, str] | None:
+    """Camera id → that camera's edge secret, from ``CROWDFLOW_EDGE_KEYS`` (a JSON object) or
+    the file named by ``CROWDFLOW_EDGE_KEYS_FILE``; None when neither is set (not enforced)."""
+    import json
+
+    env = os.environ if env is None else env
+    raw = env.get("CROWDFLOW_EDGE_KEYS")
+    if not raw and env.get("CROWDFLOW_EDGE_KEYS_FILE"):
+        raw = Path(env["CROWDFLOW_EDGE_KEYS_FILE"]).read_text(encoding="utf-8")
+    if not raw:
+        return None
+    keys = json.loads(raw)
+    if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) >= 16
+                                             for k, v in keys.items()):
+        raise ValueError("CROWDFLOW_EDGE_KEYS: a JSON object of camera id -> secret (16+ characters)")
+    return keys
 
 
 def resolve_url(configured: str | None) -> str | None:
@@ -154,7 +230,6 @@ def connect(url: str, **kw) -> redis.Redis:
     kw.setdefault("socket_keepalive", True)
     kw.setdefault("health_check_interval", 15)
     kw.setdefault("retry", command_retry())
-    kw.setdefault("client_name", f"crowdflow-{os.getpid()}")
     return redis.Redis.from_url(url, **kw)
 
 
@@ -250,7 +325,20 @@ class GroupReader:
         return out
 
     def read(self, count: int = 500, block_ms: int | None = 1000) -> list[tuple[str, dict]]:
-        """Pending entries first, then new ones; ``block_ms=None`` does not wait."""
+        """Pending entries first, then new ones; ``block_ms=None`` does not wait. A group that
+        vanished (Redis restarted without persistence, a stream deleted) is created again."""
+        try:
+            return self._read(count, block_ms)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            log.warning("consumer group %s of %s is gone (Redis restarted empty?): creating it again",
+                        self.group, self.stream)
+            self.ensure_group()
+            self._pending_done = False
+            return []
+
+    def _read(self, count: int, block_ms: int | None) -> list[tuple[str, dict]]:
         if not self._pending_done:
             resp = self.raw.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
             entries = self._entries(resp)

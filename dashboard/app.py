@@ -19,7 +19,10 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import EqualJitterBackoff
 import xstatic.pkg.leaflet as xleaflet
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
@@ -27,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from crowdflow.bus import Keys
+from crowdflow.bus import CMD_MAXLEN, Keys
 from crowdflow.dispatch import summarise
 from crowdflow.records import (
     EVENT_TYPES,
@@ -48,15 +51,20 @@ from crowdflow.records import (
 from crowdflow.site import Site
 from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE
 
-from .auth import COOKIE, LoginLimiter, Session, Sessions, load_users, role_at_least, verify_password
+from .auth import COOKIE, Session, dummy_hash, load_users, role_at_least, verify_password
 from .basemap import BasemapError, basemap_path, load_basemap
+from .security import (
+    STATE_CHANGING, LoginGuard, RequestView, SessionStore, document_api, origin_allowed, parse_networks,
+)
 from .geo import site_geojson
+from .metrics import DashboardMetrics
 
 log = logging.getLogger("crowdflow.dashboard")
 STATIC = Path(__file__).parent / "static"
 CLIENT_QUEUE = 256  # messages a client may lag behind before it is dropped (it then resyncs)
 HISTORY_MAX_MIN = 120  # the timeline shows at most the last 2 hours (what control keeps)
 AUDIT_SCAN = 5000  # newest audit entries searched by one filtered query
+SESSION_RECHECK_S = 15.0  # an open /ws re-checks its session this often (a logout elsewhere ends it)
 KEEP_RECS, KEEP_ALARMS, KEEP_ORDERS = 200, 500, 500  # what a dashboard holds at most (control keeps "open and recent")
 
 
@@ -204,6 +212,15 @@ class LoginRequest(BaseModel):
     password: str = Field(min_length=1, max_length=256)
 
 
+def _in(host: str, net) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host) in net
+    except ValueError:
+        return False
+
+
 def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | None = None,
                config_dir: Path | None = None) -> FastAPI:
     cfg = site.dashboard
@@ -224,8 +241,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     if not users:
         log.warning("no dashboard users: nobody can log in (dashboard.users or CROWDFLOW_USERS; "
                     "make hashes with `crowdflow hash-password`)")
-    sessions = Sessions(cfg.session_ttl_s)
-    limiter = LoginLimiter(cfg.login_attempts_per_min)
+    trusted = parse_networks(cfg.trusted_proxies)
+    guard = LoginGuard(redis_url, keys.prefix, cfg.login_attempts_per_min)
+    decoy = dummy_hash()  # unknown users cost one scrypt too: names cannot be told apart by time
     waiting: dict[str, asyncio.Future] = {}  # command id → future of its CommandResult
     geojson = {"wgs84": site_geojson(site, "wgs84"), "gcj02": site_geojson(site, "gcj02")}
     clients: dict[str, aioredis.Redis] = {}
@@ -298,6 +316,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                         key = s.model_dump_json(exclude={"computed_at", "reason"})
                         if shown.get(s.zone_id) != key:
                             shown[s.zone_id] = key
+                            app.state.metrics.send_lag.observe(max(0.0, now - s.computed_at))
                             hub.broadcast(json.dumps({"type": "zone", "state": s.model_dump()}, ensure_ascii=False))
             except asyncio.CancelledError:
                 raise
@@ -307,9 +326,14 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        follow_r = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3)
+        # The same policy as the services (crowdflow.bus.command_retry): a reset connection after a
+        # Redis restart is retried, never an "Exception in ASGI application".
+        retry = dict(retry=AsyncRetry(EqualJitterBackoff(cap=0.5, base=0.05), 2),
+                     retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        follow_r = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3, **retry)
         clients["r"] = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3,
-                                               socket_timeout=5)
+                                               socket_timeout=5, **retry)
+        clients["sessions"] = SessionStore(clients["r"], keys.prefix, cfg.session_ttl_s)
         task = asyncio.create_task(follow(follow_r))
         try:
             yield
@@ -327,19 +351,50 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     app.state.store = store
     app.state.live = state
     app.state.hub = hub
+    app.state.refused_logins = 0
+    app.state.redis_errors = 0
+    metrics = app.state.metrics = DashboardMetrics(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus(request: Request) -> Response:
+        peer = request.client.host if request.client else None
+        if peer not in ("127.0.0.1", "::1", "testclient") and not any(
+                peer and _in(peer, n) for n in trusted):
+            raise HTTPException(403, "metrics are for the site's own scraper")
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+    document_api(app, public={"/api/login", "/api/logout"})
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.error("redis error on %s %s: %s", request.method, request.url.path, exc)
+        app.state.redis_errors += 1
+        return JSONResponse({"detail": "Redis is unreachable; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "2"})
+
+    @app.middleware("http")
+    async def same_origin(request: Request, call_next):
+        # A browser page from elsewhere must not act with the user's cookie (CSRF).
+        if request.method in STATE_CHANGING and not origin_allowed(
+                request.headers.get("origin"), RequestView.of(request, trusted), cfg.allowed_origins):
+            return JSONResponse({"detail": f"Origin {request.headers.get('origin')!r} is not this dashboard"},
+                                status_code=403)
+        return await call_next(request)
 
     # ------------------------------------------------------------------ sessions and roles
 
-    def session_of(request: Request) -> Session | None:
+    def token_of(request) -> str | None:
         token = request.cookies.get(COOKIE)
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             token = auth[7:].strip()
-        return sessions.check(token, users)
+        return token
+
+    async def session_of(request) -> Session | None:
+        return await clients["sessions"].check(token_of(request), users)
 
     def require(role: str):
-        def dep(request: Request) -> Session:
-            s = session_of(request)
+        async def dep(request: Request) -> Session:
+            s = await session_of(request)
             if s is None:
                 raise HTTPException(401, "not logged in or session expired")
             if not role_at_least(s.role, role):
@@ -350,29 +405,36 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     viewer = Depends(require("viewer"))
 
     @app.post("/api/login", tags=["session"])
-    def login(body: LoginRequest, request: Request, response: Response) -> dict:
+    async def login(body: LoginRequest, request: Request, response: Response) -> dict:
         """Start a session (cookie ``cf_session``; the token is also returned for scripts).
-        Failed attempts are limited per user name and address (429 with Retry-After)."""
-        now = time.time()
-        key = f"{body.username}|{request.client.host if request.client else '-'}"
-        wait = limiter.retry_after(key, now)
+        Failed attempts are limited, shared by every dashboard instance, per user name and
+        address, per address, per user name and overall (429 with Retry-After; the limit lifts
+        by itself when its minute has passed). Unknown names cost the same as wrong passwords."""
+        view = RequestView.of(request, trusted)
+        wait, which = await guard.retry_after(body.username, view.client)
         if wait > 0:
-            raise HTTPException(429, f"too many failed logins; try again in {wait:.0f} s",
+            raise HTTPException(429, f"too many failed logins ({which}); try again in {wait:.0f} s",
                                 headers={"Retry-After": str(int(wait) + 1)})
         u = users.get(body.username)
-        if u is None or not verify_password(body.password, u.password_hash):
-            limiter.failed(key, now)
+        ok = await asyncio.to_thread(verify_password, body.password, u.password_hash if u else decoy)
+        if u is None or not ok:
+            await guard.failed(body.username, view.client)
+            app.state.refused_logins += 1
+            log.warning("refused login for %r from %s", body.username[:64], view.client)
             raise HTTPException(401, "wrong user name or password")
-        limiter.succeeded(key)
-        token, s = sessions.issue(u)
+        await guard.succeeded(body.username, view.client)
+        token, s = await clients["sessions"].issue(u)
+        secure = cfg.cookie_secure if cfg.cookie_secure is not None else view.scheme == "https"
         response.set_cookie(COOKIE, token, max_age=int(cfg.session_ttl_s), httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+                            secure=secure)
         return {"user": s.user, "role": s.role, "post": s.post, "expires_at": s.expires_at, "token": token}
 
     @app.post("/api/logout", tags=["session"])
-    def logout(response: Response) -> dict:
+    async def logout(request: Request, response: Response) -> dict:
+        """End this session everywhere at once (it is deleted in Redis, not just forgotten here)."""
+        revoked = await clients["sessions"].revoke(token_of(request))
         response.delete_cookie(COOKIE)
-        return {"ok": True}
+        return {"ok": True, "revoked": revoked}
 
     @app.get("/api/me", tags=["session"])
     def me(s: Session = viewer) -> dict:
@@ -470,12 +532,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                          403: {"description": "role too low; nothing is written"},
                          409: {"description": "control refused it (error says why)"},
                          504: {"description": "control did not answer in time"}})
-    async def command(body: CommandRequest, request: Request) -> JSONResponse:
+    async def command(body: CommandRequest, request: Request, s: Session = viewer) -> JSONResponse:
         """Send a command to control and wait for its answer. ``confirm``/``reject``/
         ``override``/``set_auto``/``set_mode`` need a commander, ``ack_alarm`` an operator."""
-        s = session_of(request)
-        if s is None:
-            raise HTTPException(401, "not logged in or session expired")
         needed = COMMAND_ROLE[body.kind]
         if not role_at_least(s.role, needed):
             raise HTTPException(403, f"{body.kind} needs role {needed}; {s.user} is {s.role}")
@@ -498,7 +557,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             fut = asyncio.get_running_loop().create_future()
             waiting[cmd.id] = fut
         try:
-            await clients["r"].xadd(keys.cmd, {"rec": cmd.encode()})
+            await clients["r"].xadd(keys.cmd, {"rec": cmd.encode()}, maxlen=CMD_MAXLEN, approximate=True)
             log.info("command %s %s by %s (%s)", cmd.id, cmd.kind, s.user, s.role)
             try:
                 res: CommandResult = await asyncio.wait_for(asyncio.shield(fut), cfg.command_timeout_s)
@@ -520,9 +579,15 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     async def ws(websocket: WebSocket) -> None:
         """A full snapshot, then every change. Needs a session (cookie or bearer header); closes
         (code 4401) when it expires."""
-        auth = websocket.headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else websocket.cookies.get(COOKIE)
-        s = sessions.check(token, users)
+        if not origin_allowed(websocket.headers.get("origin"), RequestView.of(websocket, trusted),
+                              cfg.allowed_origins):
+            await websocket.close(code=4403, reason="foreign Origin")
+            return
+        try:
+            s = await session_of(websocket)
+        except redis.RedisError:
+            await websocket.close(code=1013, reason="Redis unreachable; retry")
+            return
         if s is None:
             await websocket.close(code=4401, reason="not logged in or session expired")
             return
@@ -533,10 +598,13 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             while True:
                 left = s.expires_at - time.time()
                 try:
-                    msg = await asyncio.wait_for(q.get(), timeout=max(left, 0.01))
+                    msg = await asyncio.wait_for(q.get(), timeout=min(max(left, 0.01), SESSION_RECHECK_S))
                 except asyncio.TimeoutError:
-                    await websocket.close(code=4401, reason="session expired")
-                    return
+                    # expired, or revoked meanwhile (logout elsewhere, password changed)?
+                    if time.time() >= s.expires_at or await session_of(websocket) is None:
+                        await websocket.close(code=4401, reason="session expired or revoked")
+                        return
+                    continue
                 if msg is None:
                     await websocket.close(code=4000, reason="too slow; reconnect for a snapshot")
                     return

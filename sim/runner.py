@@ -80,15 +80,15 @@ class SimRunner:
     def advance(self, sim_s: float) -> dict[str, tuple[int, int]]:
         """Run the model ``sim_s`` simulated seconds; gate (in, out) counts over that time."""
         self._carry += sim_s
-        moved = np.zeros(len(self.model.net.edges), dtype=np.int64)
-        entered = np.zeros(len(self.model.net.sources), dtype=np.int64)
+        moved = np.zeros(self.model.net.P)
+        entered = np.zeros(len(self.model.net.sources))
         while self._carry >= self.sc.model.step_s:
             if self.model.t >= self.sc.end_s:
                 self.seed += 1
                 log.info("evening over: starting again at %s (seed %d)", self.sc.start, self.seed)
                 actions = self.model.actions
                 self.model = self._evening(self.seed)
-                self.model.set_actions(actions)
+                self.model.set_actions(actions, in_effect=True)
             self.model.step()
             moved += self.model.last_moved
             entered += self.model.last_entered
@@ -107,7 +107,12 @@ class SimRunner:
 
     def tick(self) -> int:
         flows = self.advance(self.speed * self.interval_s)
+        # Each record covers speed × interval simulated seconds of crossings: say so in window_s,
+        # so that control's flow plausibility check (control/ingest.py) sees a physical rate.
+        window = min(3600.0, self.interval_s * self.speed)
         obs = self.cameras.observe(self.clock(), self.model.zone_counts(), flows, window_s=self.interval_s)
+        if window != self.interval_s:
+            obs = [o.model_copy(update={"window_s": window}) for o in obs]
         pipe = self.r.pipeline(transaction=False)
         for o in obs:
             pipe.xadd(self.keys.obs, {"rec": o.encode()}, maxlen=OBS_MAXLEN, approximate=True)

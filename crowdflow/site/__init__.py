@@ -19,13 +19,15 @@ from .base import ConfigError, LonLat, Strict, Text, check_ring
 from .checks import CHECKS, WARNINGS, semantic_problems, semantic_warnings
 from .load import load_site, parse_site, validate_file_model
 from .model import Projection, Site
-from .places import Basemap, BasemapArea, CalibrationPoint, Camera, Gate, Post, Preset, Road, Zone
+from .places import Basemap, BasemapArea, CalibrationPoint, Camera, ClosurePoint, Gate, HoldingArea, Post, Preset, Road, Zone
+from .staff import StaffPool
 from .plans import (
     Action,
     BroadcastAction,
     Emergency,
     ExitOnlyAction,
     Hysteresis,
+    MeteringAction,
     MetroLimitAction,
     OneWayAction,
     Plan,
@@ -49,6 +51,6 @@ __all__ = [
     "load_site", "parse_site", "validate_file_model", "Projection", "Site", "Basemap", "BasemapArea",
     "CalibrationPoint", "Camera", "Gate", "Post", "Preset", "Road", "Zone", "Action", "BroadcastAction",
     "Emergency", "ExitOnlyAction", "Hysteresis", "MetroLimitAction", "OneWayAction", "Plan", "PlanLevel",
-    "StaffingAction", "TrafficCutoffAction", "Triggers", "ControlSection", "DashboardSection", "DashboardUser",
+    "StaffingAction", "TrafficCutoffAction", "Triggers", "MeteringAction", "ClosurePoint", "HoldingArea", "StaffPool", "ControlSection", "DashboardSection", "DashboardUser",
     "EdgeSection", "RedisSection", "SiteInfo", "TileLayer",
 ]

@@ -14,7 +14,7 @@ from shapely.geometry import LineString, Polygon
 from .. import crowd
 from ..vocab import LEVELS
 from .model import Site
-from .plans import ExitOnlyAction, MetroLimitAction, OneWayAction, StaffingAction, TrafficCutoffAction
+from .plans import ExitOnlyAction, MeteringAction, MetroLimitAction, OneWayAction, StaffingAction, TrafficCutoffAction
 
 Problems = list[tuple[str, str]]
 
@@ -143,7 +143,7 @@ def _action_problems(site: Site, path: str, a) -> Problems:
         zone_ids = {z.id for z in site.zones}
         _ref(problems, f"{path}.zone", a.zone, zone_ids, "zone")
         _ref(problems, f"{path}.toward", a.toward, zone_ids, "zone")
-    elif isinstance(a, (ExitOnlyAction, MetroLimitAction)):
+    elif isinstance(a, (ExitOnlyAction, MetroLimitAction, MeteringAction)):
         _ref(problems, f"{path}.gate", a.gate, {g.id for g in site.gates}, "gate")
     return problems
 
@@ -201,6 +201,53 @@ def verify_basemap(site: Site) -> Problems:
     return problems
 
 
+def verify_closure_points(site: Site) -> Problems:
+    """A road that frees pedestrian area names where its cut is held (closure points with
+    officers from known posts): a cut needs staff and set-up, never comes free."""
+    problems: Problems = []
+    posts = {p.id for p in site.posts}
+    for i, rd in enumerate(site.roads):
+        if rd.frees and not rd.closure_points:
+            problems.append((f"roads[{i}].closure_points", "a road whose cut frees pedestrian area needs closure points"))
+        seen: set[str] = set()
+        for j, cp in enumerate(rd.closure_points):
+            _ref(problems, f"roads[{i}].closure_points[{j}].post", cp.post, posts, "post")
+            if cp.id in seen:
+                problems.append((f"roads[{i}].closure_points[{j}].id", f"duplicate id {cp.id!r}"))
+            seen.add(cp.id)
+    return problems
+
+
+def verify_holding_areas(site: Site) -> Problems:
+    """Holding areas name known gates and zones; gates name known staff posts."""
+    problems: Problems = []
+    zone_ids = {z.id for z in site.zones}
+    gate_ids = {g.id for g in site.gates}
+    posts = {p.id for p in site.posts}
+    seen: set[str] = set()
+    for i, h in enumerate(site.holding_areas):
+        _ref(problems, f"holding_areas[{i}].gate", h.gate, gate_ids, "gate")
+        _ref(problems, f"holding_areas[{i}].zone", h.zone, zone_ids, "zone")
+        if h.id in seen:
+            problems.append((f"holding_areas[{i}].id", f"duplicate id {h.id!r}"))
+        seen.add(h.id)
+    for i, g in enumerate(site.gates):
+        _ref(problems, f"gates[{i}].post", g.post, posts, "post")
+    return problems
+
+
+def verify_staff_pool(site: Site) -> Problems:
+    """The reserve can staff the largest single measure, and its base is near the site."""
+    problems: Problems = []
+    need = max([rd.officers for rd in site.roads] + [g.staff for g in site.gates] + [site.staff.one_way_staff])
+    if site.staff.pool < need:
+        problems.append(("staff.pool", f"{site.staff.pool} cannot staff the largest measure ({need})"))
+    if site.staff.base is not None:
+        proj = site.projection
+        d = math.dist(proj.to_metric([site.staff.base])[0], proj.to_metric([site.site.center])[0])
+        if d > 10_000:
+            problems.append(("staff.base", f"is {d / 1000:.0f} km from site.center; lon/lat swapped?"))
+    return problems
 
 
 # The named checks, in the order they run. A site file is usable when all return nothing.
@@ -213,6 +260,9 @@ CHECKS: tuple[Callable[[Site], Problems], ...] = (
     verify_roads,
     verify_gates,
     verify_plans,
+    verify_closure_points,
+    verify_holding_areas,
+    verify_staff_pool,
 )
 
 

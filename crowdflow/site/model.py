@@ -11,8 +11,9 @@ from shapely.geometry import Polygon
 
 from .. import crowd
 from .base import Strict
-from .places import Basemap, Camera, Gate, Post, Road, Zone
+from .places import Basemap, Camera, Gate, HoldingArea, Post, Road, Zone
 from .plans import Emergency, Plan
+from .staff import StaffPool
 from .runtime import ControlSection, DashboardSection, EdgeSection, RedisSection, SiteInfo
 
 
@@ -31,6 +32,8 @@ class Site(Strict):
     plans: list[Plan] = Field(default_factory=list)
     emergency: Emergency = Emergency()
     basemap: Basemap = Basemap()
+    holding_areas: list[HoldingArea] = Field(default_factory=list)
+    staff: StaffPool = StaffPool()
 
     # -- lookups (the model is frozen, so these are computed once)
 
