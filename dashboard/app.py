@@ -326,7 +326,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                 peer and _in(peer, n) for n in trusted):
             raise HTTPException(403, "metrics are for the site's own scraper")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-    document_api(app, public={"/api/login", "/api/logout"})
+    document_api(app, public={"/api/login", "/api/logout"}, command_model=CommandRequest)
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:

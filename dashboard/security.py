@@ -225,29 +225,31 @@ STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 # ----------------------------------------------------------------------------- OpenAPI
 
 
-def _command_body_schema() -> dict:
-    """One schema per command kind, with that kind's required fields (oneOf on ``kind``)."""
-    props = {
-        "plan_id": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_.-]{0,63}$"},
-        "recommendation_id": {"type": "string", "maxLength": 64},
-        "level": {"anyOf": [{"enum": ["IV", "III", "II", "I"]}, {"type": "null"}],
-                  "description": "override target; null means back to normal"},
-        "auto": {"type": "boolean"},
-        "mode": {"enum": ["normal", "emergency"]},
-        "alarm_id": {"type": "string", "maxLength": 128},
-        "note": {"type": "string", "maxLength": 500},
-    }
+def _command_body_schema(model) -> dict:
+    """One schema per command kind, with that kind's required fields (oneOf on ``kind``), built
+    from the request model itself so that the document and the server agree: a required field
+    may not be null; ``plan_id`` has the id pattern the command record enforces."""
+    from crowdflow.vocab import ID_PATTERN
+
+    base = model.model_json_schema()
+    props = {k: v for k, v in base["properties"].items() if k != "kind"}
+    props["plan_id"] = {"anyOf": [{"type": "string", "pattern": ID_PATTERN}, {"type": "null"}]}
+
+    def not_null(schema: dict) -> dict:
+        alts = [x for x in schema.get("anyOf", [schema]) if x.get("type") != "null"]
+        return alts[0] if len(alts) == 1 else {"anyOf": alts}
+
     variants = []
     for kind in COMMAND_KINDS:
         req = list(COMMAND_FIELDS[kind])
         variants.append({
             "title": f"{kind} (needs role {COMMAND_ROLE[kind]})",
             "type": "object",
-            "properties": {"kind": {"const": kind}, **props},
+            "properties": {"kind": {"type": "string", "enum": [kind]},
+                           **{k: (not_null(v) if k in req else v) for k, v in props.items()}},
             "required": ["kind", *req],
-            "additionalProperties": False,
         })
-    return {"oneOf": variants, "discriminator": {"propertyName": "kind"}}
+    return {"oneOf": variants}
 
 
 ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}}}}}
@@ -264,7 +266,7 @@ STATUS = {
 }
 
 
-def document_api(app, public: set[str]) -> None:
+def document_api(app, public: set[str], command_model=None) -> None:
     """Wrap ``app.openapi`` so that every operation lists every status it can answer, and the
     command body lists each kind's required fields. ``public``: paths needing no session."""
     base = app.openapi
@@ -290,8 +292,9 @@ def document_api(app, public: set[str]) -> None:
                     codes |= {401, 429}
                 if path == "/api/commands":
                     codes |= {400, 409, 504}
-                    op["requestBody"] = {"required": True,
-                                         "content": {"application/json": {"schema": _command_body_schema()}}}
+                    if command_model is not None:
+                        op["requestBody"] = {"required": True, "content": {
+                            "application/json": {"schema": _command_body_schema(command_model)}}}
                 resp = op.setdefault("responses", {})
                 for code in sorted(codes):
                     entry = resp.setdefault(str(code), {"description": STATUS[code]})
