@@ -107,6 +107,8 @@ class Keys:
     leader = _key("leader")
     leader_last = _key("leader:last")
     control_memory = _key("control:memory")
+    inforce = _key("inforce")  # InForce: every measure in force, with its source (one string)
+    orders = _key("orders")  # Order per id: measures and staffing sent to posts, with answers
 
     def zone_history(self, zone_id: str) -> str:
         return f"{self.prefix}:zone:hist:{zone_id}"

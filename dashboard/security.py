@@ -225,31 +225,30 @@ STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 # ----------------------------------------------------------------------------- OpenAPI
 
 
-def _command_body_schema(model) -> dict:
-    """One schema per command kind, with that kind's required fields (oneOf on ``kind``), built
-    from the request model itself so that the document and the server agree: a required field
-    may not be null; ``plan_id`` has the id pattern the command record enforces."""
-    from crowdflow.vocab import ID_PATTERN
+def _command_body_schema(request_model) -> dict:
+    """One schema per command kind, with that kind's required fields (oneOf on ``kind``).
 
-    base = model.model_json_schema()
-    props = {k: v for k, v in base["properties"].items() if k != "kind"}
-    props["plan_id"] = {"anyOf": [{"type": "string", "pattern": ID_PATTERN}, {"type": "null"}]}
-
-    def not_null(schema: dict) -> dict:
-        alts = [x for x in schema.get("anyOf", [schema]) if x.get("type") != "null"]
-        return alts[0] if len(alts) == 1 else {"anyOf": alts}
-
+    The field schemas come from the request model itself (derived from the Command record),
+    so what is documented is exactly what is validated."""
+    full = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = full.get("$defs", {})
+    props = {k: v for k, v in full["properties"].items() if k != "kind"}
     variants = []
     for kind in COMMAND_KINDS:
         req = list(COMMAND_FIELDS[kind])
+        own = dict(props)
+        for name in req:  # a field the kind needs may not be null
+            alts = [a for a in own[name].get("anyOf", []) if a.get("type") != "null"]
+            if len(alts) == 1:
+                own[name] = {**{k: v for k, v in own[name].items() if k not in ("anyOf", "default")}, **alts[0]}
         variants.append({
             "title": f"{kind} (needs role {COMMAND_ROLE[kind]})",
             "type": "object",
-            "properties": {"kind": {"type": "string", "enum": [kind]},
-                           **{k: (not_null(v) if k in req else v) for k, v in props.items()}},
+            "properties": {"kind": {"const": kind}, **own},
             "required": ["kind", *req],
+            "additionalProperties": False,
         })
-    return {"oneOf": variants}
+    return {"oneOf": variants, "discriminator": {"propertyName": "kind"}}, defs
 
 
 ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}}}}}
@@ -258,7 +257,7 @@ STATUS = {
     401: "no session, or it expired or was revoked",
     403: "the session's role may not do this, or the request came from a foreign Origin",
     404: "no such item",
-    409: "control refused the command (the error says why)",
+    409: "refused: control refused the command, or it is dated too far ahead of the server's clock (the error says why)",
     422: "the request does not match the schema",
     429: "too many failed logins; Retry-After says when to try again",
     503: "Redis is unreachable; retry shortly",
@@ -266,7 +265,7 @@ STATUS = {
 }
 
 
-def document_api(app, public: set[str], command_model=None) -> None:
+def document_api(app, public: set[str], command_model) -> None:
     """Wrap ``app.openapi`` so that every operation lists every status it can answer, and the
     command body lists each kind's required fields. ``public``: paths needing no session."""
     base = app.openapi
@@ -292,9 +291,11 @@ def document_api(app, public: set[str], command_model=None) -> None:
                     codes |= {401, 429}
                 if path == "/api/commands":
                     codes |= {400, 409, 504}
-                    if command_model is not None:
-                        op["requestBody"] = {"required": True, "content": {
-                            "application/json": {"schema": _command_body_schema(command_model)}}}
+                    body, defs = _command_body_schema(command_model)
+                    op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+                    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+                    for name, d in defs.items():
+                        comps.setdefault(name, d)
                 resp = op.setdefault("responses", {})
                 for code in sorted(codes):
                     entry = resp.setdefault(str(code), {"description": STATUS[code]})
