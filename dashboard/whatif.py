@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable
+from typing import Callable, Literal
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from crowdflow.site import Site
 
@@ -129,11 +129,19 @@ def mount(app: FastAPI, site: Site, state, viewer, twin_factory=None) -> WhatIfS
         """The site's measures (what the what-if panel can pick), cheapest lever (stage) first."""
         return sorted(svc.measures(), key=lambda m: (m["stage"], m["id"]))
 
-    @app.post("/api/whatif", tags=["read"])
+    # The request names this site's measures: the OpenAPI lists them and an unknown id is a 422
+    # like any other schema error (schemathesis: what is documented is what is accepted).
+    ids = tuple(m.id for m in site.measures)
+    Request = create_model("WhatIfRequest", __base__=WhatIfRequest, measures=(
+        list[Literal[ids]] if ids else list[str], Field(default_factory=list, max_length=MAX_MEASURES if ids else 0)))
+
     def post_whatif(body: WhatIfRequest, s=viewer) -> dict:
         """The next ``horizon_min`` minutes from the live state, with the measures in force and
         with the picked ones (or the pending recommendations') added: load per affected zone."""
         zones = {z.zone_id: z for z in state.zones.all(time.time())}
         return svc.run(body, zones, dict(state.plans), dict(state.recs), time.time())
+
+    post_whatif.__annotations__["body"] = Request  # the site's own model (annotations are strings here)
+    app.post("/api/whatif", tags=["read"])(post_whatif)
 
     return svc
