@@ -200,7 +200,8 @@ def _command_request_model() -> type[BaseModel]:
             fields[name] = (f.annotation | None, f)
         else:
             fields[name] = (f.annotation, f)
-    return create_model("CommandRequest", __config__=ConfigDict(extra="forbid"), **fields)
+    # Strict like the Command record itself: ``"auto": 0`` or ``"level": 3`` is refused, not coerced.
+    return create_model("CommandRequest", __config__=ConfigDict(extra="forbid", strict=True), **fields)
 
 
 CommandRequest = _command_request_model()
