@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from crowdflow.bus import CMD_MAXLEN, Keys
+from crowdflow.bus import CMD_MAXLEN, Backoff, Keys
 from crowdflow.dispatch import summarise
 from crowdflow.records import (
     EVENT_TYPES,
@@ -200,7 +200,8 @@ def _command_request_model() -> type[BaseModel]:
             fields[name] = (f.annotation | None, f)
         else:
             fields[name] = (f.annotation, f)
-    return create_model("CommandRequest", __config__=ConfigDict(extra="forbid"), **fields)
+    # Strict like the Command record itself: ``"auto": 0`` or ``"level": 3`` is refused, not coerced.
+    return create_model("CommandRequest", __config__=ConfigDict(extra="forbid", strict=True), **fields)
 
 
 CommandRequest = _command_request_model()
@@ -299,12 +300,14 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         """Load the snapshot, then follow the events stream; resync after any Redis error."""
         shown: dict[str, str] = {}
         first = True
+        backoff = Backoff(cap_s=2.0)  # the services' one policy (crowdflow.bus)
         while True:
             try:
                 last_id = await load_snapshot(r)
                 if not first:  # clients may have missed changes while Redis was away
                     hub.broadcast(json.dumps(state.snapshot(time.time()), ensure_ascii=False))
                 first = False
+                backoff.succeeded()
                 while True:
                     resp = await r.xread({keys.events: last_id}, count=500, block=1000)
                     for _, entries in resp or []:
@@ -321,8 +324,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Redis down or restarting: keep serving, retry
-                log.error("event follower: %s; retrying", e)
-                await asyncio.sleep(1.0)
+                wait = backoff.failed()
+                log.error("event follower: %s; retrying in %.1f s", e, wait)
+                await asyncio.sleep(wait)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -23,7 +23,7 @@ MAX_MEASURES = 20
 
 
 class WhatIfRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "recommended": 0 is refused, not coerced
 
     measures: list[str] = Field(default_factory=list, max_length=MAX_MEASURES)
     recommended: bool = False  # add what the pending recommendations switch on

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import redis
 
-from crowdflow.bus import OBS_MAXLEN, Keys
+from crowdflow.bus import OBS_MAXLEN, Backoff, Keys
 from crowdflow.records import InForce, PlanState, RecordError, decode
 from crowdflow.site import Site
 
@@ -126,7 +126,7 @@ class SimRunner:
         t0 = self.clock()
         next_tick = t0
         next_actions = t0
-        backoff = 0.5
+        backoff = Backoff(cap_s=2.0)  # the services' one policy (crowdflow.bus)
         while not stop.is_set():
             now = self.clock()
             if duration_s is not None and now - t0 >= duration_s:
@@ -140,10 +140,10 @@ class SimRunner:
                     next_tick += self.interval_s
                     if next_tick < now:  # fell behind (slow machine): do not burst
                         next_tick = now + self.interval_s
-                backoff = 0.5
-            except redis.ConnectionError as e:
-                log.error("redis unreachable (%s); retrying in %.1f s", e, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10)
+                backoff.succeeded()
+            except redis.RedisError as e:
+                wait = backoff.failed()
+                log.error("redis error (%s); retrying in %.1f s", e, wait)
+                stop.wait(wait)
                 continue
             stop.wait(max(0.0, min(next_tick, next_actions) - self.clock()))
