@@ -58,9 +58,14 @@ def data_dir() -> Path:
 
 def open_redis(site: Site, wait_s: float | None = 15):
     """(client, url, keys, embedded-or-None). Without REDIS_URL an embedded server is used."""
-    from .bus import EmbeddedRedis, Keys, connect, resolve_prefix, resolve_url, wait_until_up
+    from .bus import EmbeddedRedis, Keys, connect, is_cluster_url, resolve_prefix, resolve_url, wait_until_up
 
     url = resolve_url(site.redis.url)
+    prefix = resolve_prefix(site.redis.prefix)
+    if is_cluster_url(url) and not site.control.partitions and "{" not in prefix:
+        # One fenced MULTI/EXEC touches all of control's keys: on a cluster they need one slot.
+        raise SystemExit(f"redis prefix {prefix!r} has no hash tag: on a Redis Cluster use e.g. "
+                         f"'{prefix}:{{site}}' or set control.partitions (docs/scaling.md)")
     embedded = None
     if url is None:
         embedded = EmbeddedRedis(data_dir() / "redis")
@@ -69,7 +74,7 @@ def open_redis(site: Site, wait_s: float | None = 15):
     r = connect(url)
     if wait_s:
         wait_until_up(r, timeout_s=wait_s)
-    return r, url, Keys(resolve_prefix(site.redis.prefix)), embedded
+    return r, url, Keys(prefix), embedded
 
 
 # ----------------------------------------------------------------------------- subcommands

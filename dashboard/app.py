@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
-from crowdflow.bus import Keys
+from crowdflow.bus import Keys, connect_async
 from crowdflow.records import (
     EVENT_TYPES,
     Alarm,
@@ -268,9 +268,8 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        follow_r = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3)
-        clients["r"] = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3,
-                                               socket_timeout=5)
+        follow_r = connect_async(redis_url)  # a cluster URL gives redis.asyncio.RedisCluster
+        clients["r"] = connect_async(redis_url, socket_timeout=5)
         task = asyncio.create_task(follow(follow_r))
         try:
             yield
