@@ -95,10 +95,10 @@ class WriteQueue:
 class ControlService:
     def __init__(self, site: Site, r: redis.Redis, keys: Keys, consumer: str | None = None,
                  stale_after_s: float | None = None, clock: Callable[[], float] = time.time,
-                 lease_ms: int = 3000):
+                 lease_ms: int = 3000, raw: redis.Redis | None = None):
         self.site = site
         self.r = r
-        self.raw = raw_client(r)  # reads what others wrote: bytes, decoded by the record decoder
+        self.raw = raw or raw_client(r)  # reads what others wrote: bytes, decoded by the record decoder
         self.keys = keys
         self.clock = clock
         self.stale_after_s = stale_after_s if stale_after_s is not None else site.control.stale_after_s
@@ -107,6 +107,8 @@ class ControlService:
         self.cmd_reader = GroupReader(r, keys.cmd, GROUP, self.consumer, keys.cmd_dead, raw=self.raw)
         self.lease = LeaderLease(r, keys.leader, ttl_ms=lease_ms, instance_id=self.consumer)
         self.fenced = False  # run() turns it on: every write then requires the lease
+        self.leading = False  # run() says whether this instance leads now
+        self._renewed_at = float("-inf")  # when the lease was last renewed (monotonic)
         self.applied = self.rejected = self.duplicates = 0
         self.stats: Counter = Counter()  # errors by kind, reconnects, … (exported as metrics)
         self.rejected_by: Counter = Counter()  # dead letters by reason class
@@ -271,6 +273,12 @@ class ControlService:
         the others. A refused or lost transaction keeps every write queued for the next try."""
         ops = self.out.ops
         if not ops:
+            # Nothing to write: renew the lease on its own (ttl/3), so that a quiet leader keeps
+            # its partition instead of letting it lapse and another worker take it.
+            if self.fenced and time.monotonic() - self._renewed_at > self.lease.ttl_ms / 3000:
+                if not self.lease.renew():
+                    raise LeaseLost("lease expired while idle")
+                self._renewed_at = time.monotonic()
             return
 
         def build(pipe):
@@ -279,6 +287,7 @@ class ControlService:
 
         if self.fenced:
             results = self.lease.transaction(build)
+            self._renewed_at = time.monotonic()
         else:
             with self.r.pipeline(transaction=True) as pipe:
                 build(pipe)
@@ -443,23 +452,38 @@ class ControlService:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, may_lead: Callable[[], bool] | None = None) -> None:
         """Lead when the lease is free, follow otherwise; never return before ``stop``.
 
         Redis errors of every class are caught here: the loop waits with the one backoff
         policy (:class:`crowdflow.bus.Backoff`, capped at 2 s so that control is back within
-        seconds of Redis) and keeps its in-memory state; a lost lease makes it a follower."""
+        seconds of Redis) and keeps its in-memory state; a lost lease makes it a follower.
+
+        ``may_lead`` (partitioned control, :mod:`control.workers`) is asked before taking the
+        lease and after every cycle while leading: False hands the partition over (the writes
+        are flushed, the lease released) so that workers share the partitions evenly."""
         self.fenced = True
         backoff = Backoff(cap_s=2.0)
         leader = False
+        self.leading = False
         while not stop.is_set():
             try:
+                if leader and may_lead is not None and not may_lead():
+                    self._flush()
+                    self.lease.release()
+                    leader = self.leading = False
+                    self.stats["handed_over"] += 1
+                    log.info("control %s hands %s over (rebalancing)", self.consumer, self.keys.prefix)
+                    continue
                 if not leader:
+                    if may_lead is not None and not may_lead():
+                        stop.wait(0.5)
+                        continue
                     if not self.lease.acquire():
                         stop.wait(0.5)
                         continue
                     self.start()
-                    leader = True
+                    leader = self.leading = True
                     self.stats["leader_terms"] += 1
                     log.info("control %s leads: %d zones, %d cameras, %d plans", self.consumer,
                              len(self.site.zones), len(self.site.cameras), len(self.site.plans))
@@ -470,7 +494,7 @@ class ControlService:
             except LeaseLost as e:
                 log.warning("control %s lost the lease (%s); standing by", self.consumer, e)
                 self.stats["lease_lost"] += 1
-                leader = False
+                leader = self.leading = False
             except TRANSIENT as e:
                 self.stats["reconnects"] += 1
                 wait = backoff.failed()
@@ -490,6 +514,7 @@ class ControlService:
                 self.lease.release()
             except redis.RedisError:
                 pass
+        self.leading = False
 
 
 def error_kind(e: Exception) -> str:

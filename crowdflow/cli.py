@@ -102,7 +102,13 @@ def cmd_control(args) -> int:
 
     site = _load(args)
     r, url, keys, embedded = open_redis(site, wait_s=None)  # control waits for Redis as long as it takes
-    svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after)
+    if site.control.partitions:  # one worker of N sharing the partitions (control/workers.py)
+        from control.workers import Worker
+
+        svc = Worker(site, r, keys, worker_id=args.consumer, stale_after_s=args.stale_after)
+    else:
+        svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
+                             lease_ms=site.control.lease_ms)
     try:
         svc.run(_stop_event())
     finally:
@@ -200,6 +206,9 @@ def cmd_edge(args) -> int:
         log.info("metrics on :%d/metrics", port)
     counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px))
     try:
+        from .site.partitions import camera_keys
+
+        keys = camera_keys(site, keys).get(camera.id, keys)  # its partition's stream (docs/scaling.md)
         agent = EdgeAgent(site, camera.id, grabber, counter, Publisher(r, keys, spool), preset=args.preset,
                           metrics=metrics, config_dir=Path(args.config).parent)
     except (KeyError, FileNotFoundError, ValueError) as e:
@@ -427,18 +436,21 @@ def cmd_whatif(args) -> int:
         from crowdflow.records import RecordError, ZoneState, decode
         from sim.runner import active_actions
 
+        from .site.partitions import partition_keys
+
         r, url, keys, embedded = open_redis(site)
         counts = {}
-        for zid, raw in r.hgetall(keys.zone_state).items():
+        parts = list(partition_keys(site, keys).values())
+        for key, zid, raw in [(k.zone_state, z, v) for k in parts for z, v in r.hgetall(k.zone_state).items()]:
             try:
                 st = decode(ZoneState, raw)
             except RecordError as e:
-                print(f"warning: {keys.zone_state}[{zid}]: {e}", file=sys.stderr)
+                print(f"warning: {key}[{zid}]: {e}", file=sys.stderr)
                 continue
             if st.status == "ok" and st.count is not None and zid in site.zone_by_id:
                 counts[zid] = st.count
         unknown = sorted(set(site.zone_by_id) - set(counts))
-        active = active_actions(r, keys)
+        active = active_actions(r, parts)
         now = dt.datetime.now(ZoneInfo(site.site.timezone))
         tod = now.hour * 3600 + now.minute * 60 + now.second
         if embedded:

@@ -175,3 +175,74 @@ def test_check_config_refuses_what_couples_two_partitions(raw):
     data["redis"] = {"prefix": "cf:{x}"}
     assert problems_of(data) == ["redis.prefix: 'cf:{x}' has a hash tag; with control.partitions each partition "
                                  "adds its own ({partition}), so give a prefix without braces"]
+
+
+# ----------------------------------------------------------------------------- partitions
+
+
+def test_partitioned_site_on_a_cluster_dashboard_sim_and_two_workers(rc, cluster, raw, monkeypatch):
+    """Two workers share three partitions on the cluster; the simulator publishes each camera to
+    its partition; the dashboard shows every partition, routes a confirm to the right one and
+    a mode switch to all of them."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from control.workers import Worker, wait_balanced
+    from crowdflow.site import parse_site
+    from crowdflow.site.partitions import partition_keys
+    from dashboard.app import create_app
+    from sim.runner import SimRunner
+    from sim.scenario import load_scenario
+
+    from .dash import PASSWORDS, users_env
+    from .partitioned import partitioned
+    from .seed import seed_recommendation
+
+    monkeypatch.setenv("CROWDFLOW_USERS", users_env())
+    site = parse_site(partitioned(raw))
+    keys = Keys(f"t-{uuid.uuid4().hex[:6]}")
+    parts = partition_keys(site, keys)
+    for k in parts.values():  # one slot per partition: its stream, lease and state together
+        assert len({rc.keyslot(n) for n in (k.obs, k.leader, k.zone_state, k.events, k.obs_seen("c"))}) == 1
+    rec = seed_recommendation(rc, parts["bridge"], site, "bridge", "IV", "bridge-e-mid")
+    workers = [Worker(site, rc, keys, worker_id=f"w{i}", lease_ms=1500) for i in (1, 2)]
+    running = [w.start() for w in workers]
+    try:
+        wait_balanced(workers, 3, timeout_s=15)
+        sc = load_scenario("mayday-evening", site)[0]
+        sim = SimRunner(site, sc, rc, keys, [c.id for c in site.cameras], speed=60, seed=3)
+        assert sim.tick() == len(site.cameras)
+        assert all(rc.xlen(k.obs) > 0 for k in parts.values())
+        with TestClient(create_app(site, cluster.url, keys)) as c:
+            assert c.post("/api/login", json={"username": "commander", "password": PASSWORDS["commander"]}).status_code == 200
+            deadline = time.time() + 15
+            while time.time() < deadline:
+                zones = {z["zone_id"]: z["status"] for z in c.get("/api/state").json()["zones"]}
+                live = {zid for zid, st in zones.items() if st == "ok"}
+                if {"bridge-s-head", "cangbai-plaza", "xsz-exit6"} <= live:
+                    break
+                time.sleep(0.3)
+            assert {"bridge-s-head", "cangbai-plaza", "xsz-exit6"} <= live, zones
+            res = c.post("/api/commands", json={"kind": "confirm", "recommendation_id": rec.id})
+            assert res.status_code == 200, res.text  # went to the bridge partition, which holds it
+            res = c.post("/api/commands", json={"kind": "set_mode", "mode": "emergency"})
+            assert res.status_code == 200, res.text
+            for k in parts.values():  # every partition switched
+                assert '"emergency"' in rc.get(k.mode)
+            state = c.get("/api/state").json()
+            assert {p["plan_id"]: p["level"] for p in state["plans"]} == {"bridge": "I", "hongyadong": "I",
+                                                                          "xiaoshizi": "I"}
+            audit = c.get("/api/audit").json()
+            assert [a["action"] for a in audit].count("set_mode") == 3 and audit[-1]["action"] == "confirm"
+            hist = c.get("/api/zones/xsz-exit6/history").json()
+            assert hist["samples"], hist
+    finally:
+        for stop, t in running:
+            stop.set()
+        for stop, t in running:
+            t.join(10)
+        for k in parts.values():
+            for key in rc.scan_iter(match=k.all_keys_pattern()):
+                rc.delete(key)
+        rc.delete(keys.workers)

@@ -144,3 +144,16 @@ def partition_problems(site: Site) -> list[tuple[str, str]]:
                                      f"acts on zones {foreign} of partition(s) "
                                      f"{sorted({zp[z] for z in foreign})}, not {pid!r}: a measure stays in its partition"))
     return problems
+
+
+def partition_keys(site: Site, keys) -> dict:
+    """Partition id → its :class:`crowdflow.bus.Keys` (``{"": keys}`` for an unpartitioned site)."""
+    if not site.control.partitions:
+        return {WHOLE: keys}
+    return {pid: keys.partition(pid) for pid in site.control.partitions}
+
+
+def camera_keys(site: Site, keys) -> dict:
+    """Camera id → the keys of its partition (where its observations go)."""
+    parts = partition_keys(site, keys)
+    return {cam: parts[pid] for cam, pid in camera_partition(site).items()}
