@@ -34,13 +34,15 @@ from typing import Callable
 import redis
 
 from collections import Counter
+from pathlib import Path
 
 from crowdflow.bus import (
-    EVENTS_MAXLEN, HISTORY_MAXLEN, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease, LeaseLost,
-    quarantine_wrong_type, raw_client, text,
+    AUDIT_KEEP_S, EVENTS_MAXLEN, HISTORY_MAXLEN, RESULTS_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
+    LeaseLost, quarantine_wrong_type, raw_client, text,
 )
 from crowdflow.records import (
     Alarm,
+    LastKnown,
     AuditEntry,
     Command,
     CommandResult,
@@ -56,7 +58,10 @@ from crowdflow.site import Site
 
 from .alarms import AlarmBook
 from .plans import PlanEngine
-from .zones import ZoneBook, site_problem
+from . import snapshot
+from .archive import AuditArchive
+from .ingest import MAX_RECORD_BYTES, check, entry_time
+from .zones import ZoneBook
 
 log = logging.getLogger("crowdflow.control")
 
@@ -68,8 +73,9 @@ CLAIM_EVERY_S = 5.0  # take over entries left pending by other (dead or fenced) 
 CONSUMER_GC_EVERY_S = 60.0
 CONSUMER_IDLE_MS = 10 * 60 * 1000  # a consumer silent this long with nothing pending is gone
 # The Redis type each command of a write batch expects its key to have (for WRONGTYPE repair).
-KEY_TYPE = {"hset": "hash", "xadd": "stream", "xack": "stream", "set": "string", "zadd": "zset",
-            "zremrangebyscore": "zset"}
+KEY_TYPE = {"hset": "hash", "hdel": "hash", "xadd": "stream", "xack": "stream", "xtrim": "stream", "set": "string",
+            "zadd": "zset", "zrem": "zset", "zremrangebyscore": "zset"}
+MAINTAIN_EVERY_S = 30.0  # retention: old command results, dropped recommendations/alarms, audit archive
 
 
 class WriteQueue:
@@ -95,8 +101,11 @@ class WriteQueue:
 class ControlService:
     def __init__(self, site: Site, r: redis.Redis, keys: Keys, consumer: str | None = None,
                  stale_after_s: float | None = None, clock: Callable[[], float] = time.time,
-                 lease_ms: int = 3000, raw: redis.Redis | None = None):
+                 lease_ms: int = 3000, audit_dir: str | Path | None = None, raw: redis.Redis | None = None):
         self.site = site
+        # With an archive directory the audit trail is appended to rotated JSON-lines files and
+        # trimmed from Redis after AUDIT_KEEP_S; without one it stays in Redis untrimmed.
+        self.archive = AuditArchive(audit_dir) if audit_dir else None
         self.r = r
         self.raw = raw or raw_client(r)  # reads what others wrote: bytes, decoded by the record decoder
         self.keys = keys
@@ -112,6 +121,11 @@ class ControlService:
         self.applied = self.rejected = self.duplicates = 0
         self.stats: Counter = Counter()  # errors by kind, reconnects, … (exported as metrics)
         self.rejected_by: Counter = Counter()  # dead letters by reason class
+        self.skew_s: dict[str, float] = {}  # camera → its gateway's clock offset, when corrected
+        self.leading = False
+        self.last_cycle_s = 0.0
+        self.newest_applied: float | None = None  # capture time of the newest applied observation
+        self.on_cycle: Callable[[float], None] | None = None  # metrics hook
         self._started = False
         self._reset()
 
@@ -125,7 +139,7 @@ class ControlService:
         self.out = WriteQueue()  # writes not yet in Redis
         self._unflushed_seen: set[tuple[str, int]] = set()  # applied here, not yet marked in Redis
         self._answered: dict[str, str] = {}  # command id → result, until the result is in Redis
-        self._last_claim = self._last_gc = time.monotonic()
+        self._last_claim = self._last_gc = self._last_maintain = time.monotonic()
 
     # ------------------------------------------------------------------ start / takeover
 
@@ -155,7 +169,14 @@ class ControlService:
         self.engine.restore(plans, recs, mode)
         self.book.set_actions(self.engine.active_actions())
         self.alarms.restore(self._load(self.keys.alarms, Alarm))
-        # A restart begins from nothing: every zone is unknown until fresh data arrives.
+        # The previous leader's working memory: filters, camera views, flows, sustain timers and
+        # cooldowns. Without it (first start, too old) zones are unknown until data arrives,
+        # keeping the last known values that were published.
+        if snapshot.load(self.book, self.engine, self._raw_get(self.keys.control_memory), now):
+            log.info("control %s restored the previous leader's memory", self.consumer)
+            self.stats["memory_restored"] += 1
+        else:
+            self._seed_last_known(self._load(self.keys.zone_state, ZoneState))
         self.states = self.book.states(now)
         out = self.out
         self._publish_zones(out, self.states)
@@ -168,6 +189,23 @@ class ControlService:
             out.set(self.keys.mode, mode.encode())
             self._event(out, "mode", mode)
         self._flush()
+
+    def _raw_get(self, key: str):
+        try:
+            return self.raw.get(key)
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            quarantine_wrong_type(self.r, key, "string")
+            return None
+
+    def _seed_last_known(self, published: dict) -> None:
+        for zid, s in published.items():
+            if zid not in self.book._last_known:
+                if s.status == "ok" and s.count is not None and s.updated_at is not None:
+                    self.book._last_known[zid] = LastKnown(count=s.count, density=s.density or 0.0, at=s.updated_at)
+                elif s.last_known is not None:
+                    self.book._last_known[zid] = s.last_known
 
     def _load(self, key: str, cls) -> dict:
         """A hash of records, read as bytes; an unreadable field is reported and skipped (it can
@@ -212,8 +250,13 @@ class ControlService:
 
         Raises Redis errors (the caller backs off); whatever was applied in memory stays, with
         its writes queued, and the entries read are re-read after the error."""
+        t0 = time.perf_counter()
         try:
-            return self._step(block_ms)
+            n = self._step(block_ms)
+            self.last_cycle_s = time.perf_counter() - t0 - (block_ms / 1000 if n == 0 else 0.0)
+            if self.on_cycle is not None:
+                self.on_cycle(max(0.0, self.last_cycle_s))
+            return n
         except BaseException:
             self.obs_reader.replay_pending()
             self.cmd_reader.replay_pending()
@@ -257,6 +300,10 @@ class ControlService:
                 self.alarms.update_recommendation(now, rec)
             self.alarms.update_zones(now, self.states)
             self._sample_history(out, now, self.states)
+            out.set(self.keys.control_memory, snapshot.dump(self.book, self.engine, now))
+        if time.monotonic() - self._last_maintain >= MAINTAIN_EVERY_S:
+            self._last_maintain = time.monotonic()
+            self.maintain(now)
         if cmd_entries or now == self._last_full:
             self.book.set_actions(self.engine.active_actions())  # cut roads widen their zones
         self._publish_decisions(out)
@@ -264,6 +311,33 @@ class ControlService:
         self.cmd_reader.ack([i for i, _ in cmd_entries], pipe=out)
         self._flush()
         return len(obs_entries) + len(cmd_entries)
+
+    def maintain(self, now: float) -> None:
+        """Retention, so that Redis stays flat over an evening and a season: command results
+        after 24 h, recommendations and alarms the engine has let go of, and the audit trail
+        once archived to files (kept 7 days in Redis for the dashboard's search)."""
+        out, k = self.out, self.keys
+        old = self.raw.zrangebyscore(k.cmd_results_at, "-inf", now - RESULTS_KEEP_S, start=0, num=1000)
+        if old:
+            out.hdel(k.cmd_results, *old)
+            out.zrem(k.cmd_results_at, *old)
+        gone_recs = [f for f in self.raw.hkeys(k.recommendations) if text(f) not in self.engine.recs]
+        if gone_recs:
+            out.hdel(k.recommendations, *gone_recs)
+        gone_alarms = [f for f in self.raw.hkeys(k.alarms) if text(f) not in self.alarms.alarms]
+        if gone_alarms:
+            out.hdel(k.alarms, *gone_alarms)
+        self.stats["retention_removed"] += len(old) + len(gone_recs) + len(gone_alarms)
+        if self.archive is not None:
+            cursor = text(self._raw_get(k.audit_archived))
+            new = self.archive.archive(self.raw, k.audit, cursor)
+            if new and new != cursor:
+                out.set(k.audit_archived, new)
+            if new:
+                keep_from = int((now - AUDIT_KEEP_S) * 1000)
+                archived_ms, archived_seq = (int(x) for x in new.split("-"))
+                minid = f"{keep_from}-0" if keep_from < archived_ms else f"{archived_ms}-{archived_seq}"
+                out.xtrim(k.audit, minid=minid, approximate=False)
 
     def _flush(self) -> None:
         """Send the queued writes as one MULTI/EXEC (fenced by the lease when leading).
@@ -318,16 +392,22 @@ class ControlService:
         out = self.out
         good: list[tuple[str, Observation]] = []
         for entry_id, fields in entries:
+            raw = fields.get("rec", b"")
+            if len(raw) > MAX_RECORD_BYTES:
+                self._reject(entry_id, fields, f"(record): {len(raw):,} bytes, limit {MAX_RECORD_BYTES:,}", kind="size")
+                continue
             try:
-                obs = decode(Observation, fields.get("rec", b""))
+                obs = decode(Observation, raw)
             except RecordError as e:
                 self._reject(entry_id, fields, str(e))
                 continue
-            problem = site_problem(obs, self.site)
-            if problem:
-                self._reject(entry_id, fields, problem)
+            verdict = check(obs, self.site, now, entry_time(entry_id))
+            if verdict.obs is None:
+                self._reject(entry_id, fields, verdict.reason)
                 continue
-            good.append((entry_id, obs))
+            if verdict.skew_s is not None:
+                self._clock_skew(obs, verdict.skew_s)
+            good.append((entry_id, verdict.obs))
         if not good:
             return set()
         # Idempotency by (camera, seq), in Redis so it holds across restarts and failover. The
@@ -364,7 +444,19 @@ class ControlService:
         for key, mapping in marks.items():
             out.zadd(key, mapping)
             out.zremrangebyscore(key, "-inf", now - SEEN_KEEP_S)
+            out.expire(key, int(SEEN_KEEP_S))  # a camera taken away leaves nothing behind
+            self.newest_applied = max(self.newest_applied or 0.0, max(mapping.values()))
         return touched
+
+    def _clock_skew(self, obs: Observation, skew: float) -> None:
+        """A gateway whose clock is off: its capture times are corrected, and it is reported
+        (once per camera per change of more than a second, and as a metric)."""
+        self.stats["clock_corrected"] += 1
+        prev = self.skew_s.get(obs.camera_id)
+        self.skew_s[obs.camera_id] = skew
+        if prev is None or abs(prev - skew) > 1.0:
+            log.warning("camera %s (agent %s): gateway clock %+.1f s off; capture times corrected",
+                        obs.camera_id, obs.agent_id, skew)
 
     def _reject(self, entry_id: str, fields: dict, reason: str, kind: str | None = None) -> None:
         self.obs_reader.dead_letter(entry_id, fields, reason, pipe=self.out)
@@ -397,6 +489,7 @@ class ControlService:
         if not result.ok:
             log.warning("command %s (%s by %s/%s) refused: %s", cmd.id, cmd.kind, cmd.user, cmd.role, result.error)
         pipe.hset(self.keys.cmd_results, cmd.id, result.encode())
+        pipe.zadd(self.keys.cmd_results_at, {cmd.id: now})
         self._answered[cmd.id] = result.encode()
         self._event(pipe, "command_result", result)
         for entry in audit:
@@ -412,7 +505,7 @@ class ControlService:
         pipe.xadd(self.keys.events, {"type": kind, "rec": rec.encode()}, maxlen=EVENTS_MAXLEN, approximate=True)
 
     def _audit(self, pipe, entry) -> None:
-        pipe.xadd(self.keys.audit, {"rec": entry.encode()})  # append-only, never trimmed
+        pipe.xadd(self.keys.audit, {"rec": entry.encode()})  # append-only; archived, then trimmed (maintain)
         self._event(pipe, "audit", entry)
 
     def _publish_zones(self, pipe, states: dict[str, ZoneState]) -> None:

@@ -55,7 +55,7 @@ return redis.call('zrange', KEYS[1], 0, -1)
 
 class Worker:
     def __init__(self, site: Site, r: redis.Redis, keys: Keys, worker_id: str | None = None,
-                 lease_ms: int | None = None, stale_after_s: float | None = None):
+                 lease_ms: int | None = None, stale_after_s: float | None = None, audit_dir: str | None = None):
         self.site = site
         self.r = r
         self.keys = keys
@@ -65,7 +65,8 @@ class Worker:
         raw = raw_client(r)  # one bytes client shared by the partitions' loops (thread-safe)
         self.services = {
             pid: ControlService(sub_site(site, pid), r, k, consumer=self.id, stale_after_s=stale_after_s,
-                                lease_ms=self.lease_ms, raw=raw)
+                                lease_ms=self.lease_ms, raw=raw,
+                                audit_dir=f"{audit_dir}/{pid}" if audit_dir else None)  # one archive per partition
             for pid, k in self.parts.items()
         }
         self.members: list[str] = [self.id]

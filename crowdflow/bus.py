@@ -16,11 +16,16 @@ key                             type    content
 ``<p>:events``                  stream  every change above, fields ``type`` and ``rec``
 ``<p>:cmd``                     stream  Command JSON from the dashboard (group ``control``)
 ``<p>:cmd:dead``                stream  rejected commands with the reason
-``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency)
-``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe)
-``<p>:audit``                   stream  AuditEntry JSON, append-only, never trimmed
+``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency, 24 h)
+``<p>:cmd:results:at``          zset    command id → answer time (drives the 24 h retention)
+``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe, 3 h)
+``<p>:audit``                   stream  AuditEntry JSON, append-only; archived to files, then trimmed
+``<p>:audit:archived``          string  the last audit id written to the archive files
+``<p>:session:<sha256>``        hash    a dashboard session (TTL = session lifetime)
+``<p>:limits:…``                        login rate-limit windows (the ``limits`` library)
 ``<p>:leader``                  string  the leading control instance's lease (id, with a TTL)
 ``<p>:leader:last``             string  the id of the last instance that took the lease
+``<p>:control:memory``          string  control's working memory (filters, timers) for takeover
 ==============================  ======  =====================================================
 
 Consumer group ``control`` reads ``<p>:obs`` at-least-once: entries are acknowledged only
@@ -55,6 +60,9 @@ OBS_MAXLEN = 200_000  # ~1 h of 50 cameras at 1 Hz; approximate trimming
 EVENTS_MAXLEN = 50_000
 HISTORY_MAXLEN = 800  # 2 h of 10 s samples, with margin
 DEAD_MAXLEN = 10_000
+CMD_MAXLEN = 10_000  # commands are answered within seconds; results are kept 24 h
+RESULTS_KEEP_S = 24 * 3600
+AUDIT_KEEP_S = 7 * 86400  # audit kept in Redis (searchable on the dashboard) once archived
 DEAD_RAW_KEEP = 64 * 1024  # bytes of a rejected entry kept verbatim (longer ones: head + size + sha256)
 
 # Errors that mean "Redis is not answering right now" (down, restarting, paused, loading its
@@ -90,9 +98,12 @@ class Keys:
     cmd = _key("cmd")
     cmd_dead = _key("cmd:dead")
     cmd_results = _key("cmd:results")
+    cmd_results_at = _key("cmd:results:at")
+    audit_archived = _key("audit:archived")
     audit = _key("audit")
     leader = _key("leader")
     leader_last = _key("leader:last")
+    control_memory = _key("control:memory")
 
     def zone_history(self, zone_id: str) -> str:
         return f"{self.prefix}:zone:hist:{zone_id}"
@@ -133,6 +144,28 @@ def hash_tag(key: str) -> str | None:
 
 def resolve_prefix(configured: str) -> str:
     return os.environ.get("CROWDFLOW_REDIS_PREFIX") or configured
+
+
+def mask_url(url: str | None) -> str | None:
+    """A URL fit for logs: the password (and a user name with it) replaced by ``***``.
+    Works for redis://, rediss://, rtsp:// and http(s):// URLs alike."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***:***@{host}" if parts.password is not None else f"***@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def resolve_url(configured: str | None) -> str | None:
@@ -193,7 +226,6 @@ def connect(url: str, **kw) -> redis.Redis:
     kw.setdefault("socket_keepalive", True)
     kw.setdefault("health_check_interval", 15)
     kw.setdefault("retry", command_retry())
-    kw.setdefault("client_name", f"crowdflow-{os.getpid()}")
     if is_cluster_url(url):
         kw.pop("health_check_interval", None)
         r = redis.RedisCluster.from_url(_cluster_url(url), **kw)

@@ -22,6 +22,9 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from .redact import install
+
+    install()  # credentials in URLs (rtsp://user:pw@…) never reach a log line
 
 
 def _load(args) -> Site:
@@ -102,13 +105,23 @@ def cmd_control(args) -> int:
 
     site = _load(args)
     r, url, keys, embedded = open_redis(site, wait_s=None)  # control waits for Redis as long as it takes
+    audit_dir = args.audit_dir or os.environ.get("CROWDFLOW_AUDIT_DIR") or str(data_dir() / "audit")
+    audit_dir = None if audit_dir == "none" else audit_dir
     if site.control.partitions:  # one worker of N sharing the partitions (control/workers.py)
         from control.workers import Worker
 
-        svc = Worker(site, r, keys, worker_id=args.consumer, stale_after_s=args.stale_after)
+        svc = Worker(site, r, keys, worker_id=args.consumer, stale_after_s=args.stale_after, audit_dir=audit_dir)
     else:
         svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
-                             lease_ms=site.control.lease_ms)
+                             lease_ms=site.control.lease_ms, audit_dir=audit_dir)
+    port = args.metrics_port or int(os.environ.get("CROWDFLOW_CONTROL_METRICS_PORT", "0") or 0)
+    if port and site.control.partitions:
+        log.warning("control metrics are per partition service and not served by a partitioned worker yet")
+    elif port:
+        from control.metrics import ControlMetrics
+
+        ControlMetrics(svc).serve(port)
+        log.info("metrics on :%d/metrics", port)
     try:
         svc.run(_stop_event())
     finally:
@@ -176,6 +189,14 @@ def cmd_edge(args) -> int:
     if args.log_json or os.environ.get("CROWDFLOW_LOG_FORMAT") == "json":
         use_json_logs()
     site = _load(args)
+    from .bus import Keys, connect, mask_url, resolve_prefix, resolve_url
+
+    url = resolve_url(site.redis.url)
+    if url is None:
+        # An embedded Redis on a gateway would keep its observations to itself: refuse.
+        print("error: the edge agent needs the control site's Redis: set REDIS_URL (or redis.url in the "
+              "site file); it never starts an embedded one", file=sys.stderr)
+        return 2
     camera = _camera(site, args.camera)
     uri = args.source or camera.source
     if not uri:
@@ -196,7 +217,10 @@ def cmd_edge(args) -> int:
     else:
         log.info("density model: %s", density.path)
     grabber = FrameGrabber(uri, realtime=not args.fast, loop=args.loop, max_backoff_s=site.edge.reconnect_max_s)
-    r, url, keys, embedded = open_redis(site)
+    # No wait for Redis: the agent counts and spools from the first frame, and replays when
+    # Redis answers (edge/spool.py).
+    r, keys, embedded = connect(url), Keys(resolve_prefix(site.redis.prefix)), None
+    log.info("edge %s publishes to %s", camera.id, mask_url(url))
     spool_path = args.spool or (site.edge.spool_path or str(data_dir() / "edge-spool-{camera}.sqlite"))
     spool = Spool(spool_path.format(camera=camera.id), site.edge.spool_max_records)
     metrics = EdgeMetrics(camera.id)
@@ -513,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=cfg)
     s.add_argument("--consumer", help="consumer name in the 'control' group (default control-<host>)")
     s.add_argument("--stale-after", type=float, help="seconds without data before a zone is unknown")
+    s.add_argument("--audit-dir", help="archive the audit trail to rotated JSON-lines files here "
+                                       "(default $CROWDFLOW_AUDIT_DIR or <data dir>/audit; 'none': keep it in Redis only)")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port "
+                                                    "(default $CROWDFLOW_CONTROL_METRICS_PORT; off)")
     s.set_defaults(func=cmd_control)
 
     s = sub.add_parser("dashboard", help="serve the live map")

@@ -51,19 +51,23 @@ class ZoneCount(Record):
 
 
 class Observation(Record):
-    """Edge → control: one per camera per publish interval (also as a heartbeat)."""
+    """Edge → control: one per camera per publish interval (also as a heartbeat).
+
+    Decoded with strict types: a number sent as ``"12"`` or ``true`` is refused. Physical
+    plausibility (densities, flows, clocks, ownership) is checked by ``control.ingest``."""
 
     v: Literal[1] = 1
     camera_id: Id
     agent_id: str = Field(min_length=1, max_length=128)
-    seq: int = Field(ge=0)  # per camera, strictly increasing across restarts
+    seq: int = Field(ge=0, lt=2**63)  # per camera, strictly increasing across restarts
     captured_at: float = Field(gt=1e9)  # Unix seconds, end of the window (capture clock)
     window_s: float = Field(1.0, gt=0, le=3600)
     frames: int = Field(0, ge=0)  # frames that went into the window
     health: Health = "ok"
-    preset: str | None = None
-    zones: list[ZoneCount] = Field(default_factory=list)
-    gates: list[GateFlow] = Field(default_factory=list)
+    preset: str | None = Field(None, max_length=64)
+    zones: list[ZoneCount] = Field(default_factory=list, max_length=64)
+    gates: list[GateFlow] = Field(default_factory=list, max_length=64)
+    sent_at: float | None = Field(None, gt=1e9)  # the gateway's clock when it published (skew check)
 
 
 class LastKnown(Record):
@@ -76,8 +80,8 @@ class GateFlow(Record):
     """Directional line-crossing counts of one gate during an observation window."""
 
     gate_id: Id
-    inflow: int = Field(ge=0)  # crossings outside_zone → inside_zone
-    outflow: int = Field(ge=0)
+    inflow: int = Field(ge=0, le=1_000_000)  # crossings outside_zone → inside_zone
+    outflow: int = Field(ge=0, le=1_000_000)
 
 
 class Forecast(Record):
@@ -251,6 +255,9 @@ EVENT_TYPES = {
 
 R = TypeVar("R", bound=Record)
 
+# Records that come from outside control (edges, dashboards) are decoded with strict types.
+STRICT: tuple[type[Record], ...] = (Observation, Command)
+
 
 def _field_path(loc: tuple) -> str:
     out = ""
@@ -271,13 +278,17 @@ def decode(cls: type[R], raw: str | bytes | dict) -> R:
             raw = json.loads(raw)
         except json.JSONDecodeError as e:
             raise RecordError(f"(record): not JSON ({e.msg} at char {e.pos})") from None
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, nesting 10,000 deep
+            raise RecordError(f"(record): not usable JSON ({type(e).__name__}: {str(e)[:80]})") from None
     if not isinstance(raw, dict):
         raise RecordError(f"(record): expected a JSON object, got {type(raw).__name__}")
     v = raw.get("v")
     if v != SCHEMA_VERSION:
         raise RecordError(f"v: unsupported schema version {v!r} (this reader speaks {SCHEMA_VERSION})")
     try:
-        rec = cls.model_validate(raw)
+        rec = cls.model_validate(raw, strict=cls in STRICT)
+    except RecursionError:
+        raise RecordError("(record): nested too deeply") from None
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""

@@ -18,7 +18,10 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import EqualJitterBackoff
 import xstatic.pkg.leaflet as xleaflet
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
@@ -26,8 +29,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
-from crowdflow.bus import Keys, connect_async
-from crowdflow.site.partitions import partition_keys, plan_partition, zone_partition, camera_partition
+from crowdflow.bus import CMD_MAXLEN, Keys, connect_async
+from crowdflow.site.partitions import camera_partition, partition_keys, plan_partition, zone_partition
 from crowdflow.records import (
     EVENT_TYPES,
     Alarm,
@@ -45,8 +48,12 @@ from crowdflow.records import (
 from crowdflow.site import Site
 from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE, CommandKind, Level, Mode
 
-from .auth import COOKIE, LoginLimiter, Session, Sessions, load_users, role_at_least, verify_password
+from .auth import COOKIE, Session, dummy_hash, load_users, role_at_least, verify_password
+from .security import (
+    STATE_CHANGING, LoginGuard, RequestView, SessionStore, document_api, origin_allowed, parse_networks,
+)
 from .geo import site_geojson
+from .metrics import DashboardMetrics
 
 log = logging.getLogger("crowdflow.dashboard")
 STATIC = Path(__file__).parent / "static"
@@ -182,6 +189,15 @@ class LoginRequest(BaseModel):
     password: str = Field(min_length=1, max_length=256)
 
 
+def _in(host: str, net) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host) in net
+    except ValueError:
+        return False
+
+
 def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | None = None) -> FastAPI:
     cfg = site.dashboard
     stale = stale_after_s if stale_after_s is not None else site.control.stale_after_s
@@ -192,8 +208,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     if not users:
         log.warning("no dashboard users: nobody can log in (dashboard.users or CROWDFLOW_USERS; "
                     "make hashes with `crowdflow hash-password`)")
-    sessions = Sessions(cfg.session_ttl_s)
-    limiter = LoginLimiter(cfg.login_attempts_per_min)
+    trusted = parse_networks(cfg.trusted_proxies)
+    guard = LoginGuard(redis_url, keys.prefix, cfg.login_attempts_per_min)
+    decoy = dummy_hash()  # unknown users cost one scrypt too: names cannot be told apart by time
     waiting: dict[str, asyncio.Future] = {}  # command id → future of its CommandResult
     geojson = {"wgs84": site_geojson(site, "wgs84"), "gcj02": site_geojson(site, "gcj02")}
     clients: dict[str, aioredis.Redis] = {}
@@ -281,6 +298,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                 key = s.model_dump_json(exclude={"computed_at", "reason"})
                 if shown.get(s.zone_id) != key:
                     shown[s.zone_id] = key
+                    app.state.metrics.send_lag.observe(max(0.0, now - s.computed_at))
                     hub.broadcast(json.dumps({"type": "zone", "state": s.model_dump()}, ensure_ascii=False))
 
         async def read(k: Keys, last_id: str) -> None:
@@ -311,8 +329,14 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        follow_r = connect_async(redis_url)  # a cluster URL gives redis.asyncio.RedisCluster
-        clients["r"] = connect_async(redis_url, socket_timeout=5)
+        # The same policy as the services (crowdflow.bus.command_retry): a reset connection after a
+        # Redis restart is retried, never an "Exception in ASGI application". A cluster URL gives
+        # redis.asyncio.RedisCluster (crowdflow.bus.connect_async).
+        retry = dict(retry=AsyncRetry(EqualJitterBackoff(cap=0.5, base=0.05), 2),
+                     retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        follow_r = connect_async(redis_url, **retry)
+        clients["r"] = connect_async(redis_url, socket_timeout=5, **retry)
+        clients["sessions"] = SessionStore(clients["r"], keys.prefix, cfg.session_ttl_s)
         task = asyncio.create_task(follow(follow_r))
         try:
             yield
@@ -330,19 +354,50 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     app.state.store = store
     app.state.live = state
     app.state.hub = hub
+    app.state.refused_logins = 0
+    app.state.redis_errors = 0
+    metrics = app.state.metrics = DashboardMetrics(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus(request: Request) -> Response:
+        peer = request.client.host if request.client else None
+        if peer not in ("127.0.0.1", "::1", "testclient") and not any(
+                peer and _in(peer, n) for n in trusted):
+            raise HTTPException(403, "metrics are for the site's own scraper")
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+    document_api(app, public={"/api/login", "/api/logout"})
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.error("redis error on %s %s: %s", request.method, request.url.path, exc)
+        app.state.redis_errors += 1
+        return JSONResponse({"detail": "Redis is unreachable; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "2"})
+
+    @app.middleware("http")
+    async def same_origin(request: Request, call_next):
+        # A browser page from elsewhere must not act with the user's cookie (CSRF).
+        if request.method in STATE_CHANGING and not origin_allowed(
+                request.headers.get("origin"), RequestView.of(request, trusted), cfg.allowed_origins):
+            return JSONResponse({"detail": f"Origin {request.headers.get('origin')!r} is not this dashboard"},
+                                status_code=403)
+        return await call_next(request)
 
     # ------------------------------------------------------------------ sessions and roles
 
-    def session_of(request: Request) -> Session | None:
+    def token_of(request) -> str | None:
         token = request.cookies.get(COOKIE)
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             token = auth[7:].strip()
-        return sessions.check(token, users)
+        return token
+
+    async def session_of(request) -> Session | None:
+        return await clients["sessions"].check(token_of(request), users)
 
     def require(role: str):
-        def dep(request: Request) -> Session:
-            s = session_of(request)
+        async def dep(request: Request) -> Session:
+            s = await session_of(request)
             if s is None:
                 raise HTTPException(401, "not logged in or session expired")
             if not role_at_least(s.role, role):
@@ -353,29 +408,36 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     viewer = Depends(require("viewer"))
 
     @app.post("/api/login", tags=["session"])
-    def login(body: LoginRequest, request: Request, response: Response) -> dict:
+    async def login(body: LoginRequest, request: Request, response: Response) -> dict:
         """Start a session (cookie ``cf_session``; the token is also returned for scripts).
-        Failed attempts are limited per user name and address (429 with Retry-After)."""
-        now = time.time()
-        key = f"{body.username}|{request.client.host if request.client else '-'}"
-        wait = limiter.retry_after(key, now)
+        Failed attempts are limited, shared by every dashboard instance, per user name and
+        address, per address, per user name and overall (429 with Retry-After; the limit lifts
+        by itself when its minute has passed). Unknown names cost the same as wrong passwords."""
+        view = RequestView.of(request, trusted)
+        wait, which = await guard.retry_after(body.username, view.client)
         if wait > 0:
-            raise HTTPException(429, f"too many failed logins; try again in {wait:.0f} s",
+            raise HTTPException(429, f"too many failed logins ({which}); try again in {wait:.0f} s",
                                 headers={"Retry-After": str(int(wait) + 1)})
         u = users.get(body.username)
-        if u is None or not verify_password(body.password, u.password_hash):
-            limiter.failed(key, now)
+        ok = await asyncio.to_thread(verify_password, body.password, u.password_hash if u else decoy)
+        if u is None or not ok:
+            await guard.failed(body.username, view.client)
+            app.state.refused_logins += 1
+            log.warning("refused login for %r from %s", body.username[:64], view.client)
             raise HTTPException(401, "wrong user name or password")
-        limiter.succeeded(key)
-        token, s = sessions.issue(u)
+        await guard.succeeded(body.username, view.client)
+        token, s = await clients["sessions"].issue(u)
+        secure = cfg.cookie_secure if cfg.cookie_secure is not None else view.scheme == "https"
         response.set_cookie(COOKIE, token, max_age=int(cfg.session_ttl_s), httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+                            secure=secure)
         return {"user": s.user, "role": s.role, "post": s.post, "expires_at": s.expires_at, "token": token}
 
     @app.post("/api/logout", tags=["session"])
-    def logout(response: Response) -> dict:
+    async def logout(request: Request, response: Response) -> dict:
+        """End this session everywhere at once (it is deleted in Redis, not just forgotten here)."""
+        revoked = await clients["sessions"].revoke(token_of(request))
         response.delete_cookie(COOKIE)
-        return {"ok": True}
+        return {"ok": True, "revoked": revoked}
 
     @app.get("/api/me", tags=["session"])
     def me(s: Session = viewer) -> dict:
@@ -461,12 +523,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                          403: {"description": "role too low; nothing is written"},
                          409: {"description": "control refused it (error says why)"},
                          504: {"description": "control did not answer in time"}})
-    async def command(body: CommandRequest, request: Request) -> JSONResponse:
+    async def command(body: CommandRequest, request: Request, s: Session = viewer) -> JSONResponse:
         """Send a command to control and wait for its answer. ``confirm``/``reject``/
         ``override``/``set_auto``/``set_mode`` need a commander, ``ack_alarm`` an operator."""
-        s = session_of(request)
-        if s is None:
-            raise HTTPException(401, "not logged in or session expired")
         needed = COMMAND_ROLE[body.kind]
         if not role_at_least(s.role, needed):
             raise HTTPException(403, f"{body.kind} needs role {needed}; {s.user} is {s.role}")
@@ -484,7 +543,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         waiting[cmd.id] = fut
         try:
             for pid in targets:
-                await clients["r"].xadd(parts[pid].cmd, {"rec": cmd.encode()})
+                await clients["r"].xadd(parts[pid].cmd, {"rec": cmd.encode()}, maxlen=CMD_MAXLEN, approximate=True)
             log.info("command %s %s by %s (%s)", cmd.id, cmd.kind, s.user, s.role)
             try:
                 res: CommandResult = await asyncio.wait_for(fut, cfg.command_timeout_s)
@@ -507,9 +566,15 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     async def ws(websocket: WebSocket) -> None:
         """A full snapshot, then every change. Needs a session (cookie or bearer header); closes
         (code 4401) when it expires."""
-        auth = websocket.headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else websocket.cookies.get(COOKIE)
-        s = sessions.check(token, users)
+        if not origin_allowed(websocket.headers.get("origin"), RequestView.of(websocket, trusted),
+                              cfg.allowed_origins):
+            await websocket.close(code=4403, reason="foreign Origin")
+            return
+        try:
+            s = await session_of(websocket)
+        except redis.RedisError:
+            await websocket.close(code=1013, reason="Redis unreachable; retry")
+            return
         if s is None:
             await websocket.close(code=4401, reason="not logged in or session expired")
             return

@@ -5,10 +5,12 @@ Pure core (no I/O; time passed in where it matters), used by the FastAPI shell i
 * Users come from the site file (``dashboard.users``) and ``CROWDFLOW_USERS`` (a JSON list of
   the same objects), which adds to and overrides the file by name. Passwords exist only as
   salted scrypt hashes made by :func:`hash_password` (``crowdflow hash-password``).
-* A session is a signed, timestamped token (``itsdangerous``) carrying the user name and role;
-  it expires after ``dashboard.session_ttl_s``. It travels as the HttpOnly cookie
+* The dashboard keeps sessions server-side in Redis (``dashboard.security.SessionStore``: logout
+  and password changes revoke them) and limits logins with the ``limits`` library on Redis
+  (``dashboard.security.LoginGuard``). A session token travels as the HttpOnly cookie
   :data:`COOKIE` (browsers) or as ``Authorization: Bearer`` (scripts).
-* :class:`LoginLimiter` refuses logins after too many failures per name and address.
+* :class:`Sessions` (signed, stateless tokens) and :class:`LoginLimiter` (per process) are the
+  earlier, single-instance forms, kept for tools; the dashboard no longer uses them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ def verify_password(password: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, dk_b)
+
+
+_DUMMY: list[str] = []
+
+
+def dummy_hash() -> str:
+    """A hash of a random password with the same cost as real ones: a login for an unknown user
+    verifies against it, so that it takes as long as a wrong password for a real user."""
+    if not _DUMMY:
+        _DUMMY.append(hash_password(secrets.token_hex(16)))
+    return _DUMMY[0]
 
 
 _USERS = TypeAdapter(list[DashboardUser])

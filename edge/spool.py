@@ -4,7 +4,14 @@
 encoded records in arrival order, bounded by ``max_records`` (the oldest are dropped first,
 and counted, when a long outage fills it). :class:`Publisher` sends observations to the
 stream; while anything is spooled, new observations queue behind it, so the stream receives
-them in capture order with their original ``captured_at`` once Redis is back.
+them in capture order with their original ``captured_at`` once Redis is back. Each record
+gets ``sent_at`` (this gateway's clock) when it is sent, so control can tell a gateway clock that
+is off from a record that is merely late.
+
+When the spool itself cannot be written (disk full, read-only, corrupt file), records wait in a
+bounded memory queue (:data:`MEMORY_MAX`) and are counted; the agent never stops for it.
+Redis is retried with the services' one backoff policy (:class:`crowdflow.bus.Backoff`, capped
+at 2 s) so that a zone is live again within seconds of Redis returning.
 """
 
 from __future__ import annotations
@@ -13,12 +20,15 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import redis
 
-from crowdflow.bus import OBS_MAXLEN, Keys
-from crowdflow.records import Observation
+from crowdflow.bus import OBS_MAXLEN, TRANSIENT, Backoff, Keys
+from crowdflow.records import Observation, RecordError, decode
+
+MEMORY_MAX = 10_000  # records held in memory while the spool file cannot be written
 
 log = logging.getLogger("crowdflow.edge.spool")
 
@@ -65,38 +75,59 @@ class Spool:
 class Publisher:
     """XADD observations; spool them while Redis is unreachable and replay them in order."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, spool: Spool, batch: int = 200, retry_s: float = 1.0,
-                 max_retry_s: float = 30.0):
+    def __init__(self, r: redis.Redis, keys: Keys, spool: Spool, batch: int = 200, retry_s: float = 0.25,
+                 max_retry_s: float = 2.0, clock=time.time):
         self.r = r
         self.keys = keys
         self.spool = spool
         self.batch = batch
+        self.clock = clock
         self.published = 0
         self.spooled = 0
         self.replayed = 0
-        # After a failure Redis is tried again only after a backoff (retry_s doubling up to
-        # max_retry_s): a dead link must not stall the agent for a connect timeout every second.
-        self.retry_s = retry_s
-        self.max_retry_s = max_retry_s
-        self._backoff = retry_s
+        self.memory: deque[str] = deque()  # records waiting while the spool file fails
+        self.lost = 0  # records dropped because neither Redis, the spool nor memory could hold them
+        self.spool_errors = 0
+        # After a failure Redis is tried again only after a backoff: a dead link must not stall
+        # the agent for a connect timeout every second.
+        self.backoff = Backoff(cap_s=max_retry_s, base_s=retry_s)
         self._retry_at = 0.0
 
     def _failed(self, e: Exception) -> None:
-        self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, self.max_retry_s)
+        self._retry_at = time.monotonic() + self.backoff.failed()
+
+    def _stamp(self, rec: str) -> str:
+        try:
+            obs = decode(Observation, rec)
+        except RecordError:
+            return rec  # sent as it is: control dead-letters it with the reason, nothing vanishes
+        return obs.model_copy(update={"sent_at": self.clock()}).encode()
 
     def _send(self, recs: list[str]) -> None:
         pipe = self.r.pipeline(transaction=False)
         for rec in recs:
-            pipe.xadd(self.keys.obs, {"rec": rec}, maxlen=OBS_MAXLEN, approximate=True)
+            pipe.xadd(self.keys.obs, {"rec": self._stamp(rec)}, maxlen=OBS_MAXLEN, approximate=True)
         pipe.execute()
 
+    @property
+    def waiting(self) -> int:
+        return len(self.spool) + len(self.memory)
+
     def drain(self) -> bool:
-        """Replay spooled records oldest first; True when the spool is empty."""
+        """Replay spooled records oldest first (the spool file, then the memory queue); True
+        when nothing is left."""
         while True:
-            rows = self.spool.peek(self.batch)
+            try:
+                rows = self.spool.peek(self.batch)
+            except sqlite3.Error as e:
+                self._spool_failed(e)
+                rows = []
+            source = "spool"
             if not rows:
-                return True
+                if not self.memory:
+                    return True
+                rows = [(None, rec) for rec in list(self.memory)[: self.batch]]
+                source = "memory"
             if time.monotonic() < self._retry_at:
                 return False
             try:
@@ -105,10 +136,32 @@ class Publisher:
                 log.debug("replay deferred: %s", e)
                 self._failed(e)
                 return False
-            self._backoff = self.retry_s
-            self.spool.remove_upto(rows[-1][0])
+            self.backoff.succeeded()
+            if source == "spool":
+                self.spool.remove_upto(rows[-1][0])
+            else:
+                for _ in rows:
+                    self.memory.popleft()
             self.replayed += len(rows)
-            log.info("replayed %d spooled observations (%d left)", len(rows), len(self.spool))
+            log.info("replayed %d spooled observations (%d left)", len(rows), self.waiting)
+
+    def _spool_failed(self, e: Exception) -> None:
+        self.spool_errors += 1
+        if self.spool_errors == 1 or self.spool_errors % 100 == 0:
+            log.error("spool %s not writable (%s): holding records in memory (%d)", self.spool.path, e,
+                      len(self.memory))
+
+    def _hold(self, rec: str) -> None:
+        if not self.memory:
+            try:
+                self.spool.put(rec)
+                return
+            except sqlite3.Error as e:
+                self._spool_failed(e)
+        self.memory.append(rec)
+        if len(self.memory) > MEMORY_MAX:
+            self.memory.popleft()
+            self.lost += 1
 
     def publish(self, obs: Observation) -> bool:
         """True when it reached Redis now, False when it was spooled."""
@@ -117,11 +170,14 @@ class Publisher:
             try:
                 self._send([rec])
                 self.published += 1
-                self._backoff = self.retry_s
+                self.backoff.succeeded()
                 return True
             except redis.RedisError as e:
-                log.warning("redis unreachable (%s): spooling %s seq %d", e, obs.camera_id, obs.seq)
+                if isinstance(e, TRANSIENT):
+                    log.warning("redis unreachable (%s): spooling %s seq %d", e, obs.camera_id, obs.seq)
+                else:
+                    log.error("redis refused an observation (%s): spooling %s seq %d", e, obs.camera_id, obs.seq)
                 self._failed(e)
-        self.spool.put(rec)
+        self._hold(rec)
         self.spooled += 1
         return False

@@ -104,7 +104,12 @@ class SimRunner:
 
     def tick(self) -> int:
         flows = self.advance(self.speed * self.interval_s)
+        # Each record covers speed × interval simulated seconds of crossings: say so in window_s,
+        # so that control's flow plausibility check (control/ingest.py) sees a physical rate.
+        window = min(3600.0, self.interval_s * self.speed)
         obs = self.cameras.observe(self.clock(), self.model.zone_counts(), flows, window_s=self.interval_s)
+        if window != self.interval_s:
+            obs = [o.model_copy(update={"window_s": window}) for o in obs]
         pipe = self.r.pipeline(transaction=False)
         for o in obs:
             pipe.xadd(self.cam_keys.get(o.camera_id, self.keys).obs, {"rec": o.encode()}, maxlen=OBS_MAXLEN,

@@ -131,6 +131,9 @@ def test_dashboard_reads_and_commands_through_a_cluster(rc, cluster, site, monke
             assert res.status_code == 200, res.text
             assert c.get("/api/state").json()["mode"]["mode"] == "emergency"
             assert [a["action"] for a in c.get("/api/audit").json()] == ["set_mode"]
+            # sessions (two slots on a cluster: the session and the user's index) and logout
+            assert c.post("/api/logout").status_code in (200, 204)
+            assert c.get("/api/me").status_code == 401
     finally:
         stop.set()
         t.join(10)

@@ -128,10 +128,11 @@ def test_out_of_memory_keeps_the_work_and_marks_nothing_seen_until_applied(rs, s
 
 def test_wrong_type_key_is_renamed_aside_and_control_goes_on(rs, site):
     keys = Keys("p")
-    rs.set(keys.zone_state, "I am a string")
     rs.set(keys.obs, "so am I")
     svc = ControlService(site, rs, keys, consumer="c1")
     svc.start()  # the stream key of the wrong type is moved aside, the group created
+    rs.delete(keys.zone_state)
+    rs.set(keys.zone_state, "I am a string")  # while running: the publish meets it
     rs.xadd(keys.obs, {"rec": obs(1).encode()})
     svc.step(block_ms=10)
     svc.step(block_ms=10)  # the refused zone-state write is retried after the repair
@@ -211,3 +212,40 @@ def test_control_rides_out_a_paused_or_restarted_redis_with_its_state(server, si
         stop.set()
         t.join(10)
         r.close()
+
+
+def test_new_leader_restores_filters_timers_and_last_known(rs, site):
+    keys = Keys("p")
+    old = ControlService(site, rs, keys, consumer="old", stale_after_s=30)
+    old.start()
+    t0 = time.time()
+    rs.xadd(keys.obs, {"rec": obs(1, t0 - 2, count=20.0).encode()})
+    rs.xadd(keys.obs, {"rec": obs(2, t0 - 1, count=22.0).encode()})
+    old.step(block_ms=10)
+    assert rs.exists(keys.control_memory)  # written with every full tick
+    old.engine.areas["bridge"].held_since["IV"] = t0 - 42.0  # a trigger that has held 42 s
+    old.engine.areas["bridge"].rejected["III"] = t0 - 5.0  # a commander said no 5 s ago
+    from control import snapshot
+
+    rs.set(keys.control_memory, snapshot.dump(old.book, old.engine, time.time()))
+    before = zone(rs, keys)
+    new = ControlService(site, rs, keys, consumer="new", stale_after_s=30)
+    new.start()
+    after = zone(rs, keys)
+    assert after.status == "ok" and after.count == pytest.approx(before.count, rel=0.05)
+    assert new.engine.areas["bridge"].held_since["IV"] == pytest.approx(t0 - 42.0)
+    assert new.engine.areas["bridge"].rejected["III"] == pytest.approx(t0 - 5.0)
+    assert new.stats["memory_restored"] == 1
+
+
+def test_without_memory_a_new_leader_keeps_last_known(rs, site):
+    keys = Keys("p")
+    old = ControlService(site, rs, keys, consumer="old", stale_after_s=30)
+    old.start()
+    rs.xadd(keys.obs, {"rec": obs(1, count=20.0).encode()})
+    old.step(block_ms=10)
+    rs.delete(keys.control_memory)
+    new = ControlService(site, rs, keys, consumer="new", stale_after_s=30)
+    new.start()
+    s = zone(rs, keys)
+    assert s.status == "unknown" and s.last_known is not None and s.last_known.count == pytest.approx(40.0)

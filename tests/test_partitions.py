@@ -26,9 +26,9 @@ def psite(raw):
     return parse_site(partitioned(raw))
 
 
-def obs(cam: str, zone: str, seq: int, count: float = 30.0) -> Observation:
+def obs(cam: str, zone: str, seq: int, count: float = 10.0) -> Observation:
     return Observation(camera_id=cam, agent_id="t", seq=seq, captured_at=time.time(),
-                       zones=[ZoneCount(zone_id=zone, count=count, visible_area_m2=400.0)])
+                       zones=[ZoneCount(zone_id=zone, count=count, visible_area_m2=100.0)])
 
 
 def test_partition_keys_carry_their_hash_tag(psite, keys):

@@ -102,4 +102,22 @@ class DashboardSection(Strict):
     session_ttl_s: float = Field(8 * 3600, ge=60, le=7 * 86400)  # a login lasts this long
     login_attempts_per_min: int = Field(5, ge=1, le=1000)  # failed logins per name and address
     command_timeout_s: float = Field(5, gt=0, le=60)  # wait this long for control's answer
+    # Proxies (CIDRs) whose X-Forwarded-For / -Proto / -Host are believed; nobody else's are.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Browser origins besides the dashboard's own allowed to send commands and open /ws.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Secure cookies: None = when the request came over HTTPS (directly or via a trusted proxy).
+    cookie_secure: bool | None = None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=False)
+            except ValueError:
+                raise ValueError(f"{c!r} is not an address or CIDR network") from None
+        return v
     tiles: TileLayer | None = None

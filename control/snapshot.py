@@ -1,0 +1,118 @@
+"""Control's working memory in Redis, so a new leader carries on where the old one stopped.
+
+The published records (zone states, plan states, recommendations, alarms, the mode) say what
+is; they do not hold what control needs to decide what comes next: each zone's occupancy
+filter and the newest view of each camera, gate flows of the last two minutes, the last known
+value, and each plan area's sustain timers (how long a trigger has held), release timer,
+cooldown and rejections. :func:`dump` writes those as one JSON document, which the leader puts
+into ``<p>:control:memory`` with every fenced write once a second; :func:`load` gives them to a
+fresh zone book and plan engine on takeover.
+
+The document mirrors the in-memory structures of :mod:`control.zones` and :mod:`control.plans`
+(their attribute names); a document that does not fit (an older version, a changed structure)
+is refused as a whole by :func:`load`, which then answers False: the new leader starts from the
+published states alone, as before, and says so. Never half-restored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import asdict, fields
+
+from crowdflow.records import LastKnown
+
+from .fusion import OccupancyFilter
+from .plans import PlanEngine
+from .zones import CameraView, ZoneBook
+
+VERSION = 1
+MAX_AGE_S = 600.0  # an older memory is of no use to live control
+
+
+def _num(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def dump(book: ZoneBook, engine: PlanEngine, now: float) -> str:
+    zones = {}
+    for zid in book._views:
+        f = book._filters.get(zid)
+        lk = book._last_known.get(zid)
+        zones[zid] = {
+            "filter": asdict(f) if f is not None else None,
+            "views": {cid: asdict(v) for cid, v in book._views[zid].items()},
+            "pending_flow": book._pending_flow.get(zid, 0.0),
+            "flows": [list(x) for x in book._flows.get(zid, ())],
+            "last_known": lk.model_dump() if lk is not None else None,
+        }
+    areas = {
+        pid: {
+            "held_since": a.held_since,
+            "release_since": a.release_since,
+            "last_change": _num(a.last_change),
+            "rejected": [[k, v] for k, v in a.rejected.items()],
+            "before_emergency": a.before_emergency,
+        }
+        for pid, a in engine.areas.items()
+    }
+    return json.dumps({"v": VERSION, "at": now, "zones": zones, "areas": areas}, separators=(",", ":"))
+
+
+def load(book: ZoneBook, engine: PlanEngine, raw: str | bytes | None, now: float) -> bool:
+    """Restore into ``book`` and ``engine`` (freshly built); False (and nothing changed) when
+    there is no usable memory."""
+    if not raw:
+        return False
+    try:
+        doc = json.loads(raw)
+        if doc.get("v") != VERSION or not (now - MAX_AGE_S <= float(doc["at"]) <= now + 60):
+            return False
+        view_fields = {f.name for f in fields(CameraView)}
+        filter_fields = {f.name for f in fields(OccupancyFilter)}
+        staged = {}
+        for zid, z in doc["zones"].items():
+            if zid not in book._views:
+                continue
+            f = z["filter"]
+            if f is not None and set(f) != filter_fields:
+                raise ValueError("filter fields changed")
+            views = {}
+            for cid, v in z["views"].items():
+                if set(v) != view_fields:
+                    raise ValueError("view fields changed")
+                views[cid] = CameraView(**v)
+            staged[zid] = (
+                OccupancyFilter(**f) if f is not None else None,
+                views,
+                float(z["pending_flow"]),
+                deque(tuple(x) for x in z["flows"]),
+                LastKnown(**z["last_known"]) if z["last_known"] else None,
+            )
+        areas = {}
+        for pid, a in doc["areas"].items():
+            if pid not in engine.areas:
+                continue
+            areas[pid] = (
+                {str(k): float(v) for k, v in a["held_since"].items()},
+                a["release_since"],
+                float("-inf") if a["last_change"] is None else float(a["last_change"]),
+                {k: float(v) for k, v in a["rejected"]},
+                a["before_emergency"],
+            )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    for zid, (f, views, pending, flows, lk) in staged.items():
+        if f is not None:
+            book._filters[zid] = f
+        book._views[zid] = views
+        book._pending_flow[zid] = pending
+        book._flows[zid] = flows
+        if lk is not None:
+            book._last_known[zid] = lk
+    for pid, (held, release, last_change, rejected, before) in areas.items():
+        a = engine.areas[pid]
+        a.held_since, a.release_since, a.last_change, a.rejected = held, release, last_change, rejected
+        a.before_emergency = before
+    return True

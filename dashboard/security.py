@@ -1,0 +1,305 @@
+"""The dashboard's security shell: server-side sessions, login limits shared in Redis, the
+client's real address behind proxies, Origin checks, cookies, and the documented API.
+
+* :class:`SessionStore` — a session is a random 256-bit token; Redis holds
+  ``<p>:session:<sha256(token)>`` (user, role, post, a fingerprint of the password hash) with
+  the session's TTL, and ``<p>:sessions:<user>`` the user's sessions. Logout deletes it at once
+  (every dashboard instance sees it); a changed password hash or role (config) invalidates the
+  user's sessions on their next use; :meth:`SessionStore.revoke_user` ends them all. Redis
+  only ever sees hashes of tokens.
+* :class:`LoginGuard` — failed logins are limited with the ``limits`` library on Redis storage
+  (so every dashboard instance shares the counts): per user name and address, per address (a
+  spray over many names), per user name (a guess from many addresses) and overall. Moving
+  windows: a lockout ends by itself when the window has passed, never for ever.
+* :func:`client_address` — ``X-Forwarded-For`` is believed only from ``dashboard.trusted_proxies``.
+* :func:`origin_allowed` — a browser's ``Origin`` on ``/ws`` and on every state-changing request
+  must be the dashboard itself (or ``dashboard.allowed_origins``).
+* :func:`document_api` — the OpenAPI lists every status code of every operation and each
+  command kind's required fields (from :data:`crowdflow.vocab.COMMAND_FIELDS`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import secrets
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from limits import RateLimitItemPerMinute
+from redis.asyncio import RedisCluster as aioredis_cluster
+from limits.aio.storage import RedisClusterStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from crowdflow.site import DashboardUser
+from crowdflow.vocab import COMMAND_FIELDS, COMMAND_KINDS, COMMAND_ROLE
+
+from .auth import Session
+
+# ----------------------------------------------------------------------------- sessions
+
+
+def password_fingerprint(user: DashboardUser) -> str:
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:16]
+
+
+class SessionStore:
+    def __init__(self, redis_client, prefix: str, ttl_s: float):
+        self.r = redis_client  # redis.asyncio client with decode_responses=True
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+
+    def _key(self, token: str) -> str:
+        return f"{self.prefix}:session:{hashlib.sha256(token.encode()).hexdigest()}"
+
+    def _user_key(self, user: str) -> str:
+        return f"{self.prefix}:sessions:{user}"
+
+    async def issue(self, user: DashboardUser) -> tuple[str, Session]:
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        key = self._key(token)
+        ttl = int(self.ttl_s)
+        # On a Redis Cluster the session and the user's index live in different slots, where a
+        # MULTI/EXEC is refused: there the writes go as a plain pipeline (each key's own order kept).
+        pipe = self.r.pipeline(transaction=not isinstance(self.r, aioredis_cluster))
+        pipe.hset(key, mapping={"u": user.name, "r": user.role, "p": user.post or "", "pw": password_fingerprint(user),
+                                "iat": f"{now:.3f}"})
+        pipe.expire(key, ttl)
+        pipe.zadd(self._user_key(user.name), {key: now + ttl})
+        pipe.zremrangebyscore(self._user_key(user.name), "-inf", now)  # expired ones
+        pipe.expire(self._user_key(user.name), ttl)
+        await pipe.execute()
+        return token, Session(user.name, user.role, now, now + self.ttl_s, user.post)
+
+    async def check(self, token: str | None, users: dict[str, DashboardUser]) -> Session | None:
+        """The session, or None when missing, unknown, revoked, expired, or its user is gone or
+        changed role or password."""
+        if not token or len(token) > 200:
+            return None
+        key = self._key(token)
+        data = await self.r.hgetall(key)
+        if not data:
+            return None
+        u = users.get(data.get("u", ""))
+        if u is None or u.role != data.get("r") or password_fingerprint(u) != data.get("pw"):
+            await self.r.delete(key)
+            return None
+        iat = float(data.get("iat", 0))
+        return Session(u.name, u.role, iat, iat + self.ttl_s, u.post)
+
+    async def revoke(self, token: str | None) -> bool:
+        if not token or len(token) > 200:
+            return False
+        key = self._key(token)
+        data = await self.r.hgetall(key)
+        pipe = self.r.pipeline(transaction=not isinstance(self.r, aioredis_cluster))  # two slots on a cluster
+        pipe.delete(key)
+        if data.get("u"):
+            pipe.zrem(self._user_key(data["u"]), key)
+        res = await pipe.execute()
+        return bool(res[0])
+
+    async def revoke_user(self, user: str) -> int:
+        """End every session of ``user`` (a password change, a lost phone)."""
+        keys = await self.r.zrange(self._user_key(user), 0, -1)
+        if not keys:
+            return 0
+        n = await self.r.delete(*keys)
+        await self.r.delete(self._user_key(user))
+        return n
+
+
+# ----------------------------------------------------------------------------- login limits
+
+
+def limits_uri(redis_url: str) -> str:
+    """The ``limits`` storage URI for a redis-py URL (``redis://``, ``rediss://``, ``unix://``)."""
+    if redis_url.startswith("unix://"):
+        return "async+redis+unix://" + redis_url[len("unix://"):]
+    return "async+" + redis_url
+
+
+class LoginGuard:
+    """Failed-login limits shared by every dashboard instance (``limits`` on Redis)."""
+
+    def __init__(self, redis_url: str, prefix: str, per_name_and_address: int):
+        # redis+cluster:// (a Redis Cluster) → limits' own cluster storage, async+redis+cluster://
+        storage = RedisClusterStorage if redis_url.startswith(("redis+cluster://", "rediss+cluster://")) else RedisStorage
+        self.storage = storage(limits_uri(redis_url), implementation="redispy", key_prefix=f"{prefix}:limits",
+                               wrap_exceptions=True)
+        self.limiter = MovingWindowRateLimiter(self.storage)
+        n = per_name_and_address
+        self.rules = [  # (what, limit, identifiers taken from (name, address))
+            ("name+address", RateLimitItemPerMinute(n), lambda name, addr: ("na", name, addr)),
+            ("address", RateLimitItemPerMinute(4 * n), lambda name, addr: ("a", addr)),
+            ("name", RateLimitItemPerMinute(4 * n), lambda name, addr: ("n", name)),
+            ("overall", RateLimitItemPerMinute(40 * n), lambda name, addr: ("all",)),
+        ]
+
+    async def retry_after(self, name: str, addr: str) -> tuple[float, str | None]:
+        """(seconds to wait, which limit) — (0, None) when a try is allowed now."""
+        worst, which = 0.0, None
+        for what, item, ids in self.rules:
+            ident = ids(name, addr)
+            if not await self.limiter.test(item, *ident):
+                stats = await self.limiter.get_window_stats(item, *ident)
+                wait = max(1.0, stats.reset_time - time.time())
+                if wait > worst:
+                    worst, which = wait, what
+        return worst, which
+
+    async def failed(self, name: str, addr: str) -> None:
+        for _, item, ids in self.rules:
+            await self.limiter.hit(item, *ids(name, addr))
+
+    async def succeeded(self, name: str, addr: str) -> None:
+        _, item, ids = self.rules[0]
+        await self.limiter.clear(item, *ids(name, addr))
+
+
+# ----------------------------------------------------------------------------- proxies, origins, cookies
+
+
+def parse_networks(cidrs: list[str]) -> list:
+    return [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+
+def _trusted(host: str | None, nets: list) -> bool:
+    if not host or not nets:
+        return False
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in n for n in nets)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: list) -> str:
+    """The client's address: the peer, unless the peer is a trusted proxy, in which case the
+    right-most ``X-Forwarded-For`` hop that is not itself a trusted proxy."""
+    addr = peer or "-"
+    if not _trusted(peer, trusted) or not forwarded_for:
+        return addr
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        addr = hop
+        if not _trusted(hop, trusted):
+            break
+    return addr[:64]
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """What the security checks need of a request (HTTP or WebSocket)."""
+
+    scheme: str  # http / https (ws / wss normalised)
+    host: str  # Host header (or X-Forwarded-Host from a trusted proxy)
+    client: str
+
+    @classmethod
+    def of(cls, conn, trusted: list) -> "RequestView":
+        peer = conn.client.host if conn.client else None
+        h = conn.headers
+        scheme = {"ws": "http", "wss": "https"}.get(conn.url.scheme, conn.url.scheme)
+        host = h.get("host", "")
+        if _trusted(peer, trusted):
+            scheme = (h.get("x-forwarded-proto") or scheme).split(",")[0].strip().lower()
+            host = (h.get("x-forwarded-host") or host).split(",")[0].strip()
+        return cls(scheme, host, client_address(peer, h.get("x-forwarded-for"), trusted))
+
+
+def origin_allowed(origin: str | None, view: RequestView, allowed: list[str]) -> bool:
+    """No Origin (a script, not a browser) is allowed; a browser's must be the dashboard's own
+    scheme://host[:port] or one of ``allowed``."""
+    if origin is None:
+        return True
+    o = origin.strip().lower().rstrip("/")
+    if o in {a.strip().lower().rstrip("/") for a in allowed}:
+        return True
+    try:
+        parts = urlsplit(o)
+    except ValueError:
+        return False
+    return bool(parts.scheme and parts.netloc) and parts.scheme == view.scheme and parts.netloc == view.host.lower()
+
+
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+# ----------------------------------------------------------------------------- OpenAPI
+
+
+def _command_body_schema() -> dict:
+    """One schema per command kind, with that kind's required fields (oneOf on ``kind``)."""
+    props = {
+        "plan_id": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_.-]{0,63}$"},
+        "recommendation_id": {"type": "string", "maxLength": 64},
+        "level": {"anyOf": [{"enum": ["IV", "III", "II", "I"]}, {"type": "null"}],
+                  "description": "override target; null means back to normal"},
+        "auto": {"type": "boolean"},
+        "mode": {"enum": ["normal", "emergency"]},
+        "alarm_id": {"type": "string", "maxLength": 128},
+        "note": {"type": "string", "maxLength": 500},
+    }
+    variants = []
+    for kind in COMMAND_KINDS:
+        req = list(COMMAND_FIELDS[kind])
+        variants.append({
+            "title": f"{kind} (needs role {COMMAND_ROLE[kind]})",
+            "type": "object",
+            "properties": {"kind": {"const": kind}, **props},
+            "required": ["kind", *req],
+            "additionalProperties": False,
+        })
+    return {"oneOf": variants, "discriminator": {"propertyName": "kind"}}
+
+
+ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}}}}}
+STATUS = {
+    400: "malformed: the message says which field",
+    401: "no session, or it expired or was revoked",
+    403: "the session's role may not do this, or the request came from a foreign Origin",
+    404: "no such item",
+    409: "control refused the command (the error says why)",
+    422: "the request does not match the schema",
+    429: "too many failed logins; Retry-After says when to try again",
+    503: "Redis is unreachable; retry shortly",
+    504: "control did not answer in time; the command stays queued",
+}
+
+
+def document_api(app, public: set[str]) -> None:
+    """Wrap ``app.openapi`` so that every operation lists every status it can answer, and the
+    command body lists each kind's required fields. ``public``: paths needing no session."""
+    base = app.openapi
+
+    def openapi():
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = base()
+        for path, ops in schema.get("paths", {}).items():
+            for method, op in ops.items():
+                codes = {503}
+                if path not in public:
+                    codes |= {401, 403}
+                if method.upper() in STATE_CHANGING:
+                    codes |= {403, 422}
+                if op.get("parameters") or op.get("requestBody"):
+                    codes.add(422)
+                if "{" in path:
+                    codes.add(404)
+                if path == "/api/login":
+                    codes |= {401, 429}
+                if path == "/api/commands":
+                    codes |= {400, 409, 504}
+                    op["requestBody"] = {"required": True,
+                                         "content": {"application/json": {"schema": _command_body_schema()}}}
+                resp = op.setdefault("responses", {})
+                for code in sorted(codes):
+                    entry = resp.setdefault(str(code), {"description": STATUS[code]})
+                    entry.setdefault("content", ERROR["content"]) if code != 200 else None
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

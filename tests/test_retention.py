@@ -1,0 +1,104 @@
+"""Bounded Redis with nothing lost: command results expire, dropped recommendations and alarms
+leave their hashes, the audit goes to rotated JSON-lines files before Redis is trimmed, dead
+consumers are removed; and control/dashboard metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from prometheus_client import generate_latest
+
+from control.archive import read_archive
+from control.metrics import ControlMetrics
+from control.service import GROUP, ControlService
+from crowdflow.bus import AUDIT_KEEP_S, RESULTS_KEEP_S
+from crowdflow.records import AuditEntry, Command, CommandResult, Observation, ZoneCount
+
+
+def test_maintain_trims_what_control_let_go_of_and_archives_the_audit(r, keys, site, tmp_path):
+    svc = ControlService(site, r, keys, consumer="c1", audit_dir=tmp_path / "audit")
+    svc.start()
+    now = time.time()
+    # a command answered 25 h ago, one just now
+    old_id, new_id = uuid.uuid4().hex, uuid.uuid4().hex
+    for cid, t in ((old_id, now - RESULTS_KEEP_S - 3600), (new_id, now)):
+        r.hset(keys.cmd_results, cid, CommandResult(command_id=cid, ok=True, at=t).encode())
+        r.zadd(keys.cmd_results_at, {cid: t})
+    r.hset(keys.recommendations, "rec-gone", "{}")
+    r.hset(keys.alarms, "alarm-gone", "{}")
+    # 8 days of audit: 3 old entries (ids in the past), then 2 recent ones
+    old_ms = int((now - AUDIT_KEEP_S - 86400) * 1000)
+    for i in range(3):
+        a = AuditEntry(id=f"a{i}", at=old_ms / 1000 + i, actor="li", role="commander", action="set_mode")
+        r.xadd(keys.audit, {"rec": a.encode()}, id=f"{old_ms + i}-0")
+    r.xadd(keys.audit, {"rec": "not json at all"})
+    a = AuditEntry(id="a-new", at=now, actor="li", role="commander", action="set_mode")
+    r.xadd(keys.audit, {"rec": a.encode()})
+    svc.maintain(now)
+    svc._flush()
+    assert not r.hexists(keys.cmd_results, old_id) and r.hexists(keys.cmd_results, new_id)
+    assert r.zscore(keys.cmd_results_at, old_id) is None
+    assert not r.hexists(keys.recommendations, "rec-gone") and not r.hexists(keys.alarms, "alarm-gone")
+    archived = read_archive(tmp_path / "audit")
+    assert [d.get("rec", {}).get("id") for d in archived] == ["a0", "a1", "a2", None, "a-new"]
+    assert archived[3]["raw"] == "not json at all"  # kept as it was
+    assert len(list((tmp_path / "audit").glob("audit-*.jsonl"))) == 2  # one file per day
+    assert r.xlen(keys.audit) == 2  # the 8-day-old entries left Redis, after being archived
+    # a second pass archives nothing twice
+    svc.maintain(now)
+    svc._flush()
+    assert len(read_archive(tmp_path / "audit")) == 5
+    lines = sum(len(p.read_text().splitlines()) for p in (tmp_path / "audit").glob("*.jsonl"))
+    assert lines == 5
+
+
+def test_seen_sets_expire_and_dead_consumers_are_removed(r, keys, site):
+    svc = ControlService(site, r, keys, consumer="c1")
+    svc.start()
+    o = Observation(camera_id="cam-cangbai-plaza", agent_id="t", seq=1, captured_at=time.time(),
+                    zones=[ZoneCount(zone_id="cangbai-plaza", count=3.0, visible_area_m2=900.0)])
+    r.xadd(keys.obs, {"rec": o.encode()})
+    svc.step(block_ms=10)
+    assert 0 < r.ttl(keys.obs_seen("cam-cangbai-plaza")) <= 3 * 3600
+    r.xgroup_createconsumer(keys.obs, GROUP, "control-dead-host-1")
+    time.sleep(0.05)
+    assert svc.obs_reader.remove_idle_consumers(idle_ms=10) == ["control-dead-host-1"]
+    names = [c["name"] for c in r.xinfo_consumers(keys.obs, GROUP)]
+    assert names == ["c1"]
+
+
+def test_control_metrics(r, keys, site):
+    svc = ControlService(site, r, keys, consumer="c1")
+    m = ControlMetrics(svc)
+    svc.start()
+    r.xadd(keys.obs, {"rec": "{bad"})
+    o = Observation(camera_id="cam-cangbai-plaza", agent_id="t", seq=1, captured_at=time.time(),
+                    zones=[ZoneCount(zone_id="cangbai-plaza", count=3.0, visible_area_m2=900.0)])
+    r.xadd(keys.obs, {"rec": o.encode()})
+    svc.step(block_ms=10)
+    text = generate_latest(m.registry).decode()
+    assert 'crowdflow_control_dead_letters_total{reason="(record)"} 1.0' in text
+    assert 'crowdflow_control_observations_total{outcome="applied"} 1.0' in text
+    assert "crowdflow_control_cycle_seconds_count 1.0" in text
+    assert 'crowdflow_control_stream_backlog{state="unacknowledged",stream="obs"} 0.0' in text
+    lag = float(next(l for l in text.splitlines() if l.startswith("crowdflow_control_ingest_lag_seconds ")).split()[1])
+    assert 0 <= lag < 5
+
+
+def test_dashboard_metrics_for_the_scraper_only(site, redis_url, keys, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from dashboard.app import create_app
+
+    from .dash import users_env
+
+    monkeypatch.setenv("CROWDFLOW_USERS", users_env())
+    app = create_app(site, redis_url, keys)
+    with TestClient(app) as c:
+        assert c.post("/api/login", json={"username": "viewer", "password": "nope"}).status_code == 401
+        text = c.get("/metrics").text
+        assert "crowdflow_dashboard_refused_logins_total 1.0" in text and "crowdflow_dashboard_clients 0.0" in text
+    with TestClient(app, client=("203.0.113.5", 5000)) as c:
+        assert c.get("/metrics").status_code == 403
