@@ -251,6 +251,49 @@ def is_cluster(r) -> bool:
     return isinstance(r, redis.RedisCluster)
 
 
+REPLICA_WAIT_MS = 500  # how long a producer waits for a replica to confirm its writes
+
+
+def xadd_replicated(r, stream: str, entries: list[dict], maxlen: int, wait_ms: int = REPLICA_WAIT_MS) -> int:
+    """XADD ``entries`` to ``stream`` and return only once the master's replica has them too.
+
+    Redis replication is asynchronous: a master killed right after acknowledging a write takes
+    it along, and its promoted replica never saw it. A producer that deletes its spooled copy on
+    the master's word loses those. Here the XADDs and a ``WAIT 1`` go down one connection of the
+    master serving the stream's slot; when no replica confirms in ``wait_ms`` while the master
+    has one connected, :class:`redis.ConnectionError` is raised, so the producer keeps its copy
+    and sends it again later (control drops the duplicate by camera and seq). A master without
+    replicas (right after a failover, until the old master returns) is taken at its word.
+    On a single node (no cluster) this is a plain pipeline. Returns the number of entries."""
+    if not is_cluster(r):
+        pipe = r.pipeline(transaction=False)
+        for e in entries:
+            pipe.xadd(stream, e, maxlen=maxlen, approximate=True)
+        pipe.execute()
+        return len(entries)
+    try:
+        node = r.get_node_from_key(stream)
+        client = r.get_redis_connection(node)
+        pipe = client.pipeline(transaction=False)
+        for e in entries:
+            pipe.xadd(stream, e, maxlen=maxlen, approximate=True)
+        pipe.execute_command("WAIT", 1, wait_ms)
+        acked = pipe.execute()[-1]
+        if not acked and int(client.info("replication").get("connected_slaves", 0)):
+            raise redis.ConnectionError(f"{stream}: no replica confirmed within {wait_ms} ms")
+        return len(entries)
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+        # a dead master, a replica that was promoted (MOVED), a demoted one (READONLY): re-read
+        # the slot map for the next try, and say it as a transient error (the caller spools)
+        try:
+            r.nodes_manager.initialize()
+        except redis.RedisError:
+            pass
+        if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+            raise
+        raise redis.ConnectionError(f"{stream}: {e}") from e
+
+
 def raw_client(r: redis.Redis) -> redis.Redis:
     """A twin of ``r`` (same server, timeouts, retry) that returns bytes, never decoding."""
     if is_cluster(r):

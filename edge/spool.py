@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from crowdflow.bus import OBS_MAXLEN, TRANSIENT, Backoff, Keys
+from crowdflow.bus import OBS_MAXLEN, TRANSIENT, Backoff, Keys, xadd_replicated
 from crowdflow.records import Observation, RecordError, decode
 
 MEMORY_MAX = 10_000  # records held in memory while the spool file cannot be written
@@ -104,10 +104,8 @@ class Publisher:
         return obs.model_copy(update={"sent_at": self.clock()}).encode()
 
     def _send(self, recs: list[str]) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        for rec in recs:
-            pipe.xadd(self.keys.obs, {"rec": self._stamp(rec)}, maxlen=OBS_MAXLEN, approximate=True)
-        pipe.execute()
+        # on a Redis Cluster only what a replica confirmed counts as sent (survives a failover)
+        xadd_replicated(self.r, self.keys.obs, [{"rec": self._stamp(rec)} for rec in recs], maxlen=OBS_MAXLEN)
 
     @property
     def waiting(self) -> int:
