@@ -69,6 +69,7 @@ GROUP = "control"
 FULL_EVERY_S = 1.0
 HISTORY_EVERY_S = 10.0
 SEEN_KEEP_S = 3 * 3600
+READ_MAX, READ_MIN = 1000, 25  # observations read per cycle (adapted to the cycle time)
 CLAIM_EVERY_S = 5.0  # take over entries left pending by other (dead or fenced) consumers
 CONSUMER_GC_EVERY_S = 60.0
 CONSUMER_IDLE_MS = 10 * 60 * 1000  # a consumer silent this long with nothing pending is gone
@@ -118,6 +119,7 @@ class ControlService:
         self.fenced = False  # run() turns it on: every write then requires the lease
         self.leading = False  # run() says whether this instance leads now
         self._renewed_at = float("-inf")  # when the lease was last renewed (monotonic)
+        self._batch = READ_MAX
         self.applied = self.rejected = self.duplicates = 0
         self.stats: Counter = Counter()  # errors by kind, reconnects, … (exported as metrics)
         self.rejected_by: Counter = Counter()  # dead letters by reason class
@@ -276,7 +278,7 @@ class ControlService:
                 gone = reader.remove_idle_consumers(CONSUMER_IDLE_MS)
                 if gone:
                     log.info("removed idle consumers of %s: %s", reader.stream, ", ".join(gone))
-        obs_entries = self.obs_reader.read(count=1000, block_ms=block_ms)
+        obs_entries = self.obs_reader.read(count=self._batch, block_ms=block_ms)
         cmd_entries = self.cmd_reader.read(count=100, block_ms=None)
         now = self.clock()
         out = self.out
@@ -310,7 +312,18 @@ class ControlService:
         self.obs_reader.ack([i for i, _ in obs_entries], pipe=out)
         self.cmd_reader.ack([i for i, _ in cmd_entries], pipe=out)
         self._flush()
+        self._adapt_batch(time.monotonic() - mono, len(obs_entries))
         return len(obs_entries) + len(cmd_entries)
+
+    def _adapt_batch(self, cycle_s: float, n: int) -> None:
+        """Keep a cycle well inside the lease: a busy cycle longer than a quarter of the lease
+        (a slow or shared CPU, several partitions in one process) halves the next read, a quick
+        full one doubles it back up to READ_MAX. Otherwise the lease lapses mid-cycle, the
+        fenced write is refused and the work is done again."""
+        if cycle_s > self.lease.ttl_ms / 4000:
+            self._batch = max(READ_MIN, self._batch // 2)
+        elif n >= self._batch and cycle_s < self.lease.ttl_ms / 16000:
+            self._batch = min(READ_MAX, self._batch * 2)
 
     def maintain(self, now: float) -> None:
         """Retention, so that Redis stays flat over an evening and a season: command results
