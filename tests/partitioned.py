@@ -10,7 +10,7 @@ import copy
 
 import yaml
 
-PARTITIONS = {"bridge": ["bridge"], "complex": ["hongyadong"], "metro": ["xiaoshizi"]}
+PARTITIONS = {"metro": ["xiaoshizi"], "bridge": ["bridge"], "complex": ["hongyadong"]}
 
 
 def partitioned(raw: dict, prefix: str | None = None) -> dict:
