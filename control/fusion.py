@@ -1,9 +1,9 @@
 """Per-zone occupancy filter: a two-state Kalman filter over (count, rate). Pure.
 
-Each camera's view of a zone is one measurement of the zone's count (its density over the
-visible walkable area, extrapolated to the whole zone); its noise grows as the camera sees
-less of the zone and as its confidence drops. Overlapping cameras therefore measure the same
-quantity and are averaged by their precision, never added. Gate in/out counts enter as a
+The filter's measurement is the zone's count fused on the ground (:func:`fuse`, below):
+each camera measures the density of the ground it sees, parts of the zone seen by several
+cameras are averaged by precision (never added), parts no camera sees are estimated with a
+wider noise. Gate in/out counts enter as a
 known input between measurements, so occupancy follows the flows and the direct counts keep
 it from drifting. The rate state gives the trend used by the forecast.
 """
@@ -63,9 +63,166 @@ class OccupancyFilter:
         return math.sqrt(max(self.p_nn, 0.0))
 
 
-def measurement_variance(count: float, coverage: float, confidence: float) -> float:
-    """Noise of one camera's zone-count estimate: grows as 1/coverage and 1/confidence."""
+def measurement_variance(reference: float, coverage: float, confidence: float) -> float:
+    """Noise of a zone-count estimate: grows as 1/coverage and 1/confidence.
+
+    ``reference`` is a scale of the zone (its capacity), never the reading itself: a noise
+    that grows with the reading makes low readings win every average."""
     coverage = min(1.0, max(coverage, 1e-3))
     confidence = min(1.0, max(confidence, 0.05))
-    base = SIGMA_ABS**2 + (SIGMA_REL * count) ** 2
+    base = SIGMA_ABS**2 + (SIGMA_REL * reference) ** 2
     return base / (coverage * confidence)
+
+
+# ----------------------------------------------------------------------------- fusion on the ground
+#
+# A zone is split by the cameras' ground footprints into parts seen by none, one or several
+# cameras (control/ground.py). Each camera's reading is a density over the ground it sees;
+# its noise depends on how much it sees and how sure it is, never on the reading itself
+# (a noise that grows with the count would let a camera that reads 0 win every average).
+# Parts seen by several cameras take their precision-weighted mean; parts seen by one take
+# its reading; parts no fresh camera sees keep the last reading of the camera that saw them
+# (history, its noise growing with age), else the density the zone's seen parts show now
+# (neighbours; the filter's density when nothing is seen), with a wide noise and a low
+# confidence.
+
+HISTORY_DRIFT = 1e-3  # (persons/m²)² per s: how fast an unseen part's last density loses value
+HISTORY_MAX_S = 600.0  # an older last reading is no longer history
+NEIGHBOUR_REL = 0.5  # an unseen part estimated from the rest of the zone: 1 σ relative …
+NEIGHBOUR_ABS = 0.05  # … plus this floor, persons/m²
+HISTORY_CONFIDENCE = 0.5  # confidence the map shows for a part kept from history …
+NEIGHBOUR_CONFIDENCE = 0.2  # … and for a part estimated from its neighbours
+
+
+def reading_variance(visible_m2: float, area_per_visitor_m2: float, confidence: float) -> float:
+    """Noise (persons/m²)² of one camera's density over ``visible_m2`` of walkable ground.
+
+    The counting noise is scaled by the view's capacity (its size), not by what it reads,
+    so two cameras on the same ground weigh the same whatever they count."""
+    visible_m2 = max(visible_m2, 1e-3)
+    confidence = min(1.0, max(confidence, 0.05))
+    n_ref = visible_m2 / area_per_visitor_m2
+    return (SIGMA_ABS**2 + (SIGMA_REL * n_ref) ** 2) / (visible_m2**2 * confidence)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One camera's density over the ground it sees, with its noise and confidence."""
+
+    density: float
+    variance: float
+    confidence: float = 1.0
+
+
+@dataclass(frozen=True)
+class PartEstimate:
+    cameras: tuple[str, ...]  # the cameras whose footprint covers the part
+    area_m2: float
+    density: float
+    std: float  # persons/m²
+    source: str  # "measured" (one camera), "fused" (several), "history", "neighbours"
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Fused:
+    count: float
+    variance: float  # persons², all of it
+    estimated_variance: float  # persons², the part that comes from history and neighbours
+    seen_m2: float  # walkable m² a fresh camera sees
+    estimated_m2: float  # walkable m² taken from history or neighbours
+    confidence: float
+    parts: tuple[PartEstimate, ...]
+
+
+def fuse(parts, readings: dict[str, Reading], history: dict[str, Reading],
+         prior_density: float | None = None, prior_variance: float = 0.0,
+         unplaced: dict[str, float] | None = None) -> Fused:
+    """Fuse the fresh ``readings`` (camera → density) over the zone's ``parts``.
+
+    ``history``: the last reading of cameras that saw a part and are no longer fresh, with
+    their noise already grown by age. ``prior_density``: the zone's density before this
+    update (the filter), used for parts no camera has seen. ``unplaced``: cameras whose view
+    cannot be placed on the ground (unknown preset) → share of the zone they see; they are
+    taken as a view of every part, their noise inflated by the share they do not see.
+    Pure; the count's variance counts each camera once, however many parts it covers."""
+    unplaced = unplaced or {}
+    coef: dict[tuple[str, str], float] = {}  # (kind, camera) → persons per (persons/m²)
+    measured_d: list[tuple[float, float]] = []
+    pending: list = []
+    est: list[PartEstimate] = []
+    count = seen = 0.0
+    conf_area = 0.0
+    for part in parts:
+        cams = [c for c in sorted(part.cameras) if c in readings]
+        cams += [c for c in sorted(unplaced) if c in readings and c not in cams]
+        if cams:
+            w = {c: 1.0 / _var(readings[c], unplaced.get(c)) for c in cams}
+            tot = sum(w.values())
+            d = sum(w[c] * readings[c].density for c in cams) / tot
+            for c in cams:
+                coef[("r", c)] = coef.get(("r", c), 0.0) + part.area_m2 * w[c] / tot
+            conf = sum(w[c] * readings[c].confidence for c in cams) / tot
+            count += d * part.area_m2
+            seen += part.area_m2
+            conf_area += conf * part.area_m2
+            measured_d.append((d, part.area_m2))
+            est.append(PartEstimate(tuple(cams), part.area_m2, d, (1.0 / tot) ** 0.5,
+                                    "fused" if len(cams) > 1 else "measured", conf))
+        else:
+            pending.append(part)
+    estimated = 0.0
+    var = 0.0  # of the estimated parts
+    if measured_d:
+        a = sum(x[1] for x in measured_d)
+        seen_density = sum(d * x for d, x in measured_d) / a
+    else:
+        seen_density = None
+    for part in pending:
+        hist = [c for c in sorted(part.cameras) if c in history]
+        estimated += part.area_m2
+        if hist:
+            w = {c: 1.0 / history[c].variance for c in hist}
+            tot = sum(w.values())
+            d = sum(w[c] * history[c].density for c in hist) / tot
+            for c in hist:
+                coef[("h", c)] = coef.get(("h", c), 0.0) + part.area_m2 * w[c] / tot
+            est.append(PartEstimate(tuple(sorted(part.cameras)), part.area_m2, d, (1.0 / tot) ** 0.5,
+                                    "history", HISTORY_CONFIDENCE))
+            conf_area += HISTORY_CONFIDENCE * part.area_m2
+        else:
+            # Neighbours: the density the zone's seen parts show now (following them keeps
+            # the zone's trend); with nothing seen, the filter's own density.
+            if seen_density is not None:
+                d0, v0 = seen_density, 0.0
+            else:
+                d0, v0 = (prior_density or 0.0), prior_variance
+            vd = (NEIGHBOUR_REL * d0 + NEIGHBOUR_ABS) ** 2
+            var += (vd + v0) * part.area_m2**2
+            d = d0
+            est.append(PartEstimate(tuple(sorted(part.cameras)), part.area_m2, d, vd**0.5,
+                                    "neighbours", NEIGHBOUR_CONFIDENCE))
+            conf_area += NEIGHBOUR_CONFIDENCE * part.area_m2
+        count += d * part.area_m2
+    measured_var = 0.0
+    for (kind, c), k in coef.items():
+        if kind == "r":
+            measured_var += k * k * _var(readings[c], unplaced.get(c))
+        else:
+            var += k * k * history[c].variance
+    total = seen + estimated
+    return Fused(count=count, variance=measured_var + var, estimated_variance=var, seen_m2=seen, estimated_m2=estimated,
+                 confidence=conf_area / total if total else 0.0, parts=tuple(est))
+
+
+def _var(r: Reading, unplaced_share: float | None) -> float:
+    if unplaced_share is None:
+        return r.variance
+    return r.variance / min(1.0, max(unplaced_share, 1e-3))
+
+
+def aged(r: Reading, age_s: float) -> Reading | None:
+    """A camera's last reading as history ``age_s`` after it was taken (None: too old)."""
+    if age_s > HISTORY_MAX_S:
+        return None
+    return Reading(r.density, r.variance + HISTORY_DRIFT * max(age_s, 0.0), r.confidence)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from crowdflow.bus import SEEN_KEEP_S
 from crowdflow.records import Observation
 from crowdflow.site import Site
 
@@ -46,7 +47,7 @@ MAX_SPECIFIC_FLOW = 2.0  # persons per metre of gate width per second
 GATE_SLACK = 10
 FUTURE_TOLERANCE_S = 10.0
 SKEW_TOLERANCE_S = 2.0
-MAX_AGE_S = 2 * 3600.0  # < control.service.SEEN_KEEP_S (3 h)
+MAX_AGE_S = SEEN_KEEP_S * 2 / 3  # 2 h: inside the 3 h dedupe window, with margin
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,18 @@ trigger within ``predictive_lead_min``. Rules that keep levels from flapping:
   measured (or in force), and only for zones already at ≥ 75 % of its trigger;
 * **unknown holds** — a zone without fresh data never releases a level: unknown is not empty.
 
+**Measures.** Where the site file declares ``measures`` for an area and the engine is given a
+:class:`control.measures.MeasurePlanner`, the level stays what commanders and the public see
+and the bound on which measures are allowed (up to one level above the level in force or
+indicated: prediction within reach), but *what is in force* is the measure set the planner
+chose on the twin's forecast, not the level's cumulative bundle. A measure is switched on only
+when two decisions in a row want it (sustain), released only when the forecast without it stays
+below its release ratio (hysteresis) for its ``quiet_min``, past its minimum on-time, and never
+while a zone it relieves is unknown; the level never drops below what the measures in force
+need. Each recommendation names the measures it switches on and off, the staff moves, the
+forecast "with / without" as its reasons, and whether the forecast or the rule-based stand-in
+chose it.
+
 A recommendation waits for a commander (confirm / reject / override) unless its area is
 automatic. 平急转换 (``set_mode``) pins every area at level I plus the site's emergency actions,
 and restores the earlier levels on return. Every decision yields an :class:`AuditEntry` with
@@ -25,6 +37,7 @@ the area's zone states at that moment.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -37,6 +50,7 @@ from crowdflow.records import (
     Reason,
     Recommendation,
     SiteMode,
+    StaffMove,
     ZoneState,
 )
 from crowdflow import crowd
@@ -45,6 +59,7 @@ from crowdflow.vocab import COMMAND_ROLE, LEVELS, level_rank, role_allows
 
 HISTORY = 50
 PREDICT_FROM = 0.75  # a forecast counts only for a zone already at ≥ 75 % of the trigger
+MEASURE_SUSTAIN_S = 30.0  # a measure is recommended once decisions have wanted it this long (two cycles)
 RECENT_RECS = 200
 METRIC_TEXT = {
     "capacity_ratio": ("承载率", "capacity ratio"),
@@ -87,12 +102,30 @@ class Area:
     last_change: float = float("-inf")
     rejected: dict[str | None, float] = field(default_factory=dict)  # target → when
     before_emergency: str | None = None
+    # measures engine (None: the level's cumulative bundle)
+    measure_defs: dict | None = None  # id → Measure owned by this area
+    measures: dict[str, float] = field(default_factory=dict)  # in force: id → since
+    released: dict[str, float] = field(default_factory=dict)  # id → when released
+    want_on: dict[str, float] = field(default_factory=dict)  # id → since decisions want it on
+    want_off: dict[str, float] = field(default_factory=dict)
+    engine: str | None = None
+    staff_moves: list[StaffMove] = field(default_factory=list)
+
+    @property
+    def mpc(self) -> bool:
+        return self.measure_defs is not None
 
     def level_def(self, level: str) -> PlanLevel:
         return next(lv for lv in self.plan.levels if lv.level == level)
 
     def actions_at(self, level: str | None) -> list[Action]:
         acts: list[Action] = []
+        if self.mpc:  # the measures in force that ``level`` allows
+            for mid in self.measures:
+                m = self.measure_defs[mid]
+                if severity(m.level) <= severity(level):
+                    acts.extend(m.actions)
+            return merge_actions(acts)
         for lv in self.plan.levels:
             if severity(lv.level) <= severity(level):
                 acts.extend(lv.actions)
@@ -105,9 +138,14 @@ class Area:
 
 
 class PlanEngine:
-    def __init__(self, site: Site):
+    def __init__(self, site: Site, planner=None):
         self.site = site
+        self.planner = planner  # control.measures.MeasurePlanner, or None: level bundles only
         self.areas = {p.id: Area(p) for p in site.plans}
+        if planner is not None:
+            for pid in planner.areas_with_measures():
+                self.areas[pid].measure_defs = {mid: site.measure_by_id[mid] for mid in planner.owned[pid]}
+        self.last_plan = None  # the planner's latest result (for what-if and the benchmark)
         self.mode = SiteMode(mode="normal", since=0.0, by="system")
         self.recs: dict[str, Recommendation] = {}
         self._audit: list[AuditEntry] = []
@@ -123,8 +161,22 @@ class PlanEngine:
         before = set(self._changed_recs)
         if self.mode.mode == "emergency":
             return []
-        for area in self.areas.values():
-            self._evaluate_area(area, now, zones)
+        targets = {pid: self._target(area, now, zones) for pid, area in self.areas.items()}
+        result = None
+        if self.planner is not None and any(a.mpc for a in self.areas.values()):
+            bound = {}
+            for pid, area in self.areas.items():
+                top = max(area.level, targets[pid][0], key=severity)
+                bound[pid] = LEVELS[min(severity(top) + 1, len(LEVELS) - 1)]
+            active = {mid: t for a in self.areas.values() for mid, t in a.measures.items()}
+            released = {mid: t for a in self.areas.values() for mid, t in a.released.items()}
+            result = self.last_plan = self.planner.decide(now, zones, active, released, bound)
+        for pid, area in self.areas.items():
+            target, reasons = targets[pid]
+            if area.mpc:
+                self._recommend_measures(area, now, zones, target, reasons, result)
+            else:
+                self._recommend(area, now, zones, target, reasons)
         return [self.recs[i] for i in self._changed_recs - before if i in self.recs]
 
     def _conditions(self, area: Area, lv: PlanLevel, zones: Mapping[str, ZoneState], now: float,
@@ -179,7 +231,9 @@ class PlanEngine:
                       text=Text(zh=f"{zone.name.zh} {zh} {v:.2f} ≥ {t:.2f}{tail_zh}",
                                 en=f"{zone.name.en} {en} {v:.2f} ≥ {t:.2f}{tail_en}"))
 
-    def _evaluate_area(self, area: Area, now: float, zones: Mapping[str, ZoneState]) -> None:
+    def _target(self, area: Area, now: float, zones: Mapping[str, ZoneState]):
+        """The level the triggers indicate now (sustain, hysteresis, cooldown applied) and the
+        reasons per level."""
         # 1. Which levels hold, and for how long.
         reasons: dict[str, tuple[list[Reason], list[Reason]]] = {}
         measured_top = area.level
@@ -202,6 +256,9 @@ class PlanEngine:
             target = up
         elif area.level is not None:
             target = self._release_target(area, now, zones, reasons)
+        return target, reasons
+
+    def _recommend(self, area: Area, now: float, zones, target, reasons) -> None:
         # 2. Recommend, expire or supersede.
         p = area.pending
         if target == area.level:
@@ -236,6 +293,113 @@ class PlanEngine:
                   reason="; ".join(r.text.zh for r in why))
         if area.auto:
             self._apply(area, rec, now, "system", "auto", zones, status="auto_applied", action="auto_apply")
+
+    def _recommend_measures(self, area: Area, now: float, zones, target, reasons, result) -> None:
+        """Measures engine: the planner's choice for this area, through the safety rules."""
+        from .measures import level_needed, owner  # noqa: PLC0415 (no cycle at import)
+
+        cur = set(area.measures)
+        d = result.decision if result is not None else None
+        if d is not None:
+            mine_on = {m for m in d.on if owner(self.site.measure_by_id[m]) == area.plan.id}
+            mine_off = {m for m in d.off if owner(self.site.measure_by_id[m]) == area.plan.id}
+            p = area.pending
+            if p is not None and p.measures is not None:  # a change awaiting its commander stays asked
+                mine_on |= set(p.measures_on) - set(area.measures)
+                mine_off |= set(p.measures_off) & set(area.measures)
+            area.want_on = {m: area.want_on.get(m, now) for m in mine_on}
+            area.want_off = {m: area.want_off.get(m, now) for m in mine_off}
+        desired = set(cur)
+        for mid, t0 in area.want_on.items():
+            if now - t0 >= MEASURE_SUSTAIN_S or (result is not None and result.engine == "rules"):
+                desired.add(mid)
+        for mid, t0 in area.want_off.items():
+            m = area.measure_defs[mid]
+            known = all(zones.get(z) is not None and zones[z].status == "ok" for z in m.relieves)
+            if known and now - t0 >= m.release.quiet_min * 60:  # unknown never releases
+                desired.discard(mid)
+        need = level_needed(self.site, desired)
+        level = max(target, need, key=severity) if (target or need) else None
+        if level is not None and severity(level) < severity(area.level) and severity(area.level) - severity(level) > 1:
+            level = LEVELS[severity(area.level) - 1]  # release in waves, one level at a time
+        p = area.pending
+        if level == area.level and desired == cur:
+            area.rejected = {k: v for k, v in area.rejected.items() if now - v < area.plan.cooldown_s}
+            known = all((zones.get(z) is not None and zones[z].status == "ok") for z in area.plan.zones)
+            if p is not None and known:
+                self._close(area, p, "expired", now, "system", None, "conditions no longer hold")
+            return
+        if p is not None and p.level == level and set(p.measures or ()) == desired:
+            return
+        key = f"{level}|{','.join(sorted(desired))}"
+        rej = area.rejected.get(key)
+        if rej is not None and now - rej < area.plan.cooldown_s:
+            return
+        on, off = sorted(desired - cur), sorted(cur - desired)
+        why: list[Reason] = []
+        for mid in on + off:
+            text = d.reasons.get(mid) if d is not None else None
+            if text is None:
+                continue
+            foc = d.focus.get(mid)
+            m = area.measure_defs[mid]
+            zid = foc[0] if foc and foc[0] in self.site.zone_by_id else None
+            why.append(Reason(zone_id=zid, metric="capacity_ratio", value=round(foc[1], 4) if foc else 0.0,
+                              threshold=(m.trigger if mid in on else m.release).forecast_ratio,
+                              forecast_min=foc[2] if foc else None, text=text))
+        if level != area.level:
+            meas, pred = reasons.get(level, ([], [])) if level is not None else ([], [])
+            if level is None or severity(level) < severity(area.level):
+                why.append(Reason(zone_id=None, metric="capacity_ratio", value=0.0, threshold=0.0, held_s=None,
+                                  text=Text(zh=f"{area.plan.name.zh} 各区域已低于 {area.level} 级阈值（含回差）",
+                                            en=f"every zone of {area.plan.name.en} below level {area.level} triggers (with hysteresis)")))
+            else:
+                why += sorted(meas, key=lambda r: -(r.value / r.threshold))[:5] + pred[:3]
+        if result is not None and result.note is not None:
+            why.append(Reason(zone_id=None, metric="capacity_ratio", value=0.0, threshold=0.0, text=result.note))
+        if p is not None:
+            self._close(area, p, "superseded", now, "system", None, "a newer recommendation replaces it")
+        self._seq += 1
+        acts = []
+        for mid in sorted(desired):
+            acts.extend(area.measure_defs[mid].actions)
+        preview = self._dispatch(area, on, off, now, d, dry=True)
+        rec = Recommendation(
+            id=f"{area.plan.id}-{int(now * 1000)}-{self._seq}", plan_id=area.plan.id, level=level,
+            from_level=area.level, actions=merge_actions(acts), reasons=why,
+            predictive=not any(r.held_s for r in why), created_at=now, status="pending",
+            measures=sorted(desired), measures_on=on, measures_off=off, dispatch=preview or [],
+            engine=result.engine if result is not None else None)
+        self._store(rec)
+        area.pending = rec
+        self._changed_plans.add(area.plan.id)
+        self._log(now, "system", "system", "recommend", area, zones, area.level, level, rec=rec,
+                  reason="; ".join(r.text.zh for r in why))
+        if area.auto:
+            self._apply(area, rec, now, "system", "auto", zones, status="auto_applied", action="auto_apply")
+
+    def _dispatch(self, area: Area, on, off, now: float, d=None, dry: bool = False) -> list[StaffMove] | None:
+        """Staff moves for switching ``on`` on and ``off`` off (on a copy when ``dry``).
+        None when the reserves cannot supply a measure switched on."""
+        if self.planner is None:
+            return []
+        book = copy.deepcopy(self.planner.staff) if dry else self.planner.staff
+        active = {mid for a in self.areas.values() for mid in a.measures}
+        moves = []
+        for mid in on:
+            m = self.site.measure_by_id[mid]
+            foc = d.focus.get(mid) if d is not None else None
+            needed_at = now + foc[3] * 60 if foc and foc[3] is not None else None
+            got = book.deploy(mid, active, now, needed_at=needed_at, setup_s=m.setup_min * 60)
+            if got is None:
+                return None
+            active.add(mid)
+            moves += got
+        for mid in off:
+            active.discard(mid)
+            moves += book.release(mid, active, now)
+        return [StaffMove(n=mv.n, from_id=mv.src, to_id=mv.dst, depart_at=mv.depart_at, in_place_at=mv.in_place_at,
+                          measure_id=mv.measure_id, kind=mv.kind, text=mv.text) for mv in moves]
 
     def _release_target(self, area: Area, now: float, zones, reasons) -> str | None:
         """The level to step down to — one level at a time, released in waves — or the
@@ -317,10 +481,12 @@ class PlanEngine:
         if rec.status != "pending":
             return f"recommendation {rec.id} is already {rec.status}"
         if cmd.kind == "confirm":
+            if rec.measures is not None and self._dispatch(area, rec.measures_on, rec.measures_off, now, dry=True) is None:
+                return "the staff this recommendation needs are no longer available; wait for a new recommendation"
             self._apply(area, rec, now, cmd.user, "confirm", zones, status="confirmed", action="confirm", cmd=cmd)
             return None
         if cmd.kind == "reject":
-            area.rejected[rec.level] = now
+            area.rejected[rec.level if rec.measures is None else f"{rec.level}|{','.join(rec.measures)}"] = now
             self._close(area, rec, "rejected", now, cmd.user, cmd, cmd.note)
             self._log(now, cmd.user, cmd.role, "reject", area, zones, area.level, rec.level, rec=rec, cmd=cmd,
                       reason=cmd.note)
@@ -353,6 +519,18 @@ class PlanEngine:
                action: str, cmd: Command | None = None) -> None:
         prev = area.level
         self._close(area, rec, status, now, by, cmd, cmd.note if cmd else None)
+        if area.mpc and rec.measures is not None:
+            d = self.last_plan.decision if self.last_plan is not None else None
+            moves = self._dispatch(area, rec.measures_on, rec.measures_off, now, d) or []
+            area.measures = {m: area.measures.get(m, now) for m in rec.measures}
+            for m in rec.measures_off:
+                area.released[m] = now
+            for m in rec.measures_on:
+                area.released.pop(m, None)
+            area.want_on = {m: t for m, t in area.want_on.items() if m not in area.measures}
+            area.want_off = {m: t for m, t in area.want_off.items() if m in area.measures}
+            area.engine = rec.engine
+            area.staff_moves = moves
         self._set_level(area, rec.level, now, by, via)
         self._log(now, by, cmd.role if cmd else "system", action, area, zones, prev, rec.level, rec=rec, cmd=cmd,
                   reason=(cmd.note if cmd and cmd.note else "; ".join(r.text.zh for r in rec.reasons)))
@@ -417,7 +595,9 @@ class PlanEngine:
         a = self.areas[plan_id]
         return PlanState(plan_id=plan_id, level=a.level, since=a.since, auto=a.auto,
                          active_actions=a.actions_at(a.level), pending=a.pending.id if a.pending else None,
-                         history=a.history, updated_at=a.since or now)
+                         history=a.history, updated_at=a.since or now,
+                         measures=dict(a.measures) if a.mpc else None, engine=a.engine if a.mpc else None,
+                         staff=list(a.staff_moves))
 
     def plan_states(self) -> dict[str, PlanState]:
         return {pid: self.plan_state(pid, 0.0) for pid in self.areas}
@@ -439,6 +619,11 @@ class PlanEngine:
             if a is None:
                 continue
             a.level, a.since, a.auto, a.history = ps.level, ps.since, ps.auto, list(ps.history)
+            if a.mpc and ps.measures:
+                a.measures = {m: t for m, t in ps.measures.items() if m in a.measure_defs}
+                a.engine, a.staff_moves = ps.engine, list(ps.staff)
+                for m, t in a.measures.items():  # the officers are at their posts: commit them again
+                    self.planner.staff.deploy(m, [x for x in a.measures if x != m], t)
             a.last_change = ps.since if ps.since is not None else float("-inf")
             a.pending = recs.get(ps.pending) if ps.pending else None
             if a.pending is not None and a.pending.status != "pending":

@@ -37,8 +37,9 @@ from collections import Counter
 from pathlib import Path
 
 from crowdflow.bus import (
-    AUDIT_KEEP_S, EVENTS_MAXLEN, HISTORY_MAXLEN, RESULTS_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
-    LeaseLost, quarantine_wrong_type, raw_client, text,
+    AUDIT_KEEP_S, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S, RESULTS_KEEP_S,
+    RETENTION_SCALE, SEEN_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
+    LeaseLost, quarantine_wrong_type, raw_client, signature_ok, text,
 )
 from crowdflow.records import (
     Alarm,
@@ -46,7 +47,9 @@ from crowdflow.records import (
     AuditEntry,
     Command,
     CommandResult,
+    InForce,
     Observation,
+    Order,
     PlanState,
     Recommendation,
     RecordError,
@@ -57,6 +60,9 @@ from crowdflow.records import (
 from crowdflow.site import Site
 
 from .alarms import AlarmBook
+from .commands import refusal_audit, too_late
+from .inforce import in_force, same_measures
+from .orders import OrderBook
 from .plans import PlanEngine
 from . import snapshot
 from .archive import AuditArchive
@@ -68,7 +74,6 @@ log = logging.getLogger("crowdflow.control")
 GROUP = "control"
 FULL_EVERY_S = 1.0
 HISTORY_EVERY_S = 10.0
-SEEN_KEEP_S = 3 * 3600
 READ_MAX, READ_MIN = 1000, 25  # observations read per cycle (adapted to the cycle time)
 CLAIM_EVERY_S = 5.0  # take over entries left pending by other (dead or fenced) consumers
 CONSUMER_GC_EVERY_S = 60.0
@@ -76,7 +81,7 @@ CONSUMER_IDLE_MS = 10 * 60 * 1000  # a consumer silent this long with nothing pe
 # The Redis type each command of a write batch expects its key to have (for WRONGTYPE repair).
 KEY_TYPE = {"hset": "hash", "hdel": "hash", "xadd": "stream", "xack": "stream", "xtrim": "stream", "set": "string",
             "zadd": "zset", "zrem": "zset", "zremrangebyscore": "zset"}
-MAINTAIN_EVERY_S = 30.0  # retention: old command results, dropped recommendations/alarms, audit archive
+MAINTAIN_EVERY_S = max(2.0, 30.0 / RETENTION_SCALE)  # retention: old command results, dropped recommendations/alarms, audit archive
 
 
 class WriteQueue:
@@ -102,11 +107,19 @@ class WriteQueue:
 class ControlService:
     def __init__(self, site: Site, r: redis.Redis, keys: Keys, consumer: str | None = None,
                  stale_after_s: float | None = None, clock: Callable[[], float] = time.time,
-                 lease_ms: int = 3000, audit_dir: str | Path | None = None, raw: redis.Redis | None = None):
+                 lease_ms: int = 3000, audit_dir: str | Path | None = None,
+                 edge_keys: dict[str, str] | None = None, planner_factory: Callable[[], object] | None = None,
+                 raw: redis.Redis | None = None):
         self.site = site
+        # camera → its edge's secret: when set, a camera's records must carry that edge's
+        # signature (``sig``), so one gateway's Redis user cannot speak for another's cameras.
+        self.edge_keys = edge_keys
         # With an archive directory the audit trail is appended to rotated JSON-lines files and
         # trimmed from Redis after AUDIT_KEEP_S; without one it stays in Redis untrimmed.
         self.archive = AuditArchive(audit_dir) if audit_dir else None
+        # Measures engine (issue 11): a factory of control.measures planners (one per leadership
+        # term, so a takeover starts from what Redis says is in force); None: level bundles only.
+        self.planner_factory = planner_factory
         self.r = r
         self.raw = raw or raw_client(r)  # reads what others wrote: bytes, decoded by the record decoder
         self.keys = keys
@@ -133,7 +146,7 @@ class ControlService:
 
     def _reset(self) -> None:
         self.book = ZoneBook(self.site, self.stale_after_s)
-        self.engine = PlanEngine(self.site)
+        self.engine = PlanEngine(self.site, planner=self.planner_factory() if self.planner_factory else None)
         self.alarms = AlarmBook(self.site)
         self.states: dict[str, ZoneState] = {}
         self._last_full = float("-inf")
@@ -142,6 +155,8 @@ class ControlService:
         self._unflushed_seen: set[tuple[str, int]] = set()  # applied here, not yet marked in Redis
         self._answered: dict[str, str] = {}  # command id → result, until the result is in Redis
         self._last_claim = self._last_gc = self._last_maintain = time.monotonic()
+        self._inforce = None  # the InForce record last published
+        self.orders = OrderBook()
 
     # ------------------------------------------------------------------ start / takeover
 
@@ -179,6 +194,8 @@ class ControlService:
             self.stats["memory_restored"] += 1
         else:
             self._seed_last_known(self._load(self.keys.zone_state, ZoneState))
+        self._inforce = self._load_one(self.keys.inforce, InForce)
+        self.orders.restore(self._load(self.keys.orders, Order))
         self.states = self.book.states(now)
         out = self.out
         self._publish_zones(out, self.states)
@@ -190,6 +207,7 @@ class ControlService:
             self.engine.mode = mode
             out.set(self.keys.mode, mode.encode())
             self._event(out, "mode", mode)
+        self._publish_inforce(out, now)
         self._flush()
 
     def _raw_get(self, key: str):
@@ -309,6 +327,7 @@ class ControlService:
         if cmd_entries or now == self._last_full:
             self.book.set_actions(self.engine.active_actions())  # cut roads widen their zones
         self._publish_decisions(out)
+        self._publish_inforce(out, now)
         self.obs_reader.ack([i for i, _ in obs_entries], pipe=out)
         self.cmd_reader.ack([i for i, _ in cmd_entries], pipe=out)
         self._flush()
@@ -351,6 +370,27 @@ class ControlService:
                 archived_ms, archived_seq = (int(x) for x in new.split("-"))
                 minid = f"{keep_from}-0" if keep_from < archived_ms else f"{archived_ms}-{archived_seq}"
                 out.xtrim(k.audit, minid=minid, approximate=False)
+        # Streams by age: events (live push only), zone timelines, and acknowledged observations,
+        # never past the oldest entry still unacknowledged or not yet delivered.
+        # Exact trims: approximate ones only drop whole radix-tree nodes (~100 entries), which a
+        # zone timeline never fills; the cost is the entries removed, a few per pass.
+        out.xtrim(k.events, minid=f"{int((now - EVENTS_KEEP_S) * 1000)}-0", approximate=False)
+        hist_min = f"{int((now - HISTORY_KEEP_S) * 1000)}-0"
+        for z in self.site.zones:
+            out.xtrim(k.zone_history(z.id), minid=hist_min, approximate=False)
+        for stream in (k.obs, k.cmd):
+            keep_from = int((now - OBS_KEEP_S) * 1000)
+            try:
+                pend = self.raw.xpending(stream, GROUP)
+                if pend and pend.get("pending"):
+                    keep_from = min(keep_from, int(text(pend["min"]).split("-")[0]))
+                for g in self.raw.xinfo_groups(stream):
+                    g = {text(a): b for a, b in g.items()}
+                    if text(g.get("name")) == GROUP:
+                        keep_from = min(keep_from, int(text(g["last-delivered-id"]).split("-")[0]))
+            except redis.ResponseError:
+                continue
+            out.xtrim(stream, minid=f"{keep_from}-0", approximate=True)
 
     def _flush(self) -> None:
         """Send the queued writes as one MULTI/EXEC (fenced by the lease when leading).
@@ -414,6 +454,16 @@ class ControlService:
             except RecordError as e:
                 self._reject(entry_id, fields, str(e))
                 continue
+            if self.edge_keys is not None:
+                secret = self.edge_keys.get(obs.camera_id)
+                if secret is None:
+                    self._reject(entry_id, fields, f"sig: no edge key is configured for camera {obs.camera_id}",
+                                 kind="sig")
+                    continue
+                if not signature_ok(secret, raw, fields.get("sig")):
+                    self._reject(entry_id, fields, f"sig: not signed with camera {obs.camera_id}'s edge key",
+                                 kind="sig")
+                    continue
             verdict = check(obs, self.site, now, entry_time(entry_id))
             if verdict.obs is None:
                 self._reject(entry_id, fields, verdict.reason)
@@ -445,7 +495,7 @@ class ControlService:
                 self.duplicates += 1
                 continue
             try:
-                touched |= self.book.apply(obs)
+                touched |= self.book.apply(obs, now)
                 self.alarms.update_camera(now, obs.camera_id, obs.health)
             except Exception as e:  # a bug must not turn one record into a crash loop
                 log.exception("observation %s could not be applied", entry_id)
@@ -490,7 +540,14 @@ class ControlService:
             except RecordError as e:
                 log.error("stored result of command %s unreadable (%s); not acting again", cmd.id, e)
             return
-        if cmd.kind == "ack_alarm":
+        late = too_late(cmd, now, self.site.control.command_max_age_s)
+        if late is not None:
+            result, audit = CommandResult(command_id=cmd.id, ok=False, error=late, at=now), [refusal_audit(cmd, now, late)]
+        elif cmd.kind == "answer_order":
+            error = self.orders.answer(cmd, now)
+            result = CommandResult(command_id=cmd.id, ok=error is None, error=error, at=now)
+            audit = [refusal_audit(cmd, now, error)] if error else []
+        elif cmd.kind == "ack_alarm":
             error = self.alarms.ack(now, cmd)
             result = CommandResult(command_id=cmd.id, ok=error is None, error=error, at=now)
             audit = [] if error else [self._ack_audit(now, cmd)]
@@ -538,6 +595,22 @@ class ControlService:
                 self._last_hist[zid] = (now, s.status)
                 rec = encoded[zid] if encoded else s.encode()
                 pipe.xadd(self.keys.zone_history(zid), {"rec": rec}, maxlen=HISTORY_MAXLEN, approximate=True)
+
+    def _publish_inforce(self, pipe, now: float) -> None:
+        """The one record of what is in force (control/inforce.py), on change only; the
+        measures that came into force go to their posts as orders (control/orders.py)."""
+        rec = in_force(self.site, self.engine.plan_states(), self.engine.mode, now)
+        if not same_measures(self._inforce, rec):
+            self.orders.update(self._inforce, rec, now)
+            self._inforce = rec
+            pipe.set(self.keys.inforce, rec.encode())
+            self._event(pipe, "inforce", rec)
+        orders, audit = self.orders.take_changes()
+        for o in orders:
+            pipe.hset(self.keys.orders, o.id, o.encode())
+            self._event(pipe, "order", o)
+        for entry in audit:
+            self._audit(pipe, entry)
 
     def _publish_decisions(self, pipe) -> None:
         plans, recs, mode = self.engine.take_changes()

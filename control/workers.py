@@ -55,7 +55,8 @@ return redis.call('zrange', KEYS[1], 0, -1)
 
 class Worker:
     def __init__(self, site: Site, r: redis.Redis, keys: Keys, worker_id: str | None = None,
-                 lease_ms: int | None = None, stale_after_s: float | None = None, audit_dir: str | None = None):
+                 lease_ms: int | None = None, stale_after_s: float | None = None, audit_dir: str | None = None,
+                 edge_keys: dict[str, str] | None = None, planner_factory=None):
         self.site = site
         self.r = r
         self.keys = keys
@@ -66,7 +67,8 @@ class Worker:
         self.services = {
             pid: ControlService(sub_site(site, pid), r, k, consumer=self.id, stale_after_s=stale_after_s,
                                 lease_ms=self.lease_ms, raw=raw,
-                                audit_dir=f"{audit_dir}/{pid}" if audit_dir else None)  # one archive per partition
+                                audit_dir=f"{audit_dir}/{pid}" if audit_dir else None,  # one archive per partition
+                                edge_keys=edge_keys, planner_factory=planner_factory)
             for pid, k in self.parts.items()
         }
         self.members: list[str] = [self.id]

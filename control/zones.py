@@ -1,10 +1,17 @@
 """Per-zone state from camera observations. Pure: no I/O, time is passed in.
 
 Several cameras may see parts of one zone. Each camera reports, per zone, the people it saw
-and the walkable area it saw them on; that is one measurement of the zone's count (density ×
-the zone's walkable area), weighted by how much of the zone the camera sees
-(:mod:`control.fusion`). Gate crossings move occupancy between zones between measurements.
-A zone with no fresh, healthy camera is ``unknown`` with a reason — never zero.
+and the walkable area it saw them on: the density of the ground it sees. Each preset's
+footprint on the ground (:mod:`control.ground`) splits the zone into parts seen by none, one
+or several cameras, and :func:`control.fusion.fuse` turns the readings into the zone's count:
+averaged where views overlap, as measured where one camera sees, estimated (history, then
+neighbours) with a wider noise and a lower confidence where none does. Gate crossings move
+occupancy between zones between measurements. A zone with no fresh, healthy camera is
+``unknown`` with a reason — never zero.
+
+Level of service is the worse of Fruin's space table (density) and his flow table; the
+flow per metre is measured at the zone's gates where they report, else taken from the
+fundamental diagram on the density.
 """
 
 from __future__ import annotations
@@ -13,13 +20,16 @@ from collections import deque
 from dataclasses import dataclass
 
 from crowdflow import crowd
+from crowdflow.records import CameraView as CameraViewRecord
 from crowdflow.records import LastKnown, Observation, ZoneState
 from crowdflow.site import LEVELS, Site, TrafficCutoffAction
 
 from .forecast import forecasts, minutes_to_ratio
-from .fusion import OccupancyFilter, measurement_variance
+from .fusion import OccupancyFilter, Reading, aged, fuse, reading_variance
+from .ground import Ground
 
 FLOW_WINDOW_S = 60.0
+FUTURE_TOLERANCE_S = 5.0  # a view dated further ahead of control's clock is not trusted as fresh
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,7 @@ class CameraView:
     visible_area_m2: float | None = None
     method: str | None = None
     confidence: float | None = None
+    preset: str | None = None
 
 
 def site_problem(obs: Observation, site: Site) -> str | None:
@@ -81,6 +92,18 @@ class ZoneBook:
         self._thresholds = level_thresholds(site)
         self._gates = {g.id: g for g in site.gates}
         self._extra_area: dict[str, float] = {}
+        self.ground = Ground(site)
+        self._last_ok: dict[str, dict[str, CameraView]] = {z.id: {} for z in site.zones}
+        self._std: dict[str, float] = {}
+        # Gate widths (m) and the crossings each gate reported: measured flow per metre.
+        proj = site.projection
+        self._gate_width = {g.id: max(0.5, _dist(*proj.to_metric(list(g.line)))) for g in site.gates}
+        self._gate_flows: dict[str, deque] = {g.id: deque() for g in site.gates}  # (t, crossings)
+        self._zone_gates: dict[str, list[str]] = {z.id: [] for z in site.zones}
+        for g in site.gates:
+            for zid in (g.inside_zone, g.outside_zone):
+                if zid:
+                    self._zone_gates[zid].append(g.id)
 
     def set_actions(self, actions) -> None:
         """The actions in force. A cut road's pedestrian area joins the zones beside it
@@ -90,16 +113,20 @@ class ZoneBook:
 
     # ------------------------------------------------------------------ input
 
-    def apply(self, obs: Observation) -> set[str]:
+    def apply(self, obs: Observation, now: float | None = None) -> set[str]:
         """Take one observation (already checked with :func:`site_problem`).
 
         Returns the zones whose inputs changed. An observation older than what this camera
-        already reported for a zone (a late replay) does not overwrite the newer view."""
+        already reported for a zone (a late replay) does not overwrite the newer view. With
+        ``now``, a view dated in the future moves no filter past ``now``, so a camera with a
+        fast clock cannot freeze a zone for the others."""
         cam = self.site.camera_by_id[obs.camera_id]
         reported = {zc.zone_id: zc for zc in obs.zones}
         touched = set()
+        t_use = obs.captured_at if now is None else min(obs.captured_at, now + FUTURE_TOLERANCE_S)
         for gf in obs.gates:
             g = self._gates[gf.gate_id]
+            self._gate_flows[g.id].append((obs.captured_at, gf.inflow + gf.outflow))
             for zid, sign in ((g.inside_zone, 1), (g.outside_zone, -1)):
                 if zid is None:
                     continue
@@ -113,35 +140,91 @@ class ZoneBook:
                 continue
             zc = reported.get(zid)
             if obs.health == "ok" and zc is not None:
-                view = CameraView(obs.captured_at, "ok", zc.count, zc.visible_area_m2, zc.method, zc.confidence)
-                self._measure(zid, view)
+                view = CameraView(obs.captured_at, "ok", zc.count, zc.visible_area_m2, zc.method, zc.confidence,
+                                  obs.preset)
+                self._last_ok[zid][obs.camera_id] = view
             elif obs.health == "ok":
-                view = CameraView(obs.captured_at, "out_of_view")  # healthy, zone not in view
+                view = CameraView(obs.captured_at, "out_of_view", preset=obs.preset)  # healthy, zone not in view
             else:
-                view = CameraView(obs.captured_at, obs.health)
+                view = CameraView(obs.captured_at, obs.health, preset=obs.preset)
             self._views[zid][obs.camera_id] = view
+            if view.health == "ok" or zid in self._filters:
+                self._measure(zid, t_use)
             touched.add(zid)
         return touched
 
-    def _measure(self, zid: str, v: CameraView) -> None:
+    def _fresh(self, v: CameraView, now: float) -> bool:
+        return v.health == "ok" and -FUTURE_TOLERANCE_S <= now - v.captured_at <= self.stale_after_s
+
+    def fused(self, zid: str, now: float, prior: OccupancyFilter | None = None):
+        """The zone's count fused on the ground from the views fresh at ``now``."""
         zone = self.site.zone_by_id[zid]
-        coverage = min(1.0, v.visible_area_m2 / zone.walkable_area_m2)
-        z = v.count / v.visible_area_m2 * zone.walkable_area_m2
-        var = measurement_variance(z, coverage, v.confidence)
+        readings: dict[str, Reading] = {}
+        history: dict[str, Reading] = {}
+        views: list[tuple[str, str | None]] = []
+        for cid, v in self._views[zid].items():
+            if self._fresh(v, now):
+                readings[cid] = _reading(v, zone.area_per_visitor_m2)
+                views.append((cid, v.preset))
+        for cid, v in self._last_ok[zid].items():
+            if cid in readings:
+                continue
+            h = aged(_reading(v, zone.area_per_visitor_m2), now - v.captured_at)
+            if h is not None:
+                history[cid] = h
+                views.append((cid, v.preset))
+        parts, unplaced_ids = self.ground.parts(zid, tuple(views))
+        unplaced = {}
+        for cid in unplaced_ids:
+            v = self._views[zid].get(cid)
+            if cid in readings and v is not None and v.visible_area_m2:
+                unplaced[cid] = v.visible_area_m2 / zone.walkable_area_m2
+            history.pop(cid, None)
+        w = zone.walkable_area_m2
+        prior_d = prior.n / w if prior is not None else None
+        prior_v = prior.p_nn / (w * w) if prior is not None else 0.0
+        return fuse(parts, readings, history, prior_d, prior_v, unplaced), len(readings)
+
+    def _measure(self, zid: str, t: float) -> None:
+        zone = self.site.zone_by_id[zid]
         f = self._filters.get(zid)
-        if f is None or v.captured_at - f.t > self.stale_after_s:
-            self._filters[zid] = OccupancyFilter.start(z, var, v.captured_at)
+        if f is not None and t - f.t > self.stale_after_s:
+            f = None
+        scale = zone.walkable_area_m2 / (zone.walkable_area_m2 + self._extra_area.get(zid, 0.0))
+        if f is not None and t > f.t:
+            # The filter counts people at the zone's density over its normal walkable area.
+            f.predict(t, self._pending_flow[zid] * scale)
+            self._pending_flow[zid] = 0.0
+        fz, n_fresh = self.fused(zid, t, f)
+        if n_fresh == 0:
+            return  # nothing measured now: the filter coasts on its prediction
+        # Every reading takes part in each of the zone's updates until it is replaced: its
+        # noise is spread over the updates it takes part in (the fresh cameras').
+        var = max(fz.variance, 1.0) * n_fresh
+        if f is None:
+            self._filters[zid] = OccupancyFilter.start(fz.count, max(fz.variance, 1.0), t)
             self._pending_flow[zid] = 0.0
             return
-        if v.captured_at < f.t:
-            return  # out of order: the view is kept, the filter does not go back in time
-        # The filter counts people at the zone's density over its normal walkable area.
-        scale = zone.walkable_area_m2 / (zone.walkable_area_m2 + self._extra_area.get(zid, 0.0))
-        f.predict(v.captured_at, self._pending_flow[zid] * scale)
-        self._pending_flow[zid] = 0.0
-        f.update(z, var)
+        # An out-of-order view (t < f.t) still counts, at the filter's time: the filter does
+        # not go back, and no other camera's newer view is held up by it.
+        f.update(fz.count, var)
 
     # ------------------------------------------------------------------ output
+
+    def measured_flow_ppm(self, zid: str, now: float) -> float | None:
+        """Persons per metre of width per minute through the zone's busiest gate over the
+        last minute, where its gates report; None where nothing measures it."""
+        best = None
+        for gid in self._zone_gates[zid]:
+            q = self._gate_flows[gid]
+            while q and q[0][0] < now - 2 * FLOW_WINDOW_S:
+                q.popleft()
+            recent = [n for t, n in q if t > now - FLOW_WINDOW_S]
+            if not recent:
+                continue
+            ppm = sum(recent) * 60.0 / FLOW_WINDOW_S / self._gate_width[gid]
+            best = ppm if best is None else max(best, ppm)
+        return best
 
     def flows_pm(self, zid: str, now: float) -> tuple[float, float] | None:
         if zid not in self._has_gates:
@@ -157,9 +240,9 @@ class ZoneBook:
     def state(self, zone_id: str, now: float) -> ZoneState:
         zone = self.site.zone_by_id[zone_id]
         views = self._views[zone_id]
-        fresh = {cid: v for cid, v in views.items() if v.health == "ok" and now - v.captured_at <= self.stale_after_s}
+        fresh = {cid: v for cid, v in views.items() if self._fresh(v, now)}
         cap_now = crowd.capacity(zone.walkable_area_m2 + self._extra_area.get(zone_id, 0.0), zone.area_per_visitor_m2)
-        base = dict(zone_id=zone_id, capacity=cap_now, computed_at=now)
+        base = dict(zone_id=zone_id, capacity=cap_now, computed_at=now, cameras=self.camera_views(zone_id, now))
         flows = self.flows_pm(zone_id, now)
         if not fresh or zone_id not in self._filters:
             # Gate flows are measured on their own; they stay visible while the count is unknown.
@@ -171,11 +254,15 @@ class ZoneBook:
         density = f.n / zone.walkable_area_m2
         eff_area = zone.walkable_area_m2 + self._extra_area.get(zone_id, 0.0)
         count = density * eff_area
-        area = sum(v.visible_area_m2 for v in fresh.values())
-        confidence = sum(v.confidence * v.visible_area_m2 for v in fresh.values()) / area
+        fz, _ = self.fused(zone_id, now, f)
+        # The filter follows what is measured; parts nobody sees now add their own noise
+        # (it grows with the age of their last reading), so a camera going offline widens
+        # the zone's uncertainty instead of zeroing its part.
+        std = (f.p_nn + fz.estimated_variance) ** 0.5 * eff_area / zone.walkable_area_m2
         trend_pm = f.r * 60.0 * eff_area / zone.walkable_area_m2
         net_pm = trend_pm + ((flows[0] - flows[1]) if flows else 0.0)
-        q = crowd.flow_ppm(density)
+        measured_q = self.measured_flow_ppm(zone_id, now)
+        q = measured_q if measured_q is not None else crowd.flow_ppm(density)
         cap = crowd.capacity(eff_area, zone.area_per_visitor_m2)
         updated = max(v.captured_at for v in fresh.values())
         self._last_known[zone_id] = LastKnown.model_construct(count=count, density=density, at=updated)
@@ -189,13 +276,16 @@ class ZoneBook:
             count=round(count, 2),
             density=round(density, 4),
             capacity_ratio=round(count / cap, 4) if cap else None,
-            coverage=round(min(1.0, area / zone.walkable_area_m2), 3),
+            count_std=round(std, 2),
+            coverage=round(min(1.0, fz.seen_m2 / zone.walkable_area_m2), 3),
+            estimated_share=round(min(1.0, fz.estimated_m2 / zone.walkable_area_m2), 3),
             method="+".join(sorted({v.method for v in fresh.values()})),
-            confidence=round(confidence, 3),
+            confidence=round(fz.confidence, 3),
             sources=sorted(fresh),
             updated_at=updated,
             flow_ppm=round(q, 2),
-            los=crowd.fruin_los(q),
+            flow_measured=measured_q is not None,
+            los=crowd.level_of_service(density, q),
             inflow_pm=round(flows[0], 2) if flows else None,
             outflow_pm=round(flows[1], 2) if flows else None,
             trend_pm=round(trend_pm, 2),
@@ -203,6 +293,23 @@ class ZoneBook:
             minutes_to_level=to_level,
             **base,
         )
+
+    def camera_views(self, zone_id: str, now: float) -> list[CameraViewRecord]:
+        """Every configured camera's view of the zone, as structured health."""
+        out = []
+        for cid in self._covering[zone_id]:
+            v = self._views[zone_id].get(cid)
+            if v is None:
+                out.append(CameraViewRecord.model_construct(camera_id=cid, state="no_data", at=None, preset=None, used=False))
+                continue
+            if v.health == "ok":
+                used = self._fresh(v, now)
+                state = "ok" if used else "stale"
+            else:
+                used, state = False, v.health
+            out.append(CameraViewRecord.model_construct(camera_id=cid, state=state, at=v.captured_at, preset=v.preset,
+                                                        used=used))
+        return out
 
     def _forecast(self, zone_id: str, now: float, count: float, net_pm: float, cap: int):
         """Forecasts move slowly: recomputed at most once a second per zone."""
@@ -236,3 +343,12 @@ class ZoneBook:
             return "zone out of every camera's current view"
         newest = max(v.captured_at for v in views.values())
         return f"stale: newest observation {now - newest:.0f} s old (limit {self.stale_after_s:g} s)"
+
+
+def _reading(v: CameraView, area_per_visitor_m2: float) -> Reading:
+    conf = v.confidence if v.confidence is not None else 1.0
+    return Reading(v.count / v.visible_area_m2, reading_variance(v.visible_area_m2, area_per_visitor_m2, conf), conf)
+
+
+def _dist(a, b) -> float:
+    return ((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) ** 0.5

@@ -19,7 +19,7 @@ key                             type    content
 ``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency, 24 h)
 ``<p>:cmd:results:at``          zset    command id → answer time (drives the 24 h retention)
 ``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe, 3 h)
-``<p>:audit``                   stream  AuditEntry JSON, append-only; archived to files, then trimmed
+``<p>:audit``                   stream  AuditEntry JSON, append-only; archived to files, kept 24 h
 ``<p>:audit:archived``          string  the last audit id written to the archive files
 ``<p>:session:<sha256>``        hash    a dashboard session (TTL = session lifetime)
 ``<p>:limits:…``                        login rate-limit windows (the ``limits`` library)
@@ -61,8 +61,16 @@ EVENTS_MAXLEN = 50_000
 HISTORY_MAXLEN = 800  # 2 h of 10 s samples, with margin
 DEAD_MAXLEN = 10_000
 CMD_MAXLEN = 10_000  # commands are answered within seconds; results are kept 24 h
-RESULTS_KEEP_S = 24 * 3600
-AUDIT_KEEP_S = 7 * 86400  # audit kept in Redis (searchable on the dashboard) once archived
+# Time-based retention (control trims every stream and hash to these; the MAXLENs above are hard
+# caps on top). CROWDFLOW_RETENTION_SCALE divides them all: the soak test runs a whole evening at
+# 60x with every window 60x shorter, so that Redis reaches its steady state within the run.
+RETENTION_SCALE = max(1.0, float(os.environ.get("CROWDFLOW_RETENTION_SCALE", "1") or 1))
+RESULTS_KEEP_S = 24 * 3600 / RETENTION_SCALE
+AUDIT_KEEP_S = 24 * 3600 / RETENTION_SCALE  # audit kept in Redis (dashboard search) once archived
+SEEN_KEEP_S = 3 * 3600 / RETENTION_SCALE  # (camera, seq) dedupe window; ingest refuses older records
+EVENTS_KEEP_S = 600 / RETENTION_SCALE  # dashboards resync from the hashes; events are for live push
+OBS_KEEP_S = 900 / RETENTION_SCALE  # acknowledged observations (never past an unacknowledged one)
+HISTORY_KEEP_S = 2 * 3600 / RETENTION_SCALE  # the zone timeline's 2 hours
 DEAD_RAW_KEEP = 64 * 1024  # bytes of a rejected entry kept verbatim (longer ones: head + size + sha256)
 
 # Errors that mean "Redis is not answering right now" (down, restarting, paused, loading its
@@ -104,6 +112,8 @@ class Keys:
     leader = _key("leader")
     leader_last = _key("leader:last")
     control_memory = _key("control:memory")
+    inforce = _key("inforce")  # InForce: every measure in force, with its source (one string)
+    orders = _key("orders")  # Order per id: measures and staffing sent to posts, with answers
 
     def zone_history(self, zone_id: str) -> str:
         return f"{self.prefix}:zone:hist:{zone_id}"
@@ -166,6 +176,41 @@ def mask_url(url: str | None) -> str | None:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def sign_record(secret: str, rec: bytes | str) -> str:
+    """HMAC-SHA256 of a record with an edge's secret: the ``sig`` field next to ``rec``."""
+    import hmac
+
+    data = rec.encode() if isinstance(rec, str) else rec
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+
+
+def signature_ok(secret: str, rec: bytes | str, sig: bytes | str | None) -> bool:
+    import hmac
+
+    if not sig:
+        return False
+    sig = sig.decode("ascii", errors="replace") if isinstance(sig, bytes) else sig
+    return hmac.compare_digest(sign_record(secret, rec), sig)
+
+
+def load_edge_keys(env: dict | None = None) -> dict[str, str] | None:
+    """Camera id → that camera's edge secret, from ``CROWDFLOW_EDGE_KEYS`` (a JSON object) or
+    the file named by ``CROWDFLOW_EDGE_KEYS_FILE``; None when neither is set (not enforced)."""
+    import json
+
+    env = os.environ if env is None else env
+    raw = env.get("CROWDFLOW_EDGE_KEYS")
+    if not raw and env.get("CROWDFLOW_EDGE_KEYS_FILE"):
+        raw = Path(env["CROWDFLOW_EDGE_KEYS_FILE"]).read_text(encoding="utf-8")
+    if not raw:
+        return None
+    keys = json.loads(raw)
+    if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) and len(v) >= 16
+                                             for k, v in keys.items()):
+        raise ValueError("CROWDFLOW_EDGE_KEYS: a JSON object of camera id -> secret (16+ characters)")
+    return keys
 
 
 def resolve_url(configured: str | None) -> str | None:
@@ -392,7 +437,20 @@ class GroupReader:
         return out
 
     def read(self, count: int = 500, block_ms: int | None = 1000) -> list[tuple[str, dict]]:
-        """Pending entries first, then new ones; ``block_ms=None`` does not wait."""
+        """Pending entries first, then new ones; ``block_ms=None`` does not wait. A group that
+        vanished (Redis restarted without persistence, a stream deleted) is created again."""
+        try:
+            return self._read(count, block_ms)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            log.warning("consumer group %s of %s is gone (Redis restarted empty?): creating it again",
+                        self.group, self.stream)
+            self.ensure_group()
+            self._pending_done = False
+            return []
+
+    def _read(self, count: int, block_ms: int | None) -> list[tuple[str, dict]]:
         if not self._pending_done:
             resp = self.raw.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
             entries = self._entries(resp)

@@ -97,7 +97,39 @@ def cmd_check_config(args) -> int:
     print(f"  gates   {len(site.gates):3d}  roads {len(site.roads)}  posts {len(site.posts)}")
     for p in site.plans:
         print(f"  plan {p.id}: {len(p.zones)} zones, levels {' → '.join(lv.level for lv in p.levels)}")
+    from crowdflow.site import semantic_warnings
+
+    for path, msg in semantic_warnings(site):
+        print(f"warning: {path}: {msg}")
     return 0
+
+
+def _planner_factory(site, twin: str | None):
+    """The measures engine's planner for ``crowdflow control --twin SCENARIO`` (issue 11): the
+    site simulator as the planning twin, decisions on a worker thread. None without --twin or
+    when the site declares no measures (the plans then act by level bundles)."""
+    twin = twin or os.environ.get("CROWDFLOW_TWIN")
+    if not twin or not site.measures:
+        return None
+    from control.measures import BackgroundPlanner, MeasurePlanner
+    from sim.plantwin import ModelTwin
+    from sim.scenario import load_scenario
+
+    sc, _ = load_scenario(twin, site)
+    tod = twin_tod()
+    return lambda: BackgroundPlanner(MeasurePlanner(site, ModelTwin(site, sc), tod=tod))
+
+
+def twin_tod():
+    """CROWDFLOW_TWIN_TOD=HH:MM: the twin plans from that time of day whatever the clock says
+    (drills, and the demo, whose simulator plays its own evening); unset: the site's clock."""
+    fixed = os.environ.get("CROWDFLOW_TWIN_TOD")
+    if not fixed:
+        return None
+    from sim.scenario import hhmm_to_s
+
+    t = hhmm_to_s(fixed)
+    return lambda now: t
 
 
 def cmd_control(args) -> int:
@@ -106,14 +138,25 @@ def cmd_control(args) -> int:
     site = _load(args)
     r, url, keys, embedded = open_redis(site, wait_s=None)  # control waits for Redis as long as it takes
     audit_dir = args.audit_dir or os.environ.get("CROWDFLOW_AUDIT_DIR") or str(data_dir() / "audit")
+    from .bus import load_edge_keys
+
+    try:
+        edge_keys = load_edge_keys()
+    except (ValueError, OSError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if edge_keys is None:
+        log.warning("CROWDFLOW_EDGE_KEYS not set: records are not checked against their camera's edge key")
     audit_dir = None if audit_dir == "none" else audit_dir
     if site.control.partitions:  # one worker of N sharing the partitions (control/workers.py)
         from control.workers import Worker
 
-        svc = Worker(site, r, keys, worker_id=args.consumer, stale_after_s=args.stale_after, audit_dir=audit_dir)
+        svc = Worker(site, r, keys, worker_id=args.consumer, stale_after_s=args.stale_after, audit_dir=audit_dir,
+                     edge_keys=edge_keys, planner_factory=_planner_factory(site, args.twin))
     else:
         svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
-                             lease_ms=site.control.lease_ms, audit_dir=audit_dir)
+                             lease_ms=site.control.lease_ms, audit_dir=audit_dir, edge_keys=edge_keys,
+                             planner_factory=_planner_factory(site, args.twin))
     port = args.metrics_port or int(os.environ.get("CROWDFLOW_CONTROL_METRICS_PORT", "0") or 0)
     if port and site.control.partitions:
         log.warning("control metrics are per partition service and not served by a partitioned worker yet")
@@ -141,7 +184,7 @@ def cmd_dashboard(args) -> int:
     r, url, keys, embedded = open_redis(site)
     r.close()
     try:
-        app = create_app(site, url, keys)
+        app = create_app(site, url, keys, config_dir=Path(args.config).resolve().parent)
     except AuthError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -233,8 +276,9 @@ def cmd_edge(args) -> int:
         from .site.partitions import camera_keys
 
         keys = camera_keys(site, keys).get(camera.id, keys)  # its partition's stream (docs/scaling.md)
-        agent = EdgeAgent(site, camera.id, grabber, counter, Publisher(r, keys, spool), preset=args.preset,
-                          metrics=metrics, config_dir=Path(args.config).parent)
+        publisher = Publisher(r, keys, spool, signing_key=os.environ.get("CROWDFLOW_EDGE_KEY"))
+        agent = EdgeAgent(site, camera.id, grabber, counter, publisher, preset=args.preset, metrics=metrics,
+                          config_dir=Path(args.config).parent)
     except (KeyError, FileNotFoundError, ValueError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         spool.close()
@@ -391,51 +435,55 @@ def cmd_sim(args) -> int:
 
 def cmd_evaluate(args) -> int:
     import json
+    import os
     import time
 
-    from sim.evaluate import BaselineParams, NoControl, PlanEnginePolicy, ReactiveBaseline, as_dicts, run_evening, table
-    from sim.cameras import camera_views
+    from sim.evaluate import SWEEP, BaselineParams, as_dicts, evaluate, safe_table, table
 
-    sc, site = _load_scenario(args)
-    if args.demand_scale is not None:
-        if not 0 < args.demand_scale <= 10:
-            print("error: --demand-scale must be within (0, 10]", file=sys.stderr)
-            return 2
-        sc = sc.model_copy(update={"demand_scale": args.demand_scale})
+    _load_scenario(args)  # a broken file fails here, with its paths
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ("none", "baseline", "plans")]
+    unknown = [n for n in names if n not in ("none", "baseline", "plans", "mpc")]
     if unknown or not names:
-        print(f"error: --policies: unknown {unknown or names} (choose from none, baseline, plans)", file=sys.stderr)
+        print(f"error: --policies: unknown {unknown or names} (choose from none, baseline, plans, mpc)", file=sys.stderr)
         return 2
-    params = BaselineParams(delay_s=args.baseline_delay_min * 60)
-    if "plans" in names:
-        try:
-            PlanEnginePolicy(site, args.confirm_delay_s)
-        except ImportError as e:
-            print(f"error: the plans policy needs the control service's plan engine (control.plans.PlanEngine): {e}. "
-                  "Run with --policies baseline (or none,baseline) until it is installed.", file=sys.stderr)
-            return 2
-    make = {
-        "none": lambda: NoControl(site),
-        "baseline": lambda: ReactiveBaseline(site, params),
-        "plans": lambda: PlanEnginePolicy(site, args.confirm_delay_s),
-    }
-    views = camera_views(site)
-    results = {n: [] for n in names}
+    try:
+        sweep = tuple(sorted({float(x) for x in args.sweep.split(",")})) if args.sweep else SWEEP
+    except ValueError:
+        print(f"error: --sweep: {args.sweep!r} is not a comma-separated list of multipliers", file=sys.stderr)
+        return 2
+    if not all(0 < d <= 10 for d in sweep):
+        print("error: --sweep: multipliers must be within (0, 10]", file=sys.stderr)
+        return 2
+    if args.seeds < 1:
+        print("error: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    params = BaselineParams(report_delay_s=args.baseline_report_delay_s, decide_delay_s=args.baseline_decide_delay_s)
+    seeds = list(range(args.seed0, args.seed0 + args.seeds))
     t0 = time.monotonic()
-    for seed in range(args.seed0, args.seed0 + args.seeds):
-        for n in names:
-            m = run_evening(site, sc, make[n](), seed, views=views)
-            results[n].append(m)
-            print(f"  seed {seed:3d} {n:9s} cutoff {m.road_cutoff_min:6.0f} min  staff {m.staff_hours:5.1f} h  "
-                  f"served {m.throughput_ph:6.0f}/h  peak {m.peak_density:.2f} p/m²  ({time.monotonic() - t0:.0f} s)",
-                  file=sys.stderr, flush=True)
-    print(f"scenario {args.scenario} (demand × {sc.demand_scale:g}), {args.seeds} seeds ({args.seed0}..{args.seed0 + args.seeds - 1}), "
-          f"{sc.start}–{sc.end}; baseline delay {args.baseline_delay_min:g} min, "
-          f"commander confirms after {args.confirm_delay_s:g} s\n")
-    print(table(results))
+    results, safe, series = evaluate(args.scenario, names, seeds, sweep=sweep, jobs=args.jobs,
+                                     confirm_delay_s=args.confirm_delay_s, baseline=params, config=args.config,
+                                     progress=lambda line: print(f"  {line}  ({time.monotonic() - t0:.0f} s)",
+                                                                 file=sys.stderr, flush=True))
+    took = time.monotonic() - t0
+    out = [f"scenario {args.scenario}, {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), policies {', '.join(names)}, "
+           f"demand sweep {', '.join(f'×{d:g}' for d in sweep)}; {took:.0f} s with {args.jobs} worker(s) "
+           f"on {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})", ""]
+    for d in sorted(results):
+        if d in (1.0, 1.3) or len(results[d]) == len(names):
+            out += [table(results[d], title=f"demand ×{d:g}"), ""]
+    out += ["**safe throughput** (0 zone-minutes > 4 p/m² local, p95 wait ≤ 15 min)", "", safe_table(safe)]
+    text = "\n".join(out)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n", encoding="utf-8")
+    if args.plots:
+        from sim.plots import evening_plots
+
+        for path in evening_plots(series, Path(args.plots)):
+            print(f"plot: {path}", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps(as_dicts(results), indent=1))
+        Path(args.json).write_text(json.dumps({"safe": safe, **{f"x{d:g}": as_dicts(r) for d, r in results.items()}},
+                                              indent=1, default=float))
     return 0
 
 
@@ -497,12 +545,13 @@ def cmd_whatif(args) -> int:
         out = {"at": s_to_hhmm(tod), "horizon_min": w.horizon_min, "actions": [a.model_dump() for a in proposed],
                "unknown_zones": unknown,
                "curves": [{"zone_id": c.zone_id, "capacity": c.capacity, "minutes": c.minutes,
-                           "without": c.without, "with": c.with_action} for c in w.curves]}
+                           "without": c.without, "with": c.with_action} for c in w.curves],
+               "all_zones": {c.zone_id: {"without": c.without, "with": c.with_action} for c in w.all_curves}}
         print(json.dumps(out, ensure_ascii=False))
         return 0
     print(f"what if {', '.join(args.action)} — from {origin}, next {args.horizon:g} min ({took:.1f} s)")
     if unknown:
-        print(f"  no live data (started empty): {', '.join(unknown)}")
+        print(f"  no live data (started at the worst plausible load): {', '.join(unknown)}")
     if not w.curves:
         print("  no zone changes noticeably")
     step = max(1, len(w.curves[0].minutes) // 6) if w.curves else 1
@@ -541,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default $CROWDFLOW_AUDIT_DIR or <data dir>/audit; 'none': keep it in Redis only)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port "
                                                     "(default $CROWDFLOW_CONTROL_METRICS_PORT; off)")
+    s.add_argument("--twin", help="scenario whose simulator is the measures engine's twin (e.g. mayday-evening; "
+                                  "env CROWDFLOW_TWIN); without it the plans act by level bundles")
     s.set_defaults(func=cmd_control)
 
     s = sub.add_parser("dashboard", help="serve the live map")
@@ -619,11 +670,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="site file (default: the one the scenario names)")
     s.add_argument("--seeds", type=int, default=10, help="evenings per policy")
     s.add_argument("--seed0", type=int, default=0, help="first seed")
-    s.add_argument("--policies", default="baseline,plans", help="comma-separated: none, baseline, plans")
-    s.add_argument("--baseline-delay-min", type=float, default=5.0, help="the reactive baseline's human delay")
+    s.add_argument("--policies", default="baseline,plans", help="comma-separated: none, baseline, plans, mpc")
+    s.add_argument("--sweep", help="demand multipliers for the safe-throughput sweep (default 1.0,1.1,…,1.6)")
+    s.add_argument("--jobs", type=int, default=2, help="worker processes")
+    s.add_argument("--baseline-report-delay-s", type=float, default=180.0,
+                   help="how old the state the baseline's command post acts on is")
+    s.add_argument("--baseline-decide-delay-s", type=float, default=120.0, help="the baseline's time to decide")
     s.add_argument("--confirm-delay-s", type=float, default=60.0, help="commander's time to confirm a recommendation")
-    s.add_argument("--demand-scale", type=float, help="multiply every arrival curve (sensitivity runs)")
     s.add_argument("--json", help="also write every run's metrics to this file")
+    s.add_argument("--markdown", help="also write the tables to this file")
+    s.add_argument("--plots", help="write the evening plots (PNG) into this folder")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("whatif", help="forecast the next minutes with and without an action")

@@ -14,6 +14,9 @@ GAMMA = 1.913  # persons/m²
 
 # Fruin walkway level of service by flow in persons / metre width / minute (upper bounds).
 FRUIN_LOS = (("A", 23.0), ("B", 33.0), ("C", 49.0), ("D", 66.0), ("E", 82.0))
+# … and by space: area per person in m² (lower bounds; 35/25/15/10/5 ft²).
+FRUIN_LOS_AREA = (("A", 3.3), ("B", 2.3), ("C", 1.4), ("D", 0.9), ("E", 0.5))
+LOS_ORDER = "ABCDEF"
 
 
 def weidmann_speed(density: float) -> float:
@@ -41,6 +44,32 @@ def fruin_los(flow_per_m_min: float) -> str:
         if flow_per_m_min < upper:
             return letter
     return "F"
+
+
+def fruin_los_area(density: float) -> str:
+    """Fruin walkway level of service A–F for a density in persons/m² (space per person)."""
+    if density <= 0:
+        return "A"
+    space = 1.0 / density
+    for letter, lower in FRUIN_LOS_AREA:
+        if space >= lower:
+            return letter
+    return "F"
+
+
+def level_of_service(density: float, flow_per_m_min: float | None) -> str:
+    """The worse of Fruin's space table and his flow table. A crowd near standstill has a
+    small flow but almost no space each, so it reads F, never A."""
+    by_area = fruin_los_area(density)
+    if flow_per_m_min is None:
+        return by_area
+    by_flow = fruin_los(flow_per_m_min)
+    return max(by_area, by_flow, key=LOS_ORDER.index)
+
+
+def peak_flow_ppm() -> float:
+    """The highest flow (persons/m/min) the fundamental diagram reaches at any density."""
+    return max(flow_ppm(i / 1000) for i in range(1, int(RHO_JAM * 1000)))
 
 
 def capacity(walkable_area_m2: float, area_per_visitor_m2: float) -> int:

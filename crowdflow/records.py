@@ -24,7 +24,8 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .site import Action, Text
-from .vocab import LOS, AlarmKind, CommandKind, Health, Id, Level, Mode, Role, Severity, ZoneStatus
+from .vocab import (LOS, AlarmKind, CameraViewState, CommandKind, Health, Id, Level, MeasureSource, Mode,
+                    OrderAnswerKind, OrderStatus, Role, Severity, ZoneStatus)
 
 SCHEMA_VERSION = 1
 
@@ -90,6 +91,17 @@ class Forecast(Record):
     capacity_ratio: float = Field(ge=0)
 
 
+class CameraView(Record):
+    """What control knows of one configured camera's view of a zone: structured health, so
+    no reader has to parse it out of ``reason``."""
+
+    camera_id: Id
+    state: CameraViewState  # an edge health state, or out_of_view / stale / no_data
+    at: float | None = None  # capture time of the camera's last word about this zone
+    preset: str | None = None
+    used: bool = False  # its count is in the zone's value now
+
+
 class ZoneState(Record):
     """Control → dashboard: the state of one zone. Unknown values are null, never 0."""
 
@@ -98,10 +110,12 @@ class ZoneState(Record):
     status: ZoneStatus
     reason: str | None = None  # why unknown
     count: float | None = None  # people in the zone (estimated over its walkable area)
+    count_std: float | None = None  # 1 σ of the count: wider where parts are estimated, not seen
     density: float | None = None  # persons / m² of walkable ground
     capacity: int  # LB/T 034-2014 instantaneous capacity
     capacity_ratio: float | None = None
     coverage: float | None = None  # share of the walkable area the cameras see, 0..1
+    estimated_share: float | None = None  # share estimated from history or neighbours (not seen now)
     method: str | None = None
     confidence: float | None = None
     sources: list[str] = Field(default_factory=list)  # cameras whose data is in the value
@@ -109,12 +123,14 @@ class ZoneState(Record):
     computed_at: float  # when control produced this record
     last_known: LastKnown | None = None  # the last fresh value, shown with its age when unknown
     flow_ppm: float | None = None  # persons / metre width / minute (bottleneck flow metric)
-    los: LOS | None = None  # Fruin walkway level of service
+    flow_measured: bool | None = None  # flow_ppm counted at gates (True) or from density (False)
+    los: LOS | None = None  # Fruin walkway LOS: the worse of the space and the flow tables
     inflow_pm: float | None = None  # persons per minute entering (gates), smoothed
     outflow_pm: float | None = None
     trend_pm: float | None = None  # d(count)/dt in persons per minute
     forecast: list[Forecast] = Field(default_factory=list)  # 5/10/15 min ahead
     minutes_to_level: dict[Level, float] = Field(default_factory=dict)  # forecast crossing times
+    cameras: list[CameraView] = Field(default_factory=list)  # every camera configured for the zone
 
 
 # ----------------------------------------------------------------------------- plans and decisions
@@ -132,6 +148,19 @@ class Reason(Record):
     text: Text  # e.g. zh "桥面北段 承载率 0.86 ≥ 0.80 已持续 120 秒；预计 9 分钟后达 0.97"
 
 
+class StaffMove(Record):
+    """A dispatch: how many officers go from where to where, when they leave and are in place."""
+
+    n: int = Field(ge=1, le=10000)
+    from_id: Id  # staff reserve (deploy) or post (release)
+    to_id: Id
+    depart_at: float
+    in_place_at: float
+    measure_id: Id
+    kind: Literal["deploy", "release"]
+    text: Text
+
+
 class Recommendation(Record):
     """Control → dashboard: a level change for one plan area, waiting for a commander
     (or applied at once when the area is automatic)."""
@@ -146,6 +175,15 @@ class Recommendation(Record):
     predictive: bool = False
     created_at: float
     status: Literal["pending", "confirmed", "rejected", "overridden", "auto_applied", "superseded", "expired"]
+    # Measures engine (site ``measures``): the measure set in force after it (None: the level's
+    # cumulative bundle), what it switches on/off, the staff moves, and which engine chose it
+    # ("mpc": the twin's forecast; "rules": the measures' own triggers when the forecast could
+    # not finish in time).
+    measures: list[Id] | None = None
+    measures_on: list[Id] = Field(default_factory=list)
+    measures_off: list[Id] = Field(default_factory=list)
+    dispatch: list[StaffMove] = Field(default_factory=list)
+    engine: Literal["mpc", "rules"] | None = None
     decided_by: str | None = None
     decided_at: float | None = None
     note: str | None = None
@@ -170,6 +208,9 @@ class PlanState(Record):
     pending: str | None = None  # id of the recommendation waiting for a decision
     history: list[LevelChange] = Field(default_factory=list)  # newest last, bounded
     updated_at: float
+    measures: dict[Id, float] | None = None  # measure id → in force since (None: level bundles)
+    engine: Literal["mpc", "rules"] | None = None  # who chose the last measures (rules: fallback)
+    staff: list[StaffMove] = Field(default_factory=list)  # the latest dispatch of this area
 
 
 class SiteMode(Record):
@@ -197,6 +238,57 @@ class Alarm(Record):
     acked_at: float | None = None
 
 
+class MeasureInForce(Record):
+    """One measure in force: what, from where, since when and by whom."""
+
+    action: Action
+    source: MeasureSource  # a plan level, the site's emergency mode, or a commander's override
+    plan_id: Id | None = None  # None for the site's emergency actions
+    level: Level | None = None
+    since: float
+    by: str  # user name, or "system"
+    posts: list[Id] = Field(default_factory=list)  # the posts it is sent to (orders)
+
+
+class InForce(Record):
+    """Control → everyone: the one published record of what is in force. The map, the
+    phones and the simulator read it; none derives it from plan states on its own."""
+
+    v: Literal[1] = 1
+    mode: Mode
+    measures: list[MeasureInForce] = Field(default_factory=list)
+    updated_at: float
+
+
+class OrderAnswer(Record):
+    status: OrderStatus
+    by: str
+    at: float
+    note: str | None = Field(None, max_length=500)
+
+
+class Order(Record):
+    """A confirmed measure or staffing order sent to the phones of one post, and its answers
+    (acknowledged → in place, or cannot with a reason). ``in_place_s`` is the dispatch
+    response time: from the commander's confirmation to "in place"."""
+
+    v: Literal[1] = 1
+    id: str = Field(min_length=1, max_length=128)
+    post: Id
+    action: Action
+    plan_id: Id | None = None
+    level: Level | None = None
+    source: MeasureSource
+    issued_at: float  # when the measure came into force (the confirmation)
+    issued_by: str
+    status: OrderStatus = "sent"
+    answers: list[OrderAnswer] = Field(default_factory=list)
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+    in_place_at: float | None = None
+    in_place_s: float | None = None
+
+
 class Command(Record):
     """Dashboard → control. ``id`` makes it idempotent: a command seen twice acts once."""
 
@@ -209,8 +301,11 @@ class Command(Record):
     auto: bool | None = None  # set_auto
     mode: Mode | None = None  # set_mode
     alarm_id: str | None = None  # ack_alarm
+    order_id: str | None = Field(None, max_length=128)  # answer_order
+    answer: OrderAnswerKind | None = None  # answer_order
     user: str = Field(min_length=1, max_length=64)
     role: Role
+    post: Id | None = None  # the sender's staff post (from the session, like user and role)
     note: str | None = Field(None, max_length=500)
     issued_at: float
 
@@ -232,13 +327,16 @@ class AuditEntry(Record):
     actor: str  # user name or "system"
     role: Role | Literal["system"]
     action: Literal["recommend", "confirm", "reject", "override", "auto_apply", "supersede", "expire",
-                    "set_auto", "set_mode", "ack_alarm", "release", "refuse"]
+                    "set_auto", "set_mode", "ack_alarm", "release", "refuse", "order", "order_answer"]
     plan_id: Id | None = None
     level_from: Level | None = None
     level_to: Level | None = None
     recommendation_id: str | None = None
     command_id: str | None = None
     reason: str | None = None  # the commander's note or the recommendation's reasons
+    order_id: str | None = None  # order / order_answer
+    post: Id | None = None  # order / order_answer: the post it was sent to
+    in_place_s: float | None = None  # order_answer in_place: confirmation → in place (dispatch response)
     zone_states: list[ZoneState] = Field(default_factory=list)
 
 
@@ -250,6 +348,8 @@ EVENT_TYPES = {
     "mode": SiteMode,
     "audit": AuditEntry,
     "command_result": CommandResult,
+    "inforce": InForce,
+    "order": Order,
 }
 
 
@@ -312,9 +412,11 @@ def as_of(state: ZoneState, now: float, stale_after_s: float) -> ZoneState:
             status="unknown",
             reason=f"stale: newest observation {age:.0f} s old (limit {stale_after_s:g} s)",
             count=None,
+            count_std=None,
             density=None,
             capacity_ratio=None,
             coverage=None,
+            estimated_share=None,
             method=None,
             confidence=None,
             last_known=LastKnown(count=state.count or 0.0, density=state.density or 0.0, at=state.updated_at),

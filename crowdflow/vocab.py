@@ -31,16 +31,29 @@ Role = Literal["viewer", "operator", "commander"]
 HEALTH_STATES = ("ok", "camera_offline", "view_moved", "view_unverified", "frozen", "degraded")
 Health = Literal["ok", "camera_offline", "view_moved", "view_unverified", "frozen", "degraded"]
 
+# What control knows of one camera's view of one zone: its health, or why it is not in use.
+CAMERA_VIEW_STATES = HEALTH_STATES + ("out_of_view", "stale", "no_data")
+CameraViewState = Literal["ok", "camera_offline", "view_moved", "view_unverified", "frozen", "degraded",
+                          "out_of_view", "stale", "no_data"]
+
+# Where a measure in force comes from, and what an officer answers to an order.
+MEASURE_SOURCES = ("plan", "emergency", "override")
+MeasureSource = Literal["plan", "emergency", "override"]
+ORDER_STATES = ("sent", "acknowledged", "in_place", "cannot", "withdrawn")
+OrderStatus = Literal["sent", "acknowledged", "in_place", "cannot", "withdrawn"]
+ORDER_ANSWERS = ("acknowledged", "in_place", "cannot")  # what an officer may answer
+OrderAnswerKind = Literal["acknowledged", "in_place", "cannot"]
+
 # Site operation (平急转换).
 MODES = ("normal", "emergency")
 Mode = Literal["normal", "emergency"]
 
 # Crowd-control measure types (the ``type`` of a site action).
-ACTION_TYPES = ("staffing", "traffic_cutoff", "one_way", "exit_only", "metro_limit", "broadcast")
+ACTION_TYPES = ("staffing", "traffic_cutoff", "one_way", "exit_only", "metro_limit", "metering", "broadcast")
 
 # Commands a dashboard user can send to control, and the least role each needs.
-COMMAND_KINDS = ("confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm")
-CommandKind = Literal["confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm"]
+COMMAND_KINDS = ("confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm", "answer_order")
+CommandKind = Literal["confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm", "answer_order"]
 COMMAND_ROLE: dict[str, str] = {
     "confirm": "commander",
     "reject": "commander",
@@ -48,6 +61,7 @@ COMMAND_ROLE: dict[str, str] = {
     "set_auto": "commander",
     "set_mode": "commander",
     "ack_alarm": "operator",
+    "answer_order": "viewer",  # the officer at the post answers; a viewer login with a post
 }
 # The fields each command kind needs besides id, kind, user, role and issued_at.
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
@@ -57,6 +71,7 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "set_auto": ("plan_id", "auto"),
     "set_mode": ("mode",),
     "ack_alarm": ("alarm_id",),
+    "answer_order": ("order_id", "answer"),
 }
 
 ALARM_KINDS = ("zone_unknown", "camera_offline", "view_moved", "view_unverified", "frozen",
@@ -96,6 +111,10 @@ def as_dict() -> dict:
         "command_fields": {k: list(v) for k, v in COMMAND_FIELDS.items()},
         "alarm_kinds": list(ALARM_KINDS),
         "los_grades": list(LOS_GRADES),
+        "camera_view_states": list(CAMERA_VIEW_STATES),
+        "measure_sources": list(MEASURE_SOURCES),
+        "order_states": list(ORDER_STATES),
+        "order_answers": list(ORDER_ANSWERS),
     }
 
 
@@ -105,7 +124,9 @@ def _check() -> None:
 
     for lit, tup in ((Level, LEVELS), (Role, ROLES), (Health, HEALTH_STATES), (Mode, MODES),
                      (CommandKind, COMMAND_KINDS), (AlarmKind, ALARM_KINDS), (Severity, SEVERITIES),
-                     (ZoneStatus, ZONE_STATUSES), (LOS, LOS_GRADES)):
+                     (ZoneStatus, ZONE_STATUSES), (LOS, LOS_GRADES), (CameraViewState, CAMERA_VIEW_STATES),
+                     (MeasureSource, MEASURE_SOURCES), (OrderStatus, ORDER_STATES),
+                     (OrderAnswerKind, ORDER_ANSWERS)):
         assert get_args(lit) == tup, (lit, tup)
     assert set(COMMAND_ROLE) == set(COMMAND_KINDS) == set(COMMAND_FIELDS)
 

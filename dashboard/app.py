@@ -10,6 +10,7 @@ Every route but ``/api/login`` and the static page needs a session; commands nee
 from __future__ import annotations
 
 import asyncio
+import copy
 import contextlib
 import json
 import logging
@@ -27,9 +28,10 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, W
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from crowdflow.bus import CMD_MAXLEN, Keys, connect_async
+from crowdflow.dispatch import summarise
 from crowdflow.site.partitions import camera_partition, partition_keys, plan_partition, zone_partition
 from crowdflow.records import (
     EVENT_TYPES,
@@ -37,6 +39,8 @@ from crowdflow.records import (
     AuditEntry,
     Command,
     CommandResult,
+    InForce,
+    Order,
     PlanState,
     Recommendation,
     RecordError,
@@ -46,9 +50,10 @@ from crowdflow.records import (
     decode,
 )
 from crowdflow.site import Site
-from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE, CommandKind, Level, Mode
+from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE
 
 from .auth import COOKIE, Session, dummy_hash, load_users, role_at_least, verify_password
+from .basemap import BasemapError, basemap_path, load_basemap
 from .security import (
     STATE_CHANGING, LoginGuard, RequestView, SessionStore, document_api, origin_allowed, parse_networks,
 )
@@ -60,7 +65,8 @@ STATIC = Path(__file__).parent / "static"
 CLIENT_QUEUE = 256  # messages a client may lag behind before it is dropped (it then resyncs)
 HISTORY_MAX_MIN = 120  # the timeline shows at most the last 2 hours (what control keeps)
 AUDIT_SCAN = 5000  # newest audit entries searched by one filtered query
-KEEP_RECS, KEEP_ALARMS = 200, 500  # what a dashboard holds at most (control keeps "open and recent")
+SESSION_RECHECK_S = 15.0  # an open /ws re-checks its session this often (a logout elsewhere ends it)
+KEEP_RECS, KEEP_ALARMS, KEEP_ORDERS = 200, 500, 500  # what a dashboard holds at most (control keeps "open and recent")
 
 
 
@@ -97,6 +103,8 @@ class LiveState:
         self.recs: dict[str, Recommendation] = {}
         self.alarms: dict[str, Alarm] = {}
         self.mode: SiteMode | None = None
+        self.inforce: InForce | None = None
+        self.orders: dict[str, Order] = {}
 
     def apply(self, rec) -> None:
         if isinstance(rec, ZoneState):
@@ -111,6 +119,11 @@ class LiveState:
             _bound(self.alarms, KEEP_ALARMS, lambda x: (x.cleared_at is None, x.raised_at))
         elif isinstance(rec, SiteMode):
             self.mode = rec
+        elif isinstance(rec, InForce):
+            self.inforce = rec
+        elif isinstance(rec, Order):
+            self.orders[rec.id] = rec
+            _bound(self.orders, KEEP_ORDERS, lambda x: (x.status in ("sent", "acknowledged"), x.issued_at))
 
     def clear_decisions(self) -> None:
         """Before a fresh snapshot: control may have pruned old entries from its hashes."""
@@ -118,6 +131,8 @@ class LiveState:
         self.recs.clear()
         self.alarms.clear()
         self.mode = None
+        self.inforce = None
+        self.orders.clear()
 
     def snapshot(self, now: float) -> dict:
         return {
@@ -128,6 +143,8 @@ class LiveState:
             "recommendations": sorted((r.model_dump() for r in self.recs.values()), key=lambda d: -d["created_at"]),
             "alarms": sorted((a.model_dump() for a in self.alarms.values()), key=lambda d: -d["raised_at"]),
             "mode": self.mode.model_dump() if self.mode else None,
+            "inforce": self.inforce.model_dump() if self.inforce else None,
+            "orders": sorted((o.model_dump() for o in self.orders.values()), key=lambda d: -d["issued_at"]),
         }
 
 
@@ -170,19 +187,26 @@ def _msg(kind: str, rec) -> str:
     return json.dumps({"type": kind, "rec": rec.model_dump()}, ensure_ascii=False)
 
 
-class CommandRequest(BaseModel):
-    """A command from the console. Who sends it comes from the session, never from the body."""
+def _command_request_model() -> type[BaseModel]:
+    """The console's command request, derived from :class:`Command`: the same fields and
+    checks, less what the session says (``user``, ``role``, ``post``) and the schema version. ``id``
+    and ``issued_at`` are made by the client — a retried request carries the same id and
+    acts once; without them (scripts) the dashboard mints them, and a retry acts again."""
+    fields = {}
+    for name, f in Command.model_fields.items():
+        if name in ("v", "user", "role", "post"):
+            continue
+        if name in ("id", "issued_at"):
+            f = copy.copy(f)  # same constraints, but optional
+            f.default = None
+            fields[name] = (f.annotation | None, f)
+        else:
+            fields[name] = (f.annotation, f)
+    return create_model("CommandRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
-    kind: CommandKind
-    plan_id: str | None = None
-    recommendation_id: str | None = None
-    level: Level | None = None
-    auto: bool | None = None
-    mode: Mode | None = None
-    alarm_id: str | None = None
-    note: str | None = Field(None, max_length=500)
 
-
+CommandRequest = _command_request_model()
+MAX_CLIENT_AHEAD_S = 300  # a command dated further ahead of the server's clock is refused
 
 
 class LoginRequest(BaseModel):
@@ -199,8 +223,18 @@ def _in(host: str, net) -> bool:
         return False
 
 
-def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | None = None) -> FastAPI:
+def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | None = None,
+               config_dir: Path | None = None) -> FastAPI:
     cfg = site.dashboard
+    basemap: dict = {}
+    bm_path = basemap_path(site, config_dir if config_dir is not None else Path.cwd())
+    if bm_path is not None:
+        try:
+            basemap = load_basemap(site, bm_path)
+            log.info("basemap %s: %d features", bm_path, len(basemap["features"]))
+        except BasemapError as e:
+            basemap = {"error": str(e)}
+            log.warning("no basemap: %s", e)
     stale = stale_after_s if stale_after_s is not None else site.control.stale_after_s
     state = LiveState(site, stale)
     store = state.zones
@@ -261,6 +295,19 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                     state.apply(decode(SiteMode, raw))
                 except RecordError as e:
                     log.warning("bad %s: %s", k.mode, e)
+            # the in-force record and the orders: per partition (a partitioned site shows the
+            # last partition's in-force record until they are merged; see docs/scaling.md)
+            raw = await r.get(k.inforce)
+            if raw:
+                try:
+                    state.apply(decode(InForce, raw))
+                except RecordError as e:
+                    log.warning("bad %s: %s", k.inforce, e)
+            for field, raw in (await r.hgetall(k.orders)).items():
+                try:
+                    state.apply(decode(Order, raw))
+                except RecordError as e:
+                    log.warning("bad %s[%s]: %s", k.orders, field, e)
         return last_ids
 
     def handle(entry_id: str, fields: dict) -> None:
@@ -379,7 +426,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                 peer and _in(peer, n) for n in trusted):
             raise HTTPException(403, "metrics are for the site's own scraper")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-    document_api(app, public={"/api/login", "/api/logout"})
+    document_api(app, public={"/api/login", "/api/logout"}, command_model=CommandRequest)
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
@@ -420,6 +467,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         return dep
 
     viewer = Depends(require("viewer"))
+    from . import whatif as _whatif  # what-if panel (issue 11): its own module, its own routes
+
+    _whatif.mount(app, site, state, viewer)
 
     @app.post("/api/login", tags=["session"])
     async def login(body: LoginRequest, request: Request, response: Response) -> dict:
@@ -466,6 +516,22 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         zh/en, plus the plans' action catalogue and the optional tile layer. Coordinates are
         in the tiles' datum (WGS84 unless ``dashboard.tiles.datum`` is gcj02)."""
         return geojson[cfg.tiles.datum if cfg.tiles else "wgs84"]
+
+    @app.get("/api/basemap", tags=["read"])
+    def get_basemap(s: Session = viewer) -> dict:
+        """The OSM basemap near the site (streets, footways, steps, buildings, metro), with
+        its attribution; 404 saying why when the site has none or its file is unusable."""
+        if not basemap or "error" in basemap:
+            raise HTTPException(404, basemap.get("error") or "no basemap configured (dashboard.basemap_file)")
+        return basemap
+
+    @app.get("/api/orders", tags=["read"])
+    def get_orders(s: Session = viewer) -> dict:
+        """Orders sent to posts with their answers (newest first), and per evening the
+        dispatch response: confirmation → in place (median, 90th percentile)."""
+        orders = sorted(state.orders.values(), key=lambda o: -o.issued_at)
+        return {"orders": [o.model_dump() for o in orders],
+                "summary": summarise(orders, site.site.timezone)}
 
     @app.get("/api/zones", tags=["read"])
     def get_zones(s: Session = viewer) -> list[dict]:
@@ -546,21 +612,29 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         missing = [f for f in COMMAND_FIELDS[body.kind] if getattr(body, f) is None]
         if missing:
             raise HTTPException(400, f"{body.kind} needs {', '.join(missing)}")
+        now = time.time()
+        if body.issued_at is not None and body.issued_at > now + MAX_CLIENT_AHEAD_S:
+            raise HTTPException(409, f"issued_at: {body.issued_at - now:.3g} s ahead of the server's clock; "
+                                     "check the device's time")
+        fields = body.model_dump()
+        fields["id"] = fields["id"] or uuid.uuid4().hex
+        fields["issued_at"] = fields["issued_at"] or now
         try:
-            cmd = decode(Command, {"v": 1, "id": uuid.uuid4().hex, **body.model_dump(), "user": s.user,
-                                   "role": s.role, "issued_at": time.time()})
+            cmd = decode(Command, {"v": 1, **fields, "user": s.user, "role": s.role, "post": s.post})
         except RecordError as e:
             raise HTTPException(400, str(e)) from None
-        fut = asyncio.get_running_loop().create_future()
         targets = command_partitions(cmd)
-        fut.expected, fut.answers = len(targets), []
-        waiting[cmd.id] = fut
+        fut = waiting.get(cmd.id)  # a retry while the first request still waits shares its answer
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.expected, fut.answers = len(targets), []
+            waiting[cmd.id] = fut
         try:
             for pid in targets:
                 await clients["r"].xadd(parts[pid].cmd, {"rec": cmd.encode()}, maxlen=CMD_MAXLEN, approximate=True)
             log.info("command %s %s by %s (%s)", cmd.id, cmd.kind, s.user, s.role)
             try:
-                res: CommandResult = await asyncio.wait_for(fut, cfg.command_timeout_s)
+                res: CommandResult = await asyncio.wait_for(asyncio.shield(fut), cfg.command_timeout_s)
             except asyncio.TimeoutError:
                 return JSONResponse({"command_id": cmd.id, "ok": None,
                                      "error": f"control did not answer within {cfg.command_timeout_s:g} s; "
@@ -599,10 +673,13 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             while True:
                 left = s.expires_at - time.time()
                 try:
-                    msg = await asyncio.wait_for(q.get(), timeout=max(left, 0.01))
+                    msg = await asyncio.wait_for(q.get(), timeout=min(max(left, 0.01), SESSION_RECHECK_S))
                 except asyncio.TimeoutError:
-                    await websocket.close(code=4401, reason="session expired")
-                    return
+                    # expired, or revoked meanwhile (logout elsewhere, password changed)?
+                    if time.time() >= s.expires_at or await session_of(websocket) is None:
+                        await websocket.close(code=4401, reason="session expired or revoked")
+                        return
+                    continue
                 if msg is None:
                     await websocket.close(code=4000, reason="too slow; reconnect for a snapshot")
                     return

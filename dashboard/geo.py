@@ -98,7 +98,12 @@ def site_geojson(site: Site, datum: str = "wgs84") -> dict:
         "datum": datum,
         "tiles": tiles.model_dump() if tiles else None,
         "plans": [{"id": p.id, "name": p.name.model_dump(), "zones": p.zones,
-                   "levels": [lv.level for lv in p.levels]} for p in site.plans],
+                   "levels": [lv.level for lv in p.levels],
+                   "actions": {lv.level: [a.model_dump(mode="json") for a in lv.actions] for lv in p.levels}}
+                  for p in site.plans],
         "stale_after_s": site.control.stale_after_s,
+        "command_max_age_s": site.control.command_max_age_s,
+        # What 平急转换 will switch on, so the console can say it before the commander confirms.
+        "emergency": {"actions": [a.model_dump(mode="json") for a in site.emergency.actions]},
         "vocab": vocab.as_dict(),  # levels, roles, health states, command kinds: declared once
     }

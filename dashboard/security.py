@@ -230,38 +230,39 @@ STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 # ----------------------------------------------------------------------------- OpenAPI
 
 
-def _command_body_schema() -> dict:
-    """One schema per command kind, with that kind's required fields (oneOf on ``kind``)."""
-    props = {
-        "plan_id": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_.-]{0,63}$"},
-        "recommendation_id": {"type": "string", "maxLength": 64},
-        "level": {"anyOf": [{"enum": ["IV", "III", "II", "I"]}, {"type": "null"}],
-                  "description": "override target; null means back to normal"},
-        "auto": {"type": "boolean"},
-        "mode": {"enum": ["normal", "emergency"]},
-        "alarm_id": {"type": "string", "maxLength": 128},
-        "note": {"type": "string", "maxLength": 500},
-    }
+def _command_body_schema(request_model) -> dict:
+    """One schema per command kind, with that kind's required fields (oneOf on ``kind``).
+
+    The field schemas come from the request model itself (derived from the Command record),
+    so what is documented is exactly what is validated."""
+    full = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = full.get("$defs", {})
+    props = {k: v for k, v in full["properties"].items() if k != "kind"}
     variants = []
     for kind in COMMAND_KINDS:
         req = list(COMMAND_FIELDS[kind])
+        own = dict(props)
+        for name in req:  # a field the kind needs may not be null
+            alts = [a for a in own[name].get("anyOf", []) if a.get("type") != "null"]
+            if len(alts) == 1:
+                own[name] = {**{k: v for k, v in own[name].items() if k not in ("anyOf", "default")}, **alts[0]}
         variants.append({
             "title": f"{kind} (needs role {COMMAND_ROLE[kind]})",
             "type": "object",
-            "properties": {"kind": {"const": kind}, **props},
+            "properties": {"kind": {"const": kind}, **own},
             "required": ["kind", *req],
             "additionalProperties": False,
         })
-    return {"oneOf": variants, "discriminator": {"propertyName": "kind"}}
+    return {"oneOf": variants, "discriminator": {"propertyName": "kind"}}, defs
 
 
 ERROR = {"content": {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}}}}}
 STATUS = {
-    400: "malformed: the message says which field",
+    400: "malformed: not JSON, or (commands) a field the kind needs is missing; the message says which",
     401: "no session, or it expired or was revoked",
     403: "the session's role may not do this, or the request came from a foreign Origin",
     404: "no such item",
-    409: "control refused the command (the error says why)",
+    409: "refused: control refused the command, or it is dated too far ahead of the server's clock (the error says why)",
     422: "the request does not match the schema",
     429: "too many failed logins; Retry-After says when to try again",
     503: "Redis is unreachable; retry shortly",
@@ -269,7 +270,7 @@ STATUS = {
 }
 
 
-def document_api(app, public: set[str]) -> None:
+def document_api(app, public: set[str], command_model) -> None:
     """Wrap ``app.openapi`` so that every operation lists every status it can answer, and the
     command body lists each kind's required fields. ``public``: paths needing no session."""
     base = app.openapi
@@ -287,14 +288,19 @@ def document_api(app, public: set[str]) -> None:
                     codes |= {403, 422}
                 if op.get("parameters") or op.get("requestBody"):
                     codes.add(422)
+                if op.get("requestBody"):
+                    codes.add(400)  # a body that is not JSON at all
                 if "{" in path:
                     codes.add(404)
                 if path == "/api/login":
                     codes |= {401, 429}
                 if path == "/api/commands":
                     codes |= {400, 409, 504}
-                    op["requestBody"] = {"required": True,
-                                         "content": {"application/json": {"schema": _command_body_schema()}}}
+                    body, defs = _command_body_schema(command_model)
+                    op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+                    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+                    for name, d in defs.items():
+                        comps.setdefault(name, d)
                 resp = op.setdefault("responses", {})
                 for code in sorted(codes):
                     entry = resp.setdefault(str(code), {"description": STATUS[code]})

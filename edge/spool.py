@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from crowdflow.bus import OBS_MAXLEN, TRANSIENT, Backoff, Keys, xadd_replicated
+from crowdflow.bus import OBS_MAXLEN, TRANSIENT, Backoff, Keys, sign_record, xadd_replicated
 from crowdflow.records import Observation, RecordError, decode
 
 MEMORY_MAX = 10_000  # records held in memory while the spool file cannot be written
@@ -76,12 +76,13 @@ class Publisher:
     """XADD observations; spool them while Redis is unreachable and replay them in order."""
 
     def __init__(self, r: redis.Redis, keys: Keys, spool: Spool, batch: int = 200, retry_s: float = 0.25,
-                 max_retry_s: float = 2.0, clock=time.time):
+                 max_retry_s: float = 2.0, clock=time.time, signing_key: str | None = None):
         self.r = r
         self.keys = keys
         self.spool = spool
         self.batch = batch
         self.clock = clock
+        self.signing_key = signing_key  # this camera's secret: control checks the records are ours
         self.published = 0
         self.spooled = 0
         self.replayed = 0
@@ -104,8 +105,15 @@ class Publisher:
         return obs.model_copy(update={"sent_at": self.clock()}).encode()
 
     def _send(self, recs: list[str]) -> None:
+        entries = []
+        for rec in recs:
+            rec = self._stamp(rec)
+            fields = {"rec": rec}
+            if self.signing_key:
+                fields["sig"] = sign_record(self.signing_key, rec)
+            entries.append(fields)
         # on a Redis Cluster only what a replica confirmed counts as sent (survives a failover)
-        xadd_replicated(self.r, self.keys.obs, [{"rec": self._stamp(rec)} for rec in recs], maxlen=OBS_MAXLEN)
+        xadd_replicated(self.r, self.keys.obs, entries, maxlen=OBS_MAXLEN)
 
     @property
     def waiting(self) -> int:

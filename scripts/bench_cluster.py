@@ -389,6 +389,10 @@ def main() -> int:
         for n in [int(x) for x in args.latency_cameras.split(",") if x]:
             res = bench_latency(url, n, args.partitions, args.seconds, args.port)
             out[f"latency_{n}"] = res
+            if not res["n"]:
+                print(f"camera → browser at {n} cameras × 1 Hz: NO live zone message reached the browser in "
+                      f"{args.seconds:g} s (saturated); client dropped as too slow {res['drops']}×")
+                continue
             print(f"camera → browser at {n} cameras × 1 Hz ({res['partitions']} partitions, 1 worker, 1 dashboard): "
                   f"{res['n']} zone messages of ~{res['expected']} observations, p50 {res['p50']:.0f} ms, "
                   f"p99 {res['p99']:.0f} ms, max {res['max']:.0f} ms; client dropped as too slow {res['drops']}×")

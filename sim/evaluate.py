@@ -1,115 +1,68 @@
-"""Policy evaluation: the same simulated evening under different control policies. Pure.
+"""The yardstick: the same simulated evenings under different control policies, measured on
+outcomes from the twin's truth. Pure (no I/O); ``crowdflow evaluate`` is its shell.
 
 A policy sees what the control room sees — zone states fused by the real
-:class:`control.zones.ZoneBook` from the virtual cameras' observations (noise, lost windows,
-outages included) — and answers with the actions it wants in force
-(:class:`Policy`). The harness applies them to the model and measures, from the model's
-truth, what the district measures:
+:class:`control.zones.ZoneBook` from the virtual cameras (noise, lost windows, outages) — and
+answers with the actions it orders. The twin (:mod:`sim.model`) puts them on the ground only
+once staffed (reserve travel times) and set up. Measured, for every policy under the same rules:
 
-* road-cutoff minutes (Σ over roads of minutes cut off),
-* mean response time (a policy's alarm → its action in force),
-* staff-hours above the normal evening's headcount,
-* throughput: people who finished their visit (left by an exit) per hour, 19:00–22:00,
-* peak density and zone-minutes above 4 p/m² (Σ over zones).
+* **response time** from a common reference event — the true moment a zone of a plan area
+  crosses the threshold of the area's first level that has a measure (LB/T 068 triggers in the
+  site file; the demand includes an injected metro surge) — to the first measure of that area
+  in effect on the ground (0 when one already was); step-downs are not responses; an event
+  never answered counts its whole duration (and is counted as unanswered);
+* **zone-minutes above 4 p/m²** in *local* density (corridor cells, places, bottleneck
+  approaches, holding areas), and the **p95 queue wait** (person-weighted, Little's law: a
+  queue's wait is its length ÷ its service rate);
+* **safe throughput**: the largest demand multiplier of the sweep (×1.0 … ×1.6) at which a
+  policy keeps 0 zone-minutes above 4 p/m² and p95 wait ≤ 15 min (per seed; 0.9 = fails ×1.0);
+* **visits completed** (people out by an exit) and throughput 19:00–22:00;
+* **road-cutoff minutes** (roads cut to traffic, set-up and tear-down included) and
+  **staff-hours** (roster on duty + reserve teams sent, travel included).
 
-Two policies: :class:`ReactiveBaseline` (act at 100 % capacity after a human delay, hold
-until below 70 %) and :class:`PlanEnginePolicy` (the project's tiered, predictive plans
-through the real ``control.plans.PlanEngine`` with a commander who confirms after a delay).
+Policies: :class:`NoControl`; :class:`ReactiveBaseline` — an experienced command post without
+prediction: a fixed evening roster as practised, the plans' levels switched at the LB/T 068
+thresholds on the fused state it sees after its reporting delay, released by the plan engine's
+own rule, the same staff travel times; :class:`PlanEnginePolicy` — today's tiered, predictive
+plans through the real plan engine with a commander who confirms after a delay.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
 from crowdflow.records import Command, ZoneState
-from crowdflow.site import Site, StaffingAction
+from crowdflow.site import BroadcastAction, Site, StaffingAction
 
 from .cameras import Faults, VirtualCameras, camera_views
-from .model import Model
+from .model import Model, build_network
 from .scenario import Scenario, hhmm_to_s
 
-DANGER_DENSITY = 4.0  # p/m²
+DANGER_DENSITY = 4.0  # p/m², local
+WAIT_LIMIT_MIN = 15.0  # p95 queue wait a safe evening keeps
 PEAK_WINDOW = ("19:00", "22:00")
+SWEEP = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6)
+SURGE = {"source": "metro-9", "at": "20:15", "minutes": 10, "extra_per_min": 120}  # injected incident
 
 # The district's reported results for May Day 2025 (brief), as % change.
-DISTRICT = {"road_cutoff_min": -21.0, "response_min": -20.0, "staff_hours": -40.0, "throughput_ph": 30.0}
+DISTRICT = {"road_cutoff_min": -21.0, "response_min": -20.0, "staff_hours": -40.0, "served": 30.0}
 
 
 class Policy(Protocol):
     name: str
-    responses_s: list[float]  # alarm → action in force, one per response
 
-    def step(self, now: float, zones: Mapping[str, ZoneState]) -> list:
-        """The actions (site action records) the policy wants in force from ``now``."""
+    def roster(self) -> dict[str, int]:
+        """Headcount on duty per post for the whole evening."""
         ...
 
-
-def _full_response(site: Site, plan) -> list:
-    """Everything a plan area's levels prescribe, at the highest headcount per post."""
-    out, staff = [], {}
-    for lv in plan.levels:
-        for a in lv.actions:
-            if isinstance(a, StaffingAction):
-                staff[a.post] = max(staff.get(a.post, 0), a.headcount)
-            elif a not in out:
-                out.append(a)
-    out += [StaffingAction(type="staffing", post=p, headcount=h) for p, h in staff.items()]
-    return out
-
-
-@dataclass
-class BaselineParams:
-    """The reactive baseline (see docs/evaluation.md for why these values)."""
-
-    trigger_ratio: float = 1.0  # act only when a zone reaches 100 % of its capacity
-    delay_s: float = 300.0  # noticed, reported by radio, decided, dispatched: 5 minutes
-    release_ratio: float = 0.70  # hold everything until every zone of the area is below 70 %
-    min_hold_s: float = 600.0  # a cut road is not reopened within 10 minutes
-
-
-class ReactiveBaseline:
-    """Traditional reactive control, per plan area: when a zone of the area reaches
-    ``trigger_ratio`` of capacity, after ``delay_s`` the area's whole response is put in
-    force at once (road cutoffs, exit-only, metro limits, the extra staff — what the plan's
-    top level holds); it is all held until every zone of the area is known and below
-    ``release_ratio``, and at least ``min_hold_s``."""
-
-    name = "baseline"
-
-    def __init__(self, site: Site, params: BaselineParams | None = None):
-        self.p = params or BaselineParams()
-        self.plans = list(site.plans)
-        self.response = {pl.id: _full_response(site, pl) for pl in self.plans}
-        self.alarm_at: dict[str, float | None] = {pl.id: None for pl in self.plans}
-        self.active: dict[str, bool] = {pl.id: False for pl in self.plans}
-        self.since: dict[str, float] = {}
-        self.responses_s: list[float] = []
-
     def step(self, now: float, zones: Mapping[str, ZoneState]) -> list:
-        for pl in self.plans:
-            ratios = [zones[z].capacity_ratio for z in pl.zones if z in zones and zones[z].status == "ok"]
-            ratios = [r for r in ratios if r is not None]
-            if not self.active[pl.id]:
-                if self.alarm_at[pl.id] is None and any(r >= self.p.trigger_ratio for r in ratios):
-                    self.alarm_at[pl.id] = now
-                alarm = self.alarm_at[pl.id]
-                if alarm is not None and now - alarm >= self.p.delay_s:
-                    self.active[pl.id] = True
-                    self.since[pl.id] = now
-                    self.responses_s.append(now - alarm)
-            elif (now - self.since[pl.id] >= self.p.min_hold_s and len(ratios) == len(pl.zones)
-                  and all(r < self.p.release_ratio for r in ratios)):
-                self.active[pl.id] = False
-                self.alarm_at[pl.id] = None
-        out = []
-        for pl in self.plans:
-            if self.active[pl.id]:
-                out += [a for a in self.response[pl.id] if a not in out]
-        return out
+        """The actions (site action records) the policy orders from ``now``."""
+        ...
 
 
 class NoControl:
@@ -117,47 +70,55 @@ class NoControl:
 
     name = "none"
 
-    def __init__(self, site: Site | None = None):
-        self.responses_s: list[float] = []
+    def __init__(self, site: Site):
+        self.site = site
+
+    def roster(self) -> dict[str, int]:
+        return {p.id: p.headcount for p in self.site.posts}
 
     def step(self, now: float, zones: Mapping[str, ZoneState]) -> list:
         return []
 
 
 class PlanEnginePolicy:
-    """The project's tiered, predictive plans through the real plan engine
-    (``control.plans.PlanEngine``). A commander confirms each pending recommendation
-    ``confirm_delay_s`` after it appears (stand-downs too); areas in auto mode apply at once.
-    The response time of an escalation runs from when its condition first held (the
-    recommendation's creation minus its longest ``held_s``) to the confirmation."""
+    """Plans through the real plan engine (``control.plans.PlanEngine``). A commander confirms
+    each pending recommendation ``confirm_delay_s`` after it appears (stand-downs too)."""
 
     name = "plans"
 
-    def __init__(self, site: Site, confirm_delay_s: float = 60.0, engine=None):
+    def __init__(self, site: Site, confirm_delay_s: float = 60.0, engine=None, report_delay_s: float = 0.0):
         if engine is None:
             from control.plans import PlanEngine  # the control service's plan engine
 
             engine = PlanEngine(site)
+        self.site = site
         self.engine = engine
         self.confirm_delay_s = confirm_delay_s
+        self.report_delay_s = report_delay_s
         self.pending: dict[str, tuple[object, float]] = {}
-        self.responses_s: list[float] = []
+        self._seen: list[tuple[float, Mapping[str, ZoneState]]] = []
         self._n = 0
 
-    def _record(self, rec, now: float) -> None:
-        if rec.level is None:
-            return  # standing down is not a response
-        held = max((r.held_s or 0.0) for r in rec.reasons) if rec.reasons else 0.0
-        self.responses_s.append(max(0.0, now - (rec.created_at - held)))
+    def roster(self) -> dict[str, int]:
+        return {p.id: p.headcount for p in self.site.posts}
+
+    def _visible(self, now: float, zones):
+        """The fused state as the command post sees it: ``report_delay_s`` old."""
+        if self.report_delay_s <= 0:
+            return zones
+        self._seen.append((now, zones))
+        while len(self._seen) > 1 and self._seen[1][0] <= now - self.report_delay_s:
+            self._seen.pop(0)
+        t, z = self._seen[0]
+        return z if t <= now - self.report_delay_s else {}
 
     def step(self, now: float, zones: Mapping[str, ZoneState]) -> list:
+        zones = self._visible(now, zones)
         for rec in self.engine.evaluate(now, zones):
             if rec.status == "pending":
                 self.pending.setdefault(rec.id, (rec, now + self.confirm_delay_s))
             else:
                 self.pending.pop(rec.id, None)
-                if rec.status == "auto_applied":
-                    self._record(rec, now)
         for rid, (rec, due) in sorted(self.pending.items(), key=lambda kv: kv[1][1]):
             if now < due:
                 continue
@@ -165,66 +126,234 @@ class PlanEnginePolicy:
             self._n += 1
             cmd = Command(id=f"sim-confirm-{self._n:06d}", kind="confirm", plan_id=rec.plan_id,
                           recommendation_id=rec.id, user="sim-commander", role="commander", issued_at=now)
-            result, _audit = self.engine.handle(now, cmd, zones)
-            if result.ok:
-                self._record(rec, now)
+            self.engine.handle(now, cmd, zones)
         return list(self.engine.active_actions())
+
+
+@dataclass
+class BaselineParams:
+    """The experienced command post without prediction (docs/evaluation.md)."""
+
+    report_delay_s: float = 180.0  # seen by a patrol, radioed, logged: the state it acts on is 3 min old
+    decide_delay_s: float = 120.0  # the duty commander decides
+    roster_from: str = "18:00"  # the fixed evening roster is on duty …
+    roster_to: str = "23:00"  # … for these hours (as practised: the plans' top headcounts)
+
+
+class ReactiveBaseline(PlanEnginePolicy):
+    """The plans' levels, switched at their LB/T 068 thresholds without forecasts, on the
+    state the command post sees after its reporting delay, confirmed after its decision delay,
+    released by the engine's own rule. Staff: a fixed evening roster at every post at the
+    highest headcount the plans ask for there, on duty all evening; staffing orders add
+    nothing (the roster is already there), other measures draw on it like the plans' do."""
+
+    name = "baseline"
+
+    def __init__(self, site: Site, params: BaselineParams | None = None):
+        from control.plans import PlanEngine
+
+        self.p = params or BaselineParams()
+        plans = [pl.model_copy(update={"predictive_lead_min": 0.0}) for pl in site.plans]
+        blind = site.model_copy(update={"plans": plans})
+        for k in ("plan_by_id",):
+            blind.__dict__.pop(k, None)
+        super().__init__(site, confirm_delay_s=self.p.decide_delay_s, engine=PlanEngine(blind),
+                         report_delay_s=self.p.report_delay_s)
+        top = {p.id: p.headcount for p in site.posts}
+        for pl in site.plans:
+            for lv in pl.levels:
+                for a in lv.actions:
+                    if isinstance(a, StaffingAction):
+                        top[a.post] = max(top.get(a.post, 0), a.headcount)
+        self._roster = top
+
+    def roster(self) -> dict[str, int]:
+        return dict(self._roster)
+
+    def step(self, now: float, zones: Mapping[str, ZoneState]) -> list:
+        return [a for a in super().step(now, zones) if not isinstance(a, StaffingAction)]
+
+
+# ----------------------------------------------------------------------------- one evening
 
 
 @dataclass
 class Metrics:
     policy: str
     seed: int
-    road_cutoff_min: float = 0.0
-    response_min: float | None = None  # None: the policy never had to respond
-    responses: int = 0
-    staff_hours: float = 0.0
-    throughput_ph: float = 0.0
-    peak_density: float = 0.0
+    demand: float = 1.0
+    response_min: float | None = None  # mean over reference events; None: none happened
+    events: int = 0
+    unanswered: int = 0
     zone_min_over_4: float = 0.0
-    peak_ratio: float = 0.0  # highest true count ÷ capacity of any zone
-    arrived: int = 0
-    gave_up: int = 0
+    p95_wait_min: float = 0.0
+    served: float = 0.0  # visits completed: people out by an exit, whole evening
+    throughput_ph: float = 0.0  # out per hour, 19:00–22:00
+    road_cutoff_min: float = 0.0
+    staff_hours: float = 0.0
+    roster_hours: float = 0.0
+    dispatched_hours: float = 0.0
+    peak_density: float = 0.0  # highest local density anywhere
+    arrived: float = 0.0
+    gave_up: float = 0.0
+    balked: float = 0.0
+    visits_per_visitor: float = 0.0
+    complex_share: float = 0.0  # entries into the complex (11F + 1F gates) per visitor
+    safe: bool = True
 
 
-def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, obs_every_s: float = 10.0,
+@dataclass
+class Series:
+    """Per-minute series of one evening (for the plots)."""
+
+    t: list[float] = field(default_factory=list)
+    peak_density: list[float] = field(default_factory=list)
+    staff_on_site: list[int] = field(default_factory=list)
+    roads_cut: list[int] = field(default_factory=list)
+    on_site: list[float] = field(default_factory=list)
+
+
+def _area_measures(site: Site) -> dict[str, tuple[set[str], float | None, float | None, list[str]]]:
+    """Per plan area: its measures' keys, the capacity-ratio and density thresholds of its first
+    level that has a measure, and its zones."""
+    out = {}
+    for pl in site.plans:
+        keys: set[str] = set()
+        thr = None
+        for lv in pl.levels:
+            acts = [a for a in lv.actions if not isinstance(a, (StaffingAction, BroadcastAction))]
+            keys |= {a.model_dump_json() for a in acts}
+            if acts and thr is None:
+                thr = (lv.triggers.capacity_ratio, lv.triggers.density)
+        if thr is not None:
+            out[pl.id] = (keys, thr[0], thr[1], list(pl.zones))
+    return out
+
+
+def _surge_curve(sc: Scenario, scale: float):
+    t0 = hhmm_to_s(SURGE["at"])
+    return t0, t0 + SURGE["minutes"] * 60, SURGE["extra_per_min"] / 60.0 * scale
+
+
+def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: float = 1.0, obs_every_s: float = 20.0,
                 faults: Faults | None = None, views: dict | None = None, until_s: float | None = None,
+                series: Series | None = None, network=None, surge: bool = True,
                 on_step: Callable[[Model], None] | None = None) -> Metrics:
-    """One evening under ``policy``. The same seed gives the same demand and the same camera
-    faults whatever the policy does (separate random streams)."""
+    """One evening under ``policy`` at ``demand`` × the scenario's arrivals. The same seed
+    gives the same arrivals and the same camera faults whatever the policy does."""
     from control.zones import ZoneBook
 
-    model = Model(site, sc, seed=seed)
+    sc = sc.model_copy(update={"demand_scale": sc.demand_scale * demand})
+    model = Model(site, sc, seed=seed, network=network)
+    board = model.staff_board
+    roster = policy.roster()
+    r_from, r_to = (hhmm_to_s(x) for x in (BaselineParams.roster_from, BaselineParams.roster_to))
+    normal = dict(board.duty)
     cams = VirtualCameras(site, views or camera_views(site), seed=seed + 10_000, faults=faults or Faults())
     book = ZoneBook(site, stale_after_s=3 * obs_every_s)
     tz = site.site.timezone
-    m = Metrics(policy=policy.name, seed=seed)
+    m = Metrics(policy=policy.name, seed=seed, demand=demand)
     peak0, peak1 = (hhmm_to_s(x) for x in PEAK_WINDOW)
-    step = sc.model.step_s
-    cap = model.net.capacity
-    normal = model.normal_headcount
-    moved = np.zeros(len(model.net.edges), dtype=np.int64)
-    entered = np.zeros(len(model.net.sources), dtype=np.int64)
-    served_peak = 0
+    net = model.net
+    dt = sc.model.step_s
+    areas = _area_measures(site)
+    zidx = {z: i for i, z in enumerate(model.zones)}
+    cap = model.capacity
+    open_event: dict[str, float] = {}  # area → reference event time
+    below_since: dict[str, float] = {}
+    responses: list[float] = []
+    surge_src = net.sources.index(SURGE["source"]) if (surge and SURGE["source"] in net.sources) else None
+    s0, s1, s_rate = _surge_curve(sc, sc.demand_scale)
+    wait_bins = np.zeros(241)  # person-seconds by queue wait, 0.25-min bins up to 60 min (last: more)
+    moved = np.zeros(net.P)
+    entered = np.zeros(len(net.sources))
+    served_peak = 0.0
     next_obs = model.t + obs_every_s
+    next_min = model.t + 60
     actions_key = ""
+    gate_in = [k for k in range(net.P) if net.pgate[k] in ("gate-11f", "gate-1f") and net.pgdir[k] == "in"]
     end = sc.end_s if until_s is None else until_s
+    rostered = False
     while model.t < end:
-        before = model.totals.exited
+        # the roster: on duty over its hours (the evening's normal headcount outside them)
+        on = r_from <= model.t < r_to
+        if on != rostered:
+            rostered = on
+            board.extra = {k: max(0, v - normal.get(k, 0)) for k, v in roster.items()} if on else {}
+        st = model.state
+        if surge_src is not None and s0 <= model.t < s1:
+            extra = st.rng.poisson(s_rate * dt)
+            st.held[surge_src] += extra * net.src_mix[surge_src]
+            st.arrived += extra
+        ex0 = st.exited
         model.step()
-        moved += model.last_moved
-        entered += model.last_entered
+        st = model.state
+        moved += st.last_port
+        entered += st.last_src
         if peak0 < model.t <= peak1:
-            served_peak += model.totals.exited - before
-        dens = model.density
-        m.peak_density = max(m.peak_density, float(dens.max()))
-        m.zone_min_over_4 += float((dens > DANGER_DENSITY).sum()) * step / 60
-        counts = model.n * (model.net.area / model.area)
-        m.peak_ratio = max(m.peak_ratio, float((counts / cap).max()))
-        m.road_cutoff_min += len(model.cut_roads) * step / 60
-        m.staff_hours += sum(max(0, h - normal.get(p, 0)) for p, h in model.staff.items()) * step / 3600
+            served_peak += st.exited - ex0
+        # local density
+        pkv = model.peak_density_array()
+        nz = model.n
+        m.peak_density = max(m.peak_density, float(pkv.max()))
+        m.zone_min_over_4 += float((pkv > DANGER_DENSITY).sum()) * dt / 60
+        # queue waits (Little): ports and held arrivals
+        q = model.twin.port_queue(st)
+        ctl = model.ctl
+        rate = np.minimum(net.pcap * ctl.port_cap_mult, ctl.port_rate)
+        green = np.where(ctl.signal_on & (net.pcycle > 0), net.pgreen / np.maximum(net.pcycle, 1e-9), 1.0)
+        rate = np.where(ctl.port_open, rate * green, 0.0)
+        w_port = np.where(q > 0.5, q / np.maximum(rate, 1e-3) / 60.0, 0.0)
+        held = st.held.sum(1)
+        srate = np.minimum(net.src_cap, ctl.src_rate)
+        w_src = np.where(held > 0.5, held / np.maximum(srate, 1e-3) / 60.0, 0.0)
+        w = np.concatenate([w_port, w_src])
+        qq = np.concatenate([q, held])
+        np.add.at(wait_bins, np.minimum((w / 0.25).astype(int), 240), qq * dt)
+        m.road_cutoff_min += len(model.cut_roads) * dt / 60
+        # reference events: true crossing of an area's measure threshold → first measure in effect
+        eff = {a.model_dump_json() for a in model.effective_actions()}
+        for aid, (keys, thr_r, thr_d, zones) in areas.items():
+            idx = [zidx[z] for z in zones if z in zidx]
+            counts = nz[idx]
+            crossed = False
+            if thr_r is not None and (counts / cap[idx] >= thr_r).any():
+                crossed = True
+            if thr_d is not None and (pkv[idx] >= thr_d).any():
+                crossed = True
+            answered = bool(keys & eff)
+            if aid not in open_event:
+                if crossed:
+                    if answered:
+                        responses.append(0.0)
+                        open_event[aid] = -1.0  # answered at once; wait for the episode to end
+                    else:
+                        open_event[aid] = model.t
+                    below_since.pop(aid, None)
+            else:
+                t0 = open_event[aid]
+                if t0 >= 0 and answered:
+                    responses.append(model.t - t0)
+                    open_event[aid] = -1.0
+                if crossed:
+                    below_since.pop(aid, None)
+                else:
+                    below_since.setdefault(aid, model.t)
+                    if model.t - below_since[aid] >= 600:  # the episode is over
+                        if open_event[aid] >= 0:
+                            responses.append(model.t - open_event[aid])
+                            m.unanswered += 1
+                        del open_event[aid]
+                        below_since.pop(aid, None)
         if on_step:
             on_step(model)
+        if series is not None and model.t >= next_min:
+            next_min += 60
+            series.t.append(model.t)
+            series.peak_density.append(float(pkv.max()))
+            series.staff_on_site.append(board.on_site(model.t))
+            series.roads_cut.append(len(model.cut_roads))
+            series.on_site.append(st.people - float(held.sum()))
         if model.t >= next_obs:
             now = sc.epoch(model.t, tz)
             for obs in cams.observe(now, model.zone_counts(), model.gate_flows(moved, entered), window_s=obs_every_s):
@@ -232,77 +361,231 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, obs_every_s
             moved[:] = 0
             entered[:] = 0
             actions = policy.step(now, book.states(now))
-            book.set_actions(actions)  # what control knows: cut roads widen their zones
+            book.set_actions(model.effective_actions())  # what control knows: cut roads widen zones
             key = "|".join(sorted(a.model_dump_json() for a in actions))
             if key != actions_key:
                 actions_key = key
                 model.set_actions(actions)
             next_obs += obs_every_s
+        # staff-hours: roster on duty + dispatched (travel included)
+        m.roster_hours += (sum(board.duty.values()) + sum(board.extra.values())) * dt / 3600
+    for aid, t0 in open_event.items():
+        if t0 >= 0:
+            responses.append(model.t - t0)
+            m.unanswered += 1
+    st = model.state
+    m.dispatched_hours = board.staff_seconds / 3600
+    m.staff_hours = m.roster_hours + m.dispatched_hours
+    m.events = len(responses)
+    m.response_min = statistics.fmean(responses) / 60 if responses else None
+    tot = wait_bins.sum()
+    if tot > 0:
+        c = np.cumsum(wait_bins) / tot
+        m.p95_wait_min = float(np.searchsorted(c, 0.95) * 0.25)
+    m.served = st.exited
     m.throughput_ph = served_peak / ((peak1 - peak0) / 3600)
-    m.responses = len(policy.responses_s)
-    m.response_min = statistics.fmean(policy.responses_s) / 60 if policy.responses_s else None
-    m.arrived = model.totals.arrived
-    m.gave_up = model.totals.gave_up
+    m.arrived = st.arrived
+    m.gave_up = st.gave_up
+    m.balked = st.balked
+    entered_total = float(st.src_in.sum())
+    m.visits_per_visitor = float(st.visits.sum()) / max(entered_total, 1.0)
+    m.complex_share = float(st.port_flow[gate_in].sum()) / max(entered_total, 1.0)
+    m.safe = m.zone_min_over_4 == 0 and m.p95_wait_min <= WAIT_LIMIT_MIN
     return m
 
 
-# ----------------------------------------------------------------------------- the table
+# ----------------------------------------------------------------------------- statistics
+
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t975(df: int) -> float:
+    if df <= 0:
+        return math.nan
+    keys = sorted(_T975)
+    for k in keys:
+        if df <= k:
+            return _T975[k]
+    return 1.96
+
+
+def ci95(vals: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % confidence interval (Student t)."""
+    if not vals:
+        return math.nan, math.nan
+    mean = statistics.fmean(vals)
+    if len(vals) < 2:
+        return mean, math.nan
+    return mean, t975(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
+
+
+def paired(a: list[Metrics], b: list[Metrics], key: str) -> tuple[float, float, int]:
+    """Mean paired difference a − b over common seeds (and its 95 % CI half-width), in % of
+    b's mean."""
+    bs = {m.seed: getattr(m, key) for m in b if getattr(m, key) is not None}
+    diffs, base = [], []
+    for m in a:
+        v = getattr(m, key)
+        if v is not None and m.seed in bs:
+            diffs.append(v - bs[m.seed])
+            base.append(bs[m.seed])
+    if not diffs:
+        return math.nan, math.nan, 0
+    mean, hw = ci95(diffs)
+    ref = statistics.fmean(base)
+    if ref == 0:
+        return math.nan, math.nan, len(diffs)
+    return 100 * mean / ref, 100 * hw / abs(ref), len(diffs)
+
 
 ROWS = [
+    ("response_min", "response time from the reference event (min)", "{:.1f}"),
+    ("unanswered", "reference events never answered", "{:.1f}"),
     ("road_cutoff_min", "road-cutoff minutes", "{:.0f}"),
-    ("response_min", "mean response time (min)", "{:.1f}"),
-    ("staff_hours", "staff-hours above normal", "{:.0f}"),
-    ("throughput_ph", "throughput (served/h, 19–22)", "{:.0f}"),
-    ("peak_density", "peak density (p/m²)", "{:.2f}"),
-    ("zone_min_over_4", "zone-minutes > 4 p/m²", "{:.0f}"),
-    ("peak_ratio", "peak load (× capacity)", "{:.2f}"),
-    ("gave_up", "arrivals turned away", "{:.0f}"),
+    ("staff_hours", "staff-hours (roster + dispatched incl. travel)", "{:.0f}"),
+    ("zone_min_over_4", "zone-minutes > 4 p/m² (local)", "{:.1f}"),
+    ("p95_wait_min", "p95 queue wait (min)", "{:.1f}"),
+    ("served", "visits completed", "{:.0f}"),
+    ("throughput_ph", "out per hour 19–22", "{:.0f}"),
+    ("peak_density", "peak local density (p/m²)", "{:.2f}"),
+    ("gave_up", "arrivals who gave up", "{:.0f}"),
+    ("visits_per_visitor", "zone visits per visitor", "{:.1f}"),
+    ("complex_share", "complex entries per visitor", "{:.2f}"),
 ]
 
 
-def summarize(runs: list[Metrics]) -> dict[str, tuple[float | None, float | None, int]]:
-    """metric → (mean, sample sd, seeds with a value)."""
-    out = {}
-    for key, _, _ in ROWS:
-        vals = [getattr(r, key) for r in runs if getattr(r, key) is not None]
-        if not vals:
-            out[key] = (None, None, 0)
-        else:
-            out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals))
-    return out
-
-
-def pct_change(new: float | None, old: float | None) -> float | None:
-    if new is None or old is None or old == 0:
-        return None
-    return 100.0 * (new - old) / old
-
-
-def table(results: dict[str, list[Metrics]]) -> str:
-    """A plain-text (Markdown) table: mean ± sd per policy, % change vs the baseline."""
+def table(results: dict[str, list[Metrics]], title: str = "") -> str:
+    """Markdown: mean ± 95 % CI per policy; paired change vs the baseline (± 95 % CI)."""
     names = list(results)
-    sums = {n: summarize(results[n]) for n in names}
-    head = ["metric"] + [f"{n} (mean ± sd)" for n in names]
-    other = "plans" if "plans" in results else next((n for n in names if n not in ("baseline", "none")), None)
-    compare = "baseline" in results and other is not None
+    head = ["metric"] + [f"{n}" for n in names]
+    others = [n for n in names if n not in ("baseline", "none")]
+    compare = "baseline" in results
     if compare:
-        head += [f"change ({other} vs baseline)", "district (May Day 2025)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        head += [f"{o} vs baseline (paired)" for o in others] + ["district (May Day 2025)"]
+    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, fmt in ROWS:
         row = [label]
         for n in names:
-            mean, sd, k = sums[n][key]
-            row.append("—" if mean is None else f"{fmt.format(mean)} ± {fmt.format(sd)}"
-                       + (f" ({k}/{len(results[n])} seeds)" if k < len(results[n]) else ""))
+            vals = [getattr(r, key) for r in results[n] if getattr(r, key) is not None]
+            mean, hw = ci95(vals)
+            if not vals:
+                row.append("—")
+            else:
+                row.append(fmt.format(mean) + ("" if math.isnan(hw) else f" ± {fmt.format(hw)}")
+                           + (f" ({len(vals)}/{len(results[n])})" if len(vals) < len(results[n]) else ""))
         if compare:
-            ch = pct_change(sums[other][key][0], sums["baseline"][key][0])
-            row.append("—" if ch is None else f"{ch:+.0f} %")
+            for o in others:
+                pct, hw, k = paired(results[o], results["baseline"], key)
+                row.append("—" if math.isnan(pct) else f"{pct:+.0f} %" + ("" if math.isnan(hw) else f" ± {hw:.0f}"))
             d = DISTRICT.get(key)
             row.append("" if d is None else f"{d:+.0f} %")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
+def safe_table(safe: dict[str, list[float]]) -> str:
+    lines = ["| policy | safe demand multiplier (mean ± 95 % CI) | per seed |", "|---|---|---|"]
+    for n, vals in safe.items():
+        mean, hw = ci95(vals)
+        lines.append(f"| {n} | ×{mean:.2f}" + ("" if math.isnan(hw) else f" ± {hw:.2f}") + " | "
+                     + " ".join("<1.0" if v < 1 else f"{v:.1f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
 def as_dicts(results: dict[str, list[Metrics]]) -> dict:
     return {n: [asdict(m) for m in runs] for n, runs in results.items()}
 
+
+# ----------------------------------------------------------------------------- the full evaluation
+
+_W: dict = {}
+
+
+def _init(scenario: str, faults: Faults | None, config: str | None = None) -> None:
+    from crowdflow.site import load_site
+
+    from .scenario import load_scenario
+
+    sc, site = load_scenario(scenario, load_site(config) if config else None)
+    _W.update(site=site, sc=sc, views=camera_views(site), net=build_network(site, sc), faults=faults)
+
+
+def make_policy(name: str, site: Site, confirm_delay_s: float = 60.0, baseline: BaselineParams | None = None,
+                sc: Scenario | None = None):
+    if name == "mpc":
+        return mpc_policy(site, sc, confirm_delay_s)
+    if name == "none":
+        return NoControl(site)
+    if name == "baseline":
+        return ReactiveBaseline(site, baseline)
+    if name == "plans":
+        return PlanEnginePolicy(site, confirm_delay_s)
+    raise ValueError(f"unknown policy {name!r} (choose from none, baseline, plans, mpc)")
+
+
+# The measures engine decides every 30 s live; the evaluation lets it decide every 2 minutes
+# (the twin's rollouts dominate an evening's run time) — a handicap for the engine, not a help.
+MPC_EVAL_CYCLE_S = 120.0
+
+
+def mpc_policy(site: Site, sc: Scenario, confirm_delay_s: float = 60.0, cycle_s: float = MPC_EVAL_CYCLE_S) -> PlanEnginePolicy:
+    """The measures engine (issue 11, ``control.measures``) through the same plan engine and
+    the same commander: its twin is this scenario at its *nominal* demand (the planner is not
+    told the evening's multiplier)."""
+    from control.measures import MeasurePlanner
+    from control.plans import PlanEngine
+
+    from .plantwin import ModelTwin
+
+    planner = MeasurePlanner(site, ModelTwin(site, sc.model_copy(update={"demand_scale": 1.0})), cycle_s=cycle_s)
+    pol = PlanEnginePolicy(site, confirm_delay_s, engine=PlanEngine(site, planner=planner))
+    pol.name = "mpc"
+    return pol
+
+
+def _job(args) -> tuple[str, int, float, Metrics, Series | None]:
+    name, seed, demand, want_series, confirm, bparams = args
+    w = _W
+    ser = Series() if want_series else None
+    pol = make_policy(name, w["site"], confirm, bparams, sc=w["sc"])
+    m = run_evening(w["site"], w["sc"], pol, seed, demand=demand, views=w["views"], network=w["net"],
+                    faults=w["faults"], series=ser)
+    return name, seed, demand, m, ser
+
+
+def evaluate(scenario: str, policies: list[str], seeds: list[int], sweep: tuple[float, ...] = SWEEP,
+             jobs: int = 2, confirm_delay_s: float = 60.0, baseline: BaselineParams | None = None,
+             faults: Faults | None = None, progress: Callable[[str], None] | None = None, config: str | None = None):
+    """Every policy × seed at each demand of ``sweep``, in ascending demand until the policy's
+    evening is no longer safe for that seed (×1.0 and ×1.3 always run). Returns
+    (results by demand → policy → [Metrics], safe multiplier by policy → per seed, series of
+    seed ``seeds[0]`` at ×1.0 and ×1.3 by (policy, demand))."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    must = {1.0, 1.3}
+    results: dict[float, dict[str, list[Metrics]]] = {}
+    safe: dict[str, dict[int, float]] = {p: {s: 0.9 for s in seeds} for p in policies}
+    alive = {(p, s) for p in policies for s in seeds}
+    series: dict[tuple[str, float], Series] = {}
+    with ProcessPoolExecutor(max_workers=max(1, jobs), initializer=_init, initargs=(scenario, faults, config)) as ex:
+        for d in sweep:
+            todo = [(p, s) for p in policies for s in seeds if (p, s) in alive or d in must]
+            if not todo:
+                continue
+            args = [(p, s, d, s == seeds[0] and d in must, confirm_delay_s, baseline) for p, s in todo]
+            for name, seed, demand, m, ser in ex.map(_job, args):
+                results.setdefault(demand, {}).setdefault(name, []).append(m)
+                if ser is not None:
+                    series[(name, demand)] = ser
+                if (name, seed) in alive:
+                    if m.safe:
+                        safe[name][seed] = demand
+                    else:
+                        alive.discard((name, seed))
+                if progress:
+                    progress(f"×{demand:.1f} seed {seed:3d} {name:9s} safe={m.safe!s:5s} >4: {m.zone_min_over_4:5.1f} "
+                             f"p95 wait {m.p95_wait_min:4.1f} min  cut {m.road_cutoff_min:4.0f} min  "
+                             f"staff {m.staff_hours:5.0f} h  resp {m.response_min if m.response_min is not None else float('nan'):4.1f} min")
+    return results, {p: [safe[p][s] for s in seeds] for p in policies}, series

@@ -1,23 +1,24 @@
-"""The pedestrian model: a macroscopic cell-transmission network of the site. Pure, no I/O.
+"""The site twin on the real site: the network model (:mod:`sim.twin`) built from the site
+and scenario files, the site's measures turned into physics with their staff and set-up
+times, and the zone-level views the cameras, the evaluation and what-if read. Pure, no I/O.
 
-* **Cells** are the site's zones, each with its walkable area (plus the road area a traffic
-  cutoff hands it). People are whole persons (integers), so conservation is exact:
-  arrivals − departures = Δ(people in cells + people held at sources), step by step.
-* **Links** join cells with a clear width. In one step the flow from cell *i* to cell *j* is
-  the least of what wants to go (people ready to move on ÷ the ways open, by the scenario's
-  weights), what *i* can send through the width (Weidmann's specific flow ρ·v(ρ) below the
-  critical density, the maximum flow above it) and what *j* can take (the maximum flow while
-  *j* is below critical density, then its specific flow, which collapses toward the jam
-  density, and never beyond ``max_density``). Counter-flow on one link shares its width and loses
-  ``counterflow_factor``.
-* **Readiness to move**: a person spends the cell's dwell time plus its length ÷ Weidmann
-  speed, so crowded cells also empty more slowly.
-* **Demand**: arrivals are Poisson draws from each source's curve; a source held back (metro
-  limit, exit-only) keeps people waiting, who give up after ``patience_min`` on average.
-* **Actions** (the site's action records) change the network; see :meth:`Model.set_actions`.
+Measures (the site's action records) take effect on the ground, not when ordered:
 
-Randomness (arrivals, rounding of flows to persons) comes from one seeded generator, so a
-seed gives the same evening every time.
+* each measure names the staff it needs at a post — a road cut: its closure points' officers;
+  exit-only and metering: the gate's marshals; one-way: ``staff.one_way_staff`` at the zone's
+  post; metro limiting: the metro operator's staff (none of ours);
+* staff beyond a post's duty headcount (pre-positioned by a ``staffing`` action or left from an
+  earlier measure) serve measures there at once; otherwise a team is sent from the reserve
+  (``staff`` section): mobilise, walk base → post, stay at least ``min_block_min``;
+* once staffed, a road cut closes the road to traffic (cutoff minutes start), and after the
+  road's ``setup_min`` its pedestrian area joins the zones beside it; released, it stays cut
+  for ``teardown_min``. Exit-only and metering take ``GATE_SETUP_S`` to set up.
+* staff widen nothing: their effect is that measures happen (and when).
+
+``Model`` keeps the interface the runner, evaluation and what-if used before
+(``step``, ``run_until``, ``set_actions``, ``zone_counts``, ``gate_flows``, ``totals`` …);
+the predictive engine should use the twin directly: ``m.snapshot()`` and
+``m.rollout(state, actions, minutes)``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crowdflow import crowd
 from crowdflow.site import (
     ExitOnlyAction,
+    MeteringAction,
     MetroLimitAction,
     OneWayAction,
     Site,
@@ -38,427 +39,560 @@ from crowdflow.site import (
 )
 
 from .scenario import Scenario
+from .twin import (
+    Chain,
+    Connector,
+    Controls,
+    Corridor,
+    Exit,
+    Network,
+    Params,
+    Place,
+    Segment,
+    Source,
+    Spec,
+    State,
+    Trace,
+    Twin,
+)
 
-RHO_CRITICAL = 1.75  # p/m², where Weidmann's specific flow peaks (brief)
-Q_MAX = max(crowd.specific_flow(r / 100.0) for r in range(1, 540))  # p/s/m, ≈1.22
-MIN_SPEED = 0.05  # m/s: walking time is bounded even in a jam
+GATE_SETUP_S = 120.0  # barriers / queue lines at a gate [estimate]
+METRO_SETUP_S = 120.0  # the metro operator's response to a limit request [estimate]
+ONE_WAY_SETUP_S = 180.0  # signs and marshals for a one-way [estimate]
 
 
-def speeds(rho: np.ndarray) -> np.ndarray:
-    return np.array([crowd.weidmann_speed(float(r)) for r in rho])
+def build_spec(site: Site, sc: Scenario) -> Spec:
+    """The network spec of the real site: places and corridors from the scenario, areas from
+    the site file, holding areas from the site's ``holding_areas``."""
+    zones = site.zone_by_id
+    polys = site.zone_polygons_m
+    places = [Place(zid, zones[zid].walkable_area_m2, ps.length_m or math.sqrt(polys[zid].area),
+                    ps.dwell_min * 60.0, zid) for zid, ps in sc.places.items()]
+    corridors = [Corridor(cid, c.a, c.b, [Segment(s.zone, s.length_m, s.width_m, s.speed_factor) for s in c.segments],
+                          gate=c.gate) for cid, c in sc.corridors.items()]
+    hold = {h.gate: h.area_m2 for h in site.holding_areas}
+    connectors = [Connector(f"{ln.a}>{ln.b}", ln.a, ln.b, ln.capacity_pps, kind=ln.kind, width_m=ln.width_m,
+                            cycle_s=ln.signal.cycle_s if ln.signal else 0.0, green_s=ln.signal.green_s if ln.signal else 0.0,
+                            gate=ln.gate, approach_m2=hold.get(ln.gate, ln.approach_m2) if ln.gate else ln.approach_m2)
+                  for ln in sc.links]
+    exits = [Exit(eid, e.zone, e.capacity_pps) for eid, e in sc.exits.items()]
+    sources = []
+    for sid, s in sc.demand.items():
+        ts, rs = s.curve()
+        sources.append(Source(sid, s.zone, s.capacity_pps, ts, rs, dict(s.chains), gate=s.gate,
+                              holding_m2=hold.get(s.gate, s.holding_m2) if s.gate else s.holding_m2))
+    chains = [Chain(cid, list(c.stops)) for cid, c in sc.chains.items()]
+    m = sc.model
+    params = Params(dt=m.step_s, counterflow_factor=m.counterflow_factor, max_density=m.max_density,
+                    patience_s=m.patience_min * 60, balk_w50_s=m.balk_w50_min * 60, balk_scale_s=m.balk_scale_min * 60,
+                    balk_max_per_min=m.balk_max_per_min, route_every_s=m.route_every_s)
+    return Spec(places, corridors, connectors, exits, sources, chains, params)
 
 
-def sending(rho: np.ndarray) -> np.ndarray:
-    """What a cell at density ρ can push through one metre of width (p/s/m): its specific
-    flow below critical density, the maximum flow above it (the queue discharges at
-    capacity when there is room downstream)."""
-    return np.array([crowd.specific_flow(float(r)) if r <= RHO_CRITICAL else Q_MAX for r in rho])
-
-
-def receiving(rho: np.ndarray) -> np.ndarray:
-    """What a cell at density ρ can take through one metre of width (p/s/m): the maximum
-    flow below critical density, the (falling) specific flow above it."""
-    return np.array([Q_MAX if r <= RHO_CRITICAL else crowd.specific_flow(float(r)) for r in rho])
-
-
-@dataclass
-class Edge:
-    src: int  # cell index
-    dst: int  # cell index, or -1 for an exit
-    width_m: float
-    name: str  # "a>b"
-    gate: str | None = None
-    gate_dir: str | None = None  # "in" / "out" across the gate
-    reverse: int = -1  # index of the opposite edge, -1 for exits
+def build_network(site: Site, sc: Scenario) -> Network:
+    return Network(build_spec(site, sc))
 
 
 @dataclass
 class StepTotals:
     arrived: int = 0
-    entered: int = 0  # from source queues into cells
-    exited: int = 0  # left through an exit (served)
-    gave_up: int = 0  # waited at a held source and left
+    entered: int = 0
+    exited: int = 0
+    gave_up: int = 0
 
 
 @dataclass
-class Network:
-    """The static part, built once from the site and the scenario."""
+class Measure:
+    action: object
+    key: str
+    post: str | None
+    need: int
+    setup_s: float
+    requested_at: float
+    staffed_at: float | None = None
+    released_at: float | None = None
+    teardown_s: float = 0.0
 
-    zones: list[str]
-    area: np.ndarray
-    length: np.ndarray
-    dwell_s: np.ndarray
-    capacity: np.ndarray
-    edges: list[Edge]
-    weights: np.ndarray  # per edge
-    sources: list[str]
-    source_cell: np.ndarray
-    source_gate: list[str | None]
-    source_curves: list[tuple[list[float], list[float]]]
-    source_width: np.ndarray
-    exit_of_edge: list[str | None]
-    index: dict[str, int] = field(default_factory=dict)
+    def effective(self, t: float) -> bool:
+        """In effect on the ground for pedestrians."""
+        if self.staffed_at is None or t < self.staffed_at + self.setup_s:
+            return False
+        return self.released_at is None or t < self.released_at + self.teardown_s
 
-    @classmethod
-    def build(cls, site: Site, sc: Scenario) -> "Network":
-        zones = [z.id for z in site.zones]
-        index = {z: i for i, z in enumerate(zones)}
-        area = np.array([z.walkable_area_m2 for z in site.zones], dtype=float)
-        polys = site.zone_polygons_m
-        length = np.array(
-            [sc.zones[z].length_m or math.sqrt(polys[z].area) for z in zones], dtype=float
-        )
-        dwell = np.array([sc.zones[z].dwell_min * 60.0 for z in zones])
-        capacity = np.array([z.capacity for z in site.zones], dtype=float)
-        gates = {g.id: g for g in site.gates}
-        edges: list[Edge] = []
-        exit_of_edge: list[str | None] = []
-        for ln in sc.links:
-            i, j = index[ln.a], index[ln.b]
-            g = gates.get(ln.gate) if ln.gate else None
-            for s, d, na, nb in ((i, j, ln.a, ln.b), (j, i, ln.b, ln.a)):
-                gd = None
-                if g is not None:
-                    gd = "in" if (na == g.outside_zone and nb == g.inside_zone) else "out"
-                edges.append(Edge(s, d, ln.width_m, f"{na}>{nb}", ln.gate, gd))
-                exit_of_edge.append(None)
-            edges[-1].reverse, edges[-2].reverse = len(edges) - 2, len(edges) - 1
-        for name, ex in sc.exits.items():
-            for zid in ex.zones:
-                edges.append(Edge(index[zid], -1, ex.width_m, f"{zid}>{name}"))
-                exit_of_edge.append(name)
-        weights = np.zeros(len(edges))
-        for k, e in enumerate(edges):
-            src = zones[e.src]
-            way = exit_of_edge[k] or zones[e.dst]
-            weights[k] = sc.zones[src].next.get(way, 0.0)
-        sources = list(sc.demand)
-        src_specs = [sc.demand[s] for s in sources]
-        return cls(
-            zones=zones, area=area, length=length, dwell_s=dwell, capacity=capacity, edges=edges,
-            weights=weights, sources=sources,
-            source_cell=np.array([index[s.zone] for s in src_specs], dtype=int),
-            source_gate=[s.gate for s in src_specs],
-            source_curves=[(ts, [r * sc.demand_scale for r in rs]) for ts, rs in (s.curve() for s in src_specs)],
-            source_width=np.array([s.width_m for s in src_specs]), exit_of_edge=exit_of_edge, index=index,
-        )
+    def holding(self, t: float) -> bool:
+        """Holding staff (and, for a road, the road cut to traffic)."""
+        if self.released_at is None:
+            return True
+        return self.staffed_at is not None and t < self.released_at + self.teardown_s
+
+
+@dataclass
+class Team:
+    post: str
+    size: int
+    sent_at: float
+    arrives_at: float
+    travel_s: float
+    leaving_at: float | None = None  # when it starts walking back
+
+
+class StaffBoard:
+    """Staff on duty at posts, teams sent from the reserve and back, and who serves which
+    measure. Staff-hours of dispatched teams run from the order to their return."""
+
+    def __init__(self, site: Site):
+        self.site = site
+        sp = site.staff
+        self.duty = {p.id: p.headcount for p in site.posts}
+        base = sp.base or site.site.center
+        proj = site.projection
+        b = proj.to_metric([base])[0]
+        self.travel_s = {p.id: sp.mobilise_min * 60 + math.dist(b, proj.to_metric([p.position])[0]) / sp.speed_mps
+                         for p in site.posts}
+        self.pool = sp.pool
+        self.min_block_s = sp.min_block_min * 60
+        self.teams: list[Team] = []
+        self.extra: dict[str, int] = {}  # rostered above the duty headcount (on duty, not sent)
+        self.staff_seconds = 0.0  # dispatched teams, travel included
+        self.dispatched = 0  # persons sent, ever
+
+    def copy(self) -> "StaffBoard":
+        out = StaffBoard.__new__(StaffBoard)
+        out.__dict__.update(self.__dict__)
+        out.teams = [Team(**t.__dict__) for t in self.teams]
+        out.extra = dict(self.extra)
+        return out
+
+    def present(self, post: str, t: float) -> int:
+        return self.duty.get(post, 0) + self.extra.get(post, 0) + sum(tm.size for tm in self.teams
+                                            if tm.post == post and tm.arrives_at <= t and tm.leaving_at is None)
+
+    def committed(self, post: str) -> int:
+        """Duty plus teams there or on their way (not leaving)."""
+        return self.duty.get(post, 0) + self.extra.get(post, 0) + sum(
+            tm.size for tm in self.teams if tm.post == post and tm.leaving_at is None)
+
+    def out(self) -> int:
+        return sum(tm.size for tm in self.teams)
+
+    def on_site(self, t: float) -> int:
+        """Everyone on duty at the site now (roster + teams arrived and not gone)."""
+        return sum(self.duty.values()) + sum(self.extra.values()) + sum(tm.size for tm in self.teams if tm.arrives_at <= t and tm.leaving_at is None)
+
+    def update(self, t: float, dt: float, required: dict[str, int]) -> None:
+        # teams back at base
+        self.teams = [tm for tm in self.teams if tm.leaving_at is None or t < tm.leaving_at + tm.travel_s]
+        for post, req in required.items():
+            have = self.committed(post)
+            if have < req:
+                n = min(req - have, self.pool - self.out())
+                if n > 0:
+                    tr = self.travel_s.get(post, 600.0)
+                    self.teams.append(Team(post, n, t, t + tr, tr))
+                    self.dispatched += n
+            elif have > req:
+                surplus = have - req
+                for tm in sorted((x for x in self.teams if x.post == post and x.leaving_at is None),
+                                 key=lambda x: -x.sent_at):
+                    if surplus <= 0:
+                        break
+                    if tm.size <= surplus and t - tm.sent_at >= self.min_block_s:
+                        tm.leaving_at = t
+                        surplus -= tm.size
+        self.staff_seconds += self.out() * dt
 
 
 class Model:
-    """The simulated site at one moment. ``step()`` advances it by ``scenario.model.step_s``."""
+    """The twin of the site at one moment. ``step()`` advances it by the scenario's step."""
 
     def __init__(self, site: Site, scenario: Scenario, seed: int = 0, tod_s: float | None = None,
                  network: Network | None = None):
         self.site = site
         self.sc = scenario
-        self.p = scenario.model
-        self.net = network or Network.build(site, scenario)
-        # Separate streams: demand is the same evening whatever the actions do to the flows.
-        self.rng = np.random.default_rng([seed, 0])
-        self.rng_demand = np.random.default_rng([seed, 1])
-        self.t = scenario.start_s if tod_s is None else tod_s
-        n_cells, n_edges = len(self.net.zones), len(self.net.edges)
-        self.n = np.zeros(n_cells, dtype=np.int64)
-        self.queue = np.zeros(len(self.net.sources), dtype=np.int64)
-        self.totals = StepTotals()
-        self.edge_flow_total = np.zeros(n_edges, dtype=np.int64)  # persons moved per edge, ever
-        self.exits_total: dict[str, int] = {}
-        self.normal_headcount = {p.id: p.headcount for p in site.posts}
-        self.clearing: set[str] = set()  # released cutoffs whose road is still full of people
-        self.set_actions([])
+        self.net = network or build_network(site, scenario)
+        self.twin = Twin(self.net)
+        self.state: State = self.twin.initial(seed=seed, t=scenario.start_s if tod_s is None else tod_s)
+        self.staff_board = StaffBoard(site)
+        self.measures: dict[str, Measure] = {}
+        self.staffing: dict[str, int] = {}
+        self.requested: list = []
+        self._effective_key: tuple = ()
+        self.ctl: Controls = self._controls(set())
+        self.step_s = scenario.model.step_s
+        self.max_density = scenario.model.max_density
+        self.zones = [z.id for z in site.zones]
+        self._zmap = np.array([self.net.zi.get(z, -1) for z in self.zones])
+        self.zone_area = np.array([z.walkable_area_m2 for z in site.zones], float)
+        self.capacity = np.array([z.capacity for z in site.zones], float)
+        self.last_moved = np.zeros(self.net.P)
+        self.last_entered = np.zeros(len(self.net.sources))
+        self.cut_roads: set[str] = set()  # cut to traffic now (staffed, not yet reopened)
+        self.roads_freed: set[str] = set()  # whose pedestrian area is in use now
+        self._one_way_cache: dict = {}
 
-    # ----------------------------------------------------------------------------- actions
+    # ----------------------------------------------------------------------------- time
 
-    def set_actions(self, actions) -> None:
-        """Make ``actions`` the ones in force (see :meth:`_apply`). A released road cutoff
-        stays in force while the road is still full of people: it reopens to traffic only
-        once everyone on it fits the zones' own ground at ``reopen_density``."""
-        wanted = {a.road for a in actions if isinstance(a, TrafficCutoffAction)}
-        for road in getattr(self, "cut_roads", set()) - wanted:
-            if not self._road_clear(road):
-                self.clearing.add(road)
-        self.clearing -= wanted
+    @property
+    def t(self) -> float:
+        return self.state.t
+
+    @property
+    def totals(self) -> StepTotals:
+        st = self.state
+        return StepTotals(int(round(st.arrived)), int(round(float(st.src_in.sum()))), int(round(st.exited)),
+                          int(round(st.gave_up)))
+
+    @property
+    def people(self) -> float:
+        return self.state.people
+
+    @property
+    def actions(self) -> list:
+        return list(self.requested)
+
+    @property
+    def staff(self) -> dict[str, int]:
+        """Persons present at each post now."""
+        return {p: self.staff_board.present(p, self.t) for p in self.staff_board.duty}
+
+    # ----------------------------------------------------------------------------- measures
+
+    def _measure(self, a, t: float) -> Measure | None:
+        key = a.model_dump_json()
+        site = self.site
+        if isinstance(a, TrafficCutoffAction):
+            rd = site.road_by_id.get(a.road)
+            if rd is None:
+                return None
+            posts: dict[str, int] = {}
+            for cp in rd.closure_points:
+                posts[cp.post] = posts.get(cp.post, 0) + cp.officers
+            post = max(posts, key=posts.get) if posts else None
+            return Measure(a, key, post, rd.officers, rd.setup_min * 60, t, teardown_s=rd.teardown_min * 60)
+        if isinstance(a, (ExitOnlyAction, MeteringAction)):
+            g = site.gate_by_id.get(a.gate)
+            if g is None:
+                return None
+            return Measure(a, key, g.post, g.staff if g.post else 0, GATE_SETUP_S, t)
+        if isinstance(a, MetroLimitAction):
+            return Measure(a, key, None, 0, METRO_SETUP_S, t)
+        if isinstance(a, OneWayAction):
+            post = next((p for p, z in self.sc.posts.items() if z == a.zone), None)
+            return Measure(a, key, post, site.staff.one_way_staff if post else 0, ONE_WAY_SETUP_S, t)
+        return None
+
+    def set_actions(self, actions, in_effect: bool = False) -> None:
+        """Make ``actions`` the ones ordered from now. Measures take effect once staffed and
+        set up; released ones end (roads after their tear-down). ``in_effect``: they are
+        already in force on the ground (a live state): staffed and set up, their teams there."""
+        t = self.t
         self.requested = list(actions)
-        self._apply()
+        wanted: dict[str, object] = {}
+        self.staffing = {}
+        for a in actions:
+            if isinstance(a, StaffingAction):
+                self.staffing[a.post] = max(self.staffing.get(a.post, 0), a.headcount)
+            elif not isinstance(a, StaffingAction):
+                m = self._measure(a, t)
+                if m is not None:
+                    wanted.setdefault(m.key, m)
+        for key, m in list(self.measures.items()):
+            if key in wanted:
+                if m.released_at is not None:  # ordered again during tear-down
+                    m.released_at = None
+            elif m.released_at is None:
+                m.released_at = t
+                if m.staffed_at is None:
+                    del self.measures[key]  # never started: nothing to tear down
+        for key, m in wanted.items():
+            if key not in self.measures:
+                if in_effect:
+                    m.staffed_at = t - m.setup_s
+                    m.requested_at = t - m.setup_s
+                self.measures[key] = m
+        if in_effect:
+            board = self.staff_board
+            needs: dict[str, int] = {}
+            for m in self.measures.values():
+                if m.post:
+                    needs[m.post] = needs.get(m.post, 0) + m.need
+            for post in board.duty:
+                want = max(self.staffing.get(post, 0), board.duty[post] + needs.get(post, 0)) - board.committed(post)
+                if want > 0:
+                    board.teams.append(Team(post, want, t - board.min_block_s, t, board.travel_s.get(post, 0.0)))
+        self._update_measures(0.0)
 
-    def _road_clear(self, road: str) -> bool:
-        rd = next(r for r in self.site.roads if r.id == road)
-        pa = rd.pedestrian_area_m2
-        for zid, share in rd.frees.items():
-            i = self.net.index[zid]
-            if self.n[i] > self.p.reopen_density * (self.area[i] - share * pa):
-                return False
-        return True
+    def _update_measures(self, dt: float) -> None:
+        t = self.t
+        for key in [k for k, m in self.measures.items() if m.released_at is not None and not m.holding(t)]:
+            del self.measures[key]
+        board = self.staff_board
+        needs: dict[str, int] = {}
+        for m in self.measures.values():
+            if m.post and m.holding(t):
+                needs[m.post] = needs.get(m.post, 0) + m.need
+        required = {}
+        for p in board.duty:
+            required[p] = max(self.staffing.get(p, 0), board.duty[p] + needs.get(p, 0))
+        board.update(t, dt, required)
+        # serve measures in order of request from the staff present beyond duty
+        spare = {p: board.present(p, t) - board.duty[p] for p in board.duty}
+        for m in sorted(self.measures.values(), key=lambda m: m.requested_at):
+            if not m.holding(t):
+                continue
+            if m.post is None or m.need == 0:
+                if m.staffed_at is None:
+                    m.staffed_at = t
+                continue
+            if spare.get(m.post, 0) >= m.need:
+                spare[m.post] -= m.need
+                if m.staffed_at is None:
+                    m.staffed_at = t
+        eff = tuple(sorted(k for k, m in self.measures.items() if m.effective(t)))
+        self.cut_roads = {m.action.road for m in self.measures.values()
+                          if isinstance(m.action, TrafficCutoffAction) and m.staffed_at is not None and m.holding(t)}
+        if eff != self._effective_key:
+            self._effective_key = eff
+            self.ctl = self._controls(set(eff))
 
-    def _apply(self) -> None:
-        """Make ``actions`` (the site's action records, e.g. PlanState.active_actions) the
-        ones in force, replacing any before:
+    def effective_actions(self) -> list:
+        """The measures in effect on the ground now."""
+        return [self.measures[k].action for k in self._effective_key if k in self.measures]
 
-        * ``traffic_cutoff``: the road's pedestrian area joins the zones beside it, links
-          along it widen (site ``roads[].frees``, scenario ``roads``);
-        * ``one_way`` (zone → toward): people in the zone leave only toward ``toward``, and
-          nobody enters it from there; the link carries one direction at full width;
-        * ``exit_only`` (gate): nobody crosses the gate inward; a source behind the gate
-          (metro exit) holds its arrivals;
-        * ``metro_limit`` (gate, max/min): arrivals through the gate are metered;
-        * ``staffing`` (post, headcount): each officer above the normal headcount shortens
-          stops and adds orderly flow out of the post's zone (bounded);
-        * ``broadcast``: no modelled effect.
-        """
-        net, sc = self.net, self.sc
-        self.actions = self.requested + [TrafficCutoffAction(type="traffic_cutoff", road=r) for r in sorted(self.clearing)]
-        extra_area = np.zeros(len(net.zones))
-        widen = np.zeros(len(net.edges))
-        open_ = np.ones(len(net.edges), dtype=bool)
-        one_way = np.zeros(len(net.edges), dtype=bool)
-        limit = np.full(len(net.sources), np.inf)  # persons/s
-        staff: dict[str, int] = dict(self.normal_headcount)
-        roads = {r.id: r for r in self.site.roads}
-        by_name = {e.name: k for k, e in enumerate(net.edges)}
-        self.cut_roads: set[str] = set()
-        for a in self.actions:
-            if isinstance(a, TrafficCutoffAction):
-                if a.road in self.cut_roads:
-                    continue
-                self.cut_roads.add(a.road)
-                rs = sc.roads.get(a.road)
-                if rs is None:
-                    continue
-                for key, w in rs.widen_m.items():
-                    a_, _, b_ = key.partition(">")
-                    for name in (f"{a_}>{b_}", f"{b_}>{a_}"):
-                        widen[by_name[name]] += w
+    def _controls(self, keys: set[str]) -> Controls:
+        net, tw, sc, site = self.net, self.twin, self.sc, self.site
+        ctl = tw.controls()
+        ctl.demand_scale = sc.demand_scale
+        acts = [self.measures[k].action for k in keys if k in getattr(self, "measures", {})]
+        roads = {a.road for a in acts if isinstance(a, TrafficCutoffAction)}
+        self.roads_freed = roads
+        freed = site.freed_area(roads)
+        for zid, m2 in freed.items():
+            if zid in net.pi:
+                ctl.place_area_add[net.pi[zid]] += m2
+            elif zid in net.zi:
+                cells = np.flatnonzero(net.czone == net.zi[zid])
+                if len(cells):
+                    # both lanes share the ground: widen every cell of the zone by area ÷ length
+                    length = net.clen[cells].sum() / 2
+                    ctl.cell_width_add[cells] += m2 / length
+        for rid in roads:
+            rs = sc.roads.get(rid)
+            if rs is None:
+                continue
+            for key, w in rs.widen_m.items():
+                a, _, b = key.partition(">")
+                for name in (f"{a}>{b}", f"{b}>{a}"):
+                    k = net.pidx.get(name)
+                    if k is not None and net.pwidth[k] > 0:
+                        ctl.port_cap_mult[k] *= (net.pwidth[k] + w) / net.pwidth[k]
+            for key in rs.unsignal:
+                a, _, b = key.partition(">")
+                for name in (f"{a}>{b}", f"{b}>{a}"):
+                    if name in net.pidx:
+                        ctl.signal_on[net.pidx[name]] = False
+        for a in acts:
+            if isinstance(a, (ExitOnlyAction, MeteringAction, MetroLimitAction)):
+                rate = 0.0 if isinstance(a, ExitOnlyAction) else (a.per_min if isinstance(a, MeteringAction) else a.max_per_min) / 60.0
+                for k in range(net.P):
+                    if net.pgate[k] == a.gate and net.pgdir[k] == "in":
+                        if isinstance(a, ExitOnlyAction):
+                            ctl.port_open[k] = False
+                        elif isinstance(a, MeteringAction):
+                            ctl.port_rate[k] = min(ctl.port_rate[k], rate)
+                for s, g in enumerate(net.src_gate):
+                    if g == a.gate:
+                        ctl.src_rate[s] = min(ctl.src_rate[s], rate)
             elif isinstance(a, OneWayAction):
-                z = net.index[a.zone]
-                ahead = self._ahead(z, net.index[a.toward])
-                for k, e in enumerate(net.edges):
-                    if e.src == z and e.dst >= 0:
-                        if e.dst in ahead:
-                            one_way[k] = True
-                        else:
-                            open_[k] = False  # leave only toward `toward`
-                    if e.dst == z and e.src in ahead:
-                        open_[k] = False  # nobody walks in against the flow
-            elif isinstance(a, ExitOnlyAction):
-                for k, e in enumerate(net.edges):
-                    if e.gate == a.gate and e.gate_dir == "in":
-                        open_[k] = False
-                for s, g in enumerate(net.source_gate):
-                    if g == a.gate:
-                        limit[s] = 0.0
-            elif isinstance(a, MetroLimitAction):
-                for s, g in enumerate(net.source_gate):
-                    if g == a.gate:
-                        limit[s] = min(limit[s], a.max_per_min / 60.0)
-            elif isinstance(a, StaffingAction):
-                staff[a.post] = max(staff.get(a.post, 0), a.headcount)
-        dwell_mult = np.ones(len(net.zones))
-        flow_mult = np.ones(len(net.zones))
-        for post, zid in sc.posts.items():
-            more = max(0, staff.get(post, 0) - self.normal_headcount.get(post, 0))
-            i = net.index[zid]
-            dwell_mult[i] *= 1.0 - min(self.p.staff_dwell_cut * more, self.p.staff_dwell_cut_max)
-            flow_mult[i] *= 1.0 + min(self.p.staff_flow_gain * more, self.p.staff_flow_gain_max)
-        for zid, m2 in self.site.freed_area(self.cut_roads).items():
-            extra_area[net.index[zid]] += m2
-        self.extra_area = extra_area
-        self.width = np.array([e.width_m for e in net.edges]) + widen
-        self.open = open_
-        self.one_way = one_way
-        self.limit = limit
-        self.staff = staff
-        self.dwell_mult = dwell_mult
-        self.flow_mult = flow_mult
+                self._one_way(ctl, a.zone, a.toward)
+        return ctl
 
-    def _ahead(self, z: int, toward: int) -> set[int]:
-        """The neighbours of cell ``z`` on a shortest walk to cell ``toward``."""
-        nb: dict[int, set[int]] = {}
-        for e in self.net.edges:
-            if e.dst >= 0:
-                nb.setdefault(e.src, set()).add(e.dst)
-        hops = {toward: 0}
-        frontier = [toward]
+    def _hops(self, toward: str) -> np.ndarray:
+        """Hops from each place to the zone ``toward`` (a place or a corridor's zone)."""
+        net = self.net
+        if toward in self._one_way_cache:
+            return self._one_way_cache[toward]
+        start = set()
+        if toward in net.pi:
+            start.add(net.pi[toward])
+        else:
+            for li, (cid, frm, to, first, last) in enumerate(net.lanes):
+                if (net.czone[first:last + 1] == net.zi.get(toward, -2)).any():
+                    start |= {net.pi[frm], net.pi[to]}
+        hops = np.full(net.N, 1 << 20)
+        for s in start:
+            hops[s] = 0
+        frontier = list(start)
         while frontier:
             nxt = []
-            for c in frontier:
-                for d in nb.get(c, ()):
-                    if d not in hops:
-                        hops[d] = hops[c] + 1
-                        nxt.append(d)
+            for u in frontier:
+                for k in np.flatnonzero((net.phead == u)):
+                    v = net.pfrom[k]
+                    if hops[v] > hops[u] + 1:
+                        hops[v] = hops[u] + 1
+                        nxt.append(v)
             frontier = nxt
-        if z == toward or z not in hops:
-            return set()
-        return {d for d in nb.get(z, ()) if hops.get(d, 1 << 30) < hops[z]}
+        self._one_way_cache[toward] = hops
+        return hops
 
-    # ----------------------------------------------------------------------------- state
-
-    @property
-    def area(self) -> np.ndarray:
-        return self.net.area + self.extra_area
-
-    @property
-    def density(self) -> np.ndarray:
-        """Persons per m² of each cell's walkable ground (road area included when cut off)."""
-        return self.n / self.area
-
-    def zone_counts(self) -> dict[str, float]:
-        """People on each zone's own walkable ground (what its cameras see): the cell's
-        density × the zone's area; people on a cut-off road beside it are not in the zone."""
-        d = self.density
-        return {z: float(d[i] * self.net.area[i]) for i, z in enumerate(self.net.zones)}
-
-    def set_counts(self, counts: dict[str, float]) -> None:
-        """Start from measured zone counts (people on each zone's own ground)."""
-        for z, c in counts.items():
-            i = self.net.index[z]
-            self.n[i] = int(round(c * self.area[i] / self.net.area[i]))
-
-    @property
-    def people(self) -> int:
-        """Everyone the model holds: in cells and waiting at sources."""
-        return int(self.n.sum() + self.queue.sum())
-
-    def arrival_rate(self, t: float) -> np.ndarray:
-        """Persons per second per source at time of day ``t``."""
-        out = np.zeros(len(self.net.sources))
-        for s, (ts, rates) in enumerate(self.net.source_curves):
-            if ts[0] <= t <= ts[-1]:
-                out[s] = float(np.interp(t, ts, rates))
-        return out
-
-    def _round(self, x: np.ndarray) -> np.ndarray:
-        """Unbiased stochastic rounding to whole persons."""
-        x = np.maximum(x, 0.0)
-        fl = np.floor(x)
-        return (fl + (self.rng.random(x.shape) < (x - fl))).astype(np.int64)
+    def _one_way(self, ctl: Controls, zone: str, toward: str) -> None:
+        net = self.net
+        hops = self._hops(toward)
+        if zone in net.pi:
+            z = net.pi[zone]
+            for k in range(net.P):
+                if net.pfrom[k] == z and net.phead[k] < net.N and hops[net.phead[k]] >= hops[z]:
+                    ctl.port_open[k] = False  # leave only toward `toward`
+                if net.phead[k] == z and hops[net.pfrom[k]] < hops[z]:
+                    ctl.port_open[k] = False  # nobody walks in against the flow
+            for li, (cid, frm, to, first, last) in enumerate(net.lanes):
+                if net.pi[to] == z and hops[net.pi[frm]] < hops[z]:
+                    ctl.lane_open[li] = False
+        elif zone in net.zi:
+            for li, (cid, frm, to, first, last) in enumerate(net.lanes):
+                if (net.czone[first:last + 1] == net.zi[zone]).any() and hops[net.pi[to]] > hops[net.pi[frm]]:
+                    ctl.lane_open[li] = False  # the lane walking away from `toward`
 
     # ----------------------------------------------------------------------------- dynamics
 
     def step(self) -> StepTotals:
-        """Advance one step. Returns what crossed the model's boundary in it."""
-        net, p = self.net, self.p
-        if self.clearing:
-            done = {r for r in self.clearing if self._road_clear(r)}
-            if done:
-                self.clearing -= done
-                self._apply()
-        dt = p.step_s
-        area = self.area
-        rho = self.n / area
-        v = np.maximum(speeds(rho), MIN_SPEED)
-        ready = self.n / (net.dwell_s * self.dwell_mult + net.length / v)  # persons/s
-        src = np.array([e.src for e in net.edges])
-        dst = np.array([e.dst for e in net.edges])
-        w = net.weights * self.open
-        wsum = np.bincount(src, weights=w, minlength=len(net.zones))
-        share = np.divide(w, wsum[src], out=np.zeros_like(w), where=wsum[src] > 0)
-        want = ready[src] * share * dt
-        # Counter-flow: two directions on one link share its width and lose some capacity.
-        width = self.width * self.flow_mult[src]
-        rev = np.array([e.reverse for e in net.edges])
-        has_rev = rev >= 0
-        other = np.where(has_rev, want[np.maximum(rev, 0)], 0.0)
-        both = has_rev & (want > 0) & (other > 0) & ~self.one_way
-        frac = np.divide(want, want + other, out=np.ones_like(want), where=both)
-        width = np.where(both, width * frac * p.counterflow_factor, width)
-        send = width * sending(rho)[src] * dt
-        rho_dst = np.where(dst >= 0, rho[np.maximum(dst, 0)], 0.0)
-        recv = width * receiving(rho_dst) * dt
-        flow = np.minimum(want, np.minimum(send, recv))
-        # Never more into a cell than its free space up to max_density.
-        space = np.maximum(0.0, p.max_density * area - self.n)
-        into = np.bincount(np.maximum(dst, 0), weights=np.where(dst >= 0, flow, 0.0), minlength=len(net.zones))
-        scale = np.divide(space, into, out=np.ones_like(space), where=into > space)
-        flow = np.where(dst >= 0, flow * np.minimum(1.0, scale[np.maximum(dst, 0)]), flow)
-        moved = self._round(flow)
-        # Whole persons: never more out of a cell than are in it, never past max_density.
-        for i in range(len(net.zones)):
-            out_i = moved[src == i]
-            excess = int(out_i.sum() - self.n[i])
-            if excess > 0:
-                self._trim(moved, np.flatnonzero(src == i), excess)
-        n_after_out = self.n - np.bincount(src, weights=moved, minlength=len(net.zones)).astype(np.int64)
-        cap = np.floor(p.max_density * area).astype(np.int64)
-        for j in range(len(net.zones)):
-            into_j = int(moved[dst == j].sum())
-            excess = int(self.n[j] + into_j - cap[j])  # space is judged before this step's outflow
-            if excess > 0:
-                self._trim(moved, np.flatnonzero(dst == j), min(excess, into_j))
-        out_by = np.bincount(src, weights=moved, minlength=len(net.zones)).astype(np.int64)
-        in_by = np.bincount(np.maximum(dst, 0), weights=np.where(dst >= 0, moved, 0),
-                            minlength=len(net.zones)).astype(np.int64)
-        exited = int(moved[dst < 0].sum())
-        self.n = self.n - out_by + in_by
-        del n_after_out
-        self.edge_flow_total += moved
-        for k in np.flatnonzero((dst < 0) & (moved > 0)):
-            name = net.exit_of_edge[k]
-            self.exits_total[name] = self.exits_total.get(name, 0) + int(moved[k])
-
-        # Sources: Poisson arrivals join the queue; the queue enters as far as the gate, its
-        # limit and the cell allow; some of those kept waiting give up.
-        arrived = self.rng_demand.poisson(self.arrival_rate(self.t) * dt).astype(np.int64)
-        self.queue += arrived
-        cells = net.source_cell
-        rho = self.n / area
-        entry = np.minimum(net.source_width * receiving(rho[cells]) * dt, self.limit * dt)
-        enter = np.minimum(self.queue, self._round(entry))
-        for j in np.unique(cells):
-            idx = np.flatnonzero(cells == j)
-            free = int(max(0, np.floor(p.max_density * area[j]) - self.n[j]))
-            excess = int(enter[idx].sum()) - free
-            if excess > 0:
-                self._trim(enter, idx, excess)
-        self.queue -= enter
-        np.add.at(self.n, cells, enter)
-        held = self.limit < np.inf
-        gave_up = np.zeros_like(self.queue)
-        if held.any():
-            prob = 1.0 - math.exp(-dt / (p.patience_min * 60.0))
-            gave_up[held] = self.rng.binomial(self.queue[held], prob)
-        self.queue -= gave_up
-        self.t += dt
-        st = StepTotals(int(arrived.sum()), int(enter.sum()), exited, int(gave_up.sum()))
-        self.last_moved = moved
-        self.last_entered = enter
-        tot = self.totals
-        tot.arrived += st.arrived
-        tot.entered += st.entered
-        tot.exited += st.exited
-        tot.gave_up += st.gave_up
-        return st
-
-    @staticmethod
-    def _trim(arr: np.ndarray, idx: np.ndarray, excess: int) -> None:
-        """Take ``excess`` persons off ``arr[idx]``, largest first (deterministic)."""
-        for k in sorted(idx, key=lambda k: (-arr[k], k)):
-            if excess <= 0:
-                break
-            take = min(int(arr[k]), excess)
-            arr[k] -= take
-            excess -= take
+        st = self.state
+        a0, e0, x0, g0 = st.arrived, float(st.src_in.sum()), st.exited, st.gave_up
+        self._update_measures(self.step_s)
+        self.twin.step(st, self.ctl)
+        self.last_moved = st.last_port
+        self.last_entered = st.last_src
+        return StepTotals(int(round(st.arrived - a0)), int(round(float(st.src_in.sum()) - e0)),
+                          int(round(st.exited - x0)), int(round(st.gave_up - g0)))
 
     def run_until(self, tod_s: float) -> None:
         while self.t < tod_s - 1e-9:
             self.step()
 
-    # ----------------------------------------------------------------------------- gate flows
+    # -- the predictive engine's API
+
+    def snapshot(self) -> "Model":
+        """An independent copy (state, measures, staff); cheap (arrays copied)."""
+        out = Model.__new__(Model)
+        out.__dict__.update(self.__dict__)
+        out.state = self.state.copy()
+        out.staff_board = self.staff_board.copy()
+        out.measures = {k: Measure(**m.__dict__) for k, m in self.measures.items()}
+        out.staffing = dict(self.staffing)
+        out.requested = list(self.requested)
+        out.ctl = self.ctl.copy()
+        out.cut_roads = set(self.cut_roads)
+        return out
+
+    def rollout(self, actions=None, minutes: float = 30.0) -> list[dict]:
+        """Advance this model ``minutes`` (ordering ``actions`` first if given); one row per
+        minute: time, zone counts, peak local density per zone."""
+        if actions is not None:
+            self.set_actions(actions)
+        rows = []
+        per_min = max(1, int(round(60 / self.step_s)))
+        for i in range(int(round(minutes * 60 / self.step_s))):
+            self.step()
+            if (i + 1) % per_min == 0:
+                rows.append({"t": self.t, "counts": self.zone_counts(), "peak_density": self.zone_peak_density()})
+        return rows
+
+    # ----------------------------------------------------------------------------- views
+
+    def _zone_array(self, arr: np.ndarray) -> np.ndarray:
+        return np.where(self._zmap >= 0, arr[np.maximum(self._zmap, 0)], 0.0)
+
+    @property
+    def n(self) -> np.ndarray:
+        """People per site zone (site zone order)."""
+        return self._zone_array(self.twin.zone_counts(self.state))
+
+    @property
+    def area(self) -> np.ndarray:
+        """Each zone's walkable area now (freed road area included)."""
+        extra = self.site.freed_area(self.roads_freed)
+        return self.zone_area + np.array([extra.get(z, 0.0) for z in self.zones])
+
+    @property
+    def density(self) -> np.ndarray:
+        """Mean density per zone (people ÷ walkable area incl. freed road area)."""
+        return self.n / self.area
+
+    def zone_counts(self) -> dict[str, float]:
+        """People on each zone's own walkable ground (what its cameras see): density × the
+        zone's own area; people spread onto a cut road beside it are not in the zone."""
+        d = self.density
+        return {z: float(d[i] * self.zone_area[i]) for i, z in enumerate(self.zones)}
+
+    def zone_peak_density(self) -> dict[str, float]:
+        """Highest local density in each zone: cells, places, queues at bottlenecks and the
+        holding areas of held sources."""
+        arr = self.peak_density_array()
+        return {z: float(arr[i]) for i, z in enumerate(self.zones)}
+
+    def peak_density_array(self) -> np.ndarray:
+        """:meth:`zone_peak_density` as an array in site zone order."""
+        pk = self.twin.zone_peak_density(self.state, self.ctl)
+        net = self.net
+        held = self.state.held.sum(1)
+        for s in range(len(net.sources)):
+            if net.src_hold[s] > 0 and held[s] > 0:
+                z = net.place_zone[net.src_place[s]]
+                if z >= 0:
+                    pk[z] = max(pk[z], held[s] / net.src_hold[s])
+        return self._zone_array(pk)
+
+    def set_counts(self, counts: dict[str, float]) -> None:
+        """Start from measured zone counts: people placed at places (at their stop there, see
+        :meth:`_typical_class`) and spread over corridor cells (leaving by the nearest exit)."""
+        st, net = self.state, self.net
+        st.cell[:] = 0
+        st.act[:] = 0
+        st.rdy[:] = 0
+        area_scale = self.area / self.zone_area
+        for z, c in counts.items():
+            if z not in net.zi:
+                continue
+            n = c * area_scale[self.zones.index(z)]
+            k = self._typical_class(z)
+            if z in net.pi:
+                st.act[net.pi[z], k] += n
+            else:
+                cells = np.flatnonzero(net.czone == net.zi[z])
+                w = net.carea[cells] / net.carea[cells].sum()
+                st.cell[cells, k] += n * w
+
+    def _typical_class(self, zone: str) -> int:
+        """The class of a visitor found in ``zone``: at that stop of the first chain that has
+        it (so they finish their visit there and go on), else leaving by the nearest exit."""
+        net = self.net
+        for cid in net.chains:
+            stops = self.sc.chains[cid].stops
+            if zone in stops[:-1]:
+                return net.chain_first[cid] + stops.index(zone)
+        return 0
+
+    @property
+    def queue(self) -> np.ndarray:
+        """People held at each source (its holding area)."""
+        return self.state.held.sum(1)
+
+    def arrival_rate(self, t: float) -> np.ndarray:
+        return self.net.arrival_rate(t, self.sc.demand_scale)
 
     def gate_flows(self, moved: np.ndarray, entered: np.ndarray) -> dict[str, tuple[int, int]]:
-        """(inflow, outflow) per gate for the persons moved per edge / entered per source."""
-        out: dict[str, list[int]] = {}
-        for k, e in enumerate(self.net.edges):
-            if e.gate:
-                io = out.setdefault(e.gate, [0, 0])
-                io[0 if e.gate_dir == "in" else 1] += int(moved[k])
-        for s, g in enumerate(self.net.source_gate):
+        """(inflow, outflow) per gate for persons through each port / in from each source."""
+        net = self.net
+        out: dict[str, list[float]] = {}
+        for k in range(net.P):
+            g = net.pgate[k]
             if g:
-                io = out.setdefault(g, [0, 0])
-                io[0] += int(entered[s])
-        for k, e in enumerate(self.net.edges):  # people leaving into the metro through its gate
-            name = self.net.exit_of_edge[k]
-            if name is not None:
-                for s, g in enumerate(self.net.source_gate):
-                    if g and self.net.source_cell[s] == e.src:
-                        out.setdefault(g, [0, 0])[1] += int(moved[k])
-        return {g: (a, b) for g, (a, b) in out.items()}
+                io = out.setdefault(g, [0.0, 0.0])
+                io[0 if net.pgdir[k] == "in" else 1] += float(moved[k])
+        for s, g in enumerate(net.src_gate):
+            if g:
+                io = out.setdefault(g, [0.0, 0.0])
+                io[0] += float(entered[s])
+                for k in np.flatnonzero((net.pkind == 2) & (net.pfrom == net.src_place[s])):
+                    io[1] += float(moved[k])
+        return {g: (int(round(a)), int(round(b))) for g, (a, b) in out.items()}

@@ -3,7 +3,7 @@
 Every ``interval_s`` of wall time the model advances ``speed × interval_s`` simulated
 seconds, the virtual cameras publish one Observation each to ``<p>:obs`` (field ``rec``),
 exactly as edge agents do, and every ``actions_every_s`` the actions in force are read from
-``<p>:plan:state`` (the union of every plan's ``active_actions``) and applied to the model,
+``<p>:inforce`` (control's one record of what is in force) and applied to the model,
 so a confirmed action changes the simulated crowd. At the scenario's end the evening starts
 over from its start (a new seed), so a demo can run for ever.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import redis
 
 from crowdflow.bus import OBS_MAXLEN, Keys
-from crowdflow.records import PlanState, RecordError, decode
+from crowdflow.records import InForce, PlanState, RecordError, decode
 from crowdflow.site import Site
 from crowdflow.site.partitions import camera_keys, partition_keys
 
@@ -31,10 +31,27 @@ log = logging.getLogger("crowdflow.sim")
 
 
 def active_actions(r: redis.Redis, keys: Keys | list[Keys]) -> list:
-    """The union of every plan's active actions in ``<p>:plan:state`` (bad entries skipped
-    with a warning naming the plan and the field); of every partition's, given their keys."""
-    out, seen = [], set()
-    states = [(k.plan_state, plan_id, raw) for k in ([keys] if isinstance(keys, Keys) else keys)
+    """The measures in force, from control's one published record ``<p>:inforce`` (plan
+    levels, overrides and the emergency mode's own measures); of every partition's, given
+    their keys. Before control has published it (an older control), the union of every plan's
+    ``active_actions`` in ``<p>:plan:state`` (bad entries skipped with a warning naming the plan
+    and the field)."""
+    parts = [keys] if isinstance(keys, Keys) else list(keys)
+    out, seen, fallback = [], set(), []
+    for k in parts:
+        raw = r.get(k.inforce)
+        if raw:
+            try:
+                for m in decode(InForce, raw).measures:
+                    j = m.action.model_dump_json()
+                    if j not in seen:
+                        seen.add(j)
+                        out.append(m.action)
+                continue
+            except RecordError as e:
+                log.warning("%s: %s (falling back to plan states)", k.inforce, e)
+        fallback.append(k)
+    states = [(k.plan_state, plan_id, raw) for k in fallback
               for plan_id, raw in sorted(r.hgetall(k.plan_state).items())]
     for key, plan_id, raw in states:
         try:
@@ -77,15 +94,15 @@ class SimRunner:
     def advance(self, sim_s: float) -> dict[str, tuple[int, int]]:
         """Run the model ``sim_s`` simulated seconds; gate (in, out) counts over that time."""
         self._carry += sim_s
-        moved = np.zeros(len(self.model.net.edges), dtype=np.int64)
-        entered = np.zeros(len(self.model.net.sources), dtype=np.int64)
+        moved = np.zeros(self.model.net.P)
+        entered = np.zeros(len(self.model.net.sources))
         while self._carry >= self.sc.model.step_s:
             if self.model.t >= self.sc.end_s:
                 self.seed += 1
                 log.info("evening over: starting again at %s (seed %d)", self.sc.start, self.seed)
                 actions = self.model.actions
                 self.model = self._evening(self.seed)
-                self.model.set_actions(actions)
+                self.model.set_actions(actions, in_effect=True)
             self.model.step()
             moved += self.model.last_moved
             entered += self.model.last_entered

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -37,44 +37,91 @@ def s_to_hhmm(t: float) -> str:
     return f"{t // 3600:02d}:{t % 3600 // 60:02d}"
 
 
-class ZoneSpec(Strict):
-    dwell_min: float = Field(ge=0, le=240)  # mean stop time on top of walking through
-    length_m: float | None = Field(None, gt=0, le=5000)  # walking distance; default √(polygon area)
-    next: dict[str, float] = Field(min_length=1)  # way (zone or exit) → weight
+# Default specific capacities of bottleneck kinds, p/(m·s) of clear width (docs/twin.md):
+# walk: Weidmann (1993) maximum flow 1.22; door/gate: SFPE Handbook (Gwynne & Rosenbaum) 1.3, in
+# the 1.2–1.6 range measured by Seyfried et al. (2009) for bottlenecks; stairs (down/up mix):
+# SFPE ≈1.0; crossing: as a door while green.
+SPEC_FLOW = {"walk": 1.22, "door": 1.3, "gate": 1.3, "stairs": 1.0, "crossing": 1.3, "escalator": None, "lift": None}
 
-    @field_validator("next")
-    @classmethod
-    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
-        for k, w in v.items():
-            if not (w >= 0):
-                raise ValueError(f"weight of {k!r} must be ≥ 0, got {w}")
-        if sum(v.values()) <= 0:
-            raise ValueError("weights must not all be 0")
-        return v
+
+class PlaceSpec(Strict):
+    """A zone that is a place (plaza, floors, platform, metro exit, crossing)."""
+
+    dwell_min: float = Field(ge=0, le=240)  # mean activity time when it is a stop
+    length_m: float | None = Field(None, gt=0, le=5000)  # walking distance across; default √(area)
+
+
+class SegmentSpec(Strict):
+    zone: Id
+    length_m: float = Field(gt=0, le=5000)
+    width_m: float = Field(gt=0, le=200)
+    speed_factor: float = Field(1.0, gt=0, le=1)  # < 1 where people stroll and stop to view
+
+
+class CorridorSpec(Strict):
+    """A walkway between two places: cells per direction (zones it runs through in order)."""
+
+    a: Id
+    b: Id
+    gate: Id | None = None  # site gate at the a end (a = its outside)
+    segments: list[SegmentSpec] = Field(min_length=1)
+
+
+class SignalSpec(Strict):
+    cycle_s: float = Field(gt=0, le=600)
+    green_s: float = Field(gt=0, le=600)
 
 
 class LinkSpec(Strict):
+    """A short way between two places with its own capacity (a bottleneck)."""
+
     a: Id
     b: Id
+    kind: Literal["walk", "door", "gate", "stairs", "escalator", "lift", "crossing"] = "walk"
     width_m: float = Field(gt=0, le=200)
+    spec_flow: float | None = Field(None, gt=0, le=5)  # p/(m·s); default by kind
+    cap_pps: float | None = Field(None, gt=0, le=1000)  # or a stated capacity (escalators, lifts)
     gate: Id | None = None  # the site gate on this link (its outside → inside is "in")
+    signal: SignalSpec | None = None  # pedestrian signal while the road is open
+    approach_m2: float = Field(0, ge=0, le=10000)  # ground where its queue stands
+
+    @property
+    def capacity_pps(self) -> float:
+        if self.cap_pps is not None:
+            return self.cap_pps
+        sf = self.spec_flow or SPEC_FLOW.get(self.kind) or 1.22
+        return self.width_m * sf
 
 
 class ExitSpec(Strict):
-    zones: list[Id] = Field(min_length=1)
+    zone: Id
     width_m: float = Field(gt=0, le=200)
+    cap_pps: float | None = Field(None, gt=0, le=1000)
+
+    @property
+    def capacity_pps(self) -> float:
+        return self.cap_pps if self.cap_pps is not None else self.width_m * SPEC_FLOW["walk"]
 
 
 class RoadSpec(Strict):
     # (which zones gain a cut road's area is site data: roads[].frees in the site file)
-    widen_m: dict[str, float] = Field(default_factory=dict)  # "a>b" link → extra width
+    widen_m: dict[str, float] = Field(default_factory=dict)  # link "a>b" → extra width while cut
+    unsignal: list[str] = Field(default_factory=list)  # links "a>b" whose signal is off while cut
+
+
+class ChainSpec(Strict):
+    stops: list[str] = Field(min_length=1)  # places, the last an exit
+    share_note: str | None = None
 
 
 class SourceSpec(Strict):
     zone: Id
     gate: Id | None = None
-    width_m: float = Field(4.0, gt=0, le=200)  # clear width people arrive through (stairs, escalators)
+    width_m: float = Field(4.0, gt=0, le=200)  # clear width people arrive through
+    cap_pps: float | None = Field(None, gt=0, le=1000)  # escalators/stairs/gates, default width × 1.22
     per_min: dict[str, float] = Field(min_length=1)  # "HH:MM" → persons per minute
+    chains: dict[str, float] = Field(min_length=1)  # chain → weight
+    holding_m2: float = Field(0, ge=0, le=100000)  # where held arrivals wait
 
     @field_validator("per_min")
     @classmethod
@@ -92,30 +139,36 @@ class SourceSpec(Strict):
     def curve(self) -> tuple[list[float], list[float]]:
         return [hhmm_to_s(k) for k in self.per_min], [v / 60.0 for v in self.per_min.values()]
 
+    @property
+    def capacity_pps(self) -> float:
+        return self.cap_pps if self.cap_pps is not None else self.width_m * SPEC_FLOW["walk"]
+
 
 class ModelSpec(Strict):
     step_s: float = Field(5, gt=0, le=30)
-    max_density: float = Field(5.0, gt=0.5, lt=5.4)
+    max_density: float = Field(5.0, gt=0.5, le=5.4)  # a place takes no more
     counterflow_factor: float = Field(0.85, gt=0, le=1)
     patience_min: float = Field(20, gt=0, le=600)
+    balk_w50_min: float = Field(15, gt=0, le=600)
+    balk_scale_min: float = Field(3, gt=0, le=600)
+    balk_max_per_min: float = Field(0.10, ge=0, le=1)
+    route_every_s: float = Field(60, gt=0, le=3600)
     reopen_density: float = Field(1.0, gt=0, le=5)
-    staff_dwell_cut: float = Field(0.03, ge=0, le=1)
-    staff_dwell_cut_max: float = Field(0.4, ge=0, lt=1)
-    staff_flow_gain: float = Field(0.02, ge=0, le=1)
-    staff_flow_gain_max: float = Field(0.25, ge=0, le=2)
 
 
 class Scenario(Strict):
-    version: int = 1
+    version: Literal[2] = 2
     site: str  # path of the site file, relative to this file
     date: dt.date
     start: str = "17:00"
     end: str = "23:30"
-    zones: dict[Id, ZoneSpec]
+    places: dict[Id, PlaceSpec]
+    corridors: dict[Id, CorridorSpec] = Field(default_factory=dict)
     links: list[LinkSpec] = Field(min_length=1)
     exits: dict[Id, ExitSpec] = Field(default_factory=dict)
     roads: dict[Id, RoadSpec] = Field(default_factory=dict)
     posts: dict[Id, Id] = Field(default_factory=dict)
+    chains: dict[Id, ChainSpec] = Field(min_length=1)
     demand: dict[Id, SourceSpec] = Field(min_length=1)
     demand_scale: float = Field(1.0, gt=0, le=10)  # multiplies every arrival curve (sensitivity runs)
     model: ModelSpec = ModelSpec()
@@ -146,16 +199,31 @@ def _semantic(sc: Scenario, site: Site) -> list[tuple[str, str]]:
     gates = {g.id: g for g in site.gates}
     roads = {r.id for r in site.roads}
     posts = {p.id for p in site.posts}
-    for zid in sorted(zone_ids - set(sc.zones)):
-        problems.append(("zones", f"site zone {zid!r} has no entry (dwell and next)"))
-    neighbours: dict[str, set[str]] = {z: set() for z in zone_ids}
+    places = set(sc.places)
+    seg_zones: set[str] = set()
+    for pid in sorted(places - zone_ids):
+        problems.append((f"places.{pid}", f"unknown zone {pid!r}"))
+    for cid, c in sc.corridors.items():
+        for end in ("a", "b"):
+            if getattr(c, end) not in places:
+                problems.append((f"corridors.{cid}.{end}", f"{getattr(c, end)!r} is not a place"))
+        for j, s in enumerate(c.segments):
+            if s.zone not in zone_ids:
+                problems.append((f"corridors.{cid}.segments[{j}].zone", f"unknown zone {s.zone!r}"))
+            elif s.zone in places:
+                problems.append((f"corridors.{cid}.segments[{j}].zone", f"{s.zone!r} is already a place"))
+            seg_zones.add(s.zone)
+        if c.gate is not None and c.gate not in gates:
+            problems.append((f"corridors.{cid}.gate", f"unknown gate {c.gate!r}"))
+    for zid in sorted(zone_ids - places - seg_zones):
+        problems.append(("places", f"site zone {zid!r} is neither a place nor on a corridor"))
     pairs: set[tuple[str, str]] = set()
     for i, ln in enumerate(sc.links):
         for end in ("a", "b"):
-            if getattr(ln, end) not in zone_ids:
-                problems.append((f"links[{i}].{end}", f"unknown zone {getattr(ln, end)!r}"))
+            if getattr(ln, end) not in places:
+                problems.append((f"links[{i}].{end}", f"unknown place {getattr(ln, end)!r}"))
         if ln.a == ln.b:
-            problems.append((f"links[{i}]", "links a zone to itself"))
+            problems.append((f"links[{i}]", "links a place to itself"))
         key = tuple(sorted((ln.a, ln.b)))
         if key in pairs:
             problems.append((f"links[{i}]", f"duplicate link {ln.a} – {ln.b}"))
@@ -164,41 +232,42 @@ def _semantic(sc: Scenario, site: Site) -> list[tuple[str, str]]:
             g = gates.get(ln.gate)
             if g is None:
                 problems.append((f"links[{i}].gate", f"unknown gate {ln.gate!r}"))
-            elif {g.outside_zone, g.inside_zone} != {ln.a, ln.b}:
-                problems.append((f"links[{i}].gate", f"gate {ln.gate} joins {g.outside_zone} and {g.inside_zone}, not {ln.a} and {ln.b}"))
-        if ln.a in neighbours and ln.b in neighbours:
-            neighbours[ln.a].add(ln.b)
-            neighbours[ln.b].add(ln.a)
+            elif (g.outside_zone, g.inside_zone) != (ln.a, ln.b):
+                problems.append((f"links[{i}].gate", f"gate {ln.gate} leads from {g.outside_zone} into {g.inside_zone}: write a: {g.outside_zone}, b: {g.inside_zone}"))
+        if ln.signal is not None and ln.signal.green_s >= ln.signal.cycle_s:
+            problems.append((f"links[{i}].signal", "green must be shorter than the cycle"))
     for name, ex in sc.exits.items():
         if name in zone_ids:
             problems.append((f"exits.{name}", "an exit must not share a zone's id"))
-        for j, zid in enumerate(ex.zones):
-            if zid not in zone_ids:
-                problems.append((f"exits.{name}.zones[{j}]", f"unknown zone {zid!r}"))
-            else:
-                neighbours[zid].add(name)
-    for zid, spec in sc.zones.items():
-        if zid not in zone_ids:
-            problems.append((f"zones.{zid}", f"unknown zone {zid!r}"))
-            continue
-        for way in spec.next:
-            if way not in neighbours[zid]:
-                problems.append((f"zones.{zid}.next.{way}", f"{way!r} is neither a zone linked to {zid} nor an exit from it"))
+        if ex.zone not in places:
+            problems.append((f"exits.{name}.zone", f"unknown place {ex.zone!r}"))
+    for cid, ch in sc.chains.items():
+        for j, stop in enumerate(ch.stops):
+            last = j == len(ch.stops) - 1
+            if last and stop not in sc.exits:
+                problems.append((f"chains.{cid}.stops[{j}]", f"the last stop must be an exit, got {stop!r}"))
+            elif not last and stop not in places:
+                problems.append((f"chains.{cid}.stops[{j}]", f"{stop!r} is not a place"))
+            if j and ch.stops[j - 1] == stop:
+                problems.append((f"chains.{cid}.stops[{j}]", "the same stop twice in a row"))
+    link_keys = {f"{ln.a}>{ln.b}" for ln in sc.links} | {f"{ln.b}>{ln.a}" for ln in sc.links}
     for rid, rs in sc.roads.items():
         if rid not in roads:
             problems.append((f"roads.{rid}", f"unknown road {rid!r}"))
-        for key in rs.widen_m:
-            a, _, b = key.partition(">")
-            if tuple(sorted((a, b))) not in pairs:
-                problems.append((f"roads.{rid}.widen_m.{key}", "not a link (write 'zone-a>zone-b')"))
+        for key in list(rs.widen_m) + rs.unsignal:
+            if key not in link_keys:
+                problems.append((f"roads.{rid}.{key}", "not a link (write 'place-a>place-b')"))
     for pid, zid in sc.posts.items():
         if pid not in posts:
             problems.append((f"posts.{pid}", f"unknown post {pid!r}"))
         if zid not in zone_ids:
             problems.append((f"posts.{pid}", f"unknown zone {zid!r}"))
     for name, src in sc.demand.items():
-        if src.zone not in zone_ids:
-            problems.append((f"demand.{name}.zone", f"unknown zone {src.zone!r}"))
+        if src.zone not in places:
+            problems.append((f"demand.{name}.zone", f"unknown place {src.zone!r}"))
+        for cid in src.chains:
+            if cid not in sc.chains:
+                problems.append((f"demand.{name}.chains.{cid}", f"unknown chain {cid!r}"))
         if src.gate is not None:
             g = gates.get(src.gate)
             if g is None:

@@ -1,7 +1,9 @@
 """What-if: "what happens in the next 30 minutes if we …", from the current state. Pure.
 
-Both futures start from the same zone counts, time of day and actions in force; one adds
-the proposed actions. Each runs the pedestrian model over the horizon for a few seeds
+Both futures start from the same zone counts, time of day and actions in force (taken as
+already in effect on the ground); one also orders the proposed actions now, so their staff
+travel and set-up times apply (sim.model). The model is the same twin the evaluation and the
+live demo run (sim.twin). Each runs the pedestrian model over the horizon for a few seeds
 (the same seeds for both, so the difference is the action's, not the dice's), and the
 answer is a forecast curve per zone, averaged over the seeds, for the zones the action
 changes. The dashboard can call :func:`whatif` directly; ``crowdflow whatif`` prints it.
@@ -15,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from crowdflow.site import Action, Site
 
-from .model import Model, Network
+from .model import Model, build_network
 from .scenario import Scenario
 
 _ACTION = TypeAdapter(Action)
@@ -24,6 +26,7 @@ _FORMS = {
     "exit_only": ("gate",),
     "one_way": ("zone", "toward"),
     "metro_limit": ("gate", "max_per_min"),
+    "metering": ("gate", "per_min"),
     "staffing": ("post", "headcount"),
 }
 
@@ -90,15 +93,23 @@ def whatif(site: Site, sc: Scenario, counts: dict[str, float], tod_s: float, act
            min_change: float = 0.03) -> WhatIf:
     """Forecast curves per zone with and without ``proposed`` on top of ``active``.
 
-    ``counts``: people per zone now (zones missing start empty). A zone is *affected* when
-    the two futures differ by at least ``min_change`` of its capacity (and 5 people)."""
-    net = Network.build(site, sc)
+    ``counts``: people per zone now. A zone missing from it is unknown, and unknown is never
+    empty: it starts at the worst plausible load — the highest capacity ratio among the known
+    zones (at least 1.0 × capacity when nothing is known). A zone is *affected* when the two
+    futures differ by at least ``min_change`` of its capacity (and 5 people)."""
+    net = build_network(site, sc)
+    known = {z: c for z, c in counts.items() if z in site.zone_by_id}
+    ratios = [c / site.zone_by_id[z].capacity for z, c in known.items() if site.zone_by_id[z].capacity > 0]
+    worst = max(ratios + [0.0]) if ratios else 1.0
+    counts = {z.id: known.get(z.id, worst * z.capacity) for z in site.zones}
     n_samples = int(round(horizon_min / every_min))
     minutes = [k * every_min for k in range(n_samples + 1)]
 
     def future(actions, seed):
         m = Model(site, sc, seed=seed, tod_s=tod_s, network=net)
-        m.set_actions(actions)
+        m.set_actions(list(active), in_effect=True)  # already in force on the ground
+        if actions is not None:
+            m.set_actions(list(active) + list(actions))  # ordered now: staff travel and set-up apply
         m.set_counts(counts)
         out = [m.zone_counts()]
         for k in range(1, n_samples + 1):
@@ -106,8 +117,8 @@ def whatif(site: Site, sc: Scenario, counts: dict[str, float], tod_s: float, act
             out.append(m.zone_counts())
         return out
 
-    runs = {"without": [future(list(active), s) for s in seeds],
-            "with": [future(list(active) + list(proposed), s) for s in seeds]}
+    runs = {"without": [future(None, s) for s in seeds],
+            "with": [future(list(proposed), s) for s in seeds]}
     curves = []
     for z in site.zones:
         mean = {k: [sum(r[i][z.id] for r in v) / len(v) for i in range(len(minutes))] for k, v in runs.items()}

@@ -129,3 +129,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def twin_model_factory(site):
+    """A twin-backed Model of the standard May Day evening at its start."""
+    from sim.model import Model
+    from sim.scenario import load_scenario
+
+    sc, _ = load_scenario("mayday-evening", site=site)
+
+    def make(seed: int = 0, **kw):
+        return Model(site, sc, seed=seed, **kw)
+
+    return make

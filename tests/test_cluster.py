@@ -130,7 +130,7 @@ def test_dashboard_reads_and_commands_through_a_cluster(rc, cluster, site, monke
             res = c.post("/api/commands", json={"kind": "set_mode", "mode": "emergency"})
             assert res.status_code == 200, res.text
             assert c.get("/api/state").json()["mode"]["mode"] == "emergency"
-            assert [a["action"] for a in c.get("/api/audit").json()] == ["set_mode"]
+            assert "set_mode" in [a["action"] for a in c.get("/api/audit").json()]
             # sessions (two slots on a cluster: the session and the user's index) and logout
             assert c.post("/api/logout").status_code in (200, 204)
             assert c.get("/api/me").status_code == 401

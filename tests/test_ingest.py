@@ -141,3 +141,22 @@ def test_service_dead_letters_each_probe_with_its_reason_and_applies_the_rest(r,
     s = decode(ZoneState, r.hget(keys.zone_state, ZONE))
     assert s.status == "ok" and s.count == pytest.approx(38.0)  # the truthful record only
     assert r.xpending(keys.obs, GROUP)["pending"] == 0
+
+
+def test_a_cameras_records_must_carry_its_edges_signature(r, keys, site, tmp_path):
+    from edge.spool import Publisher, Spool
+
+    edge_keys = {CAM: "k-cangbai-0123456789", "cam-jiabin": "k-jiabin-0123456789"}
+    svc = ControlService(site, r, keys, consumer="c1", edge_keys=edge_keys)
+    svc.start()
+    now = time.time()
+    ok = Publisher(r, keys, Spool(tmp_path / "a.sqlite"), signing_key=edge_keys[CAM])
+    assert ok.publish(ob(seq=1, captured_at=now))
+    # the Jiabin gateway (or anyone with its key) speaking for the Cangbai camera
+    other = Publisher(r, keys, Spool(tmp_path / "b.sqlite"), signing_key=edge_keys["cam-jiabin"])
+    assert other.publish(ob(seq=2, captured_at=now))
+    r.xadd(keys.obs, {"rec": ob(seq=3, captured_at=now).encode()})  # unsigned
+    svc.step(block_ms=50)
+    assert svc.applied == 1 and svc.rejected_by["sig"] == 2
+    reasons = [f["reason"] for _, f in r.xrange(keys.obs_dead)]
+    assert reasons == [f"sig: not signed with camera {CAM}'s edge key"] * 2

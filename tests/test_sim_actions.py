@@ -1,130 +1,138 @@
-"""The site's action records change the simulated site (sim.model.Model.set_actions)."""
+"""Measures change the physics and cost what they cost: staff travel, set-up, tear-down,
+one-way, exit-only, metering with holding areas (the real site and scenario)."""
 
 from __future__ import annotations
 
 import pytest
 
 from crowdflow.site import (
-    BroadcastAction,
     ExitOnlyAction,
+    MeteringAction,
     MetroLimitAction,
     OneWayAction,
     StaffingAction,
-    Text,
     TrafficCutoffAction,
 )
 from sim.model import Model
 
+CUT = TrafficCutoffAction(type="traffic_cutoff", road="road-jiabin")
 
 
-def edge(m: Model, a: str, b: str) -> int:
-    return next(k for k, e in enumerate(m.net.edges) if e.name == f"{a}>{b}")
+def at(site, scenario, hhmm: float, seed: int = 0) -> Model:
+    m = Model(site, scenario, seed=seed)
+    m.run_until(hhmm * 3600)
+    return m
 
 
-def run(m: Model, steps: int, watch: list[int]) -> list[int]:
-    moved = [0] * len(watch)
-    for _ in range(steps):
-        m.step()
-        for i, k in enumerate(watch):
-            moved[i] += int(m.last_moved[k])
-    return moved
-
-
-def test_traffic_cutoff_frees_road_space_and_widens_links(site, scenario):
-    m = Model(site, scenario, seed=1, tod_s=20 * 3600)
-    i = m.net.index["jiabin-frontage"]
-    m.n[i] = 1200
-    before = m.zone_counts()["jiabin-frontage"]
-    assert before == 1200
-    width = m.width[edge(m, "jiabin-frontage", "jiabin-crossing")]
-    m.set_actions([TrafficCutoffAction(type="traffic_cutoff", road="road-jiabin")])
-    assert m.area[i] == pytest.approx(800 + 0.5 * 4200)
-    # Same people, more ground: the zone's own ground (what its camera sees) holds fewer.
-    assert m.zone_counts()["jiabin-frontage"] < 0.3 * before
-    assert m.width[edge(m, "jiabin-frontage", "jiabin-crossing")] == width + 12
-    assert m.cut_roads == {"road-jiabin"}
-    # Released while 1200 people stand on 800 m² of frontage: the road cannot reopen yet.
+def test_road_cut_needs_officers_and_set_up_before_it_frees_space(site, scenario):
+    m = at(site, scenario, 19.5)
+    road = site.road_by_id["road-jiabin"]
+    travel = max(m.staff_board.travel_s[cp.post] for cp in road.closure_points)
+    t0 = m.t
+    m.set_actions([CUT])
+    assert m.cut_roads == set() and m.roads_freed == set()  # ordered, nobody there yet
+    m.run_until(t0 + travel + 30)
+    assert m.cut_roads == {"road-jiabin"}  # officers there: the road is closed to traffic …
+    assert m.roads_freed == set()  # … but the area is not free until set-up is done
+    i = m.zones.index("jiabin-frontage")
+    assert m.area[i] == 800
+    m.run_until(t0 + travel + road.setup_min * 60 + 30)
+    assert m.roads_freed == {"road-jiabin"} and m.area[i] == pytest.approx(800 + 0.5 * 4200)
+    assert m.staff_board.dispatched >= road.officers
+    # released: cut (and counted) through the tear-down, then open and the officers go back later
+    t1 = m.t
     m.set_actions([])
-    assert m.cut_roads == {"road-jiabin"} and m.clearing == {"road-jiabin"}
-    m.n[i] = 700  # they fit the sidewalk again (≤ reopen_density): the road reopens
-    m.step()
-    assert m.cut_roads == set() and m.area[i] == 800
-    assert m.zone_counts()["jiabin-frontage"] == pytest.approx(m.n[i])
+    m.run_until(t1 + road.teardown_min * 60 - 30)
+    assert m.cut_roads == {"road-jiabin"}
+    m.run_until(t1 + road.teardown_min * 60 + 30)
+    assert m.cut_roads == set() and m.roads_freed == set() and m.area[i] == 800
 
 
-def test_one_way_stops_counterflow(site, scenario):
-    def flows(actions):
-        m = Model(site, scenario, seed=2, tod_s=20 * 3600)
-        for z in ("bridge-e-south", "bridge-e-mid", "bridge-e-north"):
-            m.n[m.net.index[z]] = 900
-        m.set_actions(actions)
-        return run(m, 60, [edge(m, "bridge-e-mid", "bridge-e-south"), edge(m, "bridge-e-north", "bridge-e-mid"),
-                           edge(m, "bridge-e-mid", "bridge-e-north")])
-
-    back, against, ahead = flows([])
-    assert back > 0 and against > 0
-    back1, against1, ahead1 = flows([OneWayAction(type="one_way", zone="bridge-e-mid", toward="bridge-n-head")
-                                     .model_copy(update={"toward": "bridge-e-north"})])
-    assert back1 == 0 and against1 == 0
-    assert ahead1 > ahead  # everyone leaving goes one way, at the link's full width
-
-
-def test_one_way_toward_a_zone_further_on_still_closes_the_way_back(site, scenario):
-    # The plans write one_way bridge-e-mid toward bridge-n-head (the walkway's far end).
-    m = Model(site, scenario, seed=2, tod_s=20 * 3600)
-    m.set_actions([OneWayAction(type="one_way", zone="bridge-e-mid", toward="bridge-n-head")])
-    assert not m.open[edge(m, "bridge-e-mid", "bridge-e-south")]
-    assert m.open[edge(m, "bridge-e-mid", "bridge-e-north")]
-    assert not m.open[edge(m, "bridge-e-north", "bridge-e-mid")]
-
-
-def test_exit_only_gate_stops_inflow_not_outflow(site, scenario):
-    m = Model(site, scenario, seed=3, tod_s=20 * 3600)
-    for z in ("cangbai-plaza", "hyd-upper"):
-        m.n[m.net.index[z]] = 1500
-    m.set_actions([ExitOnlyAction(type="exit_only", gate="gate-11f")])
-    inward, outward = run(m, 60, [edge(m, "cangbai-plaza", "hyd-upper"), edge(m, "hyd-upper", "cangbai-plaza")])
-    assert inward == 0 and outward > 100
-
-
-def test_exit_only_metro_gate_holds_arrivals_and_some_give_up(site, scenario):
-    m = Model(site, scenario, seed=4, tod_s=20 * 3600)
-    m.set_actions([ExitOnlyAction(type="exit_only", gate="gate-xsz-6")])
-    s = m.net.sources.index("metro-6")
-    entered = 0
-    for _ in range(120):
-        m.step()
-        entered += int(m.last_entered[s])
-    assert entered == 0 and m.queue[s] > 500 and m.totals.gave_up > 0
-
-
-def test_metro_limit_meters_arrivals(site, scenario):
-    m = Model(site, scenario, seed=5, tod_s=20 * 3600)
-    m.set_actions([MetroLimitAction(type="metro_limit", gate="gate-xsz-9", max_per_min=30)])
-    s = m.net.sources.index("metro-9")
-    entered = 0
-    for _ in range(120):  # 10 minutes
-        m.step()
-        entered += int(m.last_entered[s])
-    assert 270 <= entered <= 330  # 30/min, whole persons rounded without bias
-    free = Model(site, scenario, seed=5, tod_s=20 * 3600)
-    for _ in range(120):
-        free.step()
-    assert free.totals.entered > m.totals.entered + 200
-
-
-def test_staffing_clears_the_post_zone_faster(site, scenario):
-    def left_after(actions):
-        m = Model(site, scenario, seed=6, tod_s=3 * 3600)  # no arrivals at 03:00
-        m.n[m.net.index["bridge-e-mid"]] = 2400
-        m.set_actions(actions)
-        for _ in range(120):
+def test_pre_positioned_staff_make_the_cut_faster(site, scenario):
+    def effective_after(actions_first):
+        m = at(site, scenario, 19.5)
+        m.set_actions(actions_first)
+        m.run_until(m.t + 1800)  # the reserve is there
+        t0 = m.t
+        m.set_actions(actions_first + [CUT])
+        while not m.roads_freed:
             m.step()
-        return int(m.n[m.net.index["bridge-e-mid"]])
+        return m.t - t0
 
-    normal = left_after([])
-    staffed = left_after([StaffingAction(type="staffing", post="post-bridge-mid", headcount=16)])
-    assert staffed < 0.96 * normal, (staffed, normal)
-    # The site's normal headcount is no extra effect; a broadcast changes nothing modelled.
-    assert left_after([StaffingAction(type="staffing", post="post-bridge-mid", headcount=8),
-                       BroadcastAction(type="broadcast", text=Text(zh="请", en="please"))]) == normal
+    cold = effective_after([])
+    warm = effective_after([StaffingAction(type="staffing", post="post-jiabin-crossing", headcount=20),
+                            StaffingAction(type="staffing", post="post-riverside", headcount=10)])
+    assert warm == pytest.approx(site.road_by_id["road-jiabin"].setup_min * 60, abs=10)
+    assert cold > warm + 300
+
+
+def test_staff_alone_change_no_physics(site, scenario):
+    a, b = at(site, scenario, 19.5, seed=3), at(site, scenario, 19.5, seed=3)
+    b.set_actions([StaffingAction(type="staffing", post="post-bridge-mid", headcount=30)])
+    a.run_until(a.t + 1800)
+    b.run_until(b.t + 1800)
+    assert a.zone_counts() == b.zone_counts()  # staff widen nothing
+    assert b.staff_board.staff_seconds > 0 and a.staff_board.staff_seconds == 0
+
+
+def test_a_road_with_no_pedestrian_area_costs_but_changes_nothing(site, scenario):
+    a, b = at(site, scenario, 19.5, seed=2), at(site, scenario, 19.5, seed=2)
+    b.set_actions([TrafficCutoffAction(type="traffic_cutoff", road="road-minzu")])
+    a.run_until(a.t + 1800)
+    b.run_until(b.t + 1800)
+    assert a.zone_counts() == b.zone_counts()
+    assert b.cut_roads == {"road-minzu"} and b.staff_board.dispatched >= 3
+
+
+def test_one_way_removes_counter_flow_on_the_bridge(site, scenario):
+    """Both directions on the west walkway lose capacity to counter-flow; one-way gives the
+    remaining direction the full width (no loss) and stops the other."""
+    def lanes(actions):
+        m = at(site, scenario, 20.0, seed=1)
+        m.set_actions(actions, in_effect=True)
+        net = m.net
+        li = [i for i, ln in enumerate(net.lanes) if ln[0] == "bridge-west"]
+        c0 = m.state.port_flow.copy()
+        m.run_until(m.t + 1200)
+        flows = {net.lanes[i][1]: m.state.port_flow[i] - c0[i] for i in li}  # lane entry ports come first
+        return flows, m
+
+    both, _ = lanes([])
+    one, m = lanes([OneWayAction(type="one_way", zone="bridge-w-mid", toward="bridge-n-head")])
+    assert both["bridge-s-head"] > 0 and both["bridge-n-head"] > 0
+    assert one["bridge-n-head"] == 0  # nobody enters walking south
+    assert one["bridge-s-head"] > 0.9 * both["bridge-s-head"]  # the way on stays open
+    # (that the remaining direction gets the full width back: test_twin_validation.py)
+
+
+def test_exit_only_stops_inflow_not_outflow(site, scenario):
+    m = at(site, scenario, 20.0)
+    m.set_actions([ExitOnlyAction(type="exit_only", gate="gate-11f")], in_effect=True)
+    net = m.net
+    k_in, k_out = net.pidx["cangbai-plaza>hyd-upper"], net.pidx["hyd-upper>cangbai-plaza"]
+    c = m.state.port_flow.copy()
+    m.run_until(m.t + 900)
+    assert m.state.port_flow[k_in] - c[k_in] == 0 and m.state.port_flow[k_out] - c[k_out] > 100
+    assert m.state.diverted > 0  # people headed for 11F went elsewhere
+
+
+def test_metering_holds_people_in_the_holding_area_at_its_rate(site, scenario):
+    m = at(site, scenario, 20.0)
+    m.set_actions([MeteringAction(type="metering", gate="gate-11f", per_min=60)], in_effect=True)
+    k = m.net.pidx["cangbai-plaza>hyd-upper"]
+    c = m.state.port_flow[k]
+    m.run_until(m.t + 600)
+    assert m.state.port_flow[k] - c == pytest.approx(600, rel=0.02)  # 60/min for 10 min
+    assert m.twin.port_queue(m.state)[k] > 300  # the rest wait …
+    pk = m.zone_peak_density()["cangbai-plaza"]
+    assert pk > m.twin.place_density(m.state, m.ctl)[m.net.pi["cangbai-plaza"]]  # … densely, in the pen
+
+
+def test_metro_limit_holds_arrivals_in_the_station_and_some_give_up(site, scenario):
+    m = at(site, scenario, 19.5)
+    m.set_actions([MetroLimitAction(type="metro_limit", gate="gate-xsz-9", max_per_min=20)], in_effect=True)
+    s = m.net.sources.index("metro-9")
+    e0 = m.state.src_in[s]
+    m.run_until(m.t + 1200)
+    assert m.state.src_in[s] - e0 == pytest.approx(400, rel=0.03)
+    assert m.queue[s] > 300 and m.state.gave_up > 0

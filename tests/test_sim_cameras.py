@@ -91,10 +91,13 @@ def test_runner_publishes_and_applies_the_plans_actions(site, scenario, r, keys)
     assert [a.type for a in active_actions(r, keys)] == ["traffic_cutoff", "exit_only"]  # broken one skipped
     before = runner.model.zone_counts()["jiabin-frontage"]
     runner.apply_actions()
-    assert runner.model.cut_roads == {"road-jiabin"}
-    assert runner.model.zone_counts()["jiabin-frontage"] < 0.5 * before  # visibly fewer on the frontage
+    assert runner.model.cut_roads == set()  # ordered: officers on their way
+    runner.advance(40 * 60)  # the twin's staff travel and set-up
+    assert runner.model.cut_roads == {"road-jiabin"} and runner.model.roads_freed == {"road-jiabin"}
+    assert runner.model.zone_counts()["jiabin-frontage"] < 0.6 * before  # visibly fewer on the frontage
     r.hdel(keys.plan_state, "hongyadong")
     runner.apply_actions()
+    runner.advance(30 * 60)  # tear-down
     assert runner.model.cut_roads == set()
 
 

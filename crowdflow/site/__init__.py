@@ -8,7 +8,8 @@ One module per group of sections (Frigate style):
 
 * :mod:`.runtime` — ``site``, ``redis``, ``edge``, ``control``, ``dashboard`` (runtime settings);
 * :mod:`.places`  — ``zones``, ``cameras``, ``roads``, ``gates``, ``posts``, ``basemap``;
-* :mod:`.plans`   — measures (``Action``), tiered ``plans``, ``emergency``;
+* :mod:`.plans`   — actions (``Action``), tiered ``plans``, ``emergency``;
+* :mod:`.measures` — first-class ``measures`` (trigger, release, min on/off, cost) and the ``staff`` pool;
 * :mod:`.model`   — :class:`Site`, the whole file, with its lookups and helpers;
 * :mod:`.checks`  — the named ``verify_*`` cross-checks, listed in ``CHECKS``;
 * :mod:`.load`    — parsing and path-precise errors.
@@ -16,16 +17,19 @@ One module per group of sections (Frigate style):
 
 from ..vocab import LEVELS, Id
 from .base import ConfigError, LonLat, Strict, Text, check_ring
-from .checks import CHECKS, semantic_problems
+from .checks import CHECKS, WARNINGS, semantic_problems, semantic_warnings
 from .load import load_site, parse_site, validate_file_model
 from .model import Projection, Site
-from .places import Basemap, BasemapArea, CalibrationPoint, Camera, Gate, Post, Preset, Road, Zone
+from .places import Basemap, BasemapArea, CalibrationPoint, Camera, ClosurePoint, Gate, HoldingArea, Post, Preset, Road, Zone
+from .staff import StaffPool
+from .measures import Measure, MeasureCost, MeasureRelease, MeasureTrigger
 from .plans import (
     Action,
     BroadcastAction,
     Emergency,
     ExitOnlyAction,
     Hysteresis,
+    MeteringAction,
     MetroLimitAction,
     OneWayAction,
     Plan,
@@ -45,10 +49,11 @@ from .runtime import (
 )
 
 __all__ = [
-    "LEVELS", "Id", "ConfigError", "LonLat", "Strict", "Text", "check_ring", "CHECKS", "semantic_problems",
+    "LEVELS", "Id", "ConfigError", "LonLat", "Strict", "Text", "check_ring", "CHECKS", "semantic_problems", "WARNINGS", "semantic_warnings",
     "load_site", "parse_site", "validate_file_model", "Projection", "Site", "Basemap", "BasemapArea",
     "CalibrationPoint", "Camera", "Gate", "Post", "Preset", "Road", "Zone", "Action", "BroadcastAction",
     "Emergency", "ExitOnlyAction", "Hysteresis", "MetroLimitAction", "OneWayAction", "Plan", "PlanLevel",
-    "StaffingAction", "TrafficCutoffAction", "Triggers", "ControlSection", "DashboardSection", "DashboardUser",
+    "StaffingAction", "TrafficCutoffAction", "Triggers", "MeteringAction", "ClosurePoint", "HoldingArea", "StaffPool", "ControlSection", "DashboardSection", "DashboardUser",
     "EdgeSection", "RedisSection", "SiteInfo", "TileLayer",
+    "Measure", "MeasureCost", "MeasureRelease", "MeasureTrigger",
 ]

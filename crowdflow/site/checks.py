@@ -11,9 +11,10 @@ from typing import Callable
 
 from shapely.geometry import LineString, Polygon
 
+from .. import crowd
 from ..vocab import LEVELS
 from .model import Site
-from .plans import ExitOnlyAction, MetroLimitAction, OneWayAction, StaffingAction, TrafficCutoffAction
+from .plans import ExitOnlyAction, MeteringAction, MetroLimitAction, OneWayAction, StaffingAction, TrafficCutoffAction
 
 Problems = list[tuple[str, str]]
 
@@ -142,7 +143,7 @@ def _action_problems(site: Site, path: str, a) -> Problems:
         zone_ids = {z.id for z in site.zones}
         _ref(problems, f"{path}.zone", a.zone, zone_ids, "zone")
         _ref(problems, f"{path}.toward", a.toward, zone_ids, "zone")
-    elif isinstance(a, (ExitOnlyAction, MetroLimitAction)):
+    elif isinstance(a, (ExitOnlyAction, MetroLimitAction, MeteringAction)):
         _ref(problems, f"{path}.gate", a.gate, {g.id for g in site.gates}, "gate")
     return problems
 
@@ -200,6 +201,86 @@ def verify_basemap(site: Site) -> Problems:
     return problems
 
 
+def verify_closure_points(site: Site) -> Problems:
+    """A road that frees pedestrian area names where its cut is held (closure points with
+    officers from known posts): a cut needs staff and set-up, never comes free."""
+    problems: Problems = []
+    posts = {p.id for p in site.posts}
+    for i, rd in enumerate(site.roads):
+        if rd.frees and not rd.closure_points:
+            problems.append((f"roads[{i}].closure_points", "a road whose cut frees pedestrian area needs closure points"))
+        seen: set[str] = set()
+        for j, cp in enumerate(rd.closure_points):
+            _ref(problems, f"roads[{i}].closure_points[{j}].post", cp.post, posts, "post")
+            if cp.id in seen:
+                problems.append((f"roads[{i}].closure_points[{j}].id", f"duplicate id {cp.id!r}"))
+            seen.add(cp.id)
+    return problems
+
+
+def verify_holding_areas(site: Site) -> Problems:
+    """Holding areas name known gates and zones; gates name known staff posts."""
+    problems: Problems = []
+    zone_ids = {z.id for z in site.zones}
+    gate_ids = {g.id for g in site.gates}
+    posts = {p.id for p in site.posts}
+    seen: set[str] = set()
+    for i, h in enumerate(site.holding_areas):
+        _ref(problems, f"holding_areas[{i}].gate", h.gate, gate_ids, "gate")
+        _ref(problems, f"holding_areas[{i}].zone", h.zone, zone_ids, "zone")
+        if h.id in seen:
+            problems.append((f"holding_areas[{i}].id", f"duplicate id {h.id!r}"))
+        seen.add(h.id)
+    for i, g in enumerate(site.gates):
+        _ref(problems, f"gates[{i}].post", g.post, posts, "post")
+    return problems
+
+
+def verify_staff_pool(site: Site) -> Problems:
+    """The reserve can staff the largest single measure, and its base is near the site."""
+    problems: Problems = []
+    need = max([rd.officers for rd in site.roads] + [g.staff for g in site.gates] + [site.staff.one_way_staff])
+    if site.staff.pool < need:
+        problems.append(("staff.pool", f"{site.staff.pool} cannot staff the largest measure ({need})"))
+    if site.staff.base is not None:
+        proj = site.projection
+        d = math.dist(proj.to_metric([site.staff.base])[0], proj.to_metric([site.site.center])[0])
+        if d > 10_000:
+            problems.append(("staff.base", f"is {d / 1000:.0f} km from site.center; lon/lat swapped?"))
+    return problems
+
+
+def verify_measures(site: Site) -> Problems:
+    """Measures: unique ids, known plans and zones, valid actions, a release below the trigger,
+    and staff the pool can supply."""
+    from .measures import staff_needed
+
+    problems: Problems = []
+    plan_ids = {p.id for p in site.plans}
+    zone_ids = {z.id for z in site.zones}
+    seen: dict[str, int] = {}
+    for i, m in enumerate(site.measures):
+        base = f"measures[{i}]"
+        if m.id in seen:
+            problems.append((f"{base}.id", f"duplicate id {m.id!r} (also measures[{seen[m.id]}])"))
+        seen.setdefault(m.id, i)
+        for j, pid in enumerate(m.plans):
+            _ref(problems, f"{base}.plans[{j}]", pid, plan_ids, "plan")
+        for j, zid in enumerate(m.relieves):
+            _ref(problems, f"{base}.relieves[{j}]", zid, zone_ids, "zone")
+        for k, a in enumerate(m.actions):
+            problems += _action_problems(site, f"{base}.actions[{k}]", a)
+        if m.release.forecast_ratio >= m.trigger.forecast_ratio:
+            problems.append((f"{base}.release.forecast_ratio",
+                             f"{m.release.forecast_ratio:g} must be below the trigger's {m.trigger.forecast_ratio:g} (hysteresis)"))
+        need: dict[str, int] = {}
+        for a in m.actions:
+            for post, n in staff_needed(site, a).items():
+                need[post] = max(need.get(post, 0), n) if a.type == "staffing" else need.get(post, 0) + n
+        if sum(need.values()) > site.staff.pool:
+            problems.append((f"{base}.actions", f"needs {sum(need.values())} staff beyond the posts' duty roster; "
+                                                f"the staff pool holds {site.staff.pool}"))
+    return problems
 
 
 def verify_partitions(site: Site) -> Problems:
@@ -224,6 +305,10 @@ CHECKS: tuple[Callable[[Site], Problems], ...] = (
     verify_roads,
     verify_gates,
     verify_plans,
+    verify_closure_points,
+    verify_holding_areas,
+    verify_staff_pool,
+    verify_measures,
     verify_partitions,
 )
 
@@ -231,3 +316,45 @@ CHECKS: tuple[Callable[[Site], Problems], ...] = (
 def semantic_problems(site: Site) -> Problems:
     """Every named check's problems, in order."""
     return [p for check in CHECKS for p in check(site)]
+
+
+# ----------------------------------------------------------------------------- warnings
+#
+# A warning names something that loads and runs but cannot do what the file says; the site
+# is still usable. ``check-config`` prints them.
+
+
+def verify_triggers_reachable(site: Site) -> Problems:
+    """Every level trigger can be reached by some zone of its plan: a flow trigger above the
+    fundamental diagram's peak needs a gate that measures flow; a density (or a capacity
+    ratio, through the zone's area per visitor) at or beyond jam density never occurs."""
+    warnings: Problems = []
+    peak = crowd.peak_flow_ppm()
+    gated = {zid for g in site.gates for zid in (g.inside_zone, g.outside_zone) if zid}
+    zones = site.zone_by_id
+    for i, p in enumerate(site.plans):
+        known = [zones[z] for z in p.zones if z in zones]
+        for j, lv in enumerate(p.levels):
+            base = f"plans[{i}].levels[{j}].triggers"
+            t = lv.triggers
+            if t.flow_ppm is not None and t.flow_ppm > peak and not any(z.id in gated for z in known):
+                warnings.append((f"{base}.flow_ppm",
+                                 f"{t.flow_ppm:g} p/m/min can never fire: flow from density peaks at {peak:.1f} "
+                                 f"and no zone of plan {p.id} has a gate that measures flow"))
+            if t.density is not None and t.density >= crowd.RHO_JAM:
+                warnings.append((f"{base}.density", f"{t.density:g} p/m² is at or beyond jam density "
+                                                    f"{crowd.RHO_JAM:g}: it can never fire"))
+            if t.capacity_ratio is not None and known and all(
+                    t.capacity_ratio / z.area_per_visitor_m2 >= crowd.RHO_JAM for z in known):
+                warnings.append((f"{base}.capacity_ratio",
+                                 f"{t.capacity_ratio:g} needs a density at or beyond jam ({crowd.RHO_JAM:g} p/m²) "
+                                 f"in every zone of plan {p.id}: it can never fire"))
+    return warnings
+
+
+WARNINGS: tuple[Callable[[Site], Problems], ...] = (verify_triggers_reachable,)
+
+
+def semantic_warnings(site: Site) -> Problems:
+    """Every named warning check's findings, in order."""
+    return [w for check in WARNINGS for w in check(site)]

@@ -11,8 +11,10 @@ from shapely.geometry import Polygon
 
 from .. import crowd
 from .base import Strict
-from .places import Basemap, Camera, Gate, Post, Road, Zone
+from .places import Basemap, Camera, Gate, HoldingArea, Post, Road, Zone
+from .measures import Measure
 from .plans import Emergency, Plan
+from .staff import StaffPool
 from .runtime import ControlSection, DashboardSection, EdgeSection, RedisSection, SiteInfo
 
 
@@ -30,7 +32,10 @@ class Site(Strict):
     posts: list[Post] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
     emergency: Emergency = Emergency()
+    measures: list[Measure] = Field(default_factory=list)
     basemap: Basemap = Basemap()
+    holding_areas: list[HoldingArea] = Field(default_factory=list)
+    staff: StaffPool = StaffPool()
 
     # -- lookups (the model is frozen, so these are computed once)
 
@@ -62,6 +67,10 @@ class Site(Strict):
     @cached_property
     def post_by_id(self) -> dict[str, Post]:
         return {p.id: p for p in self.posts}
+
+    @cached_property
+    def measure_by_id(self) -> dict[str, Measure]:
+        return {m.id: m for m in self.measures}
 
     @cached_property
     def plan_by_id(self) -> dict[str, Plan]:

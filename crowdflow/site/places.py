@@ -69,6 +69,15 @@ class Camera(Strict):
         raise KeyError(f"camera {self.id} has no preset {preset_id!r}")
 
 
+class ClosurePoint(Strict):
+    """Where a road cut is held: barriers and the officers standing there."""
+
+    id: Id
+    position: LonLat
+    officers: int = Field(ge=1, le=200)
+    post: Id  # the staff post its officers come from (travel time from there)
+
+
 class Road(Strict):
     id: Id
     name: Text
@@ -77,6 +86,15 @@ class Road(Strict):
     # When cut off, the zones beside it gain its pedestrian area in these shares: people
     # spread onto the road, and control counts them with the zone (see control/zones.py).
     frees: dict[Id, float] = Field(default_factory=dict)
+    # A cut needs its closure points staffed; the area is free for pedestrians only after
+    # set-up (traffic diverted, barriers placed), and reopening takes the tear-down time.
+    closure_points: list[ClosurePoint] = Field(default_factory=list)
+    setup_min: float = Field(10, ge=0, le=240)
+    teardown_min: float = Field(10, ge=0, le=240)
+
+    @property
+    def officers(self) -> int:
+        return sum(c.officers for c in self.closure_points)
 
 
 class Gate(Strict):
@@ -86,6 +104,18 @@ class Gate(Strict):
     outside_zone: Id | None = None
     inside_zone: Id | None = None
     camera: Id | None = None
+    post: Id | None = None  # the post whose staff hold it exit-only or meter it
+    staff: int = Field(2, ge=0, le=200)  # marshals an exit-only / metering measure needs here
+
+
+class HoldingArea(Strict):
+    """Where people held by metering or a closed entrance wait (own area, own density)."""
+
+    id: Id
+    name: Text
+    gate: Id  # the gate whose metering/closure holds people here
+    zone: Id  # the zone it lies in (or next to)
+    area_m2: float = Field(gt=0, le=100000)
 
 
 class Post(Strict):

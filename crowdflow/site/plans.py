@@ -38,6 +38,15 @@ class MetroLimitAction(Strict):
     max_per_min: int = Field(ge=0, le=100000)
 
 
+class MeteringAction(Strict):
+    """Let at most ``per_min`` persons a minute through a gate inward; the rest wait in the
+    gate's holding area."""
+
+    type: Literal["metering"]
+    gate: Id
+    per_min: int = Field(ge=0, le=100000)
+
+
 class BroadcastAction(Strict):
     type: Literal["broadcast"]
     text: Text
@@ -50,6 +59,7 @@ Action = Annotated[
         OneWayAction,
         ExitOnlyAction,
         MetroLimitAction,
+        MeteringAction,
         BroadcastAction,
     ],
     Field(discriminator="type"),

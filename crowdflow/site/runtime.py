@@ -65,6 +65,9 @@ class EdgeSection(Strict):
 
 class ControlSection(Strict):
     stale_after_s: float = Field(10, gt=0, le=3600)
+    # A command that reaches control later than this after it was issued (queued through an
+    # outage) is refused with the reason, not applied on a situation its sender never saw.
+    command_max_age_s: float = Field(30, gt=0, le=3600)
     # Partitions (docs/scaling.md): partition id → the plan areas it holds. Empty: one
     # partition, the whole site, under ``redis.prefix`` as before. Otherwise every key of a
     # partition is ``<prefix>:{<partition>}:…`` and control workers share the partitions.
@@ -121,3 +124,6 @@ class DashboardSection(Strict):
                 raise ValueError(f"{c!r} is not an address or CIDR network") from None
         return v
     tiles: TileLayer | None = None
+    # The OSM basemap (GeoJSON, relative to this file; CROWDFLOW_BASEMAP overrides). Never
+    # committed: build it from an OSM extract with scripts/build_basemap.py. None: no basemap.
+    basemap_file: str | None = None

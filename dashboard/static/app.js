@@ -19,7 +19,9 @@
   ];
   const UNKNOWN_FILL = "url(#cf-hatch)";
   const CAM = { ok: "#1f9d55", offline: "#d7191c", moved: "#f07c19", unknown: "#9aa0a6" };
-  const ROLES = ["viewer", "operator", "commander"];
+  // Levels, roles, health states and command kinds come from /api/site's `vocab`
+  // (crowdflow/vocab.py): declared once on the server, never copied here.
+  const V = () => (S.site && S.site.vocab) || { roles: [], levels: [], command_role: {}, health_states: [] };
   const colour = (s) => {
     if (!s || s.status !== "ok" || s.capacity_ratio == null) return UNKNOWN_FILL;
     for (const [t, c] of BANDS) if (s.capacity_ratio >= t) return c;
@@ -28,7 +30,7 @@
 
   // ---------------------------------------------------------------- state
   const S = {
-    me: null, site: null, states: {}, plans: {}, recs: {}, alarms: {}, mode: null,
+    me: null, site: null, states: {}, plans: {}, recs: {}, alarms: {}, mode: null, inforce: null, orders: {},
     names: {}, // "zone:id" / "post:id" / ... → {zh, en}
     feats: {}, // "kind:id" → GeoJSON feature
   };
@@ -36,7 +38,8 @@
   const cams = {};        // camera id → circle marker
   const posts = {};       // post id → marker
   window.crowdflow = { states: S.states, layers, S };  // for tests, screenshots and debugging
-  const can = (role) => S.me && ROLES.indexOf(S.me.role) >= ROLES.indexOf(role);
+  const can = (role) => !!S.me && V().roles.indexOf(S.me.role) >= V().roles.indexOf(role) && V().roles.indexOf(role) >= 0;
+  const canCmd = (kind) => can(V().command_role[kind]);
   const nm = (kind, id) => (S.names[`${kind}:${id}`] || {})[lang] || id;
   const planName = (id) => { const p = (S.site.plans || []).find((x) => x.id === id); return p ? p.name[lang] : id; };
 
@@ -82,19 +85,6 @@
     }
     return `${esc(n)}<br>${Math.round(s.count)}${T("people")} · ${Math.round(s.capacity_ratio * 100)}% · ${s.density.toFixed(2)}/m²${trendArrow(s)}`;
   }
-  function popup(id) {
-    const s = S.states[id] || {};
-    const rows = s.status === "ok"
-      ? [[T("people"), Math.round(s.count)], [T("density"), `${s.density.toFixed(2)} /m²`],
-         [T("ratio"), `${Math.round(s.capacity_ratio * 100)}%`], [T("capacity"), s.capacity],
-         [T("trend"), s.trend_pm == null ? "—" : `${s.trend_pm.toFixed(1)} ${T("per_min")}`],
-         [T("coverage"), `${Math.round((s.coverage || 0) * 100)}%`],
-         [T("sources"), (s.sources || []).join(", ")], [T("updated"), age(s.updated_at)]]
-      : [[T("unknown"), s.last_known ? `${Math.round(s.last_known.count)}${T("people")} · ${age(s.last_known.at)}` : ""],
-         [T("reason"), s.reason || ""], [T("capacity"), s.capacity]];
-    return `<div class="popup"><b>${esc(nm("zone", id))}</b><table>` +
-      rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(v)}</td></tr>`).join("") + "</table></div>";
-  }
   function paint(id) {
     const layer = layers[id];
     if (!layer) return;
@@ -112,7 +102,14 @@
       // Zoomed out, calm zones (< 60 %) drop their labels so the busy ones read at a glance.
       tip.classList.toggle("calm", !unknown && (s.capacity_ratio == null || s.capacity_ratio < 0.6));
     }
-    if (layer.isPopupOpen()) layer.setPopupContent(popup(id));
+    scheduleDeclutter();
+    if (S.panelZone === id) renderZoneFacts(id);
+  }
+  let declutterPending = false;
+  function scheduleDeclutter() {
+    if (declutterPending) return;
+    declutterPending = true;
+    requestAnimationFrame(() => { declutterPending = false; declutter(); });
   }
   function cameraHealth(id) {
     for (const a of Object.values(S.alarms)) {
@@ -121,11 +118,17 @@
         if (a.kind === "view_moved") return "moved";
       }
     }
+    // Structured health from the zone states (ZoneState.cameras), never parsed out of text.
+    const MAP = { ok: "ok", camera_offline: "offline", frozen: "offline", view_moved: "moved",
+                  view_unverified: "moved", degraded: "moved" };
     let h = "unknown";
     for (const s of Object.values(S.states)) {
-      if (s.status === "ok" && (s.sources || []).includes(id)) return "ok";
-      if (s.reason && s.reason.includes(`${id} camera_offline`)) h = "offline";
-      if (s.reason && s.reason.includes(`${id} view_moved`)) h = "moved";
+      for (const c of s.cameras || []) {
+        if (c.camera_id !== id) continue;
+        if (c.used) return "ok";
+        const m = MAP[c.state];
+        if (m === "offline" || (m === "moved" && h !== "offline")) h = m;
+      }
     }
     return h;
   }
@@ -138,10 +141,21 @@
       if (el) el.setAttribute("data-health", h);
     }
   }
+  // What is in force comes from control's one published record (InForce), never derived here.
   function activeActions() {
-    const out = [];
-    for (const p of Object.values(S.plans)) for (const a of p.active_actions || []) out.push([p.plan_id, a]);
-    return out;
+    return ((S.inforce || {}).measures || []).map((m) => [m.plan_id, m.action, m]);
+  }
+  function sourceText(m) {
+    if (m.source === "emergency") return T("src_emergency");
+    const lv = m.level ? T(`level_${m.level}`) : "";
+    return m.source === "override" ? `${planName(m.plan_id)} ${lv} · ${T("src_override")}` : `${planName(m.plan_id)} ${lv}`;
+  }
+  function renderInForce() {
+    const ms = (S.inforce || {}).measures || [];
+    $("#inforce .body").innerHTML = ms.length ? `<ul class="inforce">${ms.map((m) => `
+      <li class="measure src-${m.source}" data-type="${esc(m.action.type)}">${esc(actionText(m.action))}
+        <div class="muted">${esc(sourceText(m))} · ${T("since")} ${clock(m.since)} · ${esc(m.by)}</div></li>`).join("")}</ul>`
+      : `<p class="muted">${T("no_measures_in_force")}</p>`;
   }
   function centroid(kind, id) {
     const f = S.feats[`${kind}:${id}`];
@@ -208,7 +222,8 @@
     svg.insertBefore(defs, svg.firstChild);
   }
   function buildMap(site) {
-    map = L.map("map", { zoomControl: true, attributionControl: !!site.tiles, maxZoom: 20 });
+    map = L.map("map", { zoomControl: true, attributionControl: true, maxZoom: 20 });
+    map.attributionControl.setPrefix(false);
     map.createPane("basemap").style.zIndex = 300;
     map.createPane("actions").style.zIndex = 450;
     if (site.tiles) L.tileLayer(site.tiles.url, { maxZoom: site.tiles.max_zoom, attribution: site.tiles.attribution }).addTo(map);
@@ -229,8 +244,12 @@
         const latlngs = ll(f.geometry.coordinates[0]);
         const poly = L.polygon(latlngs, { className: `zone zone-${p.id}` }).addTo(map);
         poly.bindTooltip("", { permanent: true, direction: "center", className: "zone-label" });
-        poly.bindPopup(() => popup(p.id));
-        poly.on("click", () => showTimeline(p.id));
+        poly.on("mouseover", () => { const el = poly.getTooltip().getElement(); if (el) el.classList.add("hover"); });
+        poly.on("mouseout", () => { const el = poly.getTooltip().getElement(); if (el) el.classList.remove("hover"); });
+        poly.on("click", () => {
+          showTimeline(p.id);
+          if (layout === "phone") $("#timeline").scrollIntoView({ behavior: "smooth", block: "start" });
+        });
         layers[p.id] = poly;
         latlngs.forEach((x) => bounds.extend(x));
       } else if (p.kind === "road") {
@@ -248,39 +267,191 @@
     addHatch();
     window.crowdflow.map = map;
     window.crowdflow.showTimeline = showTimeline;
+    S.zoneBounds = bounds;
     map.fitBounds(bounds, { padding: [10, 10] });
+    map.on("zoomend moveend", () => requestAnimationFrame(declutter));
     const DETAIL_ZOOM = 18;  // zoomed out, only busy live zones keep their labels
     const overview = () => map.getContainer().classList.toggle("overview", map.getZoom() < DETAIL_ZOOM);
     map.on("zoomend", overview);
     overview();
   }
 
+  // The OSM basemap (streets, footways, steps, buildings, metro), served by /api/basemap from
+  // the file the site names; drawn under everything, with its attribution on the map.
+  async function loadBasemap() {
+    const res = await fetch("/api/basemap");
+    if (!res.ok) { window.crowdflow.basemap = { error: (await res.json().catch(() => ({}))).detail || res.status }; return; }
+    const bm = await res.json();
+    const ll = (c) => c.map(([lon, lat]) => [lat, lon]);
+    const pane = "osm";
+    if (!map.getPane(pane)) map.createPane(pane).style.zIndex = 250;
+    const g = L.layerGroup();
+    let n = 0;
+    const STREET = { primary: 6, primary_link: 4, secondary: 5, secondary_link: 4, tertiary: 4, residential: 3 };
+    for (const f of bm.features) {
+      const p = f.properties, t = f.geometry.type, layer = p._layer;
+      const name = p[lang === "en" && p["name:en"] ? "name:en" : "name"];
+      const lines = t === "LineString" ? [f.geometry.coordinates] : t === "MultiLineString" ? f.geometry.coordinates : null;
+      if (layer === "building" && (t === "Polygon" || t === "MultiPolygon")) {
+        const polys = t === "Polygon" ? [f.geometry.coordinates] : f.geometry.coordinates;
+        for (const poly of polys) L.polygon(poly.map(ll), { pane, color: "#c9b99f", weight: 0.6, fillColor: "#e4d9c6", fillOpacity: 0.85, className: "osm osm-building", interactive: false }).addTo(g);
+        n++;
+      } else if ((layer === "street" || layer === "footway") && lines) {
+        const steps = p.highway === "steps";
+        const style = layer === "street"
+          ? { color: "#ffffff", weight: STREET[p.highway] || 2.5, opacity: 0.95, className: "osm osm-street" }
+          : steps ? { color: "#a0522d", weight: 2.5, dashArray: "2 3", opacity: 0.9, className: "osm osm-steps" }
+            : { color: "#7c8b99", weight: 1.5, dashArray: "4 3", opacity: 0.9, className: "osm osm-footway" };
+        for (const c of lines) {
+          const pl = L.polyline(ll(c), { pane, ...style });
+          if (name) pl.bindTooltip(esc(name), { sticky: true });
+          pl.addTo(g);
+        }
+        n++;
+      } else if ((layer === "metro_entrance" || layer === "metro_station") && t === "Point") {
+        const [lon, lat] = f.geometry.coordinates;
+        const txt = layer === "metro_entrance" ? `M${p.ref ? esc(p.ref) : ""}` : "M";
+        L.marker([lat, lon], { pane, interactive: !!name, icon: L.divIcon({ className: `osm-metro osm-${layer}`, html: txt }) })
+          .bindTooltip(esc(name || T("metro_exit"))).addTo(g);
+        n++;
+      }
+    }
+    g.addTo(map);
+    map.attributionControl.addAttribution(esc(bm.attribution));
+    window.crowdflow.basemap = { features: n };
+  }
+
+  // Labels never overlap: the busiest zones are placed first; a label that would cover one
+  // already placed is hidden and shown on hover (its zone's tooltip) instead.
+  function declutter() {
+    if (!map) return;
+    const items = Object.entries(layers).map(([id, layer]) => {
+      const tip = layer.getTooltip() && layer.getTooltip().getElement();
+      const s = S.states[id];
+      const prio = !s || s.status !== "ok" ? -1 : (s.capacity_ratio || 0);
+      return { id, tip, prio };
+    }).filter((x) => x.tip);
+    items.sort((a, b) => b.prio - a.prio || a.id.localeCompare(b.id));
+    const placed = [];
+    for (const it of items) {
+      it.tip.classList.remove("collide");
+      const style = getComputedStyle(it.tip);
+      if (style.display === "none") continue;
+      const r = it.tip.getBoundingClientRect();
+      if (!r.width) continue;
+      const hit = placed.some((q) => r.left < q.right && r.right > q.left && r.top < q.bottom && r.bottom > q.top);
+      if (hit) it.tip.classList.add("collide");
+      else placed.push(r);
+    }
+  }
+  function fitZones() {
+    if (!map || !S.zoneBounds) return;
+    map.invalidateSize();
+    map.fitBounds(S.zoneBounds, { padding: [10, 10] });
+  }
+
   // ---------------------------------------------------------------- panels
+  function newId() {  // crypto.randomUUID needs a secure context; getRandomValues does not
+    const b = new Uint8Array(16);
+    crypto.getRandomValues(b);
+    return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  }
+  // One command = one id, made here with the time it was issued. A request that fails on
+  // the way (network, or control slow to answer) is sent again with the same id: control
+  // acts once and answers both. Control refuses, with the reason, a command that reaches it
+  // later than command_max_age_s after issued_at.
   async function command(body) {
-    let res;
-    try {
-      res = await fetch("/api/commands", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-    } catch (e) { toast(T("cmd_timeout", { error: String(e) })); return; }
-    const data = await res.json().catch(() => ({}));
-    const error = data.error || data.detail || res.statusText;
-    if (res.ok) toast(T("cmd_ok"));
-    else if (res.status === 504) toast(T("cmd_timeout", { error }));
+    const cmd = { ...body, id: newId(), issued_at: Date.now() / 1000 };
+    let res, data = {};
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        res = await fetch("/api/commands", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(cmd) });
+        data = await res.json().catch(() => ({}));
+        if (res.status !== 504) break;
+      } catch (e) {
+        res = null; data = { error: String(e) };
+      }
+    }
+    const error = data.error || (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail || "")) || (res ? res.statusText : "");
+    window.crowdflow.lastCommand = { id: cmd.id, kind: cmd.kind, status: res ? res.status : 0, error: res && res.ok ? null : error };
+    if (res && res.ok) toast(T("cmd_ok"));
+    else if (!res || res.status === 504) toast(T("cmd_timeout", { error }));
     else if (res.status === 403 || res.status === 401) toast(T("cmd_forbidden", { error }));
     else toast(T("cmd_failed", { error }));
+    return res && res.ok;
   }
-  function renderRecs() {
-    const recs = Object.values(S.recs).sort((a, b) => (a.status === "pending" ? 0 : 1) - (b.status === "pending" ? 0 : 1) || b.created_at - a.created_at).slice(0, 12);
-    $("#recs .body").innerHTML = recs.length ? recs.map((r) => `
+  // A modal that says what a command will do, and asks for a note (required or not).
+  function ask({ title, body, noteLabel, noteRequired, ok }) {
+    const dlg = $("#dlg");
+    $("#dlg-title").textContent = title;
+    $("#dlg-body").innerHTML = body || "";
+    $("#dlg-note-wrap").hidden = !noteLabel;
+    $("#dlg-note-label").textContent = noteLabel || "";
+    $("#dlg-note").value = "";
+    $("#dlg-error").textContent = "";
+    $("#dlg-ok").textContent = ok || T("ok");
+    const okBtn = $("#dlg-ok");
+    const sync = () => { okBtn.disabled = !!noteRequired && !$("#dlg-note").value.trim(); };
+    $("#dlg-note").oninput = sync;
+    sync();
+    return new Promise((resolve) => {
+      dlg.onclose = () => resolve(dlg.returnValue === "ok" ? { note: $("#dlg-note").value.trim() } : null);
+      $("#dlg-cancel").onclick = () => dlg.close("cancel");
+      dlg.returnValue = "";
+      dlg.showModal();
+      if (noteLabel) $("#dlg-note").focus();
+    });
+  }
+  async function override(planId, level) {
+    const p = S.plans[planId] || {};
+    const acts = areaActions(planId, level);
+    const r = await ask({
+      title: T("override_title", { plan: planName(planId) }),
+      body: `<p>${levelBadge(p.level)} → ${levelBadge(level)}</p>` +
+        (acts.length ? `<div class="muted">${T("will_be_in_force")}</div><ul>${acts.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul>` : `<p class="muted">${T("no_measures")}</p>`),
+      noteLabel: T("override_note"), noteRequired: true, ok: T("override"),
+    });
+    if (r) command({ kind: "override", plan_id: planId, level: level || null, note: r.note });
+  }
+  async function switchMode(next) {
+    const acts = next === "emergency" ? ((S.site.emergency || {}).actions || []) : [];
+    const lv = V().levels[V().levels.length - 1];
+    const body = next === "emergency"
+      ? `<p>${T("mode_emergency_does", { level: T(`level_${lv}`) })}</p><ul class="mode-actions">${acts.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul><p class="muted">${T("mode_pending_superseded")}</p>`
+      : `<p>${T("mode_normal_does")}</p><ul class="mode-actions">${(S.site.plans || []).map((sp) => {
+          const before = [...((S.plans[sp.id] || {}).history || [])].reverse().find((h) => h.via !== "emergency" && h.via !== "release");
+          return `<li>${esc(sp.name[lang])} → ${levelBadge(before ? before.level : null)}</li>`; }).join("")}</ul>`;
+    const r = await ask({ title: T(`to_${next}`), body, noteLabel: T("mode_note"), noteRequired: false, ok: T(`to_${next}`) });
+    if (r) command({ kind: "set_mode", mode: next, note: r.note || null });
+  }
+  function areaActions(planId, level) {  // what a plan's level keeps in force (cumulative)
+    const sp = (S.site.plans || []).find((x) => x.id === planId);
+    if (!sp || !sp.actions || !level) return [];
+    const rank = (l) => V().levels.indexOf(l);
+    return Object.entries(sp.actions).filter(([l]) => rank(l) <= rank(level)).flatMap(([, a]) => a);
+  }
+  function recCard(r) {
+    return `
       <div class="card rec ${r.status}" data-rec="${esc(r.id)}">
         <b>${esc(planName(r.plan_id))}</b> ${levelBadge(r.from_level)} → ${levelBadge(r.level)}
         ${r.predictive ? `<span class="muted">(${T("predictive")})</span>` : ""}
         <span class="muted">${T(`status_${r.status}`)}${r.decided_by ? ` · ${esc(r.decided_by)}` : ""} · ${clock(r.decided_at || r.created_at)}</span>
         <ul class="reasons">${r.reasons.map((x) => `<li>${esc(x.text[lang])}</li>`).join("")}</ul>
         ${r.status === "pending" ? `<ul class="actions">${r.actions.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul>` : ""}
-        ${r.status === "pending" && can("commander") ? `<div class="btns">
+        ${r.status === "pending" && canCmd("confirm") ? `<div class="btns">
           <button class="cmd-confirm" data-id="${esc(r.id)}">${T("confirm")}</button>
           <button class="cmd-reject" data-id="${esc(r.id)}">${T("reject")}</button></div>` : ""}
-      </div>`).join("") : `<p class="muted">${T("no_recs")}</p>`;
+      </div>`;
+  }
+  // Pending first, then decisions; superseded and expired recommendations fold away.
+  function renderRecs() {
+    const all = Object.values(S.recs).sort((a, b) => (a.status === "pending" ? 0 : 1) - (b.status === "pending" ? 0 : 1) || b.created_at - a.created_at);
+    const gone = (r) => r.status === "superseded" || r.status === "expired";
+    const shown = all.filter((r) => !gone(r)).slice(0, 8);
+    const folded = all.filter(gone).slice(0, 30);
+    const wasOpen = $("#recs details.folded") && $("#recs details.folded").open;
+    $("#recs .body").innerHTML = (shown.length ? shown.map(recCard).join("") : `<p class="muted">${T("no_recs")}</p>`) +
+      (folded.length ? `<details class="folded" ${wasOpen ? "open" : ""}><summary class="muted">${T("folded_recs", { n: folded.length })}</summary>${folded.map(recCard).join("")}</details>` : "");
   }
   function renderPlans() {
     const plans = S.site.plans || [];
@@ -289,11 +460,12 @@
       const hist = (p.history || []).slice(-5).reverse();
       return `<div class="card plan" data-plan="${esc(sp.id)}">
         <b>${esc(sp.name[lang])}</b> <span class="plan-level">${levelBadge(p.level)}</span>
-        <span class="muted">${p.since ? `${T("since")} ${clock(p.since)}` : ""} · ${T(p.auto ? "auto" : "manual")}${p.pending ? ` · ${T("pending")}` : ""}</span>
+        <span class="muted">${p.since ? `${T("since")} ${clock(p.since)}` : ""} · <span class="plan-auto" data-auto="${p.auto}">${T(p.auto ? "auto" : "manual")}</span>${p.pending ? ` · ${T("pending")}` : ""}</span>
         ${p.active_actions.length ? `<div class="muted">${T("active_actions")}</div><ul class="active-actions">${p.active_actions.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul>` : ""}
         ${hist.length ? `<div class="muted">${T("history")}</div><ul class="history">${hist.map((h) => `<li>${clock(h.at)} ${levelBadge(h.level)} ${esc(h.by)} · ${T(`via_${h.via}`)}</li>`).join("")}</ul>` : ""}
-        ${can("commander") ? `<div class="btns"><select class="override-level">${["", "IV", "III", "II", "I"].map((lv) => `<option value="${lv}" ${lv === (p.level || "") ? "selected" : ""}>${T(lv ? `level_${lv}` : "level_none")}</option>`).join("")}</select>
+        ${canCmd("override") ? `<div class="btns"><select class="override-level">${["", ...V().levels].map((lv) => `<option value="${lv}" ${lv === (p.level || "") ? "selected" : ""}>${T(lv ? `level_${lv}` : "level_none")}</option>`).join("")}</select>
           <button class="cmd-override" data-plan="${esc(sp.id)}">${T("override")}</button></div>` : ""}
+        ${canCmd("set_auto") ? `<div class="btns"><button class="cmd-auto ${p.auto ? "on" : ""}" data-plan="${esc(sp.id)}" data-auto="${p.auto ? "false" : "true"}" aria-pressed="${p.auto}">${T(p.auto ? "auto_on" : "auto_off")}</button></div>` : ""}
       </div>`;
     }).join("");
   }
@@ -303,7 +475,7 @@
     el.textContent = m ? T(`mode_${m.mode}`) : T("mode_unknown");
     el.className = `mode ${m ? m.mode : ""}`;
     const next = m && m.mode === "emergency" ? "normal" : "emergency";
-    $("#mode-cmd").innerHTML = can("commander") ? `<button class="cmd-mode" data-mode="${next}">${T(`to_${next}`)}</button>` : "";
+    $("#mode-cmd").innerHTML = canCmd("set_mode") ? `<button class="cmd-mode to-${next}" data-mode="${next}">${T(`to_${next}`)}</button>` : "";
   }
   function renderAlarms() {
     const list = Object.values(S.alarms).sort((a, b) => (a.cleared_at ? 1 : 0) - (b.cleared_at ? 1 : 0) || b.raised_at - a.raised_at).slice(0, 30);
@@ -311,7 +483,7 @@
       <div class="card alarm ${a.severity} ${a.cleared_at ? "cleared" : ""}" data-alarm="${esc(a.id)}">
         <b>${T(`severity_${a.severity}`)}</b> ${esc(a.text[lang])}
         <div class="muted">${clock(a.raised_at)}${a.cleared_at ? ` · ${T("cleared")}` : ""}${a.acked_by ? ` · ${T("acked")}: ${esc(a.acked_by)}` : ""}</div>
-        ${!a.acked_by && !a.cleared_at && can("operator") ? `<div class="btns"><button class="cmd-ack" data-id="${esc(a.id)}">${T("ack")}</button></div>` : ""}
+        ${!a.acked_by && !a.cleared_at && canCmd("ack_alarm") ? `<div class="btns"><button class="cmd-ack" data-id="${esc(a.id)}">${T("ack")}</button></div>` : ""}
       </div>`).join("") : `<p class="muted">${T("no_alarms")}</p>`;
   }
   function myPost() { return (S.me && S.me.post) || localStorage.getItem("crowdflow.post") || ""; }
@@ -322,19 +494,97 @@
     const options = Object.keys(posts).map((p) => `<option value="${esc(p)}" ${p === id ? "selected" : ""}>${esc(nm("post", p))}</option>`).join("");
     let html = `<select id="post-select"><option value="">${T("choose_post")}</option>${options}</select>`;
     if (id && S.feats[`post:${id}`]) {
+      html += myOrders(id);
       const f = S.feats[`post:${id}`];
       const lines = [];
-      for (const [planId, a] of activeActions()) {
-        if ((a.type === "staffing" && a.post === id) || a.type === "broadcast") lines.push(`${levelBadge((S.plans[planId] || {}).level)} ${esc(actionText(a))}`);
+      for (const [, a, m] of activeActions()) {
+        if ((m.posts || []).includes(id) || a.type === "broadcast") lines.push(`${m.level ? levelBadge(m.level) : `<span class="level lv-I">${T("src_emergency")}</span>`} ${esc(actionText(a))}`);
       }
-      for (const [, a] of activeActions()) if (a.type !== "staffing" && a.type !== "broadcast") lines.push(esc(actionText(a)));
+      for (const [, a, m] of activeActions()) if (!(m.posts || []).includes(id) && a.type !== "broadcast") lines.push(esc(actionText(a)));
       html += `<div><b>${esc(nm("post", id))}</b> · ${esc(f.properties.department)} · ${f.properties.headcount}${T("people")}</div>
         <div class="muted">${T("post_instructions")}</div>
         <ul class="instructions">${lines.length ? lines.map((l) => `<li>${l}</li>`).join("") : `<li>${T("no_instructions")}</li>`}</ul>`;
     }
     el.querySelector(".body").innerHTML = html;
   }
+  function renderZoneFacts(id) {
+    const el = $("#timeline .facts");
+    if (!el) return;
+    const s = S.states[id] || {};
+    const zoneF = S.feats[`zone:${id}`];
+    const planIds = (S.site.plans || []).filter((p) => p.zones.includes(id)).map((p) => p.id);
+    const measures = ((S.inforce || {}).measures || []).filter((m) => (m.plan_id && planIds.includes(m.plan_id)) || m.source === "emergency" || m.action.zone === id);
+    const rows = s.status === "ok"
+      ? [[T("people"), `${Math.round(s.count)}${s.count_std != null ? ` ± ${Math.round(s.count_std)}` : ""}`],
+         [T("density"), `${s.density.toFixed(2)} /m²`], [T("ratio"), `${Math.round(s.capacity_ratio * 100)}%`],
+         [T("los"), `<span class="los los-${esc(s.los)}">${esc(s.los || "—")}</span> · ${s.flow_ppm != null ? `${s.flow_ppm.toFixed(0)} ${T("ppm")}${s.flow_measured ? ` (${T("flow_gates")})` : ""}` : ""}`],
+         [T("trend"), s.trend_pm == null ? "—" : `${s.trend_pm > 0 ? "+" : ""}${s.trend_pm.toFixed(1)} ${T("per_min")}${trendArrow(s)}`],
+         [T("coverage"), `${Math.round((s.coverage || 0) * 100)}%${s.estimated_share ? ` · ${T("estimated")} ${Math.round(s.estimated_share * 100)}%` : ""} · ${T("confidence")} ${Math.round((s.confidence || 0) * 100)}%`]]
+      : [[T("unknown"), `${esc(s.reason || "")}${s.last_known ? ` · ${Math.round(s.last_known.count)}${T("people")} · ${age(s.last_known.at)}` : ""}`]];
+    rows.push([T("capacity"), `${s.capacity != null ? s.capacity : (zoneF ? zoneF.properties.capacity : "")}`]);
+    const cams = (s.cameras || []).map((c) => `<li class="cam cam-${esc(c.state)}" data-camera="${esc(c.camera_id)}">${esc(nm("camera", c.camera_id))} · ${T(`camstate_${c.state}`)}${c.used ? " ✓" : ""}</li>`).join("");
+    el.innerHTML = `<table class="zone-facts">${rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td>${v}</td></tr>`).join("")}</table>
+      <div class="muted">${T("cameras")}</div><ul class="zone-cams">${cams || `<li>${T("no_camera")}</li>`}</ul>
+      <div class="muted">${T("in_force")}</div><ul class="zone-measures">${measures.length ? measures.map((m) => `<li>${esc(actionText(m.action))} <span class="muted">· ${esc(sourceText(m))}</span></li>`).join("") : `<li>${T("no_measures_in_force")}</li>`}</ul>`;
+  }
+  // ---------------------------------------------------------------- orders to posts
+  const mmss = (s) => s == null ? "—" : `${Math.floor(s / 60)}:${String(Math.round(s % 60)).padStart(2, "0")}`;
+  function orderStatus(o) { return `<span class="ostatus ostatus-${esc(o.status)}">${T(`order_${o.status}`)}</span>`; }
+  function myOrders(post) {
+    const mine = Object.values(S.orders).filter((o) => o.post === post).sort((a, b) => b.issued_at - a.issued_at);
+    const open = mine.filter((o) => o.status === "sent" || o.status === "acknowledged");
+    const done = mine.filter((o) => !(o.status === "sent" || o.status === "acknowledged")).slice(0, 5);
+    const card = (o) => `<div class="order-card ostatus-${esc(o.status)}" data-order="${esc(o.id)}">
+        <div class="order-what">${esc(actionText(o.action))}</div>
+        <div class="muted">${esc(o.issued_by)} · ${clock(o.issued_at)} · ${orderStatus(o)}</div>
+        ${(o.status === "sent" || o.status === "acknowledged") && canCmd("answer_order") ? `<div class="btns">
+          ${o.status === "sent" ? `<button class="ord-ack" data-id="${esc(o.id)}">${T("order_ack")}</button>` : ""}
+          <button class="ord-inplace" data-id="${esc(o.id)}">${T("order_inplace")}</button>
+          <button class="ord-cannot" data-id="${esc(o.id)}">${T("order_cannot")}</button></div>` : ""}
+      </div>`;
+    return (open.length ? `<div class="orders-open"><div class="order-head">${T("orders_for_you", { n: open.length })}</div>${open.map(card).join("")}</div>` : "") +
+      (done.length ? `<details class="orders-done"><summary class="muted">${T("orders_done", { n: done.length })}</summary>${done.map(card).join("")}</details>` : "");
+  }
+  function renderOrders() {
+    const list = Object.values(S.orders).sort((a, b) => b.issued_at - a.issued_at).slice(0, 40);
+    const sum = (S.orderSummary || [])[0];
+    $("#orders .body").innerHTML = (sum ? `<div class="order-summary muted">${T("orders_summary", { day: sum.evening, n: sum.orders, placed: sum.in_place, med: mmss(sum.in_place_median_s), p90: mmss(sum.in_place_p90_s) })}</div>` : "") +
+      (list.length ? `<table class="orders"><tr><th>${T("post")}</th><th>${T("order_what")}</th><th>${T("order_state")}</th><th>${T("order_ack_by")}</th><th>${T("order_time")}</th></tr>${list.map((o) => `
+        <tr class="order-row ostatus-${esc(o.status)}" data-order="${esc(o.id)}" data-post="${esc(o.post)}">
+          <td>${esc(nm("post", o.post))}</td><td>${esc(actionText(o.action))}</td><td>${orderStatus(o)}${o.status === "cannot" ? `<div class="muted">${esc((o.answers[o.answers.length - 1] || {}).note || "")}</div>` : ""}</td>
+          <td class="ack">${o.acknowledged_by ? `${esc(o.acknowledged_by)} · ${clock(o.acknowledged_at)}` : "—"}</td>
+          <td class="inplace">${mmss(o.in_place_s)}</td></tr>`).join("")}</table>` : `<p class="muted">${T("no_orders")}</p>`);
+  }
+  let summaryTimer = null;
+  const summarySoon = () => { clearTimeout(summaryTimer); summaryTimer = setTimeout(loadSummary, 300); };
+  async function loadSummary() {
+    const res = await fetch("/api/orders");
+    if (!res.ok) return;
+    S.orderSummary = (await res.json()).summary;
+    renderOrders();
+  }
+  function alertOfficer() {  // a new order for this phone's post: a tone and a buzz, where the browser allows
+    try {
+      const ctx = alertOfficer.ctx || (alertOfficer.ctx = new (window.AudioContext || window.webkitAudioContext)());
+      const o = ctx.createOscillator(), g = ctx.createGain();
+      o.frequency.value = 880; g.gain.value = 0.2;
+      o.connect(g); g.connect(ctx.destination); o.start(); o.stop(ctx.currentTime + 0.35);
+    } catch (e) { /* no audio before a user gesture: the card still flashes */ }
+    if (navigator.vibrate) navigator.vibrate([200, 100, 200]);
+    window.crowdflow.alerts = (window.crowdflow.alerts || 0) + 1;
+  }
+  async function answerOrder(id, answer) {
+    if (answer === "cannot") {
+      const o = S.orders[id];
+      const r = await ask({ title: T("order_cannot"), body: `<p>${esc(o ? actionText(o.action) : id)}</p>`,
+                            noteLabel: T("order_cannot_why"), noteRequired: true, ok: T("order_cannot") });
+      if (!r) return;
+      command({ kind: "answer_order", order_id: id, answer, note: r.note });
+    } else command({ kind: "answer_order", order_id: id, answer });
+  }
+
   async function showTimeline(id) {
+    S.panelZone = id;
     const res = await fetch(`/api/zones/${encodeURIComponent(id)}/history`);
     if (!res.ok) return;
     const h = await res.json();
@@ -352,14 +602,15 @@
     const ticks = [-120, -60, 0, 15].map((m) => `<text x="${x(h.now + m * 60)}" y="${H - 6}" fill="#8d9aa7" font-size="10" text-anchor="middle">${m === 0 ? clock(h.now).slice(0, 5) : `${m > 0 ? "+" : ""}${m}′`}</text>`).join("");
     const last = h.current.status === "ok" ? `${Math.round(h.current.count)}${T("people")} · ${Math.round(h.current.capacity_ratio * 100)}%`
       : `${T("unknown")}${h.current.last_known ? ` (${Math.round(h.current.last_known.count)}${T("people")} · ${age(h.current.last_known.at)})` : ""}`;
-    $("#timeline .body").innerHTML = `<div data-zone="${esc(id)}"><b>${esc(nm("zone", id))}</b> · ${last}</div>
+    $("#timeline .body").innerHTML = `<div data-zone="${esc(id)}"><b>${esc(nm("zone", id))}</b> · ${last}</div><div class="facts"></div>
       <svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${lines}
         <line x1="${x(h.now)}" x2="${x(h.now)}" y1="${P / 2}" y2="${H - P}" stroke="#4b5866"/>
         ${pts.length ? `<polyline class="samples" points="${path}" fill="none" stroke="#6ec1ff" stroke-width="2"/>` : ""}
         ${cur.length ? `<circle class="now" cx="${x(h.now)}" cy="${y(cur[0].r)}" r="3.5" fill="#6ec1ff"/>` : ""}
         ${fc.length ? `<polyline class="forecast" points="${fpath}" fill="none" stroke="#ffb74d" stroke-width="2" stroke-dasharray="5 4"/>` : ""}
         ${ticks}</svg>
-      <div class="muted">${T("ratio")}${pts.length ? "" : ` · ${T("no_history")}`}${fc.length ? ` · ${T("forecast")} ${h.forecast.map((f) => `+${f.horizon_min}′ ${Math.round(f.capacity_ratio * 100)}%`).join(" ")}` : ""}</div>`;
+      <div class="muted">${T("chart_caption")}${pts.length ? "" : ` · ${T("no_history")}`}${fc.length ? ` · ${T("forecast")} ${h.forecast.map((f) => `+${f.horizon_min}′ ${Math.round(f.capacity_ratio * 100)}%`).join(" ")}` : ""}</div>`;
+    renderZoneFacts(id);
   }
   async function renderAudit() {
     const q = $("#audit-filter").value.trim();
@@ -375,7 +626,8 @@
   const auditSoon = () => { clearTimeout(auditTimer); auditTimer = setTimeout(renderAudit, 200); };
 
   function renderAll() {
-    renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); paintActions(); paintCameras();
+    renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); renderInForce(); renderOrders(); paintActions(); paintCameras();
+    if (S.panelZone) renderZoneFacts(S.panelZone);
   }
 
   document.addEventListener("click", (ev) => {
@@ -384,10 +636,14 @@
     if (b.classList.contains("cmd-confirm")) command({ kind: "confirm", recommendation_id: b.dataset.id });
     else if (b.classList.contains("cmd-reject")) command({ kind: "reject", recommendation_id: b.dataset.id });
     else if (b.classList.contains("cmd-ack")) command({ kind: "ack_alarm", alarm_id: b.dataset.id });
-    else if (b.classList.contains("cmd-mode")) command({ kind: "set_mode", mode: b.dataset.mode });
+    else if (b.classList.contains("cmd-mode")) switchMode(b.dataset.mode);
+    else if (b.classList.contains("ord-ack")) answerOrder(b.dataset.id, "acknowledged");
+    else if (b.classList.contains("ord-inplace")) answerOrder(b.dataset.id, "in_place");
+    else if (b.classList.contains("ord-cannot")) answerOrder(b.dataset.id, "cannot");
+    else if (b.classList.contains("cmd-auto")) command({ kind: "set_auto", plan_id: b.dataset.plan, auto: b.dataset.auto === "true" });
     else if (b.classList.contains("cmd-override")) {
       const lv = b.closest(".plan").querySelector(".override-level").value;
-      command({ kind: "override", plan_id: b.dataset.plan, level: lv || null });
+      override(b.dataset.plan, lv || null);
     }
   });
   document.addEventListener("change", (ev) => {
@@ -441,6 +697,9 @@
       msg.recommendations.forEach((r) => { S.recs[r.id] = r; });
       msg.alarms.forEach((a) => { S.alarms[a.id] = a; });
       S.mode = msg.mode;
+      S.inforce = msg.inforce;
+      for (const id of Object.keys(S.orders)) delete S.orders[id];
+      (msg.orders || []).forEach((o) => { S.orders[o.id] = o; });
       Object.keys(layers).forEach(paint);
       renderAll();
       return;
@@ -451,6 +710,13 @@
     else if (msg.type === "recommendation") S.recs[r.id] = r;
     else if (msg.type === "alarm") S.alarms[r.id] = r;
     else if (msg.type === "mode") S.mode = r;
+    else if (msg.type === "inforce") S.inforce = r;
+    else if (msg.type === "order") {
+      const fresh = !S.orders[r.id];
+      S.orders[r.id] = r;
+      if (fresh && r.post === myPost() && r.status === "sent") alertOfficer();
+      summarySoon();
+    }
     else if (msg.type === "audit") { auditSoon(); return; }
     renderAll();
   }
@@ -479,9 +745,13 @@
     if (!map) {
       S.site = await (await fetch("/api/site")).json();
       buildMap(S.site);
+      loadBasemap();
     }
     relabel();
+    loadSummary();
+    fitZones();  // after the layout has sized the map: the first view shows every zone
     centreOnPost();
+    requestAnimationFrame(declutter);
     renderAudit();
     connect();
   }

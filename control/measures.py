@@ -1,0 +1,187 @@
+"""The measures planner: one decision cycle for the whole site. Pure (time passed in).
+
+Every ``cycle_s`` (30 s) it turns the fused zone states into the twin's start (unknown zones at
+their worst plausible count, :func:`control.optimizer.plausible_counts`), builds the candidate
+measures — allowed by their area's level bound, staffed from the reserves, outside their
+minimum off-time — and asks the optimiser for the cheapest set that holds every target over
+the next 30 minutes. If the optimiser cannot finish within its budget (or fails), the
+*rule-based* answer stands in: keep what is in force and add, per zone whose own short-term
+forecast (``ZoneState.forecast``) reaches a measure's trigger, the lowest-stage, cheapest
+measure that relieves it; ``engine`` says "rules" so the map can show it.
+
+The plan engine (``control/plans.py``) keeps the safety rules around it: sustain, hysteresis,
+unknown holds, commander confirmation and the audit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from crowdflow.records import ZoneState
+from crowdflow.site import Measure, Site, Text
+from crowdflow.vocab import LEVELS, level_rank
+
+from .dispatch import StaffBook
+from .optimizer import Candidate, Decision, Optimizer, Peak, plausible_counts, tod_of
+from .twin import Twin, TwinStart
+
+CYCLE_S = 30.0
+
+
+def owner(m: Measure) -> str:
+    return m.plans[0]
+
+
+@dataclass
+class PlanResult:
+    decision: Decision
+    engine: str  # "mpc" | "rules"
+    at: float
+    note: Text | None = None
+    why: dict[str, Text] = field(default_factory=dict)
+
+
+class MeasurePlanner:
+    def __init__(self, site: Site, twin: Twin | None, cycle_s: float = CYCLE_S, budget_s: float = 2.0,
+                 staff: StaffBook | None = None, tod=None):
+        self.site = site
+        # time of day the twin starts from (seconds after local midnight); a drill or a demo
+        # whose simulator keeps its own clock passes a fixed one
+        self.tod = tod or (lambda now: tod_of(now, site.site.timezone))
+        self.twin = twin
+        self.cycle_s = cycle_s
+        self.optimizer = Optimizer(site, twin, budget_s=budget_s) if twin is not None else None
+        self.staff = staff or StaffBook(site)
+        self.last: PlanResult | None = None
+        self.owned = {p.id: [m.id for m in site.measures if owner(m) == p.id] for p in site.plans}
+
+    def areas_with_measures(self) -> set[str]:
+        """Every area a measure names: its level bounds measures, and what is in force there is
+        the measure set (an area that owns none has nothing in force of its own — never the
+        level's old cumulative bundle beside the measures)."""
+        return {p for m in self.site.measures for p in m.plans}
+
+    def candidates(self, active: Mapping[str, float], released: Mapping[str, float],
+                   bound: Mapping[str, str | None]) -> list[Candidate]:
+        out = []
+        for m in self.site.measures:
+            allowed = any(level_rank(bound.get(p)) >= level_rank(m.level) for p in m.plans)
+            on = m.id in active
+            staffed = on or self.staff.shortfall(active, m.id) == 0
+            travel = 0.0
+            need = self.staff.required([m.id])
+            if need:
+                from .dispatch import BASE
+
+                travel = max(self.staff.travel_s(BASE, p) for p in need) / 60
+            out.append(Candidate(m, active=on, since=active.get(m.id, released.get(m.id)),
+                                 delay_min=travel + m.setup_min, allowed=allowed or on, staffed=staffed))
+        return out
+
+    def decide(self, now: float, zones: Mapping[str, ZoneState], active: Mapping[str, float],
+               released: Mapping[str, float], bound: Mapping[str, str | None], force: bool = False) -> PlanResult:
+        """The decision for ``now`` (the previous one while within the cycle)."""
+        if self.last is not None and not force and now - self.last.at < self.cycle_s:
+            return self.last
+        counts, unknown = plausible_counts(self.site, zones, now)
+        cands = self.candidates(active, released, bound)
+        result = None
+        if self.optimizer is not None:
+            try:
+                start = TwinStart(self.tod(now), counts)
+                d = self.optimizer.decide(start, cands, now, unknown=unknown)
+                if not d.timed_out:
+                    result = PlanResult(d, "mpc", now)
+            except Exception as e:  # noqa: BLE001 — the rules must answer whatever the twin does
+                note = Text(zh=f"预测失败（{type(e).__name__}），按规则预案", en=f"forecast failed ({type(e).__name__}); rule-based plans")
+                result = PlanResult(self.rules(zones, cands, unknown), "rules", now, note)
+            else:
+                if result is None:
+                    note = Text(zh=f"预测超时（>{self.optimizer.budget_s:g} 秒），按规则预案",
+                                en=f"forecast over its {self.optimizer.budget_s:g} s budget; rule-based plans")
+                    result = PlanResult(self.rules(zones, cands, unknown), "rules", now, note)
+        else:
+            result = PlanResult(self.rules(zones, cands, unknown), "rules", now,
+                                Text(zh="无孪生模型，按规则预案", en="no twin; rule-based plans"))
+        self.last = result
+        return result
+
+    def rules(self, zones: Mapping[str, ZoneState], cands: list[Candidate], unknown: list[str]) -> Decision:
+        """Rule-based stand-in: keep what is in force; for each zone whose own forecast reaches a
+        measure's trigger (unknown zones: always), add the lowest-stage, cheapest measure."""
+        chosen = {c.id for c in cands if c.active}
+        reasons: dict[str, Text] = {}
+        for zid in sorted(self.site.zone_by_id):
+            s = zones.get(zid)
+            relieving = [c for c in cands if zid in c.measure.relieves and c.allowed and c.staffed]
+            if not relieving or any(c.id in chosen for c in relieving):
+                continue
+            if s is None or s.status != "ok":
+                peak = None
+            else:
+                peak = max([s.capacity_ratio or 0.0] + [f.capacity_ratio for f in s.forecast])
+            hit = [c for c in relieving if peak is None or peak >= c.measure.trigger.forecast_ratio]
+            if not hit:
+                continue
+            c = min(hit, key=lambda c: (c.measure.stage, Optimizer.cost(c.measure, self.site)))
+            chosen.add(c.id)
+            z = self.site.zone_by_id[zid]
+            what = (Text(zh=f"{z.name.zh} 无数据（按最不利估计）", en=f"{z.name.en} unknown (worst plausible)") if peak is None
+                    else Text(zh=f"{z.name.zh} 预测承载率 {peak:.2f} ≥ {c.measure.trigger.forecast_ratio:.2f}",
+                              en=f"{z.name.en} forecast load {peak:.2f} ≥ {c.measure.trigger.forecast_ratio:.2f}"))
+            reasons[c.id] = Text(zh=f"启用{c.measure.name.zh}（规则预案）——{what.zh}",
+                                 en=f"switch on {c.measure.name.en} (rule-based) — {what.en}")
+        on = sorted(chosen - {c.id for c in cands if c.active})
+        return Decision(chosen=sorted(chosen), on=on, off=[], feasible=False, violations=[], reasons=reasons,
+                        peaks={}, unknown=list(unknown))
+
+
+def level_needed(site: Site, measure_ids) -> str | None:
+    """The lowest level that allows all these measures (None for none)."""
+    top = None
+    for mid in measure_ids:
+        lv = site.measure_by_id[mid].level
+        if top is None or LEVELS.index(lv) > LEVELS.index(top):
+            top = lv
+    return top
+
+
+__all__ = ["MeasurePlanner", "PlanResult", "level_needed", "owner", "Peak"]
+
+
+class BackgroundPlanner:
+    """Runs a :class:`MeasurePlanner`'s decisions on one worker thread so the control loop
+    (leases, observations, commands) never waits on a rollout. ``decide`` starts a decision
+    when the cycle is due and none is running, and returns the latest finished one (None
+    before the first). The decision itself is pure and stays under its own time budget."""
+
+    def __init__(self, planner: MeasurePlanner):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.inner = planner
+        self.staff = planner.staff
+        self.owned = planner.owned
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mpc")
+        self._fut = None
+        self._asked_at = float("-inf")
+
+    def areas_with_measures(self) -> set[str]:
+        return self.inner.areas_with_measures()
+
+    @property
+    def last(self) -> PlanResult | None:
+        return self.inner.last
+
+    def decide(self, now, zones, active, released, bound, force: bool = False) -> PlanResult | None:
+        if self._fut is not None and self._fut.done():
+            self._fut.result()  # re-raises nothing: the planner falls back to the rules itself
+            self._fut = None
+        if self._fut is None and (force or now - self._asked_at >= self.inner.cycle_s):
+            self._asked_at = now
+            self._fut = self._pool.submit(self.inner.decide, now, dict(zones), dict(active), dict(released),
+                                          dict(bound), True)
+        return self.inner.last
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

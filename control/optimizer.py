@@ -1,0 +1,331 @@
+"""Model-predictive choice of measures. Pure: the twin, the state and the clock are passed in.
+
+Each decision rolls the twin forward ``horizon_min`` (30) for a few candidate measure sets and
+keeps the cheapest set that holds every element (zone, holding area, bottleneck) under its
+target, starting from the measures in force (switching has a cost too):
+
+1. **Keep or release.** If the set in force holds the forecast, try releasing each releasable
+   measure (past its minimum on-time), dearest first: it goes when the forecast *without* it
+   keeps its zones below its release ratio (lower than the trigger: hysteresis) and every
+   element under target.
+2. **Add, cheapest lever first.** If the forecast breaks a target, add measures greedily:
+   candidates are those the level allows, whose own trigger fires on the forecast (a relieved
+   zone reaches the trigger ratio within the trigger's lead), whose staff the reserves can
+   supply, and which are not within their minimum off-time. Only the lowest ``stage`` with a
+   candidate that helps is tried (metering before flow control before closures); among them
+   the one that removes the most excess per unit of cost wins. Repeat until the forecast holds
+   or nothing helps.
+3. **Prune.** A measure added early that a later one made redundant is dropped again.
+
+Every new measure takes effect after its staff's travel and set-up, every released one after
+its tear-down: the rollouts schedule them so. If the decision runs past its time budget it stops
+and says so (``timed_out``); the caller answers with the rule-based plans.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from crowdflow.records import ZoneState
+from crowdflow.site import Action, Measure, Site, Text
+
+from .twin import Rollout, Twin, TwinStart
+
+HORIZON_MIN = 30.0
+UNKNOWN_FLOOR = 0.9  # an unknown zone is assumed at least at this share of its capacity …
+UNKNOWN_RECENT_S = 300.0  # … unless it was seen within 5 minutes: then its last count, grown
+UNKNOWN_GROWTH = 1.15  # … by this factor (whichever is higher)
+DEFAULT_TARGET = 0.9  # LB/T 068 orange (≥ 90 %) for zones no measure names
+HOLDING_TARGET = 1.0
+TURNED_AWAY_PER_COST = 25.0  # people turned away (gave up in a holding queue) worth one cost unit (≈ an officer for the horizon)
+GRACE_MIN = 5.0  # targets are judged from this minute on: no measure undoes a crowd already there sooner
+
+
+def plausible_counts(site: Site, zones: Mapping[str, ZoneState], now: float) -> tuple[dict[str, float], list[str]]:
+    """People on each zone's own walkable ground for the twin's start, and the zones that
+    were unknown. Unknown is never empty: an unknown zone is taken at the worst plausible
+    count — at least ``UNKNOWN_FLOOR`` of its capacity, or its last known count grown by
+    ``UNKNOWN_GROWTH`` if that is higher and recent."""
+    out, unknown = {}, []
+    for z in site.zones:
+        s = zones.get(z.id)
+        if s is not None and s.status == "ok" and s.density is not None:
+            out[z.id] = s.density * z.walkable_area_m2
+            continue
+        unknown.append(z.id)
+        worst = UNKNOWN_FLOOR * z.capacity
+        lk = s.last_known if s is not None else None
+        if lk is not None and now - lk.at <= UNKNOWN_RECENT_S:
+            worst = max(worst, lk.density * z.walkable_area_m2 * UNKNOWN_GROWTH)
+        out[z.id] = worst
+    return out, unknown
+
+
+@dataclass(frozen=True)
+class Candidate:
+    measure: Measure
+    active: bool = False
+    since: float | None = None  # when it came into force (active) or was released (not active)
+    delay_min: float = 0.0  # switched on now: staff travel + set-up until it acts
+    allowed: bool = True  # the level allows it
+    staffed: bool = True  # the reserves can supply its staff (with what is in force)
+
+    @property
+    def id(self) -> str:
+        return self.measure.id
+
+
+@dataclass
+class Peak:
+    element: str
+    load: float
+    minute: float
+
+
+@dataclass
+class Decision:
+    chosen: list[str]  # the measure set to have in force
+    on: list[str]
+    off: list[str]
+    feasible: bool  # the chosen set holds every target over the horizon
+    violations: list[Peak]  # elements over target with the chosen set
+    reasons: dict[str, Text]  # measure id → why (with / without)
+    peaks: dict[str, Peak]  # element → peak with the chosen set
+    rollouts: int = 0
+    elapsed_s: float = 0.0
+    timed_out: bool = False
+    unknown: list[str] = field(default_factory=list)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # "with"/"without" → element → loads
+    # measure → (the element its reason names, its peak without the change, minute of that peak,
+    # minute the element first reaches the measure's trigger without it, or None)
+    focus: dict[str, tuple[str, float, float, float | None]] = field(default_factory=dict)
+
+
+def _hhmm(tod_s: float) -> str:
+    t = int(round(tod_s)) % 86400
+    return f"{t // 3600:02d}:{t % 3600 // 60:02d}"
+
+
+class Optimizer:
+    def __init__(self, site: Site, twin: Twin, horizon_min: float = HORIZON_MIN, every_min: float = 1.0,
+                 budget_s: float = 2.0, clock: Callable[[], float] = time.perf_counter):
+        self.site = site
+        self.twin = twin
+        self.horizon_min = horizon_min
+        self.every_min = every_min
+        self.budget_s = budget_s
+        self.grace_min = GRACE_MIN
+        self.clock = clock
+        self.elements = dict(twin.elements())
+        self.targets = self._targets()
+
+    def _targets(self) -> dict[str, float]:
+        t: dict[str, float] = {}
+        for m in self.site.measures:
+            for z in m.relieves:
+                t[z] = min(t.get(z, 9.9), m.trigger.forecast_ratio)
+        out = {}
+        for eid, el in self.elements.items():
+            out[eid] = HOLDING_TARGET if el.kind == "holding" else t.get(eid, DEFAULT_TARGET)
+        return out
+
+    @staticmethod
+    def cost(m: Measure, site: Site) -> float:
+        """Scalar cost of a measure in force over the horizon: extra staff + traffic + other."""
+        from crowdflow.site.measures import staff_needed
+
+        staff = sum(n for a in m.actions for n in staff_needed(site, a).values())
+        return 1.0 + staff + m.cost.traffic_per_h * 0.5 + m.cost.other
+
+    # ------------------------------------------------------------------ rollouts
+
+    def _schedule(self, cands: Mapping[str, Candidate], chosen: Iterable[str], base: Sequence[Action]):
+        chosen = set(chosen)
+        events: dict[float, None] = {0.0: None}
+        for c in cands.values():
+            if c.id in chosen and not c.active:
+                events[c.delay_min] = None
+            if c.active and c.id not in chosen:
+                events[float(c.measure.teardown_min)] = None
+        sched = []
+        for t in sorted(events):
+            acts = list(base)
+            for c in cands.values():
+                on = ((c.id in chosen and (c.active or t >= c.delay_min))
+                      or (c.active and c.id not in chosen and t < c.measure.teardown_min))
+                if on:
+                    acts.extend(c.measure.actions)
+            sched.append((t, acts))
+        return sched
+
+    def _roll(self, start: TwinStart, cands, chosen, base) -> Rollout:
+        self._n += 1
+        return self.twin.rollout(start, self._schedule(cands, chosen, base), self.horizon_min, self.every_min)
+
+    def _judged(self, r: Rollout) -> slice:
+        return slice(int(np.searchsorted(r.minutes, self.grace_min)), None)
+
+    def _excess(self, r: Rollout) -> float:
+        tot = 0.0
+        sl = self._judged(r)
+        for eid, series in r.load.items():
+            over = series[sl] - self.targets[eid]
+            if over.max() > 0:
+                tot += float(over.max()) + float(np.clip(over, 0, None).mean())
+        return tot
+
+    def _violations(self, r: Rollout) -> list[Peak]:
+        out = []
+        sl = self._judged(r)
+        minutes = r.minutes[sl]
+        for eid, series in r.load.items():
+            k = int(np.argmax(series[sl]))
+            if series[sl][k] >= self.targets[eid]:
+                out.append(Peak(eid, float(series[sl][k]), float(minutes[k])))
+        return sorted(out, key=lambda p: -p.load / self.targets[p.element])
+
+    def _first_over(self, r: Rollout, eid: str, ratio: float) -> float | None:
+        idx = np.flatnonzero(r.load[eid] >= ratio)
+        return float(r.minutes[idx[0]]) if idx.size else None
+
+    # ------------------------------------------------------------------ the decision
+
+    def decide(self, start: TwinStart, candidates: Sequence[Candidate], now: float,
+               base_actions: Sequence[Action] = (), unknown: Sequence[str] = ()) -> Decision:
+        t0 = self.clock()
+        deadline = t0 + self.budget_s
+        self._n = 0
+        cands = {c.id: c for c in candidates}
+        cost = {c.id: self.cost(c.measure, self.site) for c in candidates}
+        current = {c.id for c in candidates if c.active}
+        chosen = set(current)
+        timed_out = False
+        r_cur = self._roll(start, cands, chosen, base_actions)
+        r = r_cur
+        runs: dict[frozenset, Rollout] = {frozenset(chosen): r}
+
+        def over_time() -> bool:
+            return self.clock() > deadline
+
+        def releasable(c: Candidate) -> bool:
+            return c.active and (c.since is None or now - c.since >= c.measure.min_on_min * 60)
+
+        def returnable(c: Candidate) -> bool:
+            return c.active or c.since is None or now - c.since >= c.measure.min_off_min * 60
+
+        # 1. add, cheapest lever first, while the forecast breaks a target
+        added: list[str] = []
+        while self._excess(r) > 0 and not timed_out:
+            viol = {p.element for p in self._violations(r)}
+            pool = []
+            for c in cands.values():
+                if c.id in chosen or not (c.allowed and c.staffed and returnable(c)):
+                    continue
+                trig = c.measure.trigger
+                if any(z in viol and (t := self._first_over(r, z, trig.forecast_ratio)) is not None
+                       and t <= trig.lead_min for z in c.measure.relieves):
+                    pool.append(c)
+            if not pool:
+                break
+            best = None
+            for stage in sorted({c.measure.stage for c in pool}):
+                for c in sorted((c for c in pool if c.measure.stage == stage), key=lambda c: cost[c.id]):
+                    if over_time():
+                        timed_out = True
+                        break
+                    key = frozenset(chosen | {c.id})
+                    rc = runs.get(key) or self._roll(start, cands, key, base_actions)
+                    runs[key] = rc
+                    gain = self._excess(r) - self._excess(rc)
+                    price = cost[c.id] + max(0.0, rc.turned_away - r.turned_away) / TURNED_AWAY_PER_COST
+                    if gain > 1e-3 and (best is None or gain / price > best[0]):
+                        best = (gain / price, c.id, rc)
+                if best is not None or timed_out:
+                    break  # a later stage only when no earlier lever helps
+            if best is None:
+                break
+            chosen.add(best[1])
+            added.append(best[1])
+            r = best[2]
+        # 2. prune what a later addition made redundant (cheapest first kept longest)
+        for mid in sorted(added[:-1], key=lambda m: -cost[m]):
+            if over_time():
+                timed_out = True
+                break
+            key = frozenset(chosen - {mid})
+            rc = runs.get(key) or self._roll(start, cands, key, base_actions)
+            runs[key] = rc
+            if self._excess(rc) <= self._excess(r) + 1e-9 and rc.turned_away <= r.turned_away + TURNED_AWAY_PER_COST * cost[mid]:
+                chosen.discard(mid)
+                r = rc
+        # 3. release what the forecast no longer needs (dearest first), with hysteresis
+        if not added:
+            for mid in sorted((m for m in current if releasable(cands[m])), key=lambda m: -cost[m]):
+                if over_time():
+                    timed_out = True
+                    break
+                key = frozenset(chosen - {mid})
+                rc = runs.get(key) or self._roll(start, cands, key, base_actions)
+                runs[key] = rc
+                rel = cands[mid].measure.release
+                calm = all(float(rc.load[z].max()) < rel.forecast_ratio for z in cands[mid].measure.relieves
+                           if z in rc.load)
+                if calm and self._excess(rc) <= self._excess(r) + 1e-9:
+                    chosen.discard(mid)
+                    r = rc
+        # reasons: with / without each changed measure
+        reasons: dict[str, Text] = {}
+        self._focus = {}
+        on = sorted(chosen - current)
+        off = sorted(current - chosen)
+        for mid in on + off:
+            other = frozenset(chosen - {mid}) if mid in on else frozenset(chosen | {mid})
+            r_other = runs.get(other)
+            if r_other is None and not over_time():
+                r_other = runs[other] = self._roll(start, cands, other, base_actions)
+            with_r, without_r = (r, r_other) if mid in on else (r_other, r)
+            reasons[mid] = self._reason(start, cands[mid].measure, with_r, without_r, mid in on)
+        peaks = {}
+        for eid in r.load:
+            p, t = r.peak(eid, self.grace_min)
+            peaks[eid] = Peak(eid, p, t)
+        curves = {"with": {e: [round(float(x), 3) for x in s] for e, s in r.load.items()},
+                  "without": {e: [round(float(x), 3) for x in s] for e, s in r_cur.load.items()}}
+        timed_out = timed_out or over_time()  # an answer after the budget is not an answer
+        return Decision(chosen=sorted(chosen), on=on, off=off, feasible=self._excess(r) <= 0,
+                        violations=self._violations(r), reasons=reasons, peaks=peaks, rollouts=self._n,
+                        elapsed_s=self.clock() - t0, timed_out=timed_out, unknown=list(unknown), curves=curves,
+                        focus=dict(self._focus))
+
+    def _reason(self, start: TwinStart, m: Measure, with_r: Rollout | None, without_r: Rollout | None,
+                switching_on: bool) -> Text:
+        """"with: 沧白路人行道 peaks at 0.82 at 20:10; without: 1.14 at 20:05" for the relieved
+        element the measure changes most."""
+        if with_r is None or without_r is None:
+            return Text(zh=f"{m.name.zh}：预测未完成（超时）", en=f"{m.name.en}: forecast not finished (time budget)")
+        relieved = [z for z in m.relieves if z in with_r.load]
+        # the relieved zone whose forecast the measure answers: the highest peak without it
+        g = self.grace_min
+        z = max(relieved, key=lambda e: (without_r.peak(e, g)[0] - with_r.peak(e, g)[0] > 0.005, without_r.peak(e, g)[0]))
+        el = self.elements[z]
+        pw, tw = with_r.peak(z, g)
+        po, to = without_r.peak(z, g)
+        at_w, at_o = _hhmm(start.tod_s + tw * 60), _hhmm(start.tod_s + to * 60)
+        self._focus[m.id] = (z, po, to, self._first_over(without_r, z, m.trigger.forecast_ratio))
+        verb_zh = "启用" if switching_on else "解除"
+        verb_en = "switch on" if switching_on else "release"
+        return Text(
+            zh=f"{verb_zh}{m.name.zh}——采取：{el.name.zh} 峰值 {pw:.2f}（{at_w}）；不采取：{po:.2f}（{at_o}）",
+            en=f"{verb_en} {m.name.en} — with: {el.name.en} peaks at {pw:.2f} at {at_w}; without: {po:.2f} at {at_o}")
+
+
+def tod_of(now: float, tz: str) -> float:
+    """Seconds after local midnight of Unix time ``now`` at the site."""
+    d = dt.datetime.fromtimestamp(now, ZoneInfo(tz))
+    return d.hour * 3600 + d.minute * 60 + d.second + d.microsecond / 1e6

@@ -1,0 +1,60 @@
+"""What the optimiser needs from a site twin: a cheap rollout from a known state. Pure.
+
+The plan engine never imports the simulator: it is handed something that follows
+:class:`Twin` (``sim/plantwin.py`` adapts the site simulator; tests may adapt anything that
+rolls a site forward). A rollout starts from the fused zone counts at a time of day, applies a
+*schedule* of action sets (each in force from its minute on, so set-up delays and releases
+within the horizon are modelled) and returns the load of every element — zones and holding
+areas — sampled each ``every_min``, as a fraction of its capacity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+
+from crowdflow.site import Action, Text
+
+
+@dataclass(frozen=True)
+class Element:
+    """A zone or a bottleneck/holding area the optimiser keeps under its target."""
+
+    id: str
+    name: Text
+    capacity: float  # people at load 1.0
+    kind: str = "zone"  # zone | holding | bottleneck
+
+
+@dataclass(frozen=True)
+class TwinStart:
+    tod_s: float  # seconds after local midnight
+    counts: Mapping[str, float]  # people per zone now (unknown zones already filled in worst-plausible)
+    queues: Mapping[str, float] = field(default_factory=dict)  # people held behind each metered gate
+
+
+@dataclass
+class Rollout:
+    minutes: np.ndarray  # (K,) sample times after the start
+    load: dict[str, np.ndarray]  # element id → (K,) load ratio (people ÷ capacity)
+    turned_away: float = 0.0  # people who gave up waiting (held at a metered/closed source) over the horizon
+
+    def peak(self, element: str, from_min: float = 0.0) -> tuple[float, float]:
+        """(peak load, minute of the peak) from minute ``from_min`` on."""
+        i0 = min(int(np.searchsorted(self.minutes, from_min)), len(self.minutes) - 1)
+        series = self.load[element][i0:]
+        k = int(np.argmax(series))
+        return float(series[k]), float(self.minutes[i0 + k])
+
+
+Schedule = Sequence[tuple[float, Sequence[Action]]]  # (from minute, the whole action set in force)
+
+
+class Twin(Protocol):
+    def elements(self) -> Mapping[str, Element]:
+        ...
+
+    def rollout(self, start: TwinStart, schedule: Schedule, minutes: float, every_min: float = 1.0) -> Rollout:
+        ...

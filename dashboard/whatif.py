@@ -1,0 +1,139 @@
+"""What-if for the dashboard: "the next 30 minutes with and without these measures, from the
+live state". The computation is the measures engine's own (the twin behind
+``control.twin.Twin``, unknown zones at their worst plausible count); this module is the thin
+HTTP shell: ``GET /api/measures`` (what can be picked) and ``POST /api/whatif``.
+
+The twin is the site simulator of the scenario in ``CROWDFLOW_TWIN`` (default
+``mayday-evening``); without a scenario the endpoint answers 503 and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from crowdflow.site import Site
+
+MAX_MEASURES = 20
+
+
+class WhatIfRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    measures: list[str] = Field(default_factory=list, max_length=MAX_MEASURES)
+    recommended: bool = False  # add what the pending recommendations switch on
+    horizon_min: float = Field(30, ge=5, le=60)
+
+
+def _loads(series) -> list[float]:
+    return [round(float(x), 3) for x in series]
+
+
+class WhatIfService:
+    """Pure apart from the clock: live zone/plan state in, curves out."""
+
+    def __init__(self, site: Site, twin_factory: Callable[[], object] | None):
+        self.site = site
+        self._factory = twin_factory
+        self._twin = None
+        self._lock = threading.Lock()
+        fixed = os.environ.get("CROWDFLOW_TWIN_TOD")  # drills / demo: plan from this time of day
+        if fixed:
+            from sim.scenario import hhmm_to_s
+
+            self.fixed_tod = hhmm_to_s(fixed)
+        else:
+            self.fixed_tod = None
+
+    def twin(self):
+        with self._lock:
+            if self._twin is None and self._factory is not None:
+                self._twin = self._factory()
+            return self._twin
+
+    def measures(self) -> list[dict]:
+        return [{"id": m.id, "name": m.name.model_dump(), "level": m.level, "stage": m.stage, "plans": m.plans,
+                 "relieves": m.relieves, "types": sorted({a.type for a in m.actions})} for m in self.site.measures]
+
+    def run(self, req: WhatIfRequest, zones: dict, plans: dict, recs: dict, now: float) -> dict:
+        from control.optimizer import GRACE_MIN, Optimizer, plausible_counts, tod_of
+        from control.twin import TwinStart
+
+        twin = self.twin()
+        if twin is None:
+            raise HTTPException(503, "no twin: set CROWDFLOW_TWIN to a scenario (e.g. mayday-evening)")
+        known = self.site.measure_by_id
+        bad = [m for m in req.measures if m not in known]
+        if bad:
+            raise HTTPException(422, f"measures: unknown measure {bad[0]!r}")
+        in_force = sorted({m for p in plans.values() for m in ((p.measures or {}) if p.measures else {})})
+        picked = set(req.measures)
+        if req.recommended:
+            picked |= {m for r in recs.values() if r.status == "pending" for m in (r.measures_on or [])}
+        picked -= set(in_force)
+        counts, unknown = plausible_counts(self.site, zones, now)
+        tod = self.fixed_tod if self.fixed_tod is not None else tod_of(now, self.site.site.timezone)
+        start = TwinStart(tod, counts)
+        base = [a for m in in_force for a in known[m].actions]
+        plus = base + [a for m in sorted(picked) for a in known[m].actions]
+        t0 = time.perf_counter()
+        without = twin.rollout(start, [(0.0, base)], req.horizon_min, 1.0)
+        with_ = twin.rollout(start, [(0.0, plus)], req.horizon_min, 1.0) if picked else without
+        elapsed = time.perf_counter() - t0
+        targets = Optimizer(self.site, twin).targets
+        elements = twin.elements()
+        relieved = {z for m in picked for z in known[m].relieves}
+        curves = []
+        for eid, el in elements.items():
+            w, o = with_.load[eid], without.load[eid]
+            change = float(abs(w - o).max())
+            if not (change >= 0.02 or eid in relieved or (eid in unknown)):
+                continue
+            pw, tw = with_.peak(eid, GRACE_MIN)
+            po, to = without.peak(eid, GRACE_MIN)
+            curves.append({"element": eid, "name": el.name.model_dump(), "kind": el.kind, "capacity": el.capacity,
+                           "target": targets.get(eid), "unknown": eid in unknown, "with": _loads(w), "without": _loads(o),
+                           "peak_with": [round(pw, 3), tw], "peak_without": [round(po, 3), to], "change": round(change, 3)})
+        curves.sort(key=lambda c: -c["change"])
+        return {"at": now, "tod_s": tod, "horizon_min": req.horizon_min, "minutes": [float(x) for x in without.minutes],
+                "in_force": in_force, "measures": sorted(picked), "unknown": unknown, "curves": curves[:8],
+                "elapsed_s": round(elapsed, 3)}
+
+
+def default_twin_factory(site: Site):
+    name = os.environ.get("CROWDFLOW_TWIN", "mayday-evening")
+    if not name or not site.measures:
+        return None
+
+    def make():
+        from sim.plantwin import ModelTwin
+        from sim.scenario import load_scenario
+
+        sc, _ = load_scenario(name, site)
+        return ModelTwin(site, sc)
+
+    return make
+
+
+def mount(app: FastAPI, site: Site, state, viewer, twin_factory=None) -> WhatIfService:
+    """Add ``GET /api/measures`` and ``POST /api/whatif`` to the dashboard app."""
+    svc = WhatIfService(site, twin_factory if twin_factory is not None else default_twin_factory(site))
+
+    @app.get("/api/measures", tags=["read"])
+    def get_measures(s=viewer) -> list[dict]:
+        """The site's measures (what the what-if panel can pick), cheapest lever (stage) first."""
+        return sorted(svc.measures(), key=lambda m: (m["stage"], m["id"]))
+
+    @app.post("/api/whatif", tags=["read"])
+    def post_whatif(body: WhatIfRequest, s=viewer) -> dict:
+        """The next ``horizon_min`` minutes from the live state, with the measures in force and
+        with the picked ones (or the pending recommendations') added: load per affected zone."""
+        zones = {z.zone_id: z for z in state.zones.all(time.time())}
+        return svc.run(body, zones, dict(state.plans), dict(state.recs), time.time())
+
+    return svc

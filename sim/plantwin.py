@@ -1,0 +1,100 @@
+"""The site twin (:mod:`sim.model` over :mod:`sim.twin`) as the optimiser's planning twin
+(``control.twin.Twin``).
+
+A rollout starts a model at the time of day from the fused zone counts, puts the measures in
+force now on the ground (``in_effect``: staffed and set up) and then *orders* the candidate set:
+the twin itself makes new measures wait for their staff (reserve travel) and set-up and keeps
+released roads cut through their tear-down, so the optimiser's own delay schedule is not
+needed — the first set of the schedule is what is in force now, the last one what is ordered.
+One fixed seed for every candidate of a decision (common random numbers); the step is
+``PLAN_STEP_S`` (the twin sizes its cells to it).
+
+Elements:
+* every zone: people ÷ LB/T 034 capacity (road ground freed by a cut included);
+* ``local:<zone>``: the zone's highest local density (cells, bottleneck queues, holding areas)
+  ÷ ``LOCAL_TARGET`` p/m² — the yardstick counts minutes above 4 p/m²;
+* ``hold:<gate>`` for each metered source gate: the worse of people waiting ÷ (area ×
+  ``HOLD_DENSITY``) and the wait at the metered rate ÷ ``MAX_WAIT_MIN``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from control.twin import Element, Rollout, Schedule, TwinStart
+from crowdflow.site import MeteringAction, Site, Text
+
+from .model import Model, build_network
+from .scenario import Scenario
+
+HOLD_DENSITY = 2.0  # p/m²: a holding queue is at its capacity at this density
+MAX_WAIT_MIN = 15.0  # … or when the wait at the metered rate reaches this (the yardstick's p95 bound)
+LOCAL_TARGET = 3.5  # p/m²: highest local density the engine plans for (danger is 4)
+# Planning step: the twin at 5 s costs ≈1 s per 30-min rollout on one (loaded) core, 15 s about a
+# quarter of that; coarser cells make corridors conservative (the 沧白路 sidewalk's peak ≈ +15 %
+# against the 5-s twin, see docs/mpc.md), so the engine errs toward acting.
+PLAN_STEP_S = 15.0
+
+
+class ModelTwin:
+    def __init__(self, site: Site, scenario: Scenario, seed: int = 7, demand_scale: float | None = None,
+                 step_s: float | None = PLAN_STEP_S):
+        upd = {}
+        if demand_scale is not None:
+            upd["demand_scale"] = demand_scale
+        if step_s is not None:
+            upd["model"] = scenario.model.model_copy(update={"step_s": step_s})
+        self.sc = scenario.model_copy(update=upd) if upd else scenario
+        self.site = site
+        self.seed = seed
+        self.net = build_network(site, self.sc)
+        self.apv = np.array([z.area_per_visitor_m2 for z in site.zones])
+        self._elements: dict[str, Element] = {z.id: Element(z.id, z.name, float(z.capacity), "zone") for z in site.zones}
+        for z in site.zones:
+            self._elements[f"local:{z.id}"] = Element(
+                f"local:{z.id}", Text(zh=f"{z.name.zh}（局部密度）", en=f"{z.name.en} (local density)"), 0.0, "bottleneck")
+        metered = {a.gate for m in site.measures for a in m.actions if isinstance(a, MeteringAction)}
+        self._holding: dict[str, int] = {}
+        for s, g in enumerate(self.net.src_gate):
+            if g and g in metered and self.net.src_hold[s] > 0:
+                gate = site.gate_by_id[g]
+                eid = f"hold:{g}"
+                self._holding[eid] = s
+                self._elements[eid] = Element(eid, Text(zh=f"{gate.name.zh}候行区", en=f"{gate.name.en} holding area"),
+                                              float(self.net.src_hold[s] * HOLD_DENSITY), "holding")
+
+    def elements(self) -> Mapping[str, Element]:
+        return self._elements
+
+    def _loads(self, m: Model) -> np.ndarray:
+        zone = m.density * self.apv
+        local = m.peak_density_array() / LOCAL_TARGET
+        held = m.queue
+        hold = []
+        for s in self._holding.values():
+            q = float(held[s])
+            rate_pm = float(m.ctl.src_rate[s]) * 60.0
+            wait = q / rate_pm if 0 < rate_pm < np.inf else (0.0 if q < 1 or rate_pm == np.inf else 1e3)
+            hold.append(max(q / (self.net.src_hold[s] * HOLD_DENSITY), min(wait, 1e3) / MAX_WAIT_MIN))
+        return np.concatenate([zone, local, np.array(hold, dtype=float)])
+
+    def rollout(self, start: TwinStart, schedule: Schedule, minutes: float, every_min: float = 1.0) -> Rollout:
+        m = Model(self.site, self.sc, seed=self.seed, tod_s=start.tod_s, network=self.net)
+        sched = sorted(schedule, key=lambda x: x[0])
+        now_set = list(sched[0][1]) if sched else []
+        ordered = list(sched[-1][1]) if sched else []
+        m.set_actions(now_set, in_effect=True)
+        m.set_counts({z: c for z, c in start.counts.items()})
+        if ordered != now_set:
+            m.set_actions(ordered)
+        n = int(round(minutes / every_min))
+        out = np.zeros((n + 1, len(self._elements)))
+        out[0] = self._loads(m)
+        for i in range(1, n + 1):
+            m.run_until(start.tod_s + i * every_min * 60)
+            out[i] = self._loads(m)
+        ids = list(self._elements)
+        return Rollout(np.arange(n + 1) * every_min, {e: out[:, j] for j, e in enumerate(ids)},
+                       turned_away=float(m.totals.gave_up))
