@@ -605,6 +605,8 @@ class ControlService:
             self._inforce = rec
             pipe.set(self.keys.inforce, rec.encode())
             self._event(pipe, "inforce", rec)
+        for oid in self.orders.prune(now):
+            pipe.hdel(self.keys.orders, oid)
         orders, audit = self.orders.take_changes()
         for o in orders:
             pipe.hset(self.keys.orders, o.id, o.encode())
