@@ -173,6 +173,7 @@ def fuse(parts, readings: dict[str, Reading], history: dict[str, Reading],
             pending.append(part)
     estimated = 0.0
     var = 0.0  # of the estimated parts
+    measured_coef = {c: k for (kind, c), k in coef.items() if kind == "r"}
     if measured_d:
         a = sum(x[1] for x in measured_d)
         seen_density = sum(d * x for d, x in measured_d) / a
@@ -195,6 +196,9 @@ def fuse(parts, readings: dict[str, Reading], history: dict[str, Reading],
             # the zone's trend); with nothing seen, the filter's own density.
             if seen_density is not None:
                 d0, v0 = seen_density, 0.0
+                # the part copies the seen density: the cameras' noise reaches it too
+                for c, k in measured_coef.items():
+                    coef[("r", c)] = coef.get(("r", c), 0.0) + part.area_m2 * k / seen
             else:
                 d0, v0 = (prior_density or 0.0), prior_variance
             vd = (NEIGHBOUR_REL * d0 + NEIGHBOUR_ABS) ** 2

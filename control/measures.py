@@ -84,6 +84,7 @@ class MeasurePlanner:
         """The decision for ``now`` (the previous one while within the cycle)."""
         if self.last is not None and not force and now - self.last.at < self.cycle_s:
             return self.last
+        self._now = now
         counts, unknown = plausible_counts(self.site, zones, now)
         cands = self.candidates(active, released, bound)
         result = None
@@ -132,8 +133,27 @@ class MeasurePlanner:
                               en=f"{z.name.en} forecast load {peak:.2f} ≥ {c.measure.trigger.forecast_ratio:.2f}"))
             reasons[c.id] = Text(zh=f"启用{c.measure.name.zh}（规则预案）——{what.zh}",
                                  en=f"switch on {c.measure.name.en} (rule-based) — {what.en}")
+        # release: a measure past its minimum on-time whose relieved zones are all known and, now
+        # and in their own forecast, below its release ratio (the plan engine still applies
+        # quiet_min before it goes)
+        off = []
+        for c in cands:
+            if not c.active or c.id in reasons:
+                continue
+            m = c.measure
+            if c.since is not None and self._now - c.since < m.min_on_min * 60:
+                continue
+            states = [zones.get(z) for z in m.relieves]
+            if any(s is None or s.status != "ok" for s in states):
+                continue
+            peak = max(max([s.capacity_ratio or 0.0] + [f.capacity_ratio for f in s.forecast]) for s in states)
+            if peak < m.release.forecast_ratio:
+                chosen.discard(c.id)
+                off.append(c.id)
+                reasons[c.id] = Text(zh=f"解除{m.name.zh}（规则预案）——相关区域预测承载率 {peak:.2f} < {m.release.forecast_ratio:.2f}",
+                                     en=f"release {m.name.en} (rule-based) — relieved zones forecast {peak:.2f} < {m.release.forecast_ratio:.2f}")
         on = sorted(chosen - {c.id for c in cands if c.active})
-        return Decision(chosen=sorted(chosen), on=on, off=[], feasible=False, violations=[], reasons=reasons,
+        return Decision(chosen=sorted(chosen), on=on, off=sorted(off), feasible=False, violations=[], reasons=reasons,
                         peaks={}, unknown=list(unknown))
 
 

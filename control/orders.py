@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from crowdflow.dispatch import OPEN
 from crowdflow.records import AuditEntry, Command, InForce, MeasureInForce, Order, OrderAnswer
 
+KEEP_CLOSED_S = 7 * 86400  # answered or withdrawn orders stay in <p>:orders this long (the audit keeps all)
 NEXT = {"acknowledged": ("sent",), "in_place": ("sent", "acknowledged"), "cannot": ("sent", "acknowledged")}
 
 
@@ -89,6 +90,15 @@ class OrderBook:
                                       action=action, plan_id=o.plan_id, level_to=o.level, order_id=o.id, post=o.post,
                                       command_id=cmd.id if cmd else None, reason=reason,
                                       in_place_s=o.in_place_s if action == "order_answer" else None))
+
+    def prune(self, now: float) -> list[str]:
+        """Drop closed orders older than a week from the live set; returns their ids."""
+        old = [o.id for o in self.orders.values()
+               if o.status not in OPEN and now - o.issued_at > KEEP_CLOSED_S]
+        for oid in old:
+            del self.orders[oid]
+            self._changed.discard(oid)
+        return old
 
     def take_changes(self) -> tuple[list[Order], list[AuditEntry]]:
         out = [self.orders[i] for i in sorted(self._changed) if i in self.orders]

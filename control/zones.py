@@ -198,11 +198,14 @@ class ZoneBook:
         fz, n_fresh = self.fused(zid, t, f)
         if n_fresh == 0:
             return  # nothing measured now: the filter coasts on its prediction
-        # Every reading takes part in each of the zone's updates until it is replaced: its
-        # noise is spread over the updates it takes part in (the fresh cameras').
-        var = max(fz.variance, 1.0) * n_fresh
+        # The filter weighs only the cameras' counting noise. The error of an estimated part
+        # (history, neighbours) does not average out from one update to the next, so it is
+        # not measurement noise: it is added to the count's ± when the state is read, and it
+        # must not slow the filter down. Every reading takes part in each of the zone's
+        # updates until it is replaced: its noise is spread over those updates.
+        var = max(fz.variance - fz.estimated_variance, 1.0) * n_fresh
         if f is None:
-            self._filters[zid] = OccupancyFilter.start(fz.count, max(fz.variance, 1.0), t)
+            self._filters[zid] = OccupancyFilter.start(fz.count, max(fz.variance, 1.0), t)  # all of it: a first belief
             self._pending_flow[zid] = 0.0
             return
         # An out-of-order view (t < f.t) still counts, at the filter's time: the filter does

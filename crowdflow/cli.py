@@ -271,7 +271,8 @@ def cmd_edge(args) -> int:
     if port:
         metrics.serve(port)
         log.info("metrics on :%d/metrics", port)
-    counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px))
+    counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px,
+                                                              dense_per_m2=site.edge.dense_per_m2))
     try:
         from .site.partitions import camera_keys
 
@@ -296,36 +297,39 @@ def cmd_edge(args) -> int:
 
 
 def cmd_count(args) -> int:
-    from edge.counter import CounterSettings, CrowdCounter, PersonScale
+    from edge.counter import CounterSettings, CrowdCounter
     from edge.density import DensityModelError, open_density_model
     from edge.detector import PersonDetector, resolve_model
     from edge.offline import InputError, run_count
 
     model = resolve_model(None, args.model)
-    scale, zones_px = None, None
+    layout = None
     try:
-        if args.camera:  # count with that camera's calibration (person size per row, zones drawn)
-            from edge.geometry import CameraGeometry
-            from edge.offline import iter_frames
-
-            site = _load(args)
-            camera = _camera(site, args.camera)
-            geo = CameraGeometry(site, camera, camera.preset(args.preset))
-            _, it = iter_frames(args.input)
-            first = next(it)[2]
-            h, w = first.shape[:2]
-            scale = PersonScale.from_geometry(geo, (w, h))
-            pw, ph = geo.image_size
-            zones_px = [v.image_polygon * [w / pw, h / ph] for v in geo.zones.values()]
         detector = PersonDetector(model, args.imgsz, args.conf)
         density = open_density_model(None, args.density_model, model, threads=args.threads)
         if args.mode in ("auto", "density") and density is None:
             if args.mode == "density":
                 raise DensityModelError("--mode density needs a density model (--density-model or CROWDFLOW_DENSITY_MODEL)")
             log.warning("no density model (--density-model / CROWDFLOW_DENSITY_MODEL): detection only")
-        run_count(args.input, CrowdCounter(detector, density, CounterSettings()), args.json, limit=args.limit,
-                  mode=args.mode, csv_path=args.csv, json_path=args.json_out, annotate_to=args.annotate,
-                  scale=scale, zones_px=zones_px)
+        counter = CrowdCounter(detector, density, CounterSettings())
+        if args.camera:  # count that camera's zones with its calibration, as its agent does
+            from edge.adapt import adapted_head
+            from edge.geometry import CameraGeometry
+            from edge.offline import iter_frames
+
+            site = _load(args)
+            camera = _camera(site, args.camera)
+            preset = camera.preset(args.preset)
+            geo = CameraGeometry(site, camera, preset)
+            _, it = iter_frames(args.input)
+            first = next(it)[2]
+            head = adapted_head(Path(args.config).parent, camera.id, preset.id, counter)
+            if head is not None:
+                counter = CrowdCounter(detector, head, counter.s)
+            counter.s = CounterSettings(target_px=site.edge.tile_target_px, dense_per_m2=site.edge.dense_per_m2)
+            layout = counter.layout(geo, (first.shape[1], first.shape[0]))
+        run_count(args.input, counter, args.json, limit=args.limit, mode=args.mode, csv_path=args.csv,
+                  json_path=args.json_out, annotate_to=args.annotate, layout=layout)
     except (InputError, FileNotFoundError, DensityModelError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
@@ -359,9 +363,13 @@ def cmd_calibrate(args) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    given = bool(points)
     if not points and existing is not None:
         points = [PointPair(tuple(p.pixel), tuple(p.lonlat)) for p in existing.points]
         print(f"checking the {len(points)} points already in {camera.id}/{args.preset}")
+    if args.save_reference and frame is None:
+        print("error: --save-reference needs --frame (the view to store)", file=sys.stderr)
+        return 2
     if args.grid and frame is not None:
         zones_px = None
         if existing is not None:
@@ -370,25 +378,85 @@ def cmd_calibrate(args) -> int:
                         for v in geo.zones.values()]
         cv2.imwrite(args.grid, grid_image(frame, points=points, zones_px=zones_px))
         print(f"wrote {args.grid}: read pixel positions of ground marks off its grid")
-    if not points:
+    if not points and not args.save_reference:
         print("no points: give --points FILE.csv (u,v,lon,lat) or --point u,v,lon,lat (≥5)", file=sys.stderr)
         return 2 if not args.grid else 0
-    rep = check(site, points, size, args.max_rms, args.max_point_error)
-    print(f"{camera.id}/{args.preset} at {size[0]}x{size[1]}, {len(points)} points")
-    print(rep.text())
-    if not rep.ok:
-        return 1
+    if points:
+        rep = check(site, points, size, args.max_rms, args.max_point_error)
+        print(f"{camera.id}/{args.preset} at {size[0]}x{size[1]}, {len(points)} points")
+        print(rep.text())
+        if not rep.ok:
+            return 1
+    elif existing is None:
+        print(f"error: {camera.id} has no preset {args.preset!r} yet: give its points first", file=sys.stderr)
+        return 2
+    ref = None
+    if args.save_reference:
+        from edge.calibrate import save_reference
+        from edge.viewcheck import ViewUnverifiable
+
+        try:
+            ref = save_reference(args.out or args.config, camera.id, args.preset, frame)
+        except (ViewUnverifiable, OSError) as e:
+            print(f"error: reference view not stored: {e}", file=sys.stderr)
+            return 1
+        print(f"reference view stored: {ref} (beside {args.out or args.config})")
     if args.write or args.out:
         try:
-            target = write_points(args.config, camera.id, args.preset, size, points, out=args.out)
+            target = write_points(args.config, camera.id, args.preset, size, points if given else None,
+                                  out=args.out, reference_image=ref)
         except (ValueError, ConfigError) as e:
             print(f"error: not written: {e}", file=sys.stderr)
             return 1
-        print(f"wrote preset {args.preset} of {camera.id} to {target}")
-        if args.save_reference and frame is not None:
-            cv2.imwrite(args.save_reference, frame)
-            print(f"reference view saved to {args.save_reference}: set presets[].reference_image to it")
+        print(f"wrote preset {args.preset} of {camera.id} to {target}"
+              + ("" if given else " (its reference view only; the points are unchanged)"))
+    elif ref:
+        print(f"add it to presets[].reference_image of {camera.id}/{args.preset}, or run again with --write")
     return 0
+
+
+def cmd_adapt(args) -> int:
+    from edge.adapt import AdaptRefused, AdaptSettings, adapt, read_hand_counts
+    from edge.counter import CounterSettings, CrowdCounter
+    from edge.density import DensityModelError, open_density_model
+    from edge.detector import PersonDetector, resolve_model
+    from edge.geometry import CameraGeometry
+    from edge.offline import InputError
+
+    site = _load(args)
+    camera = _camera(site, args.camera)
+    try:
+        preset = camera.preset(args.preset)
+        source = args.source or camera.source
+        if not source:
+            raise InputError(f"camera {camera.id} has no source; pass --source")
+        model = resolve_model(site.edge.model, args.model)
+        detector = PersonDetector(model, site.edge.imgsz, site.edge.conf)
+        density = open_density_model(site.edge.density_model, args.density_model, model, threads=args.threads)
+        if density is None:
+            raise DensityModelError("adaptation needs a density head (edge.density_model / --density-model)")
+        counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px,
+                                                                  dense_per_m2=site.edge.dense_per_m2))
+        geo = CameraGeometry(site, camera, preset)
+        layouts = {}
+
+        def layout_for(img):
+            key = (img.shape[1], img.shape[0])
+            if key not in layouts:
+                layouts[key] = counter.layout(geo, key)
+            return layouts[key]
+
+        settings = AdaptSettings(frames=args.frames, max_minutes=args.max_minutes, epochs=args.epochs)
+        rep = adapt(counter, layout_for, source, camera.id, preset.id, Path(args.config).parent,
+                    read_hand_counts(args.hand_counts), settings, progress=not args.no_progress)
+    except AdaptRefused as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 1
+    except (InputError, FileNotFoundError, DensityModelError, KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    print(rep.text())
+    return 0 if rep.stored else 1
 
 
 def _load_scenario(args):
@@ -651,8 +719,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-point-error", type=float, default=2.5, help="largest accepted error of one point (m)")
     s.add_argument("--write", action="store_true", help="write the points into --config (comments are kept)")
     s.add_argument("--out", help="write the edited config here instead of over --config")
-    s.add_argument("--save-reference", help="also save the frame as the preset's reference view")
+    s.add_argument("--save-reference", action="store_true",
+                   help="store --frame as a reference view of the preset (references/<camera>/ beside the config; "
+                        "repeat for night/day) and, with --write, list it in presets[].reference_image")
     s.set_defaults(func=cmd_calibrate)
+
+    s = sub.add_parser("adapt", help="fit the density head to one camera view (once per preset, ≤ 10 min on a CPU)")
+    s.add_argument("--config", default=cfg)
+    s.add_argument("--camera", required=True)
+    s.add_argument("--preset", help="the camera's preset (default: its first)")
+    s.add_argument("--source", help="footage of the view: video file, folder of frames or stream (default: the camera's source)")
+    s.add_argument("--hand-counts", help="CSV frame,count of hand-counted frames of --source")
+    s.add_argument("--frames", type=int, default=120, help="frames sampled over the source")
+    s.add_argument("--epochs", type=int, default=40)
+    s.add_argument("--max-minutes", type=float, default=10.0)
+    s.add_argument("--model", help="detector weights (default: $CROWDFLOW_MODEL, edge.model, yolo11n.pt)")
+    s.add_argument("--density-model", help="the head to start from (default: as the agent resolves it)")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_adapt)
 
     s = sub.add_parser("sim", help="simulate the site and publish virtual cameras' observations")
     s.add_argument("--scenario", default="mayday-evening", help="scenario name in configs/scenarios/ or a file")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable
+from typing import Callable, Literal
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from crowdflow.site import Site
 
@@ -70,6 +70,7 @@ class WhatIfService:
         known = self.site.measure_by_id
         bad = [m for m in req.measures if m not in known]
         if bad:
+            # the route's model refuses these already; a direct caller gets the same answer
             raise HTTPException(422, f"measures: unknown measure {bad[0]!r}")
         in_force = sorted({m for p in plans.values() for m in ((p.measures or {}) if p.measures else {})})
         picked = set(req.measures)
@@ -105,6 +106,16 @@ class WhatIfService:
                 "elapsed_s": round(elapsed, 3)}
 
 
+def request_model(site: Site) -> type[WhatIfRequest]:
+    """:class:`WhatIfRequest` with ``measures`` limited to this site's measure ids, so the
+    OpenAPI lists them and an unknown one is refused by validation (422, FastAPI's format)."""
+    ids = tuple(m.id for m in site.measures)
+    if not ids:
+        return WhatIfRequest
+    return create_model("WhatIfRequest", __base__=WhatIfRequest,
+                        measures=(list[Literal[ids]], Field(default_factory=list, max_length=MAX_MEASURES)))
+
+
 def default_twin_factory(site: Site):
     name = os.environ.get("CROWDFLOW_TWIN", "mayday-evening")
     if not name or not site.measures:
@@ -123,17 +134,19 @@ def default_twin_factory(site: Site):
 def mount(app: FastAPI, site: Site, state, viewer, twin_factory=None) -> WhatIfService:
     """Add ``GET /api/measures`` and ``POST /api/whatif`` to the dashboard app."""
     svc = WhatIfService(site, twin_factory if twin_factory is not None else default_twin_factory(site))
+    Request = request_model(site)
 
     @app.get("/api/measures", tags=["read"])
     def get_measures(s=viewer) -> list[dict]:
         """The site's measures (what the what-if panel can pick), cheapest lever (stage) first."""
         return sorted(svc.measures(), key=lambda m: (m["stage"], m["id"]))
 
-    @app.post("/api/whatif", tags=["read"])
-    def post_whatif(body: WhatIfRequest, s=viewer) -> dict:
+    def post_whatif(body, s=viewer) -> dict:
         """The next ``horizon_min`` minutes from the live state, with the measures in force and
         with the picked ones (or the pending recommendations') added: load per affected zone."""
         zones = {z.zone_id: z for z in state.zones.all(time.time())}
         return svc.run(body, zones, dict(state.plans), dict(state.recs), time.time())
 
+    post_whatif.__annotations__["body"] = Request  # the site's own model (this module defers annotations)
+    app.post("/api/whatif", tags=["read"])(post_whatif)
     return svc

@@ -6,14 +6,16 @@ the current calibration projects them — and their lon/lat off a survey or 天�
 never GCJ-02). :func:`check` fits the homography in the site's metric CRS and reports the
 reprojection error per point; a calibration that is degenerate, has a point farther off than
 ``max_point_error_m`` or an RMS error above ``max_rms_m`` is refused with the reason.
-:func:`write_points` puts the points into the preset of the YAML file in place, leaving every
-other line (comments included) as it was, and re-validates the whole file before writing.
+:func:`write_points` puts the points into the preset of the site file: ruamel.yaml's
+round-trip parser says on which lines the preset's nodes lie, only those are rewritten, and
+every comment and the rest of the layout stay as they were; and re-validates the
+whole file before writing. :func:`save_reference` stores the frame as one of the preset's
+reference views (day, night…) for the agent's view check.
 """
 
 from __future__ import annotations
 
 import csv
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,72 +105,136 @@ def check(site: Site, points: list[PointPair], image_size: tuple[int, int], max_
     return CalibrationReport(True, "", rms, errs)
 
 
-def _point_line(indent: str, p: PointPair) -> str:
+def _point_line(indent: int, p: PointPair) -> str:
     u, v = p.pixel
-    return f"{indent}- {{pixel: [{u:.1f}, {v:.1f}], lonlat: [{p.lonlat[0]:.7f}, {p.lonlat[1]:.7f}]}}\n"
+    return f"{' ' * indent}- {{pixel: [{u:.1f}, {v:.1f}], lonlat: [{p.lonlat[0]:.7f}, {p.lonlat[1]:.7f}]}}\n"
+
+
+def _block_end(lines: list[str], last: int, indent: int) -> int:
+    """The line after the block item that starts on line ``last`` (its dash at ``indent``)."""
+    j = last + 1
+    while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+        j += 1
+    while j > last + 1 and not lines[j - 1].strip():  # trailing blank lines belong to what follows
+        j -= 1
+    return j
+
+
+def _value_line(line: str, key: str, value: str) -> str:
+    """``key: <old value>  # comment`` → ``key: value  # comment`` (the comment is kept)."""
+    head = line[: len(line) - len(line.lstrip())]
+    comment = line.split(" #", 1)[1].rstrip("\n") if " #" in line else None
+    return f"{head}{key}: {value}" + (f"  #{comment}" if comment is not None else "") + "\n"
+
+
+def _points_edits(lines, pre, pts, points, w, h) -> list[tuple[int, int, list[str]]]:
+    edits = []
+    first, col = pts.lc.item(0)
+    end = _block_end(lines, pts.lc.item(len(pts) - 1)[0], col - 2)
+    if lines[first].lstrip().startswith("-"):
+        edits.append((first, end, [_point_line(col - 2, p) for p in points]))
+    else:  # a flow list on the key's line
+        kl = pre.lc.key("points")[0]
+        ind = len(lines[kl]) - len(lines[kl].lstrip())
+        edits.append((kl, end if end > kl else kl + 1, [f"{' ' * ind}points:\n"] + [_point_line(ind + 2, p) for p in points]))
+    if "image_size" in pre:
+        kl = pre.lc.key("image_size")[0]
+        edits.append((kl, kl + 1, [_value_line(lines[kl], "image_size", f"[{w}, {h}]")]))
+    return edits
 
 
 def write_points(config: str | Path, camera_id: str, preset_id: str, image_size: tuple[int, int],
-                 points: list[PointPair], out: str | Path | None = None) -> Path:
-    """Replace (or add) the preset's points in the YAML text; every other line stays as it was.
+                 points: list[PointPair] | None, out: str | Path | None = None,
+                 reference_image: str | None = None) -> Path:
+    """Replace (or add) the preset's points — and, given, a reference view — in the site file.
 
-    The edited text is validated as a whole site before anything is written. ``out``: write
-    there instead of over ``config``."""
-    path = Path(config)
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    cam_re = re.compile(rf"^(\s*)- id:\s*['\"]?{re.escape(camera_id)}['\"]?\s*(#.*)?$")
-    ci = next((i for i, line in enumerate(lines) if cam_re.match(line.rstrip("\n"))), None)
-    if ci is None:
-        raise ValueError(f"{path}: no camera {camera_id!r} (a '- id: {camera_id}' line)")
-    cam_indent = len(cam_re.match(lines[ci].rstrip("\n")).group(1))
-    end = len(lines)
-    for j in range(ci + 1, len(lines)):  # the camera's block ends at the next item at its indent or less
-        s = lines[j]
-        if s.strip() and not s.lstrip().startswith("#") and len(s) - len(s.lstrip()) <= cam_indent:
-            end = j
-            break
-    pre_re = re.compile(rf"^(\s*)- id:\s*['\"]?{re.escape(preset_id)}['\"]?\s*(#.*)?$")
-    pi = next((i for i in range(ci + 1, end) if pre_re.match(lines[i].rstrip("\n"))), None)
-    w, h = image_size
-    if pi is not None:
-        ind = len(pre_re.match(lines[pi].rstrip("\n")).group(1))
-        pend = end
-        for j in range(pi + 1, end):
-            s = lines[j]
-            if s.strip() and len(s) - len(s.lstrip()) <= ind:
-                pend = j
-                break
-        block = lines[pi:pend]
-        k = next((i for i, s in enumerate(block) if s.strip().startswith("points:")), None)
-        if k is None:
-            raise ValueError(f"{path}: preset {preset_id} of camera {camera_id} has no 'points:' line")
-        kind = len(block[k]) - len(block[k].lstrip())
-        m = k + 1
-        while m < len(block) and (block[m].strip().startswith("- {pixel") or block[m].strip().startswith("#")) \
-                and len(block[m]) - len(block[m].lstrip()) > kind:
-            m += 1
-        item_indent = " " * (kind + 2)
-        new_block = block[: k + 1] + [_point_line(item_indent, p) for p in points] + block[m:]
-        new_block = [re.sub(r"image_size:\s*\[[^\]]*\]", f"image_size: [{w}, {h}]", s) for s in new_block]
-        lines[pi:pend] = new_block
-    else:
-        pk = next((i for i in range(ci + 1, end) if lines[i].strip().startswith("presets:")), None)
-        if pk is None:
-            raise ValueError(f"{path}: camera {camera_id} has no 'presets:' line")
-        ind = " " * (len(lines[pk]) - len(lines[pk].lstrip()) + 2)
-        insert = [f"{ind}- id: {preset_id}\n", f"{ind}  image_size: [{w}, {h}]\n", f"{ind}  points:\n"]
-        insert += [_point_line(ind + "    ", p) for p in points]
-        last = end
-        while last > pk and not lines[last - 1].strip():
-            last -= 1
-        lines[last:last] = insert
-    text = "".join(lines)
+    The file is parsed with a round-trip YAML library (ruamel.yaml), which knows the line and
+    column of every node: exactly the lines of the preset's ``image_size``, ``points`` and
+    ``reference_image`` are rewritten, and every other byte — comments, wrapped lists, quoting
+    — stays as it was. The edited text is validated as a whole site before anything is
+    written. ``out``: write there instead of over ``config``."""
     import yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
 
+    path = Path(config)
+    text = path.read_text(encoding="utf-8")
+    try:
+        doc = YAML().load(text)
+    except YAMLError as e:
+        raise ValueError(f"{path}: not YAML: {e}") from e
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    cams = doc.get("cameras") if hasattr(doc, "get") else None
+    cam = next((c for c in cams or [] if hasattr(c, "get") and str(c.get("id")) == camera_id), None)
+    if cam is None:
+        raise ValueError(f"{path}: no camera {camera_id!r} in cameras")
+    presets = cam.get("presets")
+    if not presets:
+        raise ValueError(f"{path}: camera {camera_id} has no presets list")
+    w, h = image_size
+    k = next((i for i, p in enumerate(presets) if str(p.get("id")) == preset_id), None)
+    if k is None and not points:
+        raise ValueError(f"{path}: camera {camera_id} has no preset {preset_id!r}; give its points")
+    if k is None:  # a new preset after the last one
+        line, col = presets.lc.item(len(presets) - 1)
+        end = _block_end(lines, line, col - 2)
+        ind = " " * col
+        block = [f"{ind[:-2]}- id: {preset_id}\n", f"{ind}image_size: [{w}, {h}]\n"]
+        if reference_image is not None:
+            block.append(f"{ind}reference_image: {reference_image}\n")
+        block.append(f"{ind}points:\n")
+        block += [_point_line(col + 2, p) for p in points]
+        lines[end:end] = block
+    else:
+        pre = presets[k]
+        edits: list[tuple[int, int, list[str]]] = []  # (first line, end line, new lines), applied bottom-up
+        pts = pre.get("points")
+        if points is None:  # only the reference view changes
+            pass
+        elif not pts or not hasattr(pts, "lc"):
+            raise ValueError(f"{path}: preset {preset_id} of camera {camera_id} has no points list")
+        else:
+            edits += _points_edits(lines, pre, pts, points, w, h)
+        if reference_image is not None:
+            old = pre.get("reference_image")
+            refs = [] if not old else [str(old)] if isinstance(old, str) else [str(r) for r in old]
+            refs += [] if reference_image in refs else [reference_image]
+            value = refs[0] if len(refs) == 1 else "[" + ", ".join(refs) + "]"
+            if "reference_image" in pre:
+                kl = pre.lc.key("reference_image")[0]
+                kend = _block_end(lines, kl, len(lines[kl]) - len(lines[kl].lstrip()))
+                edits.append((kl, kend, [_value_line(lines[kl], "reference_image", value)]))
+            else:
+                kl, kc = pre.lc.key("id")
+                edits.append((kl + 1, kl + 1, [f"{' ' * kc}reference_image: {value}\n"]))
+        for a, b, new in sorted(edits, key=lambda e: (-e[0], -e[1])):
+            lines[a:b] = new
+    text = "".join(lines)
     parse_site(yaml.safe_load(text), str(out or path))  # refuses a broken result (ConfigError)
     target = Path(out) if out else path
     target.write_text(text, encoding="utf-8")
     return target
+
+
+def save_reference(config: str | Path, camera_id: str, preset_id: str, frame: np.ndarray,
+                   name: str | None = None) -> str:
+    """Store ``frame`` as a reference view of the preset, beside the site file:
+    ``references/<camera>/<preset>-<UTC time>.jpg``. Refuses a frame with too little texture
+    to be matched (:class:`edge.viewcheck.ViewUnverifiable`). Returns the path relative to the
+    site file's folder, as ``presets[].reference_image`` takes it."""
+    import time
+
+    from .viewcheck import ViewReference
+
+    ViewReference(frame)  # raises ViewUnverifiable with the reason
+    rel = Path("references") / camera_id / (name or f"{preset_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jpg")
+    dest = Path(config).parent / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(dest), frame, [cv2.IMWRITE_JPEG_QUALITY, 92]):
+        raise OSError(f"cannot write {dest}")
+    return rel.as_posix()
 
 
 def grid_image(frame: np.ndarray, step: int = 50, points: list[PointPair] | None = None,

@@ -318,6 +318,22 @@ def feature_input(bgr: np.ndarray, side: int | None = None, max_side: int = 1280
     return np.ascontiguousarray(pad[..., ::-1].transpose(2, 0, 1))[None].astype(np.float32) / 255.0, f
 
 
+def density_target(points, h: int, w: int, sigma: float, stride: int = 8, flip: bool = False) -> np.ndarray:
+    """Training target: head points (x, y) spread by a Gaussian of ``sigma`` px and summed into
+    ``stride``-px cells, so the map sums to the number of points (``flip``: mirrored)."""
+    import cv2
+
+    m = np.zeros((h, w), np.float32)
+    for x, y in points:
+        x = w - 1 - x if flip else x
+        m[min(h - 1, max(0, int(y))), min(w - 1, max(0, int(x)))] += 1
+    if sigma > 0 and len(points):
+        m = cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+        m *= len(points) / max(float(m.sum()), 1e-9)
+    hh, ww = h // stride, w // stride
+    return m[: hh * stride, : ww * stride].reshape(hh, stride, ww, stride).sum(axis=(1, 3))
+
+
 class DetectorFeatures:
     """Neck feature maps of an ultralytics YOLO detector at the input's own resolution.
 
@@ -402,7 +418,7 @@ class FeatureDensityModel:
     frame's own size either way, summing to the count."""
 
     def __init__(self, path: str | Path, detector_model: str | Path, threads: int | None = None,
-                 max_side: int = 1280, _loaded: dict | None = None):
+                 max_side: int = 1280, _loaded: dict | None = None, features: DetectorFeatures | None = None):
         import torch
 
         self.path = Path(path)
@@ -424,7 +440,8 @@ class FeatureDensityModel:
         # Heads trained on frames brought to one size (their file says which) see every frame
         # at that size: people appear as large as in training whatever the camera's resolution.
         self.input_side = int(obj["input_side"]) if obj.get("input_side") else None
-        self.features = DetectorFeatures(detector_model, spec["layers"], threads)
+        # another head on the same detector shares its (compiled) feature extractor
+        self.features = features if features is not None else DetectorFeatures(detector_model, spec["layers"], threads)
         got = [f.shape[1] for f in self.features(np.zeros((1, 3, 64, 64), np.float32))]
         if got != self.channels:
             raise DensityModelError(

@@ -120,12 +120,13 @@ FIELDS = ["source", "frame", "count", "method", "confidence", "ms", "density_cou
 
 def run_count(path: str, counter, as_json: bool, out=sys.stdout, progress: bool | None = None,
               limit: int | None = None, mode: str = "auto", csv_path: str | None = None,
-              json_path: str | None = None, annotate_to: str | None = None, scale=None,
-              zones_px: list[np.ndarray] | None = None) -> list[dict]:
-    """Count every image/frame of ``path`` with the crowd counter; one record per image/frame.
+              json_path: str | None = None, annotate_to: str | None = None, layout=None) -> list[dict]:
+    """Count every image/frame of ``path`` with the crowd counter (the policy the edge agent
+    runs); one record per image/frame.
 
-    ``scale`` (a :class:`edge.counter.PersonScale` from a calibration) fixes the person size
-    per row; without it the counter infers tile scales and the method from each image."""
+    ``layout`` (an :class:`edge.counter.ZoneLayout` from a camera's calibration) counts that
+    camera's zones with its person size per row, as its agent does, and adds them to each
+    record; without it the whole image is one zone and the person size is inferred from it."""
     import csv
 
     from tqdm import tqdm  # edge extra
@@ -144,18 +145,21 @@ def run_count(path: str, counter, as_json: bool, out=sys.stdout, progress: bool 
     records = []
     try:
         for source, idx, img in frames:
-            res = counter.count(img, scale=scale, mode=mode)
+            res = counter.count(img, mode=mode, layout=layout)
             rec = {"source": source, "frame": idx, "count": round(res.count, 1), "method": res.method,
-                   "confidence": res.confidence, "ms": round(res.ms, 1),
+                   "confidence": round(res.confidence, 3), "ms": round(res.ms, 1),
                    "density_count": None if res.density_count is None else round(res.density_count, 1),
                    "tiles": len(res.tiles) or 1}
+            if layout is not None:
+                rec["zones"] = {z: {"count": round(e.count, 1), "method": e.method, "confidence": round(e.confidence, 3)}
+                                for z, e in res.zones.items()}
             records.append(rec)
             if as_json:
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             else:
                 out.write(f"{source}\t{idx}\t{rec['count']:g}\t{res.method}\n")
             if ann is not None:
-                ann.write(source, idx, annotate(img, res, zones_px))
+                ann.write(source, idx, annotate(img, res, layout.zone_polygons_px() if layout is not None else None))
             bar.update(1)
             if limit is not None and len(records) >= limit:
                 break
@@ -167,7 +171,7 @@ def run_count(path: str, counter, as_json: bool, out=sys.stdout, progress: bool 
     if csv_path:
         Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
         with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS)
+            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(records)
     if json_path:

@@ -7,9 +7,12 @@ process, and the counter's ms per 1024×768 frame in dense and sparse street sce
   makes for this camera (detection + ultralytics' ByteTrack, as cam-cangbai-plaza has a gate) and
   (b) ``EdgeAgent.process`` + one observation per 10 frames published to Redis (or the spool
   when none answers): view check, density regime check once a second, zones, gates, window.
-  Prints fps of both and the ratio (target ≥ 0.9).
-* dense / street: ShanghaiTech B photos (1024×768) through ``CrowdCounter.count`` (auto),
-  ms/frame by the method it chose (target ≤ 250 ms on 2 cores).
+  Rounds are interleaved (bare, agent, bare, agent …) so both share the machine's noise; the
+  figure is the ratio of the MEDIAN rounds (target ≥ 0.9), the per-round ratios are printed too.
+* street photos: ShanghaiTech B photos (1024×768) through ``CrowdCounter.count`` (auto), ms/frame
+  by the method it chose; and dense mode on the densest fifth of them (target ≤ 250 ms, 2 cores).
+
+Timings on a shared machine: say in docs what else was running.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--photos", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--density", help="density weights (default: as the agent resolves them, the shipped "
                     "head models/yolo11n-density-head.pt); e.g. ../shared/models/mcnn_shtechB_110.h5")
@@ -105,13 +108,15 @@ def main() -> int:
     for _ in range(args.rounds):  # interleaved, so both loops share the machine's noise
         bs.append(bare())
         fs.append(full())
-    fb, fa = max(bs), max(fs)  # the best round of each: the least disturbed by other processes
-    print(f"sparse (vtest, {len(frames)} frames × {args.rounds} rounds, best round, {len(agent.tiles)} tile(s), "
+    fb, fa = statistics.median(bs), statistics.median(fs)
+    tiles = agent._layout(frames[0]).tiles or []
+    print(f"sparse (vtest, {len(frames)} frames × {args.rounds} rounds, median round, {len(tiles)} tile(s), "
           f"publishing to {where}):")
     print(f"  bare model loop (track)  {fb:6.1f} fps  {1000 / fb:6.1f} ms/frame")
     print(f"  full agent loop          {fa:6.1f} fps  {1000 / fa:6.1f} ms/frame")
-    print(f"  ratio agent/bare         {fa / fb:6.2f}  (target ≥ 0.9; median-round ratio "
-          f"{statistics.median(fs) / statistics.median(bs):.2f})")
+    print(f"  ratio agent/bare         {fa / fb:6.2f}  (median rounds; target ≥ 0.9)")
+    print(f"  per round                {' '.join(f'{a / b:.2f}' for a, b in zip(fs, bs))}  "
+          f"(best rounds {max(fs) / max(bs):.2f})")
     for k in r.scan_iter(match=keys.all_keys_pattern()):
         r.delete(k)
     spool.close()
@@ -122,22 +127,22 @@ def main() -> int:
     with open(data / "counts.csv") as f:
         gt = {row["image_file"]: int(row["count"]) for row in csv.DictReader(f)}
     names = sorted(gt)[:: max(1, len(gt) // args.photos)][: args.photos]
+    dense_names = sorted(gt, key=lambda n: -gt[n])[: max(1, len(gt) // 5)][:: max(1, len(gt) // 5 // args.photos)]
     dense_counter = CrowdCounter(det, dm)
-    by_method: dict[str, list[float]] = {}
-    for n in names:
-        img = cv2.imread(str(data / "images" / n))
-        dense_counter.count(img)  # warm caches for this size once
-        break
-    for n in names:
-        img = cv2.imread(str(data / "images" / n))
-        res = dense_counter.count(img)
-        by_method.setdefault(res.method, []).append(res.ms)
-    print(f"street photos (ShanghaiTech B, 1024×768, {len(names)} photos, {args.threads} threads):")
-    for m, ms in sorted(by_method.items()):
-        print(f"  {m:8s} n={len(ms):3d}  median {statistics.median(ms):6.1f} ms  max {max(ms):6.1f} ms")
-    allms = [x for v in by_method.values() for x in v]
-    print(f"  all      median {statistics.median(allms):6.1f} ms  p90 {sorted(allms)[int(0.9 * (len(allms) - 1))]:6.1f} ms"
-          f"  (target ≤ 250 ms)")
+    dense_counter.count(cv2.imread(str(data / "images" / names[0])))  # warm caches for this size once
+    for title, sel, mode in (("street photos (ShanghaiTech B, 1024×768", names, "auto"),
+                             ("densest fifth, dense mode (ShanghaiTech B, 1024×768", dense_names, "auto")):
+        by_method: dict[str, list[float]] = {}
+        for n in sel:
+            res = dense_counter.count(cv2.imread(str(data / "images" / n)), mode=mode)
+            by_method.setdefault(res.method, []).append(res.ms)
+        print(f"{title}, {len(sel)} photos, {min(gt[n] for n in sel)}–{max(gt[n] for n in sel)} people, "
+              f"{args.threads} threads):")
+        for m, ms in sorted(by_method.items()):
+            print(f"  {m:8s} n={len(ms):3d}  median {statistics.median(ms):6.1f} ms  max {max(ms):6.1f} ms")
+        allms = [x for v in by_method.values() for x in v]
+        print(f"  all      median {statistics.median(allms):6.1f} ms  p90 "
+              f"{sorted(allms)[int(0.9 * (len(allms) - 1))]:6.1f} ms  (target ≤ 250 ms)")
     return 0
 
 

@@ -40,42 +40,34 @@ SHARED = Path(os.environ.get("CROWDFLOW_SHARED", REPO.parent / "shared"))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from edge.density import HEAD_SCALE, HEADS, DetectorFeatures, _build_head, feature_input  # noqa: E402
-
-
-def split(names):
-    return {n: ("val" if i % 5 == 0 else "tune") for i, n in enumerate(sorted(names))}
-
-
-def target(points, h, w, sigma, stride=8, flip=False):
-    m = np.zeros((h, w), np.float32)
-    for x, y in points:
-        x = w - 1 - x if flip else x
-        m[min(h - 1, max(0, int(y))), min(w - 1, max(0, int(x)))] += 1
-    if sigma > 0 and len(points):
-        m = cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
-        m *= len(points) / max(float(m.sum()), 1e-9)
-    hh, ww = h // stride, w // stride
-    return m[: hh * stride, : ww * stride].reshape(hh, stride, ww, stride).sum(axis=(1, 3))
+from edge.density import density_target as target  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(SHARED / "data" / "shtech_b_train"))
+    ap.add_argument("--sets", default="shtech,brt", help="annotated sets (edge.datasets): shtech, brt; their "
+                    "train parts are fitted, their pick parts choose the epoch, their val parts are only reported")
     ap.add_argument("--model", default=str(SHARED / "models" / "yolo11n_int8_openvino_model"),
                     help="the detector whose features the head reads")
     ap.add_argument("--out", default="models/yolo11n-density-head.pt")
     ap.add_argument("--arch", default="yolo-neck-head", choices=sorted(HEADS))
-    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--sigma", type=float, default=4.0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--ema", type=float, default=0.99, help="decay of the weights' moving average, per step")
+    ap.add_argument("--augment", type=int, default=1,
+                    help="night/weather versions (edge.augment: low light, floodlight, rain) per training frame")
+    ap.add_argument("--zoom", type=float, default=1.3,
+                    help="the night/weather versions are also scaled by a random factor in [1/zoom, zoom]")
     ap.add_argument("--video", action="append", default=[],
                     help="footage of a sparse fixed view to add, pseudo-labelled by tiled detection (repeatable)")
     ap.add_argument("--video-frames", default="0:400:4", help="start:stop:step of the video frames used")
     ap.add_argument("--input-side", type=int, default=1280,
                     help="every photo and frame is scaled to this long side, in training and in use (0: as is)")
+    ap.add_argument("--init", help="start from this head file (fine-tuning, as `crowdflow adapt` does)")
+    ap.add_argument("--limit", type=int, help="use every n-th frame of each set only (a quick smoke run)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -83,33 +75,48 @@ def main() -> int:
     import torch
     from torch.nn import functional as F
 
+    from edge import augment, datasets
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    data = Path(args.data)
-    pts = json.loads((data / "points.json").read_text())
-    names = sorted(pts)
-    parts = split(names)
     spec = HEADS[args.arch]
     feats = DetectorFeatures(args.model, spec["layers"], args.threads)
     t0 = time.time()
-    F3, F4, T = [], [], []  # sample 2k: a photo or frame, 2k + 1: its mirror image
+    # One feature sample per (frame, variant); variants of one frame are grouped so an epoch
+    # draws one of them per training frame.
+    F3, F4, T = [], [], []
+    groups: dict[str, list[list[int]]] = {"train": []}
+    evals: dict[str, list[tuple[int, float]]] = {}  # "<set>/<part>" -> (sample, annotated count)
 
-    def add(img, points):
-        x, f = feature_input(img, args.input_side)
+    def add(img, points, flip=False, zoom=1.0) -> int:
+        x, f = feature_input(img, round(args.input_side * zoom) if args.input_side else None)
         h, w = x.shape[2:]
-        points = [(px * f, py * f) for px, py in points]
-        for flip in (False, True):
-            a3, a4 = feats(x[..., ::-1].copy() if flip else x)
-            F3.append(a3[0].astype(np.float16))
-            F4.append(a4[0].astype(np.float16))
-            # a mirrored padded input has its padding on the left: mirror within the padded width
-            T.append(target(points, h, w, args.sigma, spec["stride"], flip))
+        pts = [(px * f, py * f) for px, py in points]
+        a3, a4 = feats(x[..., ::-1].copy() if flip else x)
+        F3.append(a3[0].astype(np.float16))
+        F4.append(a4[0].astype(np.float16))
+        # a mirrored padded input has its padding on the left: mirror within the padded width
+        T.append(target(pts, h, w, args.sigma, spec["stride"], flip))
+        return len(T) - 1
 
-    for n in names:
-        add(cv2.imread(str(data / "images" / n)), pts[n])
-    print(f"features of {len(names)} photos ×2 in {time.time() - t0:.0f} s", flush=True)
-    extra = []  # sample pairs from --video: pseudo-labelled frames, for training only
+    def add_train(img, points) -> None:
+        ids = [add(img, points), add(img, points, flip=True)]
+        for _ in range(args.augment):
+            kind = augment.KINDS[int(rng.integers(len(augment.KINDS)))]
+            zoom = float(np.exp(rng.uniform(-np.log(args.zoom), np.log(args.zoom))))  # people nearer or farther
+            ids.append(add(augment.degrade(img, kind, rng), points, flip=bool(rng.integers(2)), zoom=zoom))
+        groups["train"].append(ids)
+
+    for name in args.sets.split(","):
+        for s in datasets.load(name, SHARED)[:: args.limit or 1]:
+            img = cv2.imread(str(s.path))
+            if s.part == "train":
+                add_train(img, s.points)
+            else:
+                evals.setdefault(f"{name}/{s.part}", []).append((add(img, s.points), float(s.count)))
+        print(f"{name}: features in {time.time() - t0:.0f} s ({len(T)} samples)", flush=True)
+    n_video = 0
     if args.video:
         from edge.counter import CrowdCounter
         from edge.detector import PersonDetector
@@ -126,18 +133,16 @@ def main() -> int:
                     continue
                 det = counter.count(frame, mode="tiled").detections
                 heads = [((x0 + x1) / 2, y0 + 0.1 * (y1 - y0)) for x0, y0, x1, y1 in det.xyxy]
-                extra.append(len(T))
-                add(frame, heads)
+                groups["train"].append([add(frame, heads), add(frame, heads, flip=True)])
+                n_video += 1
             cap.release()
-        print(f"{len(extra)} pseudo-labelled frames from {len(args.video)} video(s)", flush=True)
+        print(f"{n_video} pseudo-labelled frames from {len(args.video)} video(s)", flush=True)
     channels = [F3[0].shape[0], F4[0].shape[0]]
-    gt = np.array([len(pts[n]) for n in names], float)
-    val = [i for i, n in enumerate(names) if parts[n] == "val"]
-    tune = [i for i, n in enumerate(names) if parts[n] == "tune"]
-    hold = tune[::10]
-    train = [2 * i for i in tune if i not in set(hold)] + extra  # first sample of each pair
+    train = groups["train"]
 
     net = _build_head(channels, args.hidden)
+    if args.init:
+        net.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["state_dict"])
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
     # The count of a small training set swings from step to step; an exponential moving average
@@ -146,51 +151,55 @@ def main() -> int:
 
     def counts(ids):
         with torch.no_grad():
-            out = [float(ema.module(torch.from_numpy(F3[2 * i][None].astype(np.float32)),
-                             torch.from_numpy(F4[2 * i][None].astype(np.float32))).sum()) / HEAD_SCALE for i in ids]
-        return np.array(out)
+            return np.array([float(ema.module(torch.from_numpy(F3[i][None].astype(np.float32)),
+                             torch.from_numpy(F4[i][None].astype(np.float32))).sum()) / HEAD_SCALE for i in ids])
 
-    def mae(ids):
-        return float(np.mean(np.abs(counts(ids) - gt[ids])))
+    def figures(key):
+        ids, gt = zip(*evals[key])
+        e = counts(list(ids)) - np.array(gt)
+        return {"frames": len(ids), "mae": round(float(np.abs(e).mean()), 2),
+                "mean_rel_error": round(float((np.abs(e) / np.array(gt)).mean()), 4), "bias": round(float(e.mean()), 2)}
+
+    picks = [k for k in evals if k.endswith("/pick")]
+
+    def pick_score():  # mean relative error, each set's pick part weighing the same
+        return float(np.mean([figures(k)["mean_rel_error"] for k in picks]))
 
     ch, cw = 40, 56  # crop in stride-8 cells (320×448 px: fits a padded 480×360 frame too)
     if min(t.shape[0] for t in T) < ch or min(t.shape[1] for t in T) < cw:
         raise SystemExit(f"--input-side {args.input_side} makes maps smaller than the {cw * 8}×{ch * 8} crops")
     best = (float("inf"), 0, None)
     t0 = time.time()
+    order = list(range(len(train)))
     for ep in range(1, args.epochs + 1):
-        rng.shuffle(train)
-        for k in range(0, len(train), args.batch):
-            ids = train[k:k + args.batch]
-            j = [i + int(f) for i, f in zip(ids, rng.integers(0, 2, len(ids)))]
+        rng.shuffle(order)
+        for k in range(0, len(order), args.batch):
+            j = [train[g][int(rng.integers(len(train[g])))] for g in order[k:k + args.batch]]
             ys = [int(rng.integers(0, (T[q].shape[0] - ch) // 2 + 1)) * 2 for q in j]
             xs = [int(rng.integers(0, (T[q].shape[1] - cw) // 2 + 1)) * 2 for q in j]
             a3 = np.stack([F3[q][:, y:y + ch, x:x + cw] for q, y, x in zip(j, ys, xs)]).astype(np.float32)
             a4 = np.stack([F4[q][:, y // 2:(y + ch) // 2, x // 2:(x + cw) // 2] for q, y, x in zip(j, ys, xs)]).astype(np.float32)
             t = np.stack([T[q][y:y + ch, x:x + cw] for q, y, x in zip(j, ys, xs)])[:, None] * HEAD_SCALE
-            loss = F.mse_loss(net(torch.from_numpy(a3), torch.from_numpy(a4)), torch.from_numpy(t), reduction="sum") / len(ids)
+            loss = F.mse_loss(net(torch.from_numpy(a3), torch.from_numpy(a4)), torch.from_numpy(t), reduction="sum") / len(j)
             opt.zero_grad()
             loss.backward()
             opt.step()
             ema.update_parameters(net)
         sched.step()
         if ep % 5 == 0 or ep == args.epochs:
-            h = mae(hold)
+            h = pick_score() if picks else -ep
             if h < best[0]:
                 best = (h, ep, {k: v.detach().clone() for k, v in ema.module.state_dict().items()})
-            print(f"epoch {ep}: hold-out MAE {h:.2f} (best {best[0]:.2f} @ {best[1]}) {time.time() - t0:.0f} s", flush=True)
+            print(f"epoch {ep}: pick mean rel. error {h:.4f} (best {best[0]:.4f} @ {best[1]}) {time.time() - t0:.0f} s",
+                  flush=True)
     ema.module.load_state_dict(best[2])
 
-    def figures(ids):
-        c = counts(ids)
-        e = c - gt[ids]
-        return {"photos": len(ids), "mae": round(float(np.abs(e).mean()), 2),
-                "mean_rel_error": round(float((np.abs(e) / gt[ids]).mean()), 4), "bias": round(float(e.mean()), 2)}
-
-    meta = {"backbone": f"{Path(args.model).name} (ultralytics YOLO11n, COCO)", "input_side": args.input_side, "data":
-            "ShanghaiTech B train, tuning part (photos not every 5th by name); validation part never seen",
+    meta = {"backbone": f"{Path(args.model).name} (ultralytics YOLO11n, COCO)", "input_side": args.input_side,
+            "data": {"sets": args.sets, "train_frames": len(train) - n_video, "video_frames": n_video,
+                     "augment": args.augment, "brt_val_groups": list(datasets.BRT_VAL_GROUPS),
+                     "brt_pick_groups": list(datasets.BRT_PICK_GROUPS)},
             "epochs": args.epochs, "best_epoch": best[1], "sigma": args.sigma, "lr": args.lr, "batch": args.batch,
-            "seed": args.seed, "tune": figures(tune), "val": figures(val),
+            "seed": args.seed, **{k: figures(k) for k in sorted(evals)},
             "command": "python scripts/train_density_head.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

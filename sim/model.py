@@ -24,7 +24,7 @@ the predictive engine should use the twin directly: ``m.snapshot()`` and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,7 +52,6 @@ from .twin import (
     Source,
     Spec,
     State,
-    Trace,
     Twin,
 )
 

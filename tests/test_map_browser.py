@@ -89,6 +89,9 @@ def test_map_basemap_labels_panel_and_screenshots(browser, tmp_path, redis_url, 
         page.wait_for_function("document.querySelectorAll('path.zone[data-status=ok]').length >= 15", timeout=15000)
         feed(r, keys, site, 2)
         time.sleep(1.0)
+        # -- a zone mostly estimated (its cameras see 15 % of it) is drawn and labelled as such
+        assert page.get_attribute("path.zone-bridge-e-mid", "data-estimated") == "yes"
+        assert page.get_attribute("path.zone-xsz-exit6", "data-estimated") == "no"  # fully seen
         # -- labels never overlap, at the first view and zoomed in
         assert visible_label_overlaps(page) == []
         shown = page.locator(".zone-label:not(.collide)").count()

@@ -6,7 +6,7 @@ import numpy as np
 
 from control.measures import MeasurePlanner
 from control.service import ControlService
-from crowdflow.records import Command, PlanState, Recommendation, decode
+from crowdflow.records import Command, InForce, PlanState, Recommendation, decode
 from sim.cameras import Faults, VirtualCameras, camera_views
 from sim.model import Model
 from sim.plantwin import ModelTwin
@@ -56,6 +56,10 @@ def test_service_recommends_metering_from_the_forecast_and_puts_it_in_force(r, k
     assert ps.measures and "meter-xsz" in ps.measures and ps.engine == "mpc"
     assert any(a.type == "metering" for a in ps.active_actions)
     assert ps.staff and ps.staff[0].measure_id in ps.measures
+    # the one published in-force record (control/inforce.py) carries the engine's measures
+    inf = decode(InForce, r.get(keys.inforce))
+    metering = [m for m in inf.measures if m.action.type == "metering"]
+    assert metering and all(m.plan_id == rec.plan_id and m.by == "zhang" for m in metering)
     audit = [f["rec"] for _, f in r.xrange(keys.audit)]
     assert any('"confirm"' in a and rec.id in a for a in audit)
     # a takeover restores the measures in force (and commits their staff again)

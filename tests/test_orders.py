@@ -69,3 +69,13 @@ def test_answers_and_dispatch_time():
 
 def test_after_midnight_counts_to_the_evening_before():
     assert evening_of(T0 + 3 * 3600, "Asia/Shanghai") == evening_of(T0, "Asia/Shanghai")
+
+
+def test_closed_orders_leave_the_live_set_after_a_week():
+    book = OrderBook()
+    book.update(None, inforce(STAFF, CUT), T0)
+    oid = next(o.id for o in book.orders.values() if o.post == "post-bridge-mid")
+    answer(book, oid, "in_place", t=T0 + 100)
+    assert book.prune(T0 + 86400) == []
+    assert book.prune(T0 + 8 * 86400) == [oid]  # the open one (post-bridge-s) stays
+    assert [o.post for o in book.orders.values()] == ["post-bridge-s"]

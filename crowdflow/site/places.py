@@ -39,9 +39,15 @@ class Preset(Strict):
     id: Id
     image_size: tuple[int, int]
     points: list[CalibrationPoint] = Field(min_length=4)
-    # The view at this preset (image file, relative to the config file); the edge agent
-    # compares frames with it to notice a turned camera. None: the first frame seen.
-    reference_image: str | None = None
+    # The view at this preset (image file(s), relative to the config file; several for day and
+    # night), stored by `crowdflow calibrate --save-reference`; the edge agent compares frames
+    # with them to notice a turned camera. None: the first frame with enough texture.
+    reference_image: str | list[str] | None = None
+
+    @property
+    def references(self) -> list[str]:
+        r = self.reference_image
+        return [] if not r else [r] if isinstance(r, str) else list(r)
 
     @field_validator("image_size")
     @classmethod

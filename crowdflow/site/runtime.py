@@ -54,6 +54,7 @@ class EdgeSection(Strict):
     tile_target_px: float = Field(24, ge=8, le=400)  # person height the detector needs (its input px); smaller: tiles
     dense_per_m2: float = Field(1.0, gt=0, le=10)  # a zone above this (density model) is counted by density
     check_interval_s: float = Field(1.0, gt=0, le=60)  # view-moved and crowd-regime checks
+    frozen_after_s: float = Field(10.0, gt=0, le=3600)  # an unchanging picture this long is `frozen`
     view_tolerance: float = Field(0.02, gt=0, le=0.5)  # allowed view shift, share of the image diagonal
     gate_band_m: float = Field(0.5, ge=0, le=10)  # hysteresis half-width around gate lines
     spool_path: str | None = None  # observations kept while Redis is unreachable; None: $CROWDFLOW_DATA_DIR/edge-spool-{camera}.sqlite

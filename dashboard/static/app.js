@@ -83,16 +83,20 @@
       const last = s && s.last_known ? ` (${Math.round(s.last_known.count)}${T("people")} · ${age(s.last_known.at)})` : "";
       return `${esc(n)}<br>${T("unknown")}${last}`;
     }
-    return `${esc(n)}<br>${Math.round(s.count)}${T("people")} · ${Math.round(s.capacity_ratio * 100)}% · ${s.density.toFixed(2)}/m²${trendArrow(s)}`;
+    const approx = (s.estimated_share || 0) > 0.5 ? "≈" : "";
+    return `${esc(n)}<br>${approx}${Math.round(s.count)}${T("people")} · ${Math.round(s.capacity_ratio * 100)}% · ${s.density.toFixed(2)}/m²${trendArrow(s)}`;
   }
   function paint(id) {
     const layer = layers[id];
     if (!layer) return;
     const s = S.states[id];
     const unknown = !s || s.status !== "ok";
-    layer.setStyle({ fillColor: colour(s), fillOpacity: unknown ? 0.75 : 0.65, color: unknown ? "#666" : "#222",
-                     weight: 1, dashArray: unknown ? "4 4" : null });
+    // Mostly estimated (parts no camera sees now): paler fill, dotted outline, "≈" on the label.
+    const estimated = !unknown && (s.estimated_share || 0) > 0.5;
+    layer.setStyle({ fillColor: colour(s), fillOpacity: unknown ? 0.75 : estimated ? 0.4 : 0.65,
+                     color: unknown ? "#666" : "#222", weight: 1, dashArray: unknown ? "4 4" : estimated ? "1 3" : null });
     const el = layer.getElement && layer.getElement();
+    if (el) el.setAttribute("data-estimated", estimated ? "yes" : "no");
     if (el) el.setAttribute("data-status", unknown ? "unknown" : "ok");
     layer.setTooltipContent(label(id));
     const tip = layer.getTooltip().getElement && layer.getTooltip().getElement();
@@ -208,7 +212,7 @@
     const open = $("#legend details") ? $("#legend details").open : !document.body.classList.contains("layout-phone");
     $("#legend").innerHTML = `<details ${open ? "open" : ""}><summary><b>${T("legend")}</b></summary>${T("legend_load")}<br>` +
       BANDS.map(([, c, txt]) => `<i style="background:${c}"></i>${txt}`).join("<br>") +
-      `<br><i class="hatch"></i>${T("legend_unknown")}` +
+      `<br><i class="hatch"></i>${T("legend_unknown")}<br><i class="est"></i>${T("legend_estimated")}` +
       ["ok", "offline", "moved", "unknown"].map((h) => `<br><i class="dot" style="background:${CAM[h]}"></i>${T(`legend_cam_${h}`)}`).join("") +
       `<br><i class="cut"></i>${T("legend_cutoff")}<br><span style="color:#0a6b2f;font-weight:900">➤</span> ${T("legend_oneway")}` +
       `<br><i style="background:#0b3d91"></i>${T("legend_post")}</details>`;

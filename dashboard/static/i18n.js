@@ -2,6 +2,7 @@
 // "{name}" placeholders are filled by T(key, {name: ...}) in app.js.
 window.I18N = {
   zh: {
+    legend_estimated: "≈ 多半为推算(摄像机未见)",
     orders: "指令与回复",
     no_orders: "暂无指令",
     orders_for_you: "新指令 {n} 条",
@@ -171,6 +172,7 @@ window.I18N = {
     cutoff: "交通管制",
   },
   en: {
+    legend_estimated: "≈ mostly estimated (not seen now)",
     orders: "Orders and answers",
     no_orders: "No orders yet",
     orders_for_you: "{n} new order(s)",
