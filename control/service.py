@@ -74,6 +74,7 @@ log = logging.getLogger("crowdflow.control")
 GROUP = "control"
 FULL_EVERY_S = 1.0
 HISTORY_EVERY_S = 10.0
+READ_MAX, READ_MIN = 1000, 25  # observations read per cycle (adapted to the cycle time)
 CLAIM_EVERY_S = 5.0  # take over entries left pending by other (dead or fenced) consumers
 CONSUMER_GC_EVERY_S = 60.0
 CONSUMER_IDLE_MS = 10 * 60 * 1000  # a consumer silent this long with nothing pending is gone
@@ -107,7 +108,8 @@ class ControlService:
     def __init__(self, site: Site, r: redis.Redis, keys: Keys, consumer: str | None = None,
                  stale_after_s: float | None = None, clock: Callable[[], float] = time.time,
                  lease_ms: int = 3000, audit_dir: str | Path | None = None,
-                 edge_keys: dict[str, str] | None = None, planner_factory: Callable[[], object] | None = None):
+                 edge_keys: dict[str, str] | None = None, planner_factory: Callable[[], object] | None = None,
+                 raw: redis.Redis | None = None):
         self.site = site
         # camera → its edge's secret: when set, a camera's records must carry that edge's
         # signature (``sig``), so one gateway's Redis user cannot speak for another's cameras.
@@ -119,7 +121,7 @@ class ControlService:
         # term, so a takeover starts from what Redis says is in force); None: level bundles only.
         self.planner_factory = planner_factory
         self.r = r
-        self.raw = raw_client(r)  # reads what others wrote: bytes, decoded by the record decoder
+        self.raw = raw or raw_client(r)  # reads what others wrote: bytes, decoded by the record decoder
         self.keys = keys
         self.clock = clock
         self.stale_after_s = stale_after_s if stale_after_s is not None else site.control.stale_after_s
@@ -128,6 +130,9 @@ class ControlService:
         self.cmd_reader = GroupReader(r, keys.cmd, GROUP, self.consumer, keys.cmd_dead, raw=self.raw)
         self.lease = LeaderLease(r, keys.leader, ttl_ms=lease_ms, instance_id=self.consumer)
         self.fenced = False  # run() turns it on: every write then requires the lease
+        self.leading = False  # run() says whether this instance leads now
+        self._renewed_at = float("-inf")  # when the lease was last renewed (monotonic)
+        self._batch = READ_MAX
         self.applied = self.rejected = self.duplicates = 0
         self.stats: Counter = Counter()  # errors by kind, reconnects, … (exported as metrics)
         self.rejected_by: Counter = Counter()  # dead letters by reason class
@@ -291,7 +296,7 @@ class ControlService:
                 gone = reader.remove_idle_consumers(CONSUMER_IDLE_MS)
                 if gone:
                     log.info("removed idle consumers of %s: %s", reader.stream, ", ".join(gone))
-        obs_entries = self.obs_reader.read(count=1000, block_ms=block_ms)
+        obs_entries = self.obs_reader.read(count=self._batch, block_ms=block_ms)
         cmd_entries = self.cmd_reader.read(count=100, block_ms=None)
         now = self.clock()
         out = self.out
@@ -326,7 +331,18 @@ class ControlService:
         self.obs_reader.ack([i for i, _ in obs_entries], pipe=out)
         self.cmd_reader.ack([i for i, _ in cmd_entries], pipe=out)
         self._flush()
+        self._adapt_batch(time.monotonic() - mono, len(obs_entries))
         return len(obs_entries) + len(cmd_entries)
+
+    def _adapt_batch(self, cycle_s: float, n: int) -> None:
+        """Keep a cycle well inside the lease: a busy cycle longer than a quarter of the lease
+        (a slow or shared CPU, several partitions in one process) halves the next read, a quick
+        full one doubles it back up to READ_MAX. Otherwise the lease lapses mid-cycle, the
+        fenced write is refused and the work is done again."""
+        if cycle_s > self.lease.ttl_ms / 4000:
+            self._batch = max(READ_MIN, self._batch // 2)
+        elif n >= self._batch and cycle_s < self.lease.ttl_ms / 16000:
+            self._batch = min(READ_MAX, self._batch * 2)
 
     def maintain(self, now: float) -> None:
         """Retention, so that Redis stays flat over an evening and a season: command results
@@ -384,6 +400,12 @@ class ControlService:
         the others. A refused or lost transaction keeps every write queued for the next try."""
         ops = self.out.ops
         if not ops:
+            # Nothing to write: renew the lease on its own (ttl/3), so that a quiet leader keeps
+            # its partition instead of letting it lapse and another worker take it.
+            if self.fenced and time.monotonic() - self._renewed_at > self.lease.ttl_ms / 3000:
+                if not self.lease.renew():
+                    raise LeaseLost("lease expired while idle")
+                self._renewed_at = time.monotonic()
             return
 
         def build(pipe):
@@ -392,6 +414,7 @@ class ControlService:
 
         if self.fenced:
             results = self.lease.transaction(build)
+            self._renewed_at = time.monotonic()
         else:
             with self.r.pipeline(transaction=True) as pipe:
                 build(pipe)
@@ -610,18 +633,33 @@ class ControlService:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, may_lead: Callable[[], bool] | None = None) -> None:
         """Lead when the lease is free, follow otherwise; never return before ``stop``.
 
         Redis errors of every class are caught here: the loop waits with the one backoff
         policy (:class:`crowdflow.bus.Backoff`, capped at 2 s so that control is back within
-        seconds of Redis) and keeps its in-memory state; a lost lease makes it a follower."""
+        seconds of Redis) and keeps its in-memory state; a lost lease makes it a follower.
+
+        ``may_lead`` (partitioned control, :mod:`control.workers`) is asked before taking the
+        lease and after every cycle while leading: False hands the partition over (the writes
+        are flushed, the lease released) so that workers share the partitions evenly."""
         self.fenced = True
         backoff = Backoff(cap_s=2.0)
         leader = False
+        self.leading = False
         while not stop.is_set():
             try:
+                if leader and may_lead is not None and not may_lead():
+                    self._flush()
+                    self.lease.release()
+                    leader = self.leading = False
+                    self.stats["handed_over"] += 1
+                    log.info("control %s hands %s over (rebalancing)", self.consumer, self.keys.prefix)
+                    continue
                 if not leader:
+                    if may_lead is not None and not may_lead():
+                        stop.wait(0.5)
+                        continue
                     if not self.lease.acquire():
                         stop.wait(0.5)
                         continue
@@ -657,6 +695,7 @@ class ControlService:
                 self.lease.release()
             except redis.RedisError:
                 pass
+        self.leading = False
 
 
 def error_kind(e: Exception) -> str:

@@ -77,7 +77,12 @@ DEAD_RAW_KEEP = 64 * 1024  # bytes of a rejected entry kept verbatim (longer one
 # dump, failing over): retried with backoff, never fatal. Every other ``redis.RedisError``
 # (OOM, WRONGTYPE, READONLY, NOSCRIPT, …) is a ``ResponseError``: reported, backed off, and the
 # work kept for the next try. See :class:`Backoff` and docs/reliability.md.
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# On a Redis Cluster a failover adds CLUSTERDOWN / TRYAGAIN / MASTERDOWN answers and slots
+# briefly served by nobody: the same class of "not answering right now".
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+             redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError,
+             redis.exceptions.MasterDownError, redis.exceptions.SlotNotCoveredError)
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
 def _key(suffix: str) -> property:
@@ -122,6 +127,29 @@ class Keys:
 
     def all_keys_pattern(self) -> str:
         return f"{self.prefix}:*"
+
+    # -- partitions (docs/scaling.md): every key of a partition carries the hash tag
+    # ``{<partition>}``, so the fenced MULTI/EXEC of its worker touches one cluster slot.
+
+    def partition(self, partition_id: str) -> "Keys":
+        """The keys of one partition: ``<prefix>:{<partition>}:…``."""
+        if "{" in self.prefix:
+            raise ValueError(f"prefix {self.prefix!r} already has a hash tag; partitions add their own")
+        return Keys(f"{self.prefix}:{{{partition_id}}}")
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of live control workers (member: worker id, score: last heartbeat, ms)."""
+        return f"{self.prefix}:{{workers}}:alive"
+
+
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes (its first non-empty ``{…}``), if any."""
+    i = key.find("{")
+    if i < 0:
+        return None
+    j = key.find("}", i + 1)
+    return key[i + 1:j] if j > i + 1 else None
 
 
 def resolve_prefix(configured: str) -> str:
@@ -219,22 +247,106 @@ class Backoff:
         self.failures = 0
 
 
+def is_cluster_url(url: str | None) -> bool:
+    """``redis+cluster://host:port`` (or ``rediss+cluster://``) names a Redis Cluster."""
+    return bool(url) and url.startswith(CLUSTER_SCHEMES)
+
+
+def _cluster_url(url: str) -> str:
+    return url.replace("+cluster", "", 1)
+
+
 def connect(url: str, **kw) -> redis.Redis:
     """A client with short timeouts (a paused Redis is noticed in seconds, not minutes) and the
     retry policy above. ``decode_responses`` is on: use :func:`raw_client` to read data that
     other processes wrote (streams, hashes) so that bytes that are not UTF-8 cannot kill the
-    reader."""
+    reader.
+
+    A cluster URL (``redis+cluster://host:port``, any one node) gives redis-py's
+    ``RedisCluster``, which follows MOVED/ASK and re-reads the slot map after a failover; it
+    offers the same commands, pipelines and WATCH transactions (within one slot)."""
     kw.setdefault("decode_responses", True)
     kw.setdefault("socket_timeout", 5)
     kw.setdefault("socket_connect_timeout", 3)
     kw.setdefault("socket_keepalive", True)
     kw.setdefault("health_check_interval", 15)
     kw.setdefault("retry", command_retry())
+    if is_cluster_url(url):
+        kw.pop("health_check_interval", None)
+        r = redis.RedisCluster.from_url(_cluster_url(url), **kw)
+        r.crowdflow_connect = (url, dict(kw))  # lets raw_client build its bytes twin
+        return r
     return redis.Redis.from_url(url, **kw)
+
+
+def connect_async(url: str, **kw):
+    """The asyncio twin of :func:`connect` (dashboard): ``redis.asyncio.Redis`` or, for a
+    cluster URL, ``redis.asyncio.RedisCluster``."""
+    import redis.asyncio as aioredis
+
+    kw.setdefault("decode_responses", True)
+    kw.setdefault("socket_connect_timeout", 3)
+    if is_cluster_url(url):
+        kw.pop("health_check_interval", None)
+        return aioredis.RedisCluster.from_url(_cluster_url(url), **kw)
+    return aioredis.Redis.from_url(url, **kw)
+
+
+def is_cluster(r) -> bool:
+    return isinstance(r, redis.RedisCluster)
+
+
+REPLICA_WAIT_MS = 500  # how long a producer waits for a replica to confirm its writes
+
+
+def xadd_replicated(r, stream: str, entries: list[dict], maxlen: int, wait_ms: int = REPLICA_WAIT_MS) -> int:
+    """XADD ``entries`` to ``stream`` and return only once the master's replica has them too.
+
+    Redis replication is asynchronous: a master killed right after acknowledging a write takes
+    it along, and its promoted replica never saw it. A producer that deletes its spooled copy on
+    the master's word loses those. Here the XADDs and a ``WAIT 1`` go down one connection of the
+    master serving the stream's slot; when no replica confirms in ``wait_ms`` while the master
+    has one connected, :class:`redis.ConnectionError` is raised, so the producer keeps its copy
+    and sends it again later (control drops the duplicate by camera and seq). A master without
+    replicas (right after a failover, until the old master returns) is taken at its word.
+    On a single node (no cluster) this is a plain pipeline. Returns the number of entries."""
+    if not is_cluster(r):
+        pipe = r.pipeline(transaction=False)
+        for e in entries:
+            pipe.xadd(stream, e, maxlen=maxlen, approximate=True)
+        pipe.execute()
+        return len(entries)
+    try:
+        node = r.get_node_from_key(stream)
+        client = r.get_redis_connection(node)
+        pipe = client.pipeline(transaction=False)
+        for e in entries:
+            pipe.xadd(stream, e, maxlen=maxlen, approximate=True)
+        pipe.execute_command("WAIT", 1, wait_ms)
+        acked = pipe.execute()[-1]
+        if not acked and int(client.info("replication").get("connected_slaves", 0)):
+            raise redis.ConnectionError(f"{stream}: no replica confirmed within {wait_ms} ms")
+        return len(entries)
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+        # a dead master, a replica that was promoted (MOVED), a demoted one (READONLY): re-read
+        # the slot map for the next try, and say it as a transient error (the caller spools)
+        try:
+            r.nodes_manager.initialize()
+        except redis.RedisError:
+            pass
+        if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+            raise
+        raise redis.ConnectionError(f"{stream}: {e}") from e
 
 
 def raw_client(r: redis.Redis) -> redis.Redis:
     """A twin of ``r`` (same server, timeouts, retry) that returns bytes, never decoding."""
+    if is_cluster(r):
+        url, kw = getattr(r, "crowdflow_connect", (None, None))
+        if url is None:
+            nodes = r.get_default_node()
+            url, kw = f"redis+cluster://{nodes.host}:{nodes.port}", {}
+        return connect(url, **{**kw, "decode_responses": False})
     pool = r.connection_pool
     kw = dict(pool.connection_kwargs)
     kw["decode_responses"] = False

@@ -61,9 +61,14 @@ def data_dir() -> Path:
 
 def open_redis(site: Site, wait_s: float | None = 15):
     """(client, url, keys, embedded-or-None). Without REDIS_URL an embedded server is used."""
-    from .bus import EmbeddedRedis, Keys, connect, resolve_prefix, resolve_url, wait_until_up
+    from .bus import EmbeddedRedis, Keys, connect, is_cluster_url, resolve_prefix, resolve_url, wait_until_up
 
     url = resolve_url(site.redis.url)
+    prefix = resolve_prefix(site.redis.prefix)
+    if is_cluster_url(url) and not site.control.partitions and "{" not in prefix:
+        # One fenced MULTI/EXEC touches all of control's keys: on a cluster they need one slot.
+        raise SystemExit(f"redis prefix {prefix!r} has no hash tag: on a Redis Cluster use e.g. "
+                         f"'{prefix}:{{site}}' or set control.partitions (docs/scaling.md)")
     embedded = None
     if url is None:
         embedded = EmbeddedRedis(data_dir() / "redis")
@@ -72,7 +77,7 @@ def open_redis(site: Site, wait_s: float | None = 15):
     r = connect(url)
     if wait_s:
         wait_until_up(r, timeout_s=wait_s)
-    return r, url, Keys(resolve_prefix(site.redis.prefix)), embedded
+    return r, url, Keys(prefix), embedded
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -142,11 +147,20 @@ def cmd_control(args) -> int:
         return 2
     if edge_keys is None:
         log.warning("CROWDFLOW_EDGE_KEYS not set: records are not checked against their camera's edge key")
-    svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
-                         audit_dir=None if audit_dir == "none" else audit_dir, edge_keys=edge_keys,
-                         planner_factory=_planner_factory(site, args.twin))
+    audit_dir = None if audit_dir == "none" else audit_dir
+    if site.control.partitions:  # one worker of N sharing the partitions (control/workers.py)
+        from control.workers import Worker
+
+        svc = Worker(site, r, keys, worker_id=args.consumer, stale_after_s=args.stale_after, audit_dir=audit_dir,
+                     edge_keys=edge_keys, planner_factory=_planner_factory(site, args.twin))
+    else:
+        svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
+                             lease_ms=site.control.lease_ms, audit_dir=audit_dir, edge_keys=edge_keys,
+                             planner_factory=_planner_factory(site, args.twin))
     port = args.metrics_port or int(os.environ.get("CROWDFLOW_CONTROL_METRICS_PORT", "0") or 0)
-    if port:
+    if port and site.control.partitions:
+        log.warning("control metrics are per partition service and not served by a partitioned worker yet")
+    elif port:
         from control.metrics import ControlMetrics
 
         ControlMetrics(svc).serve(port)
@@ -260,6 +274,9 @@ def cmd_edge(args) -> int:
     counter = CrowdCounter(detector, density, CounterSettings(target_px=site.edge.tile_target_px,
                                                               dense_per_m2=site.edge.dense_per_m2))
     try:
+        from .site.partitions import camera_keys
+
+        keys = camera_keys(site, keys).get(camera.id, keys)  # its partition's stream (docs/scaling.md)
         publisher = Publisher(r, keys, spool, signing_key=os.environ.get("CROWDFLOW_EDGE_KEY"))
         agent = EdgeAgent(site, camera.id, grabber, counter, publisher, preset=args.preset, metrics=metrics,
                           config_dir=Path(args.config).parent)
@@ -559,18 +576,21 @@ def cmd_whatif(args) -> int:
         from crowdflow.records import RecordError, ZoneState, decode
         from sim.runner import active_actions
 
+        from .site.partitions import partition_keys
+
         r, url, keys, embedded = open_redis(site)
         counts = {}
-        for zid, raw in r.hgetall(keys.zone_state).items():
+        parts = list(partition_keys(site, keys).values())
+        for key, zid, raw in [(k.zone_state, z, v) for k in parts for z, v in r.hgetall(k.zone_state).items()]:
             try:
                 st = decode(ZoneState, raw)
             except RecordError as e:
-                print(f"warning: {keys.zone_state}[{zid}]: {e}", file=sys.stderr)
+                print(f"warning: {key}[{zid}]: {e}", file=sys.stderr)
                 continue
             if st.status == "ok" and st.count is not None and zid in site.zone_by_id:
                 counts[zid] = st.count
         unknown = sorted(set(site.zone_by_id) - set(counts))
-        active = active_actions(r, keys)
+        active = active_actions(r, parts)
         now = dt.datetime.now(ZoneInfo(site.site.timezone))
         tod = now.hour * 3600 + now.minute * 60 + now.second
         if embedded:

@@ -14,6 +14,10 @@ from pydantic import Field
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
+# A Redis key prefix: ids joined by ":", at most one of them a Redis Cluster hash tag in braces
+# (``cf``, ``cf:{site}``, ``tenant-a:{bridge}``); see crowdflow/bus.py and docs/scaling.md.
+PREFIX_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,31}(:([a-z0-9][a-z0-9_.-]{0,31}|\{[a-z0-9][a-z0-9_.-]{0,31}\}))*$"
+
 # National four-level response scheme, least → most severe (IV blue … I red).
 LEVELS = ("IV", "III", "II", "I")
 Level = Literal["IV", "III", "II", "I"]

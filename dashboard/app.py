@@ -30,8 +30,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from crowdflow.bus import CMD_MAXLEN, Backoff, Keys
+from crowdflow.bus import CMD_MAXLEN, Backoff, Keys, connect_async
 from crowdflow.dispatch import summarise
+from crowdflow.site.partitions import camera_partition, partition_keys, plan_partition, zone_partition
 from crowdflow.records import (
     EVENT_TYPES,
     Alarm,
@@ -157,12 +158,13 @@ def _bound(d: dict, keep: int, rank) -> None:
 class Hub:
     """Fan-out to WebSocket clients; a client that falls behind is dropped, never waited for."""
 
-    def __init__(self):
+    def __init__(self, queue: int = CLIENT_QUEUE):
         self.clients: set[asyncio.Queue] = set()
         self.dropped = 0
+        self.queue = queue
 
     def add(self) -> asyncio.Queue:
-        q: asyncio.Queue = asyncio.Queue(maxsize=CLIENT_QUEUE)
+        q: asyncio.Queue = asyncio.Queue(maxsize=self.queue)
         self.clients.add(q)
         return q
 
@@ -237,7 +239,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     stale = stale_after_s if stale_after_s is not None else site.control.stale_after_s
     state = LiveState(site, stale)
     store = state.zones
-    hub = Hub()
+    hub = Hub(max(CLIENT_QUEUE, 2 * len(site.zones) + 64))  # one sweep of every zone fits (staleness)
     users = load_users(site)
     if not users:
         log.warning("no dashboard users: nobody can log in (dashboard.users or CROWDFLOW_USERS; "
@@ -248,33 +250,66 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     waiting: dict[str, asyncio.Future] = {}  # command id → future of its CommandResult
     geojson = {"wgs84": site_geojson(site, "wgs84"), "gcj02": site_geojson(site, "gcj02")}
     clients: dict[str, aioredis.Redis] = {}
+    # Partitions (docs/scaling.md): the dashboard reads and follows every one; an unpartitioned
+    # site is the one partition "" under ``keys``.
+    parts = partition_keys(site, keys)
+    first_part = next(iter(parts))
+    zone_part, plan_part, cam_part = zone_partition(site), plan_partition(site), camera_partition(site)
 
-    async def load_snapshot(r: aioredis.Redis) -> str:
-        """Read every hash and the mode; return the events id to follow from (taken first)."""
-        last_id = "0-0"
-        if await r.exists(keys.events):
-            last_id = (await r.xinfo_stream(keys.events))["last-generated-id"]
+    def keys_of_zone(zone_id: str) -> Keys:
+        return parts.get(zone_part.get(zone_id, first_part), parts[first_part])
+
+    def command_partitions(cmd: Command) -> list[str]:
+        """Where a command goes: the partition of its plan area (set_mode: every partition)."""
+        if cmd.kind == "set_mode" or len(parts) == 1:
+            return list(parts)
+        plan = cmd.plan_id
+        if cmd.recommendation_id and cmd.recommendation_id in state.recs:
+            plan = state.recs[cmd.recommendation_id].plan_id
+        pid = plan_part.get(plan or "")
+        alarm = state.alarms.get(cmd.alarm_id or "")
+        if alarm is not None:
+            pid = plan_part.get(alarm.plan_id or "") or zone_part.get(alarm.zone_id or "") or \
+                cam_part.get(alarm.camera_id or "")
+        return [pid if pid in parts else first_part]  # unknown: refused there, with the reason
+
+    async def load_snapshot(r: aioredis.Redis) -> dict[str, str]:
+        """Read every hash and the mode of every partition; return the events id to follow from
+        per partition (taken first)."""
+        last_ids = {}
+        for pid, k in parts.items():
+            last_ids[pid] = "0-0"
+            if await r.exists(k.events):
+                last_ids[pid] = (await r.xinfo_stream(k.events))["last-generated-id"]
         state.clear_decisions()
-        for key, cls in ((keys.zone_state, ZoneState), (keys.plan_state, PlanState),
-                         (keys.recommendations, Recommendation), (keys.alarms, Alarm)):
-            for field, raw in (await r.hgetall(key)).items():
-                try:
-                    state.apply(decode(cls, raw))
-                except RecordError as e:
-                    log.warning("bad %s[%s]: %s", key, field, e)
-        for key, cls in ((keys.mode, SiteMode), (keys.inforce, InForce)):
-            raw = await r.get(key)
+        for k in parts.values():
+            for key, cls in ((k.zone_state, ZoneState), (k.plan_state, PlanState),
+                             (k.recommendations, Recommendation), (k.alarms, Alarm)):
+                for field, raw in (await r.hgetall(key)).items():
+                    try:
+                        state.apply(decode(cls, raw))
+                    except RecordError as e:
+                        log.warning("bad %s[%s]: %s", key, field, e)
+            raw = await r.get(k.mode)
             if raw:
                 try:
-                    state.apply(decode(cls, raw))
+                    state.apply(decode(SiteMode, raw))
                 except RecordError as e:
-                    log.warning("bad %s: %s", key, e)
-        for field, raw in (await r.hgetall(keys.orders)).items():
-            try:
-                state.apply(decode(Order, raw))
-            except RecordError as e:
-                log.warning("bad %s[%s]: %s", keys.orders, field, e)
-        return last_id
+                    log.warning("bad %s: %s", k.mode, e)
+            # the in-force record and the orders: per partition (a partitioned site shows the
+            # last partition's in-force record until they are merged; see docs/scaling.md)
+            raw = await r.get(k.inforce)
+            if raw:
+                try:
+                    state.apply(decode(InForce, raw))
+                except RecordError as e:
+                    log.warning("bad %s: %s", k.inforce, e)
+            for field, raw in (await r.hgetall(k.orders)).items():
+                try:
+                    state.apply(decode(Order, raw))
+                except RecordError as e:
+                    log.warning("bad %s[%s]: %s", k.orders, field, e)
+        return last_ids
 
     def handle(entry_id: str, fields: dict) -> None:
         kind = fields.get("type")
@@ -290,40 +325,69 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         if isinstance(rec, CommandResult):
             fut = waiting.get(rec.command_id)
             if fut is not None and not fut.done():
-                fut.set_result(rec)
+                # a command sent to several partitions (set_mode) is done when all answered;
+                # a refusal by any of them is the answer
+                fut.answers.append(rec)
+                if not rec.ok or len(fut.answers) >= fut.expected:
+                    fut.set_result(rec)
             return
         state.apply(rec)
         if not isinstance(rec, ZoneState):  # zones go out below, after staleness is applied
             hub.broadcast(_msg(kind, rec))
+        return rec
 
     async def follow(r: aioredis.Redis) -> None:
-        """Load the snapshot, then follow the events stream; resync after any Redis error."""
+        """Load the snapshot, then follow the events stream of every partition (one reader
+        each: a cluster refuses an XREAD across slots); resync after any Redis error."""
         shown: dict[str, str] = {}
         first = True
         backoff = Backoff(cap_s=2.0)  # the services' one policy (crowdflow.bus)
+        last_sweep = [0.0]
+
+        def push_zones(touched: set[str]) -> None:
+            """Send the zones whose shown state changed: those in the events just read and, once
+            a second, every zone (one may have gone stale). A scan of all zones per batch would
+            cost O(zones) per event batch: at 10,000 cameras that alone saturated a core."""
+            now = time.time()
+            if now - last_sweep[0] >= 1.0:
+                last_sweep[0] = now
+                states = store.all(now)
+            else:
+                states = [store.get(zid, now) for zid in touched if zid in site.zone_by_id]
+            for s in states:
+                key = s.model_dump_json(exclude={"computed_at", "reason"})
+                if shown.get(s.zone_id) != key:
+                    shown[s.zone_id] = key
+                    app.state.metrics.send_lag.observe(max(0.0, now - s.computed_at))
+                    hub.broadcast(json.dumps({"type": "zone", "state": s.model_dump()}, ensure_ascii=False))
+
+        async def read(k: Keys, last_id: str) -> None:
+            while True:
+                resp = await r.xread({k.events: last_id}, count=500, block=1000)
+                touched: set[str] = set()
+                for _, entries in resp or []:
+                    for entry_id, fields in entries:
+                        last_id = entry_id
+                        rec = handle(entry_id, fields)
+                        if isinstance(rec, ZoneState):
+                            touched.add(rec.zone_id)
+                push_zones(touched)
+
         while True:
             try:
-                last_id = await load_snapshot(r)
+                last_ids = await load_snapshot(r)
                 if not first:  # clients may have missed changes while Redis was away
                     hub.broadcast(json.dumps(state.snapshot(time.time()), ensure_ascii=False))
                 first = False
                 backoff.succeeded()
-                while True:
-                    resp = await r.xread({keys.events: last_id}, count=500, block=1000)
-                    for _, entries in resp or []:
-                        for entry_id, fields in entries:
-                            last_id = entry_id
-                            handle(entry_id, fields)
-                    now = time.time()
-                    for s in store.all(now):
-                        key = s.model_dump_json(exclude={"computed_at", "reason"})
-                        if shown.get(s.zone_id) != key:
-                            shown[s.zone_id] = key
-                            app.state.metrics.send_lag.observe(max(0.0, now - s.computed_at))
-                            hub.broadcast(json.dumps({"type": "zone", "state": s.model_dump()}, ensure_ascii=False))
+                async with asyncio.TaskGroup() as tg:  # one reader fails: all resync
+                    for pid, k in parts.items():
+                        tg.create_task(read(k, last_ids[pid]))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Redis down or restarting: keep serving, retry
+                if isinstance(e, BaseExceptionGroup):
+                    e = e.exceptions[0]
                 wait = backoff.failed()
                 log.error("event follower: %s; retrying in %.1f s", e, wait)
                 await asyncio.sleep(wait)
@@ -331,12 +395,12 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     @contextlib.asynccontextmanager
     async def lifespan(app):
         # The same policy as the services (crowdflow.bus.command_retry): a reset connection after a
-        # Redis restart is retried, never an "Exception in ASGI application".
+        # Redis restart is retried, never an "Exception in ASGI application". A cluster URL gives
+        # redis.asyncio.RedisCluster (crowdflow.bus.connect_async).
         retry = dict(retry=AsyncRetry(EqualJitterBackoff(cap=0.5, base=0.05), 2),
                      retry_on_error=[redis.ConnectionError, redis.TimeoutError])
-        follow_r = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3, **retry)
-        clients["r"] = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=3,
-                                               socket_timeout=5, **retry)
+        follow_r = connect_async(redis_url, **retry)
+        clients["r"] = connect_async(redis_url, socket_timeout=5, **retry)
         clients["sessions"] = SessionStore(clients["r"], keys.prefix, cfg.session_ttl_s)
         task = asyncio.create_task(follow(follow_r))
         try:
@@ -491,7 +555,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         if zone_id not in site.zone_by_id:
             raise HTTPException(404, f"no zone {zone_id!r} in the site config")
         start = int((time.time() - minutes * 60) * 1000)
-        entries = await clients["r"].xrange(keys.zone_history(zone_id), min=start, max="+")
+        entries = await clients["r"].xrange(keys_of_zone(zone_id).zone_history(zone_id), min=start, max="+")
         samples = []
         for entry_id, fields in entries:
             try:
@@ -513,7 +577,11 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                     actor: str | None = None, action: str | None = None, plan_id: str | None = None,
                     limit: int = Query(100, ge=1, le=1000), s: Session = viewer) -> list[dict]:
         """The decision log (``<p>:audit``), newest first, filtered."""
-        entries = await clients["r"].xrevrange(keys.audit, max="+", min="-", count=AUDIT_SCAN)
+        entries = []
+        for k in parts.values():  # every partition's log, merged newest first
+            entries += await clients["r"].xrevrange(k.audit, max="+", min="-", count=AUDIT_SCAN)
+        if len(parts) > 1:
+            entries.sort(key=lambda e: tuple(int(x) for x in e[0].split("-")), reverse=True)
         out = []
         needle = q.lower() if q else None
         for entry_id, fields in entries:
@@ -559,19 +627,23 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             cmd = decode(Command, {"v": 1, **fields, "user": s.user, "role": s.role, "post": s.post})
         except RecordError as e:
             raise HTTPException(400, str(e)) from None
+        targets = command_partitions(cmd)
         fut = waiting.get(cmd.id)  # a retry while the first request still waits shares its answer
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
+            fut.expected, fut.answers = len(targets), []
             waiting[cmd.id] = fut
         try:
-            await clients["r"].xadd(keys.cmd, {"rec": cmd.encode()}, maxlen=CMD_MAXLEN, approximate=True)
+            for pid in targets:
+                await clients["r"].xadd(parts[pid].cmd, {"rec": cmd.encode()}, maxlen=CMD_MAXLEN, approximate=True)
             log.info("command %s %s by %s (%s)", cmd.id, cmd.kind, s.user, s.role)
             try:
                 res: CommandResult = await asyncio.wait_for(asyncio.shield(fut), cfg.command_timeout_s)
             except asyncio.TimeoutError:
                 return JSONResponse({"command_id": cmd.id, "ok": None,
                                      "error": f"control did not answer within {cfg.command_timeout_s:g} s; "
-                                              f"the command stays queued in {keys.cmd}"}, status_code=504)
+                                              f"the command stays queued in "
+                                              f"{', '.join(parts[p].cmd for p in targets)}"}, status_code=504)
         finally:
             waiting.pop(cmd.id, None)
         return JSONResponse(res.model_dump(), status_code=200 if res.ok else 409)

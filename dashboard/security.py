@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import RedisStorage
+from redis.asyncio import RedisCluster as aioredis_cluster
+from limits.aio.storage import RedisClusterStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from crowdflow.site import DashboardUser
@@ -60,7 +61,9 @@ class SessionStore:
         now = time.time()
         key = self._key(token)
         ttl = int(self.ttl_s)
-        pipe = self.r.pipeline(transaction=True)
+        # On a Redis Cluster the session and the user's index live in different slots, where a
+        # MULTI/EXEC is refused: there the writes go as a plain pipeline (each key's own order kept).
+        pipe = self.r.pipeline(transaction=not isinstance(self.r, aioredis_cluster))
         pipe.hset(key, mapping={"u": user.name, "r": user.role, "p": user.post or "", "pw": password_fingerprint(user),
                                 "iat": f"{now:.3f}"})
         pipe.expire(key, ttl)
@@ -91,7 +94,7 @@ class SessionStore:
             return False
         key = self._key(token)
         data = await self.r.hgetall(key)
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.r.pipeline(transaction=not isinstance(self.r, aioredis_cluster))  # two slots on a cluster
         pipe.delete(key)
         if data.get("u"):
             pipe.zrem(self._user_key(data["u"]), key)
@@ -122,8 +125,10 @@ class LoginGuard:
     """Failed-login limits shared by every dashboard instance (``limits`` on Redis)."""
 
     def __init__(self, redis_url: str, prefix: str, per_name_and_address: int):
-        self.storage = RedisStorage(limits_uri(redis_url), implementation="redispy", key_prefix=f"{prefix}:limits",
-                                    wrap_exceptions=True)
+        # redis+cluster:// (a Redis Cluster) → limits' own cluster storage, async+redis+cluster://
+        storage = RedisClusterStorage if redis_url.startswith(("redis+cluster://", "rediss+cluster://")) else RedisStorage
+        self.storage = storage(limits_uri(redis_url), implementation="redispy", key_prefix=f"{prefix}:limits",
+                               wrap_exceptions=True)
         self.limiter = MovingWindowRateLimiter(self.storage)
         n = per_name_and_address
         self.rules = [  # (what, limit, identifiers taken from (name, address))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from crowdflow.bus import OBS_MAXLEN, TRANSIENT, Backoff, Keys, sign_record
+from crowdflow.bus import OBS_MAXLEN, TRANSIENT, Backoff, Keys, sign_record, xadd_replicated
 from crowdflow.records import Observation, RecordError, decode
 
 MEMORY_MAX = 10_000  # records held in memory while the spool file cannot be written
@@ -105,14 +105,15 @@ class Publisher:
         return obs.model_copy(update={"sent_at": self.clock()}).encode()
 
     def _send(self, recs: list[str]) -> None:
-        pipe = self.r.pipeline(transaction=False)
+        entries = []
         for rec in recs:
             rec = self._stamp(rec)
             fields = {"rec": rec}
             if self.signing_key:
                 fields["sig"] = sign_record(self.signing_key, rec)
-            pipe.xadd(self.keys.obs, fields, maxlen=OBS_MAXLEN, approximate=True)
-        pipe.execute()
+            entries.append(fields)
+        # on a Redis Cluster only what a replica confirmed counts as sent (survives a failover)
+        xadd_replicated(self.r, self.keys.obs, entries, maxlen=OBS_MAXLEN)
 
     @property
     def waiting(self) -> int:

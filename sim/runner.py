@@ -21,6 +21,7 @@ import redis
 from crowdflow.bus import OBS_MAXLEN, Backoff, Keys
 from crowdflow.records import InForce, PlanState, RecordError, decode
 from crowdflow.site import Site
+from crowdflow.site.partitions import camera_keys, partition_keys
 
 from .cameras import Faults, VirtualCameras, camera_views
 from .model import Model
@@ -29,23 +30,34 @@ from .scenario import Scenario, s_to_hhmm
 log = logging.getLogger("crowdflow.sim")
 
 
-def active_actions(r: redis.Redis, keys: Keys) -> list:
+def active_actions(r: redis.Redis, keys: Keys | list[Keys]) -> list:
     """The measures in force, from control's one published record ``<p>:inforce`` (plan
-    levels, overrides and the emergency mode's own measures). Before control has published
-    it (an older control), the union of every plan's ``active_actions`` in ``<p>:plan:state``
-    (bad entries skipped with a warning naming the plan and the field)."""
-    raw = r.get(keys.inforce)
-    if raw:
-        try:
-            return [m.action for m in decode(InForce, raw).measures]
-        except RecordError as e:
-            log.warning("%s: %s (falling back to plan states)", keys.inforce, e)
-    out, seen = [], set()
-    for plan_id, raw in sorted(r.hgetall(keys.plan_state).items()):
+    levels, overrides and the emergency mode's own measures); of every partition's, given
+    their keys. Before control has published it (an older control), the union of every plan's
+    ``active_actions`` in ``<p>:plan:state`` (bad entries skipped with a warning naming the plan
+    and the field)."""
+    parts = [keys] if isinstance(keys, Keys) else list(keys)
+    out, seen, fallback = [], set(), []
+    for k in parts:
+        raw = r.get(k.inforce)
+        if raw:
+            try:
+                for m in decode(InForce, raw).measures:
+                    j = m.action.model_dump_json()
+                    if j not in seen:
+                        seen.add(j)
+                        out.append(m.action)
+                continue
+            except RecordError as e:
+                log.warning("%s: %s (falling back to plan states)", k.inforce, e)
+        fallback.append(k)
+    states = [(k.plan_state, plan_id, raw) for k in fallback
+              for plan_id, raw in sorted(r.hgetall(k.plan_state).items())]
+    for key, plan_id, raw in states:
         try:
             ps = decode(PlanState, raw)
         except RecordError as e:
-            log.warning("%s[%s]: %s (ignored)", keys.plan_state, plan_id, e)
+            log.warning("%s[%s]: %s (ignored)", key, plan_id, e)
             continue
         for a in ps.active_actions:
             k = a.model_dump_json()
@@ -60,6 +72,8 @@ class SimRunner:
                  speed: float = 60.0, seed: int = 0, start_tod: float | None = None, interval_s: float = 1.0,
                  actions_every_s: float = 2.0, faults: Faults | None = None, clock: Callable[[], float] = time.time):
         self.site, self.sc, self.r, self.keys = site, scenario, r, keys
+        self.cam_keys = camera_keys(site, keys)  # each camera publishes to its partition's stream
+        self.part_keys = list(partition_keys(site, keys).values())
         self.speed, self.seed, self.interval_s, self.clock = speed, seed, interval_s, clock
         self.actions_every_s = actions_every_s
         self.start_tod = scenario.start_s if start_tod is None else start_tod
@@ -96,7 +110,7 @@ class SimRunner:
         return self.model.gate_flows(moved, entered)
 
     def apply_actions(self) -> None:
-        actions = active_actions(self.r, self.keys)
+        actions = active_actions(self.r, self.part_keys)
         key = "|".join(sorted(a.model_dump_json() for a in actions))
         if key != self._actions_key:
             self._actions_key = key
@@ -115,7 +129,8 @@ class SimRunner:
             obs = [o.model_copy(update={"window_s": window}) for o in obs]
         pipe = self.r.pipeline(transaction=False)
         for o in obs:
-            pipe.xadd(self.keys.obs, {"rec": o.encode()}, maxlen=OBS_MAXLEN, approximate=True)
+            pipe.xadd(self.cam_keys.get(o.camera_id, self.keys).obs, {"rec": o.encode()}, maxlen=OBS_MAXLEN,
+                      approximate=True)
         pipe.execute()
         self.published += len(obs)
         return len(obs)

