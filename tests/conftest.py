@@ -143,3 +143,17 @@ def twin_model_factory(site):
         return Model(site, sc, seed=seed, **kw)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Debian chromium for one browser-test module (tests/browser.py finds it).
+    Module scope: Playwright's sync API must not stay open across the asyncio-based tests."""
+    from playwright.sync_api import sync_playwright
+
+    from .browser import launch
+
+    with sync_playwright() as pw:
+        b = launch(pw)
+        yield b
+        b.close()

@@ -9,25 +9,14 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-from playwright.sync_api import sync_playwright
 
 from crowdflow.records import Alarm, AuditEntry, PlanState, SiteMode, decode
 from crowdflow.site import Text
 
-from .browser import launch
 from .dash import users_env
 from .procs import services
 from .seed import seed_recommendation
 from .test_dashboard_browser import open_as, start_dashboard
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as pw:
-        b = launch(pw)
-        yield b
-        b.close()
 
 
 def audit(r, keys, action: str | None = None) -> list[AuditEntry]:

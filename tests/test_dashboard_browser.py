@@ -8,27 +8,16 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from playwright.sync_api import sync_playwright
 
 from crowdflow.records import Alarm, Observation, ZoneCount
 from crowdflow.site import Text
 
-from .browser import launch
 from .conftest import free_port
 from .seed import seed_recommendation
 from .dash import PASSWORDS, users_env
 from .procs import services, wait_http
 
 UNKNOWN_FILL = "url(#cf-hatch)"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as pw:
-        b = launch(pw)
-        yield b
-        b.close()
 
 
 def start_dashboard(s, control: bool) -> str:

@@ -8,13 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import sync_playwright
 
 from control.ground import Ground
-from crowdflow.records import Observation, Recommendation, ZoneCount
+from crowdflow.records import Observation, ZoneCount
 
-from .browser import launch
 from .conftest import shared_path
 from .dash import users_env
 from .procs import services
@@ -27,14 +24,6 @@ DENSITY = {"bridge-e-mid": 0.95, "bridge-w-mid": 0.7, "bridge-s-head": 0.85, "br
            "cangbai-plaza": 0.6, "cangbai-walk": 0.5, "xsz-exit9": 0.4, "xsz-exit6": 0.5,
            "jiabin-frontage": 0.75, "jiabin-crossing": 0.9, "riverside-w": 0.45, "riverside-e": 0.4,
            "hyd-upper": 0.55, "hyd-middle": 0.4, "hyd-lower": 0.5}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as pw:
-        b = launch(pw)
-        yield b
-        b.close()
 
 
 def feed(r, keys, site, seq: int) -> None:

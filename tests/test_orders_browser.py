@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from playwright.sync_api import sync_playwright
 
 from crowdflow.records import AuditEntry, Order, decode
 
-from .browser import launch
 from .dash import users_env
 from .procs import services
 from .seed import seed_recommendation
@@ -22,14 +19,6 @@ from .test_dashboard_browser import open_as, start_dashboard
 
 POST = "post-bridge-mid"
 IMG = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "img"  # the viewer test user's post (tests/dash.py)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as pw:
-        b = launch(pw)
-        yield b
-        b.close()
 
 
 def orders(r, keys) -> list[Order]:

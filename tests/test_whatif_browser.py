@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from playwright.sync_api import sync_playwright
 
 from crowdflow import crowd
 from crowdflow.records import PlanState, Reason, Recommendation, ZoneState
 from crowdflow.site import Text
 
-from .browser import launch
 from .dash import users_env
 from .procs import services
 from .test_dashboard_browser import open_as, start_dashboard
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as pw:
-        b = launch(pw)
-        yield b
-        b.close()
 
 
 def seed(r, keys, site):
