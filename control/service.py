@@ -39,7 +39,7 @@ from pathlib import Path
 from crowdflow.bus import (
     AUDIT_KEEP_S, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S, RESULTS_KEEP_S,
     RETENTION_SCALE, SEEN_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
-    LeaseLost, quarantine_wrong_type, raw_client, signature_ok, text,
+    LeaseLost, quarantine_wrong_type, raw_client, refresh_slots, signature_ok, text,
 )
 from crowdflow.records import (
     Alarm,
@@ -680,6 +680,7 @@ class ControlService:
                 self.stats["reconnects"] += 1
                 wait = backoff.failed()
                 log.error("redis unreachable (%s: %s); retrying in %.1f s, state kept", type(e).__name__, e, wait)
+                refresh_slots(self.r, self.raw)  # a cluster's dead master: learn its promoted replica
                 stop.wait(wait)
             except redis.RedisError as e:
                 self.stats[f"redis_{error_kind(e)}"] += 1

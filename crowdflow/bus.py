@@ -339,6 +339,20 @@ def xadd_replicated(r, stream: str, entries: list[dict], maxlen: int, wait_ms: i
         raise redis.ConnectionError(f"{stream}: {e}") from e
 
 
+def refresh_slots(*clients) -> None:
+    """Re-read the slot map of each cluster client (no-op on a single node).
+
+    redis-py refreshes it on MOVED, but a transaction (WATCH/MULTI) whose master died keeps
+    failing with "connection refused" on the dead node; after such an error the caller re-reads
+    the map, so its next try goes to the promoted replica."""
+    for c in clients:
+        if c is not None and is_cluster(c):
+            try:
+                c.nodes_manager.initialize()
+            except redis.RedisError:
+                pass  # every node still down: the next failure tries again
+
+
 def raw_client(r: redis.Redis) -> redis.Redis:
     """A twin of ``r`` (same server, timeouts, retry) that returns bytes, never decoding."""
     if is_cluster(r):
