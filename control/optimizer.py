@@ -213,6 +213,12 @@ class Optimizer:
         def over_time() -> bool:
             return self.clock() > deadline
 
+        def roll(key: frozenset) -> Rollout:
+            """The rollout of one measure set, each set rolled at most once per decision."""
+            if key not in runs:
+                runs[key] = self._roll(start, cands, key, base_actions)
+            return runs[key]
+
         def releasable(c: Candidate) -> bool:
             return c.active and (c.since is None or now - c.since >= c.measure.min_on_min * 60)
 
@@ -239,9 +245,7 @@ class Optimizer:
                     if over_time():
                         timed_out = True
                         break
-                    key = frozenset(chosen | {c.id})
-                    rc = runs.get(key) or self._roll(start, cands, key, base_actions)
-                    runs[key] = rc
+                    rc = roll(frozenset(chosen | {c.id}))
                     gain = self._excess(r) - self._excess(rc)
                     price = cost[c.id] + max(0.0, rc.turned_away - r.turned_away) / TURNED_AWAY_PER_COST
                     if gain > 1e-3 and (best is None or gain / price > best[0]):
@@ -258,9 +262,7 @@ class Optimizer:
             if over_time():
                 timed_out = True
                 break
-            key = frozenset(chosen - {mid})
-            rc = runs.get(key) or self._roll(start, cands, key, base_actions)
-            runs[key] = rc
+            rc = roll(frozenset(chosen - {mid}))
             if self._excess(rc) <= self._excess(r) + 1e-9 and rc.turned_away <= r.turned_away + TURNED_AWAY_PER_COST * cost[mid]:
                 chosen.discard(mid)
                 r = rc
@@ -270,9 +272,7 @@ class Optimizer:
                 if over_time():
                     timed_out = True
                     break
-                key = frozenset(chosen - {mid})
-                rc = runs.get(key) or self._roll(start, cands, key, base_actions)
-                runs[key] = rc
+                rc = roll(frozenset(chosen - {mid}))
                 rel = cands[mid].measure.release
                 calm = all(float(rc.load[z].max()) < rel.forecast_ratio for z in cands[mid].measure.relieves
                            if z in rc.load)
