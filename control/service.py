@@ -37,7 +37,8 @@ from collections import Counter
 from pathlib import Path
 
 from crowdflow.bus import (
-    AUDIT_KEEP_S, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S, RESULTS_KEEP_S,
+    AUDIT_KEEP_S, AUDIT_MAXLEN, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S,
+    RESULTS_KEEP_S, RESULTS_MAX,
     RETENTION_SCALE, SEEN_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
     LeaseLost, quarantine_wrong_type, raw_client, refresh_slots, signature_ok, text,
 )
@@ -346,10 +347,15 @@ class ControlService:
 
     def maintain(self, now: float) -> None:
         """Retention, so that Redis stays flat over an evening and a season: command results
-        after 24 h, recommendations and alarms the engine has let go of, and the audit trail
-        once archived to files (kept 7 days in Redis for the dashboard's search)."""
+        after an hour (at most RESULTS_MAX), recommendations and alarms the engine has let go
+        of, and the audit trail once archived (Redis keeps the last hour, at most AUDIT_MAXLEN
+        entries, for the dashboard's search; the archive keeps everything)."""
         out, k = self.out, self.keys
         old = self.raw.zrangebyscore(k.cmd_results_at, "-inf", now - RESULTS_KEEP_S, start=0, num=1000)
+        over = self.raw.zcard(k.cmd_results_at) - len(old) - RESULTS_MAX
+        if over > 0:  # a burst: the oldest go, but never one a redelivery could still act on
+            young = now - max(self.site.control.command_max_age_s, 60)
+            old += self.raw.zrangebyscore(k.cmd_results_at, "-inf", young, start=len(old), num=min(over, 1000))
         if old:
             out.hdel(k.cmd_results, *old)
             out.zrem(k.cmd_results_at, *old)
@@ -361,15 +367,8 @@ class ControlService:
             out.hdel(k.alarms, *gone_alarms)
         self.stats["retention_removed"] += len(old) + len(gone_recs) + len(gone_alarms)
         if self.archive is not None:
-            cursor = text(self._raw_get(k.audit_archived))
-            new = self.archive.archive(self.raw, k.audit, cursor)
-            if new and new != cursor:
-                out.set(k.audit_archived, new)
-            if new:
-                keep_from = int((now - AUDIT_KEEP_S) * 1000)
-                archived_ms, archived_seq = (int(x) for x in new.split("-"))
-                minid = f"{keep_from}-0" if keep_from < archived_ms else f"{archived_ms}-{archived_seq}"
-                out.xtrim(k.audit, minid=minid, approximate=False)
+            self._archive_audit(now)
+
         # Streams by age: events (live push only), zone timelines, and acknowledged observations,
         # never past the oldest entry still unacknowledged or not yet delivered.
         # Exact trims: approximate ones only drop whole radix-tree nodes (~100 entries), which a
@@ -391,6 +390,34 @@ class ControlService:
             except redis.ResponseError:
                 continue
             out.xtrim(stream, minid=f"{keep_from}-0", approximate=True)
+
+    def _archive_audit(self, now: float) -> None:
+        """Append the new audit entries to the archive files (fsync'ed), then trim Redis to its
+        window, never past the archive cursor. The cursor and the trim go in the same fenced
+        transaction: a crash before it repeats lines in the files (dropped by id on reading),
+        never loses one; a leader that lost its lease trims nothing."""
+        out, k = self.out, self.keys
+        cursor = text(self._raw_get(k.audit_archived))
+        try:
+            new = self.archive.archive(self.raw, k.audit, cursor)
+        except OSError as e:  # disk full, unwritable: keep everything in Redis, say so
+            self.stats["audit_archive_failed"] += 1
+            log.error("audit archive %s: %s; the audit stays in Redis until it can be written", self.archive.dir, e)
+            return
+        if new and new != cursor:
+            out.set(k.audit_archived, new)
+        if not new:
+            return
+        # Keep the last AUDIT_KEEP_S and at most AUDIT_MAXLEN entries, whichever is fewer.
+        minid = (int((now - AUDIT_KEEP_S) * 1000), 0)
+        extra = self.raw.xlen(k.audit) - AUDIT_MAXLEN
+        if extra > 0:
+            last_out = self.raw.xrange(k.audit, min="-", max="+", count=extra)[-1][0]
+            ms, seq = (int(x) for x in text(last_out).split("-"))
+            minid = max(minid, (ms, seq + 1))
+        # ... and never an entry not yet archived: the archived cursor itself stays.
+        minid = min(minid, tuple(int(x) for x in new.split("-")))
+        out.xtrim(k.audit, minid=f"{minid[0]}-{minid[1]}", approximate=False)
 
     def _flush(self) -> None:
         """Send the queued writes as one MULTI/EXEC (fenced by the lease when leading).
