@@ -55,7 +55,8 @@ from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE
 from .auth import COOKIE, Session, dummy_hash, load_users, role_at_least, verify_password
 from .basemap import BasemapError, basemap_path, load_basemap
 from .security import (
-    STATE_CHANGING, LoginGuard, RequestView, SessionStore, document_api, origin_allowed, parse_networks,
+    STATE_CHANGING, CommandGuard, LoginGuard, RequestView, SessionStore, document_api, limits_storage, origin_allowed,
+    parse_networks,
 )
 from .geo import site_geojson
 from .metrics import DashboardMetrics
@@ -245,7 +246,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         log.warning("no dashboard users: nobody can log in (dashboard.users or CROWDFLOW_USERS; "
                     "make hashes with `crowdflow hash-password`)")
     trusted = parse_networks(cfg.trusted_proxies)
-    guard = LoginGuard(redis_url, keys.prefix, cfg.login_attempts_per_min)
+    limits_store = limits_storage(redis_url, keys.prefix)
+    guard = LoginGuard(redis_url, keys.prefix, cfg.login_attempts_per_min, storage=limits_store)
+    command_guard = CommandGuard(limits_store, cfg.commands_per_min)
     decoy = dummy_hash()  # unknown users cost one scrypt too: names cannot be told apart by time
     waiting: dict[str, asyncio.Future] = {}  # command id → future of its CommandResult
     geojson = {"wgs84": site_geojson(site, "wgs84"), "gcj02": site_geojson(site, "gcj02")}
@@ -606,6 +609,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
               responses={200: {"description": "control applied it"}, 400: {"description": "malformed"},
                          403: {"description": "role too low; nothing is written"},
                          409: {"description": "control refused it (error says why)"},
+                         429: {"description": "too many commands (per user, address or overall); see Retry-After"},
                          504: {"description": "control did not answer in time"}})
     async def command(body: CommandRequest, request: Request, s: Session = viewer) -> JSONResponse:
         """Send a command to control and wait for its answer. ``confirm``/``reject``/
@@ -627,6 +631,10 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             cmd = decode(Command, {"v": 1, **fields, "user": s.user, "role": s.role, "post": s.post})
         except RecordError as e:
             raise HTTPException(400, str(e)) from None
+        wait, which = await command_guard.take(s.user, RequestView.of(request, trusted).client)
+        if wait > 0:
+            raise HTTPException(429, f"too many commands ({which}); try again in {wait:.0f} s",
+                                headers={"Retry-After": str(int(wait) + 1)})
         targets = command_partitions(cmd)
         fut = waiting.get(cmd.id)  # a retry while the first request still waits shares its answer
         if fut is None:

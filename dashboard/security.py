@@ -7,6 +7,7 @@ client's real address behind proxies, Origin checks, cookies, and the documented
   (every dashboard instance sees it); a changed password hash or role (config) invalidates the
   user's sessions on their next use; :meth:`SessionStore.revoke_user` ends them all. Redis
   only ever sees hashes of tokens.
+* :class:`CommandGuard` — commands per user, per address and overall, the same way.
 * :class:`LoginGuard` — failed logins are limited with the ``limits`` library on Redis storage
   (so every dashboard instance shares the counts): per user name and address, per address (a
   spray over many names), per user name (a guess from many addresses) and overall. Moving
@@ -121,14 +122,19 @@ def limits_uri(redis_url: str) -> str:
     return "async+" + redis_url
 
 
+def limits_storage(redis_url: str, prefix: str):
+    """One ``limits`` storage on the dashboard's Redis (shared by every instance), keys under
+    ``<p>:limits``; redis+cluster:// → limits' own cluster storage."""
+    storage = RedisClusterStorage if redis_url.startswith(("redis+cluster://", "rediss+cluster://")) else RedisStorage
+    return storage(limits_uri(redis_url), implementation="redispy", key_prefix=f"{prefix}:limits",
+                   wrap_exceptions=True)
+
+
 class LoginGuard:
     """Failed-login limits shared by every dashboard instance (``limits`` on Redis)."""
 
-    def __init__(self, redis_url: str, prefix: str, per_name_and_address: int):
-        # redis+cluster:// (a Redis Cluster) → limits' own cluster storage, async+redis+cluster://
-        storage = RedisClusterStorage if redis_url.startswith(("redis+cluster://", "rediss+cluster://")) else RedisStorage
-        self.storage = storage(limits_uri(redis_url), implementation="redispy", key_prefix=f"{prefix}:limits",
-                               wrap_exceptions=True)
+    def __init__(self, redis_url: str, prefix: str, per_name_and_address: int, storage=None):
+        self.storage = storage or limits_storage(redis_url, prefix)
         self.limiter = MovingWindowRateLimiter(self.storage)
         n = per_name_and_address
         self.rules = [  # (what, limit, identifiers taken from (name, address))
@@ -157,6 +163,32 @@ class LoginGuard:
     async def succeeded(self, name: str, addr: str) -> None:
         _, item, ids = self.rules[0]
         await self.limiter.clear(item, *ids(name, addr))
+
+
+class CommandGuard:
+    """Commands per user, per address and overall, shared by every dashboard instance
+    (``limits`` moving windows on Redis): one stolen session, one script gone wrong or one
+    address cannot flood control and its audit trail. Every command request that would be
+    written counts (refused ones included); a refusal is a 429 with Retry-After, and the
+    window moves on by itself."""
+
+    def __init__(self, storage, per_user: int):
+        self.limiter = MovingWindowRateLimiter(storage)
+        n = per_user
+        self.rules = [  # checked in this order; a request refused by one is not counted by the next
+            ("user", RateLimitItemPerMinute(n), lambda user, addr: ("cu", user)),
+            ("address", RateLimitItemPerMinute(2 * n), lambda user, addr: ("ca", addr)),
+            ("overall", RateLimitItemPerMinute(10 * n), lambda user, addr: ("call",)),
+        ]
+
+    async def take(self, user: str, addr: str) -> tuple[float, str | None]:
+        """Count one command; (seconds to wait, which limit) when it must be refused, else (0, None)."""
+        for what, item, ids in self.rules:
+            ident = ids(user, addr)
+            if not await self.limiter.hit(item, *ident):
+                stats = await self.limiter.get_window_stats(item, *ident)
+                return max(1.0, stats.reset_time - time.time()), what
+        return 0.0, None
 
 
 # ----------------------------------------------------------------------------- proxies, origins, cookies
@@ -264,7 +296,7 @@ STATUS = {
     404: "no such item",
     409: "refused: control refused the command, or it is dated too far ahead of the server's clock (the error says why)",
     422: "the request does not match the schema",
-    429: "too many failed logins; Retry-After says when to try again",
+    429: "too many failed logins (login) or commands (per user, address or overall); Retry-After says when to try again",
     503: "Redis is unreachable; retry shortly",
     504: "control did not answer in time; the command stays queued",
 }
@@ -295,7 +327,7 @@ def document_api(app, public: set[str], command_model) -> None:
                 if path == "/api/login":
                     codes |= {401, 429}
                 if path == "/api/commands":
-                    codes |= {400, 409, 504}
+                    codes |= {400, 409, 429, 504}
                     body, defs = _command_body_schema(command_model)
                     op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
                     comps = schema.setdefault("components", {}).setdefault("schemas", {})
