@@ -25,6 +25,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import EqualJitterBackoff
 import xstatic.pkg.leaflet as xleaflet
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import Path as FPath
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -655,6 +656,24 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         finally:
             waiting.pop(cmd.id, None)
         return JSONResponse(res.model_dump(), status_code=200 if res.ok else 409)
+
+    @app.get("/api/commands/{command_id}", tags=["command"])
+    async def command_result(command_id: str = FPath(min_length=8, max_length=64), s: Session = viewer) -> dict:
+        """Control's answer to a command (kept an hour): what ``POST /api/commands`` answered,
+        or will answer, e.g. after a 504. A command sent to several partitions is refused
+        when any refused it. 404 while not answered yet, or once the hour has passed."""
+        answers = []
+        for k in parts.values():
+            raw = await clients["r"].hget(k.cmd_results, command_id)
+            if raw is not None:
+                try:
+                    answers.append(decode(CommandResult, raw))
+                except RecordError as e:
+                    log.warning("stored result of command %s: %s", command_id, e)
+        if not answers:
+            raise HTTPException(404, f"no answer to command {command_id!r}: not answered yet, or over an hour old")
+        refused = [a for a in answers if not a.ok]
+        return (refused[0] if refused else max(answers, key=lambda a: a.at)).model_dump()
 
     # ------------------------------------------------------------------ live push
 

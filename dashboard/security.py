@@ -302,6 +302,34 @@ STATUS = {
 }
 
 
+# OpenAPI links (what a client does next with an answer): schemathesis's stateful phase follows
+# them — a login's token used as the session, a command's id looked up, a zone's history.
+LINKS = [  # (from path, method, statuses, link name, to path, method, parameters)
+    ("/api/login", "post", ("200",), "WhoAmI", "/api/me", "get",
+     {"header.Authorization": "Bearer {$response.body#/token}"}),
+    ("/api/login", "post", ("200",), "CommandWithThisSession", "/api/commands", "post",
+     {"header.Authorization": "Bearer {$response.body#/token}"}),
+    ("/api/login", "post", ("200",), "Logout", "/api/logout", "post",
+     {"header.Authorization": "Bearer {$response.body#/token}"}),
+    ("/api/commands", "post", ("200", "409", "504"), "CommandResult", "/api/commands/{command_id}", "get",
+     {"path.command_id": "$response.body#/command_id"}),
+    ("/api/zones", "get", ("200",), "ZoneHistory", "/api/zones/{zone_id}/history", "get",
+     {"path.zone_id": "$response.body#/0/zone_id"}),
+]
+
+
+def _link(schema: dict) -> None:
+    paths = schema.get("paths", {})
+    for src, method, statuses, name, dst, dst_method, params in LINKS:
+        op, target = paths.get(src, {}).get(method), paths.get(dst, {}).get(dst_method)
+        if op is None or target is None or "operationId" not in target:
+            continue
+        for status in statuses:
+            resp = op.get("responses", {}).get(status)
+            if resp is not None:
+                resp.setdefault("links", {})[name] = {"operationId": target["operationId"], "parameters": params}
+
+
 def document_api(app, public: set[str], command_model) -> None:
     """Wrap ``app.openapi`` so that every operation lists every status it can answer, and the
     command body lists each kind's required fields. ``public``: paths needing no session."""
@@ -337,6 +365,7 @@ def document_api(app, public: set[str], command_model) -> None:
                 for code in sorted(codes):
                     entry = resp.setdefault(str(code), {"description": STATUS[code]})
                     entry.setdefault("content", ERROR["content"]) if code != 200 else None
+        _link(schema)
         app.openapi_schema = schema
         return schema
 
