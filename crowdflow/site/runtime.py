@@ -74,6 +74,10 @@ class ControlSection(Strict):
     # partition is ``<prefix>:{<partition>}:…`` and control workers share the partitions.
     partitions: dict[Id, list[Id]] = Field(default_factory=dict)
     lease_ms: int = Field(3000, ge=500, le=60000)  # a dead worker's partitions move within this
+    # Per-edge credentials (`crowdflow edge-users`; docs/operations.md): "auto" checks records
+    # against the edge keys when there are any (CROWDFLOW_EDGE_KEYS_FILE or the file edge-users
+    # wrote); "required" (deployments) refuses to start without them.
+    edge_keys: Literal["auto", "required"] = "auto"
 
 
 class DashboardUser(Strict):

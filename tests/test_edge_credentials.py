@@ -1,0 +1,123 @@
+"""Per-edge credentials on a real redis-server with ACLs: `crowdflow edge-users` makes one user
+per camera that can only append observations, and control (loading the keys the command
+wrote, by default) applies a camera's records only when they come from that camera's user."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from control.service import ControlService
+from crowdflow.bus import Keys, load_edge_keys
+from crowdflow.credentials import default_keys_file, signing_key
+from crowdflow.records import Observation, ZoneCount
+from edge.spool import Publisher, Spool
+
+from .faults import RedisServer
+from .procs import REPO
+
+A, B = "cam-cangbai-plaza", "cam-cangbai-walk"
+
+
+def edge_users(env, *args):
+    return subprocess.run([sys.executable, "-m", "crowdflow.cli", "edge-users", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def env_file(path) -> dict:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+def obs(camera: str, seq: int, zone: str = "cangbai-plaza") -> Observation:
+    return Observation(camera_id=camera, agent_id="t", seq=seq, captured_at=time.time(),
+                       zones=[ZoneCount(zone_id=zone, count=3.0, visible_area_m2=900.0)])
+
+
+def test_each_edge_user_appends_only_and_control_checks_whose_records_they_are(tmp_path, site):
+    prefix = "acl"
+    keys = Keys(prefix)
+    with RedisServer(tmp_path / "redis", appendonly=False) as srv:
+        admin = srv.client()
+        env = dict(os.environ, REDIS_URL=srv.url, CROWDFLOW_REDIS_PREFIX=prefix, CROWDFLOW_DATA_DIR=str(tmp_path))
+        res = edge_users(env)
+        assert res.returncode == 0, res.stderr
+        out = tmp_path / "edge-credentials"
+        assert stat.S_IMODE((out / "credentials.json").stat().st_mode) == 0o600
+        users = set(admin.execute_command("ACL", "USERS"))
+        assert {f"{prefix}-edge-{c.id}" for c in site.cameras} <= {u.decode() if isinstance(u, bytes) else u
+                                                                   for u in users}
+        ea, eb = env_file(out / f"{A}.env"), env_file(out / f"{B}.env")
+        assert ea["REDIS_URL"] != eb["REDIS_URL"] and ea["CROWDFLOW_EDGE_KEY"] != eb["CROWDFLOW_EDGE_KEY"]
+        creds = json.loads((out / "credentials.json").read_text())
+        assert ea["CROWDFLOW_EDGE_KEY"] == signing_key(creds[A]["password"])
+        # control's file holds only derived keys: none of them is a Redis password
+        control_keys = json.loads(default_keys_file(tmp_path).read_text())
+        assert set(control_keys.values()).isdisjoint(c["password"] for c in creds.values())
+
+        edge_a = redis.Redis.from_url(ea["REDIS_URL"])
+        assert edge_a.ping()
+        edge_a.xadd(keys.obs, {"rec": "{}"})  # may append to the observation stream ...
+        for forbidden in (lambda: edge_a.xrange(keys.obs), lambda: edge_a.xadd(keys.cmd, {"rec": "{}"}),
+                          lambda: edge_a.delete(keys.obs), lambda: edge_a.get(keys.mode),
+                          lambda: edge_a.hgetall(keys.zone_state), lambda: edge_a.xtrim(keys.obs, maxlen=0),
+                          lambda: edge_a.execute_command("ACL", "SETUSER", "x", "on")):
+            with pytest.raises(redis.exceptions.NoPermissionError):  # ... and nothing else
+                forbidden()
+        admin.delete(keys.obs)
+
+        # control loads the keys edge-users wrote (its default) and checks every record
+        edge_keys = load_edge_keys({"CROWDFLOW_EDGE_KEYS_FILE": str(default_keys_file(tmp_path))})
+        svc = ControlService(site, admin, keys, consumer="c1", edge_keys=edge_keys)
+        svc.start()
+        spool = Spool(str(tmp_path / "spool-a.sqlite"), 1000)
+        pub_a = Publisher(edge_a, keys, spool, signing_key=ea["CROWDFLOW_EDGE_KEY"])
+        pub_a.publish(obs(A, 1).encode())  # its own camera
+        pub_a.publish(obs(B, 1, "cangbai-walk").encode())  # another camera's, signed with A's key
+        assert pub_a.drain()
+        unsigned = Publisher(edge_a, keys, Spool(str(tmp_path / "spool-u.sqlite"), 1000))
+        unsigned.publish(obs(A, 2).encode())
+        assert unsigned.drain()
+        for _ in range(5):
+            svc.step(block_ms=50)
+        dead = [f for _, f in admin.xrange(keys.obs_dead)]
+        reasons = sorted(d["reason"] for d in dead)
+        assert len(reasons) == 2, reasons
+        assert reasons[0].startswith(f"sig: not signed with camera {B}") or reasons[1].startswith(
+            f"sig: not signed with camera {B}"), reasons
+        assert all(r.startswith("sig: ") for r in reasons)
+        assert admin.zscore(keys.obs_seen(A), 1) is not None  # its own record was applied
+        assert admin.zscore(keys.obs_seen(A), 2) is None and admin.zscore(keys.obs_seen(B), 1) is None
+
+        # a re-run keeps the passwords; --rotate replaces them and the old one stops working
+        assert edge_users(env).returncode == 0
+        assert env_file(out / f"{A}.env") == ea
+        res = edge_users(env, "--rotate", "--camera", A)
+        assert res.returncode == 0, res.stderr
+        assert env_file(out / f"{A}.env") != ea and env_file(out / f"{B}.env") == eb
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis.from_url(ea["REDIS_URL"]).ping()
+        assert redis.Redis.from_url(env_file(out / f"{A}.env")["REDIS_URL"]).ping()
+        edge_a.close()
+        admin.close()
+
+
+def test_control_refuses_to_start_without_keys_when_required(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load((REPO / "configs" / "hongyadong.yaml").read_text(encoding="utf-8"))
+    raw["control"]["edge_keys"] = "required"
+    raw["dashboard"].pop("basemap_file", None)
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDFLOW_EDGE_KEYS")}
+    env.update(CROWDFLOW_DATA_DIR=str(tmp_path), REDIS_URL="redis://127.0.0.1:1/0")
+    res = subprocess.run([sys.executable, "-m", "crowdflow.cli", "control", "--config", str(cfg)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "edge-users" in res.stderr, res.stderr[-500:]
