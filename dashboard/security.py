@@ -350,7 +350,7 @@ def document_api(app, public: set[str], command_model) -> None:
                     codes.add(422)
                 if op.get("requestBody"):
                     codes.add(400)  # a body that is not JSON at all
-                if "{" in path:
+                if "{" in path or path == "/api/basemap":  # (basemap: none configured or unusable)
                     codes.add(404)
                 if path == "/api/login":
                     codes |= {401, 429}

@@ -18,10 +18,12 @@ from .procs import REPO
 
 
 def site_file_with(tmp: Path, **dashboard) -> Path:
-    """A copy of the shipped site file with some ``dashboard`` settings changed (and no basemap,
-    whose path is relative to the original)."""
-    raw = yaml.safe_load((REPO / "configs" / "hongyadong.yaml").read_text(encoding="utf-8"))
-    raw["dashboard"].pop("basemap_file", None)
+    """A copy of the shipped site file with some ``dashboard`` settings changed (the basemap's
+    path, relative to the original, made absolute)."""
+    original = REPO / "configs" / "hongyadong.yaml"
+    raw = yaml.safe_load(original.read_text(encoding="utf-8"))
+    if raw["dashboard"].get("basemap_file"):
+        raw["dashboard"]["basemap_file"] = str((original.parent / raw["dashboard"]["basemap_file"]).resolve())
     raw["dashboard"].update(dashboard)
     path = tmp / "site.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
