@@ -26,6 +26,7 @@ from redis.backoff import EqualJitterBackoff
 import xstatic.pkg.leaflet as xleaflet
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi import Path as FPath
+from limits.errors import StorageError as LimitsStorageError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -437,7 +438,8 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     document_api(app, public={"/api/login", "/api/logout"}, command_model=CommandRequest)
 
     @app.exception_handler(redis.RedisError)
-    async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
+    @app.exception_handler(LimitsStorageError)  # the rate limits' Redis (same server) unreachable
+    async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.error("redis error on %s %s: %s", request.method, request.url.path, exc)
         app.state.redis_errors += 1
         return JSONResponse({"detail": "Redis is unreachable; retry shortly"}, status_code=503,

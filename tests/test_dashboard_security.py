@@ -205,3 +205,15 @@ def test_command_and_login_limits_shared_by_two_dashboard_processes(tmp_path, re
         for k in r.scan_iter(match=f"{prefix}:*", count=1000):
             r.delete(k)
         r.close()
+
+
+def test_limits_storage_down_is_a_503_not_a_crash(site, keys, monkeypatch):
+    """The rate limits live in Redis too: with Redis unreachable, login and commands answer 503
+    with Retry-After (like every other Redis error), never an unhandled 500."""
+    monkeypatch.setenv("CROWDFLOW_USERS", users_env())
+    from .faults import fault_port
+
+    dead = f"redis://127.0.0.1:{fault_port()}/0"  # nothing listens there
+    with TestClient(create_app(site, dead, keys), raise_server_exceptions=False) as c:
+        res = c.post("/api/login", json={"username": "viewer", "password": PASSWORDS["viewer"]})
+        assert res.status_code == 503 and res.headers.get("retry-after"), (res.status_code, res.text)
