@@ -142,6 +142,7 @@ class ControlService:
         self.last_cycle_s = 0.0
         self.newest_applied: float | None = None  # capture time of the newest applied observation
         self.on_cycle: Callable[[float], None] | None = None  # metrics hook
+        self._trim_reported: dict[str, tuple[int, int]] = {}  # stream → newest foreign trim reported
         self._started = False
         self._reset()
 
@@ -387,9 +388,30 @@ class ControlService:
                     g = {text(a): b for a, b in g.items()}
                     if text(g.get("name")) == GROUP:
                         keep_from = min(keep_from, int(text(g["last-delivered-id"]).split("-")[0]))
+                        self._check_foreign_trim(stream, _sid(g["last-delivered-id"]), g.get("entries-read"))
             except redis.ResponseError:
                 continue
             out.xtrim(stream, minid=f"{keep_from}-0", approximate=True)
+
+    def _check_foreign_trim(self, stream: str, delivered: tuple[int, int], entries_read) -> None:
+        """Control never trims an entry it has not read; a producer can (``XADD … MAXLEN``, which
+        an ACL cannot forbid, or the edge's own hard cap after a very long backlog). When the
+        stream's first entry is past the last one delivered to control, the entries added but
+        neither read nor still there were deleted unread: say so loudly (metric
+        ``crowdflow_control_events_total{kind="stream_trimmed_unread"}``, error log), once."""
+        if entries_read is None:
+            return
+        info = {text(a): b for a, b in self.raw.xinfo_stream(stream).items()}
+        first = info.get("first-entry")
+        if not first or _sid(first[0]) <= delivered:
+            return
+        lost = int(info.get("entries-added") or 0) - int(entries_read) - int(info.get("length") or 0)
+        mark = (_sid(first[0]), lost)
+        if lost > 0 and self._trim_reported.get(stream) != mark:
+            self._trim_reported[stream] = mark
+            self.stats["stream_trimmed_unread"] += lost
+            log.error("%s: %d entries were deleted before control read them (XADD MAXLEN / XTRIM by a producer?): "
+                      "lost unread", stream, lost)
 
     def _archive_audit(self, now: float) -> None:
         """Append the new audit entries to the archive files (fsync'ed), then trim Redis to its
@@ -724,6 +746,11 @@ class ControlService:
             except redis.RedisError:
                 pass
         self.leading = False
+
+
+def _sid(entry_id) -> tuple[int, int]:
+    ms, _, seq = text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def error_kind(e: Exception) -> str:

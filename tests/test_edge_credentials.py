@@ -121,3 +121,33 @@ def test_control_refuses_to_start_without_keys_when_required(tmp_path):
     res = subprocess.run([sys.executable, "-m", "crowdflow.cli", "control", "--config", str(cfg)], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "edge-users" in res.stderr, res.stderr[-500:]
+
+
+def test_a_producer_trimming_unread_observations_is_reported(tmp_path, site):
+    """What the ACL cannot forbid: an edge user's ``XADD … MAXLEN`` deletes entries control has
+    not read yet. Control cannot prevent it but notices it (metric, error log) — once."""
+    keys = Keys("trim")
+    with RedisServer(tmp_path / "redis", appendonly=False) as srv:
+        admin = srv.client()
+        env = dict(os.environ, REDIS_URL=srv.url, CROWDFLOW_REDIS_PREFIX="trim", CROWDFLOW_DATA_DIR=str(tmp_path))
+        assert edge_users(env, "--camera", A).returncode == 0
+        ea = env_file(tmp_path / "edge-credentials" / f"{A}.env")
+        edge_a = redis.Redis.from_url(ea["REDIS_URL"])
+        svc = ControlService(site, admin, keys, consumer="c1")
+        svc.start()
+        for seq in (1, 2):  # read and applied: trimming these later loses nothing
+            edge_a.xadd(keys.obs, {"rec": obs(A, seq).encode()})
+        svc.step(block_ms=50)
+        svc.maintain(time.time())
+        svc._flush()
+        assert svc.stats["stream_trimmed_unread"] == 0
+        for seq in (3, 4, 5):
+            edge_a.xadd(keys.obs, {"rec": obs(A, seq).encode()})
+        edge_a.xadd(keys.obs, {"rec": obs(A, 6).encode()}, maxlen=1, approximate=False)  # ACL allows it: 3-5 gone
+        assert admin.xlen(keys.obs) == 1
+        svc.maintain(time.time())
+        svc._flush()
+        svc.maintain(time.time())
+        assert svc.stats["stream_trimmed_unread"] == 3  # counted once, not per pass
+        edge_a.close()
+        admin.close()
