@@ -111,7 +111,7 @@ def test_audit_archive_survives_a_control_killed_mid_evening(tmp_path, monkeypat
     with RedisServer(tmp_path / "redis", appendonly=False) as srv:
         r = srv.client()
         env = dict(os.environ, REDIS_URL=srv.url, CROWDFLOW_REDIS_PREFIX="ret", PYTHONUNBUFFERED="1",
-                   CROWDFLOW_DATA_DIR=str(tmp_path / "var"), CROWDFLOW_RETENTION_SCALE="600")  # audit kept 6 s
+                   CROWDFLOW_DATA_DIR=str(tmp_path / "var"), CROWDFLOW_RETENTION_SCALE="120")  # audit, results kept 30 s
 
         def control(n):
             return subprocess.Popen([sys.executable, "-m", "crowdflow.cli", "control", "--audit-dir", str(audit_dir)],
@@ -121,36 +121,37 @@ def test_audit_archive_survives_a_control_killed_mid_evening(tmp_path, monkeypat
         sent: list[str] = []
 
         def forge(n):  # a viewer may not change the mode: each is refused and audited
+            batch = []
             for _ in range(n):
                 c = Command(id=uuid.uuid4().hex, kind="set_mode", mode="emergency", user="mallory", role="viewer",
                             issued_at=time.time())
                 r.xadd("ret:cmd", {"rec": c.encode()})
                 sent.append(c.id)
+                batch.append(c.id)
                 time.sleep(0.05)
+            return batch
 
-        def answered(timeout=60):
+        def answered(ids, timeout=60):
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                if all(r.hexists("ret:cmd:results", c) for c in sent):
+                if all(r.hexists("ret:cmd:results", c) for c in ids):
                     return True
                 time.sleep(0.2)
             return False
 
         p = control(1)
         try:
-            forge(40)
-            assert answered(), (tmp_path / "control1.log").read_text()[-2000:]
+            assert answered(forge(40)), (tmp_path / "control1.log").read_text()[-2000:]
             time.sleep(2.5)  # at least one archive pass
             forge(20)
             os.kill(p.pid, signal.SIGKILL)  # mid-flow: some refused, some archived, some neither
             p.wait(10)
-            forge(20)  # queued while no control runs
+            queued = forge(20)  # queued while no control runs
             p = control(2)
-            assert answered(), (tmp_path / "control2.log").read_text()[-2000:]
-            forge(20)
-            assert answered()
-            deadline = time.monotonic() + 40
-            while time.monotonic() < deadline:  # archived and trimmed to the 6-s window
+            assert answered(queued), (tmp_path / "control2.log").read_text()[-2000:]
+            assert answered(forge(20))
+            deadline = time.monotonic() + 60  # the 30-s window passes, Redis is trimmed
+            while time.monotonic() < deadline:
                 time.sleep(1)
                 arch = read_archive(audit_dir)
                 in_arch = {d["rec"].get("command_id") for d in arch if "rec" in d}
