@@ -529,7 +529,16 @@ def cmd_sim(args) -> int:
         print(f"error: --start: {e}", file=sys.stderr)
         return 2
     r, url, keys, embedded = open_redis(site)
-    runner = SimRunner(site, sc, r, keys, cams, speed=args.speed, seed=args.seed, start_tod=start)
+    from .bus import load_edge_keys
+    from .credentials import default_keys_file
+
+    # Where control checks edge keys (`crowdflow edge-users`), the twin signs as each camera's edge.
+    keys_file = os.environ.get("CROWDFLOW_EDGE_KEYS_FILE") or (
+        str(default_keys_file(data_dir())) if default_keys_file(data_dir()).exists() else None)
+    signing = load_edge_keys({"CROWDFLOW_EDGE_KEYS": os.environ.get("CROWDFLOW_EDGE_KEYS", ""),
+                              "CROWDFLOW_EDGE_KEYS_FILE": keys_file or ""})
+    runner = SimRunner(site, sc, r, keys, cams, speed=args.speed, seed=args.seed, start_tod=start,
+                       signing_keys=signing)
     try:
         runner.run(_stop_event(), duration_s=args.duration)
     finally:

@@ -151,3 +151,33 @@ def test_a_producer_trimming_unread_observations_is_reported(tmp_path, site):
         assert svc.stats["stream_trimmed_unread"] == 3  # counted once, not per pass
         edge_a.close()
         admin.close()
+
+
+def test_the_twin_signs_as_the_edges_where_control_checks_keys(tmp_path, site):
+    """`crowdflow sim` plays the edges: with the keys `edge-users` wrote, the real control (which
+    loads them by default) applies its records and dead-letters none."""
+    with RedisServer(tmp_path / "redis", appendonly=False) as srv:
+        admin = srv.client()
+        env = dict(os.environ, REDIS_URL=srv.url, CROWDFLOW_REDIS_PREFIX="tw", CROWDFLOW_DATA_DIR=str(tmp_path),
+                   PYTHONUNBUFFERED="1")
+        env.pop("CROWDFLOW_EDGE_KEYS", None)
+        env.pop("CROWDFLOW_EDGE_KEYS_FILE", None)
+        assert edge_users(env).returncode == 0
+        procs = [subprocess.Popen([sys.executable, "-m", "crowdflow.cli", *a], cwd=REPO, env=env,
+                                  stdout=open(tmp_path / f"{a[0]}.log", "w"), stderr=subprocess.STDOUT)
+                 for a in (["control", "--audit-dir", "none"], ["sim", "--speed", "60", "--duration", "30"])]
+        try:
+            deadline, applied = time.monotonic() + 60, 0
+            while time.monotonic() < deadline and applied < 20:
+                time.sleep(1)
+                applied = sum(admin.zcard(k) for k in admin.scan_iter(match="tw:obs:seen:*"))
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(20)
+        log = (tmp_path / "control.log").read_text()
+        assert "records checked against" in log, log[-1500:]
+        assert applied >= 20, log[-1500:]
+        assert not [f for _, f in admin.xrange("tw:obs:dead") if f.get("reason", "").startswith("sig")]
+        admin.close()
