@@ -48,7 +48,7 @@ def acl_rules(password: str, obs_stream: str, snapshot_key: str | None = None, c
     if snapshot_key:
         rules += [f"~{snapshot_key}", "+set"]
     if cluster:  # the cluster client's topology queries and the producer's WAIT for a replica
-        rules += ["+cluster|slots", "+cluster|shards", "+cluster|nodes", "+readonly", "+wait", "+info"]
+        rules += ["+cluster|slots", "+cluster|shards", "+cluster|nodes", "+command", "+readonly", "+wait", "+info"]
     return rules
 
 
@@ -93,7 +93,9 @@ def provision(r, site, keys, out_dir: Path, edge_url: str, rotate: bool = False,
             entry = {"user": edge_user(keys.prefix, cam), "password": secrets.token_urlsafe(32)}
         creds[cam] = entry
         snap = k.snapshot(cam) if site.edge.snapshots else None
-        r.execute_command("ACL", "SETUSER", entry["user"], *acl_rules(entry["password"], k.obs, snap, cluster))
+        rules = acl_rules(entry["password"], k.obs, snap, cluster)
+        for node in (_every_node(r) if cluster else [r]):  # ACL users are per node
+            node.execute_command("ACL", "SETUSER", entry["user"], *rules)
         _write_private(out_dir / f"{cam}.env",
                        f"# edge agent of camera {cam}: its own Redis user (append to {k.obs} only) and signing key\n"
                        f"REDIS_URL={url_for(edge_url, entry['user'], entry['password'])}\n"
@@ -102,6 +104,20 @@ def provision(r, site, keys, out_dir: Path, edge_url: str, rotate: bool = False,
     _write_private(out_dir / "edge-keys.json",
                    json.dumps({cam: signing_key(e["password"]) for cam, e in sorted(creds.items())}, indent=1))
     return creds
+
+
+def _every_node(rc) -> list:
+    """A plain client for every node of a cluster, masters and replicas (``CLUSTER NODES``),
+    with the cluster client's credentials: a replica promoted later must know the users too."""
+    import redis
+
+    kw = {k: v for k, v in rc.nodes_manager.connection_kwargs.items()
+          if k in ("username", "password", "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "socket_timeout")}
+    out = []
+    for addr in rc.cluster_nodes():
+        host, _, port = addr.rpartition(":")
+        out.append(redis.Redis(host=host.strip("[]"), port=int(port.split("@")[0]), **kw))
+    return out
 
 
 def default_keys_file(data_dir: Path) -> Path:

@@ -181,3 +181,33 @@ def test_the_twin_signs_as_the_edges_where_control_checks_keys(tmp_path, site):
         assert applied >= 20, log[-1500:]
         assert not [f for _, f in admin.xrange("tw:obs:dead") if f.get("reason", "").startswith("sig")]
         admin.close()
+
+
+def test_edge_users_on_every_node_of_a_cluster(tmp_path, site):
+    """On a real Redis Cluster (3 masters + 3 replicas) the users exist on every node, and an
+    edge appends through the cluster client (topology, WAIT for its replica) and nothing else."""
+    from crowdflow.bus import connect, xadd_replicated
+
+    from .cluster import start_cluster
+
+    cluster = start_cluster(7460)  # this session's port range
+    try:
+        url = cluster.url
+        env = dict(os.environ, REDIS_URL=url, CROWDFLOW_REDIS_PREFIX="cf:{site}", CROWDFLOW_DATA_DIR=str(tmp_path))
+        res = edge_users(env, "--camera", A)
+        assert res.returncode == 0, res.stderr
+        user = f"cf:{{site}}-edge-{A}"
+        for port in range(7460, 7466):
+            node = redis.Redis(port=port)
+            assert user in {u.decode() for u in node.execute_command("ACL", "USERS")}, port
+            node.close()
+        ea = env_file(tmp_path / "edge-credentials" / f"{A}.env")
+        assert ea["REDIS_URL"].startswith("redis+cluster://")
+        edge = connect(ea["REDIS_URL"])
+        keys = Keys("cf:{site}")
+        assert xadd_replicated(edge, keys.obs, [{"rec": obs(A, 1).encode()}], maxlen=1000) == 1
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            edge.xrange(keys.obs)
+        edge.close()
+    finally:
+        cluster.stop()
