@@ -211,3 +211,37 @@ def test_edge_users_on_every_node_of_a_cluster(tmp_path, site):
         edge.close()
     finally:
         cluster.stop()
+
+
+def test_no_acl_makes_xadd_append_only_not_even_through_a_function(tmp_path):
+    """Why the edge's ``XADD`` keeps its ``MAXLEN`` power (Redis 7): a function cannot act for a
+    user with more rights than the user has. Redis checks the caller's ACL on every command a
+    function runs, and ``FCALL`` declares its keys read-write. So an ``XADD``-only wrapper
+    (``cf_obs_add``) only works for a user who may ``XADD`` — and trim — directly. If a Redis
+    release ever changes this, this test fails and the design in docs/reliability.md (*Known
+    limits*) should be revisited."""
+    lib = ("#!lua name=cftest\n"
+           "redis.register_function('cf_obs_add', function(keys, args)"
+           " return redis.call('XADD', keys[1], '*', unpack(args)) end)")
+    with RedisServer(tmp_path / "redis", appendonly=False) as srv:
+        admin = srv.client()
+        admin.function_load(lib, replace=True)
+        admin.xadd("s", {"rec": "other camera's"})
+
+        def user(name, *rules):
+            admin.execute_command("ACL", "SETUSER", name, "reset", "on", ">pw", "resetchannels", "-@all", "+ping",
+                                  *rules)
+            return redis.Redis(port=srv.port, username=name, password="pw")
+
+        without_xadd = user("fn-only", "~s", "+fcall")
+        with pytest.raises(redis.exceptions.ResponseError, match="can't run this command"):
+            without_xadd.fcall("cf_obs_add", 1, "s", "rec", "x")  # the XADD inside is checked against the caller
+        write_only = user("fn-write-only", "%W~s", "+fcall", "+xadd")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            write_only.fcall("cf_obs_add", 1, "s", "rec", "x")  # FCALL's keys need read and write
+        able = user("fn-and-xadd", "~s", "+fcall", "+xadd")
+        able.fcall("cf_obs_add", 1, "s", "rec", "x")  # works only with +xadd ...
+        able.xadd("s", {"rec": "x"}, maxlen=0, approximate=False)  # ... which trims too
+        assert admin.xlen("s") == 0
+        for c in (without_xadd, write_only, able, admin):
+            c.close()
