@@ -3,7 +3,9 @@
 ``crowdflow edge-users`` makes, for every camera of the site, a Redis user
 ``<prefix>-edge-<camera>`` that may only append to the observation stream of the camera's
 partition (``XADD``; no read, no delete, no other key; ``SET`` of its own snapshot key when
-``edge.snapshots`` is on), with a random 256-bit password. The same password, through an HMAC,
+``edge.snapshots`` is on; ``ZMSCORE`` of its own camera's applied-records set
+``<p>:obs:seen:<camera>``, read-only, so that it can send again what went missing before control
+applied it: edge/spool.py), with a random 256-bit password. The same password, through an HMAC,
 gives the key the agent signs its records with (``CROWDFLOW_EDGE_KEY``); control holds only the
 derived keys (``edge-keys.json``), so the file on the control host cannot log in to Redis as an
 edge, and a record for a camera is applied only when signed with the key of that camera's user
@@ -42,9 +44,13 @@ def signing_key(password: str) -> str:
     return hmac.new(password.encode(), SIGNING_INFO, hashlib.sha256).hexdigest()
 
 
-def acl_rules(password: str, obs_stream: str, snapshot_key: str | None = None, cluster: bool = False) -> list[str]:
-    """``ACL SETUSER`` rules for an edge: append to its observation stream, nothing else."""
-    rules = ["reset", "on", f">{password}", f"~{obs_stream}", "resetchannels", "-@all", "+xadd", "+ping"]
+def acl_rules(password: str, obs_stream: str, snapshot_key: str | None = None, cluster: bool = False,
+              seen_key: str | None = None) -> list[str]:
+    """``ACL SETUSER`` rules for an edge: append to its observation stream and ask which of its
+    own records control applied (``seen_key``, read-only), nothing else."""
+    rules = ["reset", "on", f">{password}", f"%W~{obs_stream}", "resetchannels", "-@all", "+xadd", "+ping"]
+    if seen_key:
+        rules += [f"%R~{seen_key}", "+zmscore"]
     if snapshot_key:
         rules += [f"~{snapshot_key}", "+set"]
     if cluster:  # the cluster client's topology queries and the producer's WAIT for a replica
@@ -93,7 +99,7 @@ def provision(r, site, keys, out_dir: Path, edge_url: str, rotate: bool = False,
             entry = {"user": edge_user(keys.prefix, cam), "password": secrets.token_urlsafe(32)}
         creds[cam] = entry
         snap = k.snapshot(cam) if site.edge.snapshots else None
-        rules = acl_rules(entry["password"], k.obs, snap, cluster)
+        rules = acl_rules(entry["password"], k.obs, snap, cluster, seen_key=k.obs_seen(cam))
         for node in (_every_node(r) if cluster else [r]):  # ACL users are per node
             node.execute_command("ACL", "SETUSER", entry["user"], *rules)
         _write_private(out_dir / f"{cam}.env",

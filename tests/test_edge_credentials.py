@@ -64,9 +64,13 @@ def test_each_edge_user_appends_only_and_control_checks_whose_records_they_are(t
         edge_a = redis.Redis.from_url(ea["REDIS_URL"])
         assert edge_a.ping()
         edge_a.xadd(keys.obs, {"rec": "{}"})  # may append to the observation stream ...
+        assert edge_a.zmscore(keys.obs_seen(A), [1]) == [None]  # ... and ask which of its own were applied
         for forbidden in (lambda: edge_a.xrange(keys.obs), lambda: edge_a.xadd(keys.cmd, {"rec": "{}"}),
                           lambda: edge_a.delete(keys.obs), lambda: edge_a.get(keys.mode),
                           lambda: edge_a.hgetall(keys.zone_state), lambda: edge_a.xtrim(keys.obs, maxlen=0),
+                          lambda: edge_a.zmscore(keys.obs_seen(B), [1]),  # another camera's applied set
+                          lambda: edge_a.zrange(keys.obs_seen(A), 0, -1),  # its own: ZMSCORE only
+                          lambda: edge_a.zadd(keys.obs_seen(A), {"9": 1.0}),
                           lambda: edge_a.execute_command("ACL", "SETUSER", "x", "on")):
             with pytest.raises(redis.exceptions.NoPermissionError):  # ... and nothing else
                 forbidden()
@@ -151,6 +155,72 @@ def test_a_producer_trimming_unread_observations_is_reported(tmp_path, site):
         assert svc.stats["stream_trimmed_unread"] == 3  # counted once, not per pass
         edge_a.close()
         admin.close()
+
+
+def test_records_another_edge_trimmed_away_are_sent_again_and_applied(tmp_path, site, monkeypatch):
+    """The gap no ACL closes, closed end to end: edge B's user trims the shared stream with
+    ``XADD … MAXLEN 0`` (Redis allows it) and deletes three of A's records control had not read.
+    A keeps what it sent until control applied it (its user may ``ZMSCORE`` its own applied
+    set), sees them missing below a later applied record, sends them again once, and control
+    applies them: nothing lost. A record control refuses is sent again once, then counted."""
+    import edge.spool
+
+    monkeypatch.setattr(edge.spool, "CONFIRM_GRACE_S", 0.2)  # the test waits this long, not 2 s
+    keys = Keys("gap")
+    with RedisServer(tmp_path / "redis", appendonly=False) as srv:
+        admin = srv.client()
+        env = dict(os.environ, REDIS_URL=srv.url, CROWDFLOW_REDIS_PREFIX="gap", CROWDFLOW_DATA_DIR=str(tmp_path))
+        assert edge_users(env, "--camera", A, "--camera", B).returncode == 0
+        ea = env_file(tmp_path / "edge-credentials" / f"{A}.env")
+        eb = env_file(tmp_path / "edge-credentials" / f"{B}.env")
+        edge_a, edge_b = redis.Redis.from_url(ea["REDIS_URL"]), redis.Redis.from_url(eb["REDIS_URL"])
+        svc = ControlService(site, admin, keys, consumer="c1",
+                             edge_keys=load_edge_keys({"CROWDFLOW_EDGE_KEYS_FILE": str(default_keys_file(tmp_path))}))
+        svc.start()
+        pub = Publisher(edge_a, keys, Spool(str(tmp_path / "spool-a.sqlite"), 1000),
+                        signing_key=ea["CROWDFLOW_EDGE_KEY"])
+
+        def applied():
+            return sorted(int(m) for m in admin.zrange(keys.obs_seen(A), 0, -1))
+
+        for seq in (1, 2, 3):
+            assert pub.publish(obs(A, seq))
+        svc.step(block_ms=50)
+        assert applied() == [1, 2, 3]
+        assert pub.confirm(force=True) == 0 and pub.spool.sent_count() == 0  # all applied: nothing kept
+        for seq in (4, 5, 6):
+            assert pub.publish(obs(A, seq))
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            edge_b.xtrim(keys.obs, maxlen=0)
+        edge_b.xadd(keys.obs, {"rec": obs(B, 1, "cangbai-walk").encode()}, maxlen=0, approximate=False)
+        assert admin.xlen(keys.obs) == 0  # 4-6 deleted unread
+        assert pub.publish(obs(A, 7))
+        svc.step(block_ms=50)
+        assert applied() == [1, 2, 3, 7]
+        assert pub.confirm(force=True) == 0  # too young to call missing yet
+        time.sleep(0.3)
+        assert pub.confirm(force=True) == 3 and pub.resent == 3
+        svc.step(block_ms=50)
+        assert applied() == [1, 2, 3, 4, 5, 6, 7]  # nothing lost
+        assert pub.confirm(force=True) == 0 and pub.spool.sent_count() == 0 and pub.unapplied == 0
+
+        # a record control refuses (dated a day ahead) is sent once more, then counted; another
+        # camera's record (signed with A's key, refused too) cannot be checked by A's user: kept out
+        ahead = obs(A, 8).model_copy(update={"captured_at": time.time() + 86400})
+        assert pub.publish(obs(B, 2, "cangbai-walk")) and pub.publish(ahead) and pub.publish(obs(A, 10))
+        svc.step(block_ms=50)
+        time.sleep(0.3)
+        assert pub.confirm(force=True) == 1
+        assert pub.publish(obs(A, 9))
+        svc.step(block_ms=50)
+        time.sleep(0.3)
+        assert pub.confirm(force=True) == 0 and pub.unapplied == 1 and pub.spool.sent_count() == 0
+        dead = sorted(f["reason"] for _, f in admin.xrange(keys.obs_dead))
+        assert len(dead) == 3 and dead[-1].startswith(f"sig: not signed with camera {B}"), dead
+        assert applied() == [1, 2, 3, 4, 5, 6, 7, 9, 10]
+        pub.spool.close()
+        for c in (edge_a, edge_b, admin):
+            c.close()
 
 
 def test_the_twin_signs_as_the_edges_where_control_checks_keys(tmp_path, site):
