@@ -260,14 +260,15 @@ def test_edge_users_on_every_node_of_a_cluster(tmp_path, site):
 
     from .cluster import start_cluster
 
-    cluster = start_cluster(7460)  # this session's port range
+    base = int(os.environ.get("CROWDFLOW_EDGE_CLUSTER_PORT", "7460"))  # a free range of 6 ports
+    cluster = start_cluster(base)
     try:
         url = cluster.url
         env = dict(os.environ, REDIS_URL=url, CROWDFLOW_REDIS_PREFIX="cf:{site}", CROWDFLOW_DATA_DIR=str(tmp_path))
         res = edge_users(env, "--camera", A)
         assert res.returncode == 0, res.stderr
         user = f"cf:{{site}}-edge-{A}"
-        for port in range(7460, 7466):
+        for port in range(base, base + 6):
             node = redis.Redis(port=port)
             assert user in {u.decode() for u in node.execute_command("ACL", "USERS")}, port
             node.close()
@@ -276,8 +277,13 @@ def test_edge_users_on_every_node_of_a_cluster(tmp_path, site):
         edge = connect(ea["REDIS_URL"])
         keys = Keys("cf:{site}")
         assert xadd_replicated(edge, keys.obs, [{"rec": obs(A, 1).encode()}], maxlen=1000) == 1
+        assert edge.zmscore(keys.obs_seen(A), [1]) == [None]  # its own applied set, through the cluster client
         with pytest.raises(redis.exceptions.NoPermissionError):
             edge.xrange(keys.obs)
+        pub = Publisher(edge, keys, Spool(str(tmp_path / "spool.sqlite")))
+        assert pub.publish(obs(A, 2)) and pub.confirm(force=True) == 0
+        assert not pub._unreadable and pub.spool.sent_count() == 1  # checked, not applied yet (no control)
+        pub.spool.close()
         edge.close()
     finally:
         cluster.stop()
