@@ -10,10 +10,10 @@ relative change of the count against daylight:
 * street photos at dusk:            mean ≤ 10 %, each ≤ 20 %;
 * haze/fog on both sets:            mean ≤ 15 %, each ≤ 35 % (auto-levels stretch low contrast);
 * CCTV platforms at dusk:           a KNOWN GAP — the small, steeply seen heads of these
-  360×640 frames drown in the noise: measured mean 45 %, largest 83 % (undercount; 9 frames,
+  360×640 frames drown in the noise: measured mean 48 %, largest 91 % (undercount; 9 frames,
   2026-12-03). Held to that (mean ≤ 55 %, each ≤ 95 %) so it cannot get worse unseen; brightening
-  or denoising the dark frame first made it worse (gain 55 %, denoise + gain 59 %, inverse
-  gamma 75 %: docs/performance.md).
+  or denoising the dark frame first made the density count worse (45 % → gain 55 %, denoise +
+  gain 59 %, inverse gamma 75 %: docs/performance.md).
 """
 
 from __future__ import annotations
