@@ -140,9 +140,9 @@ def adapt(counter, layout_for, source: str, camera_id: str, preset_id: str, conf
         fit = k < n_fit
         x, f = feature_input(img, side)
         h, w = x.shape[2:]
-        p3, p4 = base.features(x)
+        fe = base.features(x)  # one array per layer the head reads (strides 8, 16[, 32])
         with torch.inference_mode():
-            dmap = base.net(torch.from_numpy(p3), torch.from_numpy(p4))[0, 0].numpy() / HEAD_SCALE
+            dmap = base.net(*(torch.from_numpy(a) for a in fe))[0, 0].numpy() / HEAD_SCALE
         base_count = float(dmap.sum())
         if idx in hand_counts:
             label, kind = hand_counts[idx], "hand"
@@ -162,9 +162,9 @@ def adapt(counter, layout_for, source: str, camera_id: str, preset_id: str, conf
         if fit:
             people_fit += int(round(label))
             frames_with_people += label >= 1
-        p3f, p4f = base.features(np.ascontiguousarray(x[..., ::-1]))
+        fef = base.features(np.ascontiguousarray(x[..., ::-1]))
         h16 = np.float16  # features kept at half precision (~4 MB a frame and its mirror image)
-        samples.append((idx, fit, (p3[0].astype(h16), p4[0].astype(h16)), (p3f[0].astype(h16), p4f[0].astype(h16)),
+        samples.append((idx, fit, tuple(a[0].astype(h16) for a in fe), tuple(a[0].astype(h16) for a in fef),
                         tgt, tgt[:, ::-1].copy(), label, kind))
         bar.update(1)
     bar.close()
@@ -189,9 +189,8 @@ def adapt(counter, layout_for, source: str, camera_id: str, preset_id: str, conf
             if not sel:
                 continue
             with torch.inference_mode():
-                c = np.array([float(model(torch.from_numpy(r[2][0][None].astype(np.float32)),
-                                             torch.from_numpy(r[2][1][None].astype(np.float32))).sum()) / HEAD_SCALE
-                              for r in sel])
+                c = np.array([float(model(*(torch.from_numpy(a[None].astype(np.float32)) for a in r[2])).sum())
+                              / HEAD_SCALE for r in sel])
             gt = np.array([r[6] for r in sel])
             e = c - gt
             out[kind] = {"frames": len(sel), "mae": round(float(np.abs(e).mean()), 2),
@@ -206,24 +205,25 @@ def adapt(counter, layout_for, source: str, camera_id: str, preset_id: str, conf
     t0 = time.time()
     net.train()
     ch, cw = 40, 56  # crops of 40×56 cells (320×448 px at the head's input size), as in training
+    levels = [2 ** i for i in range(len(base.channels))]  # each layer's stride ÷ the first's
+    al = levels[-1]  # crops start on the coarsest layer's grid
     for _ep in range(s.epochs):
         order = rng.permutation(len(fit_s))
         for b in range(0, len(order), s.batch):
-            a3s, a4s, ts = [], [], []
+            ins, ts = [[] for _ in levels], []
             for i in order[b:b + s.batch]:
                 r = fit_s[i]
-                (a3, a4), tgt = (r[3], r[5]) if rng.integers(2) else (r[2], r[4])
+                fe, tgt = (r[3], r[5]) if rng.integers(2) else (r[2], r[4])
                 H, W = tgt.shape
-                y = int(rng.integers(0, max(0, H - ch) // 2 + 1)) * 2
-                x = int(rng.integers(0, max(0, W - cw) // 2 + 1)) * 2
+                y = int(rng.integers(0, max(0, H - ch) // al + 1)) * al
+                x = int(rng.integers(0, max(0, W - cw) // al + 1)) * al
                 hh, ww = min(ch, H), min(cw, W)
-                a3s.append(a3[:, y:y + hh, x:x + ww])
-                a4s.append(a4[:, y // 2:(y + hh) // 2, x // 2:(x + ww) // 2])
+                for lst, a, m in zip(ins, fe, levels):
+                    lst.append(a[:, y // m:(y + hh) // m, x // m:(x + ww) // m])
                 ts.append(tgt[y:y + hh, x:x + ww])
             if len({t.shape for t in ts}) > 1:  # frames of several sizes: one at a time
-                a3s, a4s, ts = a3s[:1], a4s[:1], ts[:1]
-            pred = net(torch.from_numpy(np.stack(a3s).astype(np.float32)),
-                       torch.from_numpy(np.stack(a4s).astype(np.float32)))
+                ins, ts = [lst[:1] for lst in ins], ts[:1]
+            pred = net(*(torch.from_numpy(np.stack(lst).astype(np.float32)) for lst in ins))
             t = torch.from_numpy(np.ascontiguousarray(np.stack(ts))[:, None] * HEAD_SCALE)
             loss = F.mse_loss(pred, t, reduction="sum") / len(ts)
             opt.zero_grad()

@@ -272,6 +272,8 @@ class DensityModel:
 # a map at the first one's stride.
 HEADS: dict[str, dict] = {
     "yolo-neck-head": {"layers": [16, 19], "stride": 8},
+    # + layer 22 (stride 32): the context of a whole queue or platform end, for a map still at stride 8
+    "yolo-neck-head-p5": {"layers": [16, 19, 22], "stride": 8},
 }
 HEAD_SCALE = 100.0  # heads are trained on density × 100 (better conditioned); outputs are divided back
 
@@ -282,19 +284,27 @@ def _build_head(channels: list[int], hidden: int):
     from torch.nn import functional as F
 
     class NeckDensityHead(nn.Module):
-        """Stride-8 and stride-16 features → 1×1 projections, summed (the coarse one upsampled)
-        → two 3×3 conv-ReLU → 1×1 → ReLU: a stride-8 density map (× HEAD_SCALE)."""
+        """Stride-8, stride-16 (and stride-32) features → 1×1 projections, summed (the coarse
+        ones upsampled) → two 3×3 conv-ReLU → 1×1 → ReLU: a stride-8 density map (× HEAD_SCALE)."""
 
         def __init__(self):
             super().__init__()
             self.p3 = nn.Conv2d(channels[0], hidden, 1)
             self.p4 = nn.Conv2d(channels[1], hidden, 1)
+            if len(channels) > 2:
+                self.p5 = nn.Conv2d(channels[2], hidden, 1)
             self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
                                       nn.Conv2d(hidden, hidden // 2, 3, padding=1), nn.ReLU(),
                                       nn.Conv2d(hidden // 2, 1, 1), nn.ReLU())
+            # start with a small positive density everywhere: a random start whose last layer is
+            # negative everywhere never learns (its ReLU passes no gradient)
+            nn.init.constant_(self.body[-2].bias, 0.1)
 
-        def forward(self, p3: torch.Tensor, p4: torch.Tensor) -> torch.Tensor:
-            return self.body(self.p3(p3) + F.interpolate(self.p4(p4), scale_factor=2, mode="nearest"))
+        def forward(self, p3: torch.Tensor, p4: torch.Tensor, p5: torch.Tensor | None = None) -> torch.Tensor:
+            x = self.p3(p3) + F.interpolate(self.p4(p4), scale_factor=2, mode="nearest")
+            if p5 is not None:
+                x = x + F.interpolate(self.p5(p5), scale_factor=4, mode="nearest")
+            return self.body(x)
 
     return NeckDensityHead()
 
@@ -458,9 +468,9 @@ class FeatureDensityModel:
 
         h, w = bgr.shape[:2]
         x, f = feature_input(bgr, side or self.input_side, self.max_side)
-        p3, p4 = (torch.from_numpy(a) for a in self.features(x))
+        feats = [torch.from_numpy(a) for a in self.features(x)]
         with torch.inference_mode():
-            d = self.net(p3, p4)[0, 0].numpy() / HEAD_SCALE
+            d = self.net(*feats)[0, 0].numpy() / HEAD_SCALE
         s = self.stride
         d = d[: max(1, round(h * f) // s), : max(1, round(w * f) // s)]
         total = float(d.sum())

@@ -123,6 +123,11 @@ def main() -> int:
             ms = np.median([r[f"ms_{key}"] for r in sel])
             print(f"  {key:8s} MAE {mae:6.2f}  mean rel. error {mre * 100:5.1f} %  bias {bias:+6.2f}  "
                   f"median {ms:5.0f} ms/frame")
+        for g in sorted({r["group"] for r in sel}):
+            gs = [r for r in sel if r["group"] == g]
+            if len(gs) > 1 and len({r["group"] for r in sel}) > 1:
+                mae, mre, bias = stats(gs, "auto")
+                print(f"    group {g:12s} {len(gs):3d} frames  auto MAE {mae:5.2f}  {mre * 100:5.1f} %  bias {bias:+5.2f}")
         dense = sorted(sel, key=lambda r: -r["gt"])[: max(1, len(sel) // 5)]
         mae, mre, bias = stats(dense, "auto")
         print(f"  densest fifth ({len(dense)} frames, {min(r['gt'] for r in dense):.0f}–{max(r['gt'] for r in dense):.0f} "

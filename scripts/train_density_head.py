@@ -3,9 +3,12 @@
     YOLO_OFFLINE=1 .venv/bin/python scripts/train_density_head.py \
         --video ../shared/data/vtest.avi --out models/yolo11n-density-head.pt
 
-1. Features: every photo of ShanghaiTech B train (and its mirror image) goes once through the
-   detector's layers 16 and 19 at full resolution (edge.density.DetectorFeatures, the code the
-   agent runs); they are kept in memory as float16 (~2 GB for 400 photos).
+1. Features: every training photo/frame (its mirror image with ``--flip 1``, and ``--augment``
+   night/weather versions) goes once through the detector's neck layers (16, 19; and 22 for
+   ``--arch yolo-neck-head-p5``) at the head's input size (edge.density.DetectorFeatures, the
+   code the agent runs). They are stored as float16 .npy files in ``--cache`` (one per sample
+   and layer, keyed by detector, input side and variant) and memory-mapped: a second run with
+   other training settings skips the extraction (on the shared 2 cores it is most of the time).
 2. Targets: each head point spread by a Gaussian (σ = ``--sigma`` px) and summed into 8×8
    cells, so a map sums to the photo's count.
 3. Footage of a fixed view (``--video``, optional): frames ``--video-frames`` pseudo-labelled
@@ -25,6 +28,7 @@ Runs on 2 CPU cores in about 5 minutes (features 40 s, pseudo-labels ~1 min, 80 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -69,6 +73,18 @@ def main() -> int:
     ap.add_argument("--init", help="start from this head file (fine-tuning, as `crowdflow adapt` does)")
     ap.add_argument("--limit", type=int, help="use every n-th frame of each set only (a quick smoke run)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fit-pick", action="store_true",
+                    help="fit the BRT pick groups too (more views; the epoch is then chosen by --select)")
+    ap.add_argument("--select", default="pick", choices=("pick", "last"),
+                    help="keep the epoch with the best pick-part error, or the last one (the schedule's end)")
+    ap.add_argument("--flip", type=int, default=1, help="add each training frame's mirror image (1) or not (0)")
+    ap.add_argument("--every", default="", help="fit every n-th training frame of a set only, e.g. shtech=2")
+    ap.add_argument("--val", type=int, default=1,
+                    help="also compute the held-back parts' figures for the file's card (0: leave them to eval_counting.py)")
+    ap.add_argument("--eval-every", type=int, default=5, help="epochs between pick-part checks (the best is saved)")
+    ap.add_argument("--cap-group", type=int, default=0,
+                    help="frames of one CCTV camera/date group (or video) drawn per epoch at most (0: all)")
+    ap.add_argument("--cache", default="var/head-features", help="feature cache folder ('' for none)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
@@ -82,39 +98,79 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     spec = HEADS[args.arch]
     feats = DetectorFeatures(args.model, spec["layers"], args.threads)
+    cache = Path(args.cache) if args.cache else None
     t0 = time.time()
     # One feature sample per (frame, variant); variants of one frame are grouped so an epoch
-    # draws one of them per training frame.
-    F3, F4, T = [], [], []
+    # draws one of them per training frame. Features live in a disk cache (memory-mapped
+    # float16 .npy, one file per sample and layer) keyed by the detector, the layers, the input
+    # side and the variant; a variant's randomness comes from its own seed (seed, frame,
+    # variant), so a second run reuses the first one's features.
+    FE, T = [], []
     groups: dict[str, list[list[int]]] = {"train": []}
+    group_of: list[str] = []  # each training frame's (set, camera/date group)
     evals: dict[str, list[tuple[int, float]]] = {}  # "<set>/<part>" -> (sample, annotated count)
+    tag = hashlib.sha1(f"{Path(args.model).resolve()}|{args.input_side}".encode()).hexdigest()[:10]
 
-    def add(img, points, flip=False, zoom=1.0) -> int:
-        x, f = feature_input(img, round(args.input_side * zoom) if args.input_side else None)
-        h, w = x.shape[2:]
+    def add(key: str, load, points, flip=False, zoom=1.0) -> int:
+        """``load()`` gives the (possibly degraded) image; it is called only on a cache miss
+        (the image's size is needed either way, for the target)."""
+        img = None
+        files = [cache / tag / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.L{i}.npy" for i in spec["layers"]] \
+            if cache else []
+        if files and all(f.exists() for f in files):
+            arrs = [np.load(f, mmap_mode="r") for f in files]
+        else:
+            img = load()
+            x, _ = feature_input(img, round(args.input_side * zoom) if args.input_side else None)
+            arrs = [a[0].astype(np.float16) for a in feats(x[..., ::-1].copy() if flip else x)]
+            if files:
+                files[0].parent.mkdir(parents=True, exist_ok=True)
+                for f, a in zip(files, arrs):
+                    np.save(f, a)
+        h, w = arrs[0].shape[1] * spec["stride"], arrs[0].shape[2] * spec["stride"]
+        size = sizes.get(key.split("|")[0])
+        if size is None:
+            img = img if img is not None else load()
+            size = sizes[key.split("|")[0]] = img.shape[:2]
+        f = (round(args.input_side * zoom) if args.input_side else max(size)) / max(size)
+        if not args.input_side:
+            f = min(1.0, 1280 / max(size))
         pts = [(px * f, py * f) for px, py in points]
-        a3, a4 = feats(x[..., ::-1].copy() if flip else x)
-        F3.append(a3[0].astype(np.float16))
-        F4.append(a4[0].astype(np.float16))
+        FE.append(arrs)
         # a mirrored padded input has its padding on the left: mirror within the padded width
         T.append(target(pts, h, w, args.sigma, spec["stride"], flip))
         return len(T) - 1
 
-    def add_train(img, points) -> None:
-        ids = [add(img, points), add(img, points, flip=True)]
-        for _ in range(args.augment):
-            kind = augment.KINDS[int(rng.integers(len(augment.KINDS)))]
-            zoom = float(np.exp(rng.uniform(-np.log(args.zoom), np.log(args.zoom))))  # people nearer or farther
-            ids.append(add(augment.degrade(img, kind, rng), points, flip=bool(rng.integers(2)), zoom=zoom))
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def add_train(name: str, read, points) -> None:
+        ids = [add(name, read, points)] + ([add(f"{name}|flip", read, points, flip=True)] if args.flip else [])
+        for k in range(args.augment):
+            r = np.random.default_rng([args.seed, k, int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)])
+            kind = augment.KINDS[int(r.integers(len(augment.KINDS)))]
+            zoom = float(np.exp(r.uniform(-np.log(args.zoom), np.log(args.zoom))))  # people nearer or farther
+            flip = bool(r.integers(2))
+            ids.append(add(f"{name}|{kind}|{zoom:.4f}|{int(flip)}|{args.seed}.{k}", lambda: augment.degrade(read(), kind, r),
+                           points, flip=flip, zoom=zoom))
         groups["train"].append(ids)
 
+    fit_parts = {"train", "pick"} if args.fit_pick else {"train"}
     for name in args.sets.split(","):
+        every = dict(kv.split("=") for kv in args.every.split(",") if kv).get(name, "1")
+        fit = [s for s in datasets.load(name, SHARED) if s.part in fit_parts and not (name == "shtech" and s.part == "pick")]
+        fit = set(s.name for s in fit[:: int(every)])
         for s in datasets.load(name, SHARED)[:: args.limit or 1]:
-            img = cv2.imread(str(s.path))
-            if s.part == "train":
-                add_train(img, s.points)
+            def read(p=s.path):
+                return cv2.imread(str(p))
+            if s.name in fit:
+                add_train(f"{name}/{s.name}", read, s.points)
+                group_of.append(f"{name}/{s.group}")
+            elif s.part in fit_parts and not (name == "shtech" and s.part == "pick"):
+                continue  # a training frame left out by --every
+            elif s.part == "val" and not args.val:
+                continue
             else:
-                evals.setdefault(f"{name}/{s.part}", []).append((add(img, s.points), float(s.count)))
+                evals.setdefault(f"{name}/{s.part}", []).append((add(f"{name}/{s.name}", read, s.points), float(s.count)))
         print(f"{name}: features in {time.time() - t0:.0f} s ({len(T)} samples)", flush=True)
     n_video = 0
     if args.video:
@@ -133,11 +189,15 @@ def main() -> int:
                     continue
                 det = counter.count(frame, mode="tiled").detections
                 heads = [((x0 + x1) / 2, y0 + 0.1 * (y1 - y0)) for x0, y0, x1, y1 in det.xyxy]
-                groups["train"].append([add(frame, heads), add(frame, heads, flip=True)])
+                key = f"video/{Path(video).name}/{k}"
+                groups["train"].append([add(key, lambda fr=frame: fr, heads)]
+                                       + ([add(f"{key}|flip", lambda fr=frame: fr, heads, flip=True)] if args.flip else []))
                 n_video += 1
+                group_of.append(f"video/{video}")
             cap.release()
         print(f"{n_video} pseudo-labelled frames from {len(args.video)} video(s)", flush=True)
-    channels = [F3[0].shape[0], F4[0].shape[0]]
+    channels = [a.shape[0] for a in FE[0]]
+    levels = [1] + [2 ** (i + 1) for i in range(len(channels) - 1)]  # each layer's stride ÷ the first
     train = groups["train"]
 
     net = _build_head(channels, args.hidden)
@@ -151,8 +211,8 @@ def main() -> int:
 
     def counts(ids):
         with torch.no_grad():
-            return np.array([float(ema.module(torch.from_numpy(F3[i][None].astype(np.float32)),
-                             torch.from_numpy(F4[i][None].astype(np.float32))).sum()) / HEAD_SCALE for i in ids])
+            return np.array([float(ema.module(*(torch.from_numpy(a[None].astype(np.float32)) for a in FE[i])).sum())
+                             / HEAD_SCALE for i in ids])
 
     def figures(key):
         ids, gt = zip(*evals[key])
@@ -169,42 +229,58 @@ def main() -> int:
     if min(t.shape[0] for t in T) < ch or min(t.shape[1] for t in T) < cw:
         raise SystemExit(f"--input-side {args.input_side} makes maps smaller than the {cw * 8}×{ch * 8} crops")
     best = (float("inf"), 0, None)
+
+    def save(best) -> dict:
+        ema_state = {k: v.detach().clone() for k, v in ema.module.state_dict().items()}
+        ema.module.load_state_dict(best[2])
+        meta = {"backbone": f"{Path(args.model).name} (ultralytics YOLO11n, COCO)", "input_side": args.input_side,
+                "data": {"sets": args.sets, "train_frames": len(train) - n_video, "video_frames": n_video,
+                         "fit_pick": args.fit_pick, "select": args.select, "zoom": args.zoom, "flip": args.flip,
+                         "every": args.every, "cap_group": args.cap_group, "augment": args.augment, "brt_val_groups": list(datasets.BRT_VAL_GROUPS),
+                         "brt_pick_groups": list(datasets.BRT_PICK_GROUPS)},
+                "epochs": args.epochs, "best_epoch": best[1], "sigma": args.sigma, "lr": args.lr, "batch": args.batch,
+                "seed": args.seed, **{k: figures(k) for k in sorted(evals)},
+                "command": "python scripts/train_density_head.py " + " ".join(sys.argv[1:])}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"arch": args.arch, "channels": channels, "hidden": args.hidden, "input_side": args.input_side or None,
+                    "state_dict": best[2], "meta": meta}, out)
+        ema.module.load_state_dict(ema_state)
+        return meta
+
     t0 = time.time()
     order = list(range(len(train)))
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(group_of):
+        by_group.setdefault(g, []).append(i)
     for ep in range(1, args.epochs + 1):
+        if args.cap_group:  # a view filmed for hours weighs no more than cap_group frames an epoch
+            order = [i for g, ids in by_group.items() for i in
+                     (ids if g.startswith("shtech") or len(ids) <= args.cap_group
+                      else rng.choice(ids, args.cap_group, replace=False).tolist())]
         rng.shuffle(order)
         for k in range(0, len(order), args.batch):
             j = [train[g][int(rng.integers(len(train[g])))] for g in order[k:k + args.batch]]
-            ys = [int(rng.integers(0, (T[q].shape[0] - ch) // 2 + 1)) * 2 for q in j]
-            xs = [int(rng.integers(0, (T[q].shape[1] - cw) // 2 + 1)) * 2 for q in j]
-            a3 = np.stack([F3[q][:, y:y + ch, x:x + cw] for q, y, x in zip(j, ys, xs)]).astype(np.float32)
-            a4 = np.stack([F4[q][:, y // 2:(y + ch) // 2, x // 2:(x + cw) // 2] for q, y, x in zip(j, ys, xs)]).astype(np.float32)
+            al = levels[-1]  # crops start on the coarsest layer's grid
+            ys = [int(rng.integers(0, (T[q].shape[0] - ch) // al + 1)) * al for q in j]
+            xs = [int(rng.integers(0, (T[q].shape[1] - cw) // al + 1)) * al for q in j]
+            ins = [torch.from_numpy(np.stack([FE[q][i][:, y // m:(y + ch) // m, x // m:(x + cw) // m]
+                                              for q, y, x in zip(j, ys, xs)]).astype(np.float32))
+                   for i, m in enumerate(levels)]
             t = np.stack([T[q][y:y + ch, x:x + cw] for q, y, x in zip(j, ys, xs)])[:, None] * HEAD_SCALE
-            loss = F.mse_loss(net(torch.from_numpy(a3), torch.from_numpy(a4)), torch.from_numpy(t), reduction="sum") / len(j)
+            loss = F.mse_loss(net(*ins), torch.from_numpy(t), reduction="sum") / len(j)
             opt.zero_grad()
             loss.backward()
             opt.step()
             ema.update_parameters(net)
         sched.step()
-        if ep % 5 == 0 or ep == args.epochs:
-            h = pick_score() if picks else -ep
+        if ep % args.eval_every == 0 or ep == args.epochs:
+            h = pick_score() if picks and args.select == "pick" else -ep
             if h < best[0]:
                 best = (h, ep, {k: v.detach().clone() for k, v in ema.module.state_dict().items()})
-            print(f"epoch {ep}: pick mean rel. error {h:.4f} (best {best[0]:.4f} @ {best[1]}) {time.time() - t0:.0f} s",
-                  flush=True)
-    ema.module.load_state_dict(best[2])
-
-    meta = {"backbone": f"{Path(args.model).name} (ultralytics YOLO11n, COCO)", "input_side": args.input_side,
-            "data": {"sets": args.sets, "train_frames": len(train) - n_video, "video_frames": n_video,
-                     "augment": args.augment, "brt_val_groups": list(datasets.BRT_VAL_GROUPS),
-                     "brt_pick_groups": list(datasets.BRT_PICK_GROUPS)},
-            "epochs": args.epochs, "best_epoch": best[1], "sigma": args.sigma, "lr": args.lr, "batch": args.batch,
-            "seed": args.seed, **{k: figures(k) for k in sorted(evals)},
-            "command": "python scripts/train_density_head.py " + " ".join(sys.argv[1:])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"arch": args.arch, "channels": channels, "hidden": args.hidden, "input_side": args.input_side or None,
-                "state_dict": ema.module.state_dict(), "meta": meta}, out)
+                meta = save(best)  # the best so far is on disk: a run stopped early still leaves a head
+            print(f"epoch {ep}: pick mean rel. error {h:.4f} (best {best[0]:.4f} @ {best[1]}) {time.time() - t0:.0f} s "
+                  + " ".join(f"{k} {figures(k)['mean_rel_error']:.3f}" for k in picks), flush=True)
     print(json.dumps(meta, indent=1))
     return 0
 

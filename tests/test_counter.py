@@ -166,6 +166,29 @@ def test_accuracy_regression_on_dev_photos(detector, density, shtech_dir):
     assert np.mean(list(errs.values())) <= MEAN_REL_ERROR_LIMIT, errs
 
 
+# Fixed CCTV views the counter never trained on: every 6th frame of the Beijing-BRT groups held
+# back from training and from every choice (edge.datasets.BRT_VAL_GROUPS; 28 frames, 10–48
+# people, overhead platform cameras, daylight and dusk), counted as `crowdflow count` counts.
+# Measured (scripts/eval_counting.py --set brt, docs/performance.md): mean relative error 0.19
+# on these 28 (17.3 % on all 165 held-back frames). The limit is about 1.3× that: a head or a
+# policy change that reads unseen CCTV views clearly worse fails here. The ≤ 10 % target is not
+# met (docs/performance.md says by how much).
+BRT_LIMIT = 0.25
+
+
+def test_cctv_accuracy_on_held_back_views(detector, density):
+    from edge import datasets
+
+    from .conftest import SHARED, shared_path
+
+    shared_path("data", "beijing_brt_cctv")
+    samples = [s for s in datasets.load("brt", SHARED) if s.part == "val"][::6]
+    counter = CrowdCounter(detector, density)
+    errs = {s.name: abs(counter.count(cv2.imread(str(s.path))).count - s.count) / s.count for s in samples}
+    assert len(errs) >= 25 and {s.group for s in samples} >= {"1-20170419", "2-20170506", "2-20170507"}
+    assert np.mean(list(errs.values())) <= BRT_LIMIT, {k: round(v, 2) for k, v in errs.items()}
+
+
 def test_density_head_reads_the_detector_features_at_any_frame_size(density, model_path, shtech_dir, vtest_frame):
     assert isinstance(density, FeatureDensityModel) and density.features.backend == "openvino"
     import json
@@ -249,10 +272,10 @@ def test_detector_features_from_pytorch_weights_have_the_heads_shapes(tmp_path):
 
     p = tmp_path / "yolo11n-untrained.pt"
     YOLO("yolo11n.yaml").save(str(p))
-    f = DetectorFeatures(p, [16, 19])
+    f = DetectorFeatures(p, [16, 19, 22])
     assert f.backend == "torch"
-    a3, a4 = f(np.random.default_rng(0).random((1, 3, 256, 320), dtype=np.float32))
-    assert a3.shape == (1, 64, 32, 40) and a4.shape == (1, 128, 16, 20)
+    a3, a4, a5 = f(np.random.default_rng(0).random((1, 3, 256, 320), dtype=np.float32))
+    assert a3.shape == (1, 64, 32, 40) and a4.shape == (1, 128, 16, 20) and a5.shape == (1, 256, 8, 10)
 
 
 def test_density_head_on_a_sparse_cctv_view_counts_people_not_clutter(density, vtest_path):

@@ -10,8 +10,10 @@ relative change of the count against daylight:
 * street photos at dusk:            mean ≤ 10 %, each ≤ 20 %;
 * haze/fog on both sets:            mean ≤ 15 %, each ≤ 35 % (auto-levels stretch low contrast);
 * CCTV platforms at dusk:           a KNOWN GAP — the small, steeply seen heads of these
-  360×640 frames drown in the noise: measured mean ~50 % (undercount); held here only as a
-  guard against getting worse (mean ≤ 70 %) until a head trained with more night data lands.
+  360×640 frames drown in the noise: measured mean 48 %, largest 91 % (undercount; 9 frames,
+  2026-12-03). Held to that (mean ≤ 55 %, each ≤ 95 %) so it cannot get worse unseen; brightening
+  or denoising the dark frame first made the density count worse (45 % → gain 55 %, denoise +
+  gain 59 %, inverse gamma 75 %: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def changes(counter, samples, degrade):
     ("shtech", 16, dusk, 0.10, 0.20),
     ("shtech", 16, veil, 0.15, 0.35),
     ("brt", 20, veil, 0.15, 0.35),
-    ("brt", 20, dusk, 0.70, 1.00),  # the known gap (module docstring)
+    ("brt", 20, dusk, 0.55, 0.95),  # the known gap (module docstring)
 ])
 def test_count_in_the_dark_and_haze_against_daylight(counter, name, step, degrade, mean_limit, one_limit):
     c = changes(counter, frames(name, step), degrade)
