@@ -84,7 +84,8 @@ def build_spec(site: Site, sc: Scenario) -> Spec:
     m = sc.model
     params = Params(dt=m.step_s, counterflow_factor=m.counterflow_factor, max_density=m.max_density,
                     patience_s=m.patience_min * 60, balk_w50_s=m.balk_w50_min * 60, balk_scale_s=m.balk_scale_min * 60,
-                    balk_max_per_min=m.balk_max_per_min, route_every_s=m.route_every_s)
+                    balk_max_per_min=m.balk_max_per_min, route_every_s=m.route_every_s,
+                    route_spread_s=m.route_spread_s, route_cutoff=m.route_cutoff, route_smoothing=m.route_smoothing)
     return Spec(places, corridors, connectors, exits, sources, chains, params)
 
 

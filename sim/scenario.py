@@ -153,6 +153,9 @@ class ModelSpec(Strict):
     balk_scale_min: float = Field(3, gt=0, le=600)
     balk_max_per_min: float = Field(0.10, ge=0, le=1)
     route_every_s: float = Field(60, gt=0, le=3600)
+    route_spread_s: float = Field(60, gt=0, le=3600)  # logit scale of the route split (docs/twin.md)
+    route_cutoff: float = Field(5, gt=0, le=50)  # ways slower than cutoff × spread get nothing
+    route_smoothing: float = Field(0.5, gt=0, le=1)  # share of the new split taken per re-evaluation
     reopen_density: float = Field(1.0, gt=0, le=5)
 
 
