@@ -22,8 +22,10 @@ from .model import Site
 
 def osm_path(site: Site, config_dir: Path | None, given: str | None = None) -> Path | None:
     """Where the site's OSM extract is: ``given`` (a command-line path), else $CROWDFLOW_OSM,
-    else ``site.osm.file`` relative to the site file's folder; None when none is named."""
-    raw = given or os.environ.get("CROWDFLOW_OSM") or site.site.osm.file
+    else ``site.osm.file``, else the dashboard's basemap (``dashboard.basemap_file``, built by
+    scripts/build_basemap.py with the same ``@id``s), relative to the site file's folder; None
+    when none is named."""
+    raw = given or os.environ.get("CROWDFLOW_OSM") or site.site.osm.file or site.dashboard.basemap_file
     if not raw:
         return None
     p = Path(raw)
