@@ -68,7 +68,8 @@ def build_spec(site: Site, sc: Scenario) -> Spec:
     places = [Place(zid, zones[zid].walkable_area_m2, ps.length_m or math.sqrt(polys[zid].area),
                     ps.dwell_min * 60.0, zid) for zid, ps in sc.places.items()]
     corridors = [Corridor(cid, c.a, c.b, [Segment(s.zone, s.length_m, s.width_m, s.speed_factor) for s in c.segments],
-                          gate=c.gate) for cid, c in sc.corridors.items()]
+                          entry_cap_pps={end: e.capacity_pps for end, e in c.ends.items()}, gate=c.gate)
+                 for cid, c in sc.corridors.items()]
     hold = {h.gate: h.area_m2 for h in site.holding_areas}
     connectors = [Connector(f"{ln.a}>{ln.b}", ln.a, ln.b, ln.capacity_pps, kind=ln.kind, width_m=ln.width_m,
                             cycle_s=ln.signal.cycle_s if ln.signal else 0.0, green_s=ln.signal.green_s if ln.signal else 0.0,

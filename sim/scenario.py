@@ -58,6 +58,19 @@ class SegmentSpec(Strict):
     speed_factor: float = Field(1.0, gt=0, le=1)  # < 1 where people stroll and stop to view
 
 
+class StepsSpec(Strict):
+    """Stairs (or a ramp, a door) at a corridor's end: a bottleneck for walking onto it."""
+
+    kind: Literal["stairs", "door", "walk", "escalator"] = "stairs"
+    width_m: float = Field(gt=0, le=200)
+    length_m: float | None = Field(None, gt=0, le=1000)  # as mapped (OSM), for the record
+    spec_flow: float | None = Field(None, gt=0, le=5)  # p/(m·s); default by kind (stairs 1.0, SFPE)
+
+    @property
+    def capacity_pps(self) -> float:
+        return self.width_m * (self.spec_flow or SPEC_FLOW.get(self.kind) or 1.22)
+
+
 class CorridorSpec(Strict):
     """A walkway between two places: cells per direction (zones it runs through in order)."""
 
@@ -65,6 +78,7 @@ class CorridorSpec(Strict):
     b: Id
     gate: Id | None = None  # site gate at the a end (a = its outside)
     segments: list[SegmentSpec] = Field(min_length=1)
+    ends: dict[Literal["a", "b"], StepsSpec] = Field(default_factory=dict)  # stairs onto it at either end
 
 
 class SignalSpec(Strict):

@@ -117,3 +117,23 @@ def test_check_config_checks_against_the_extract(raw, osm, tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=REPO,
                          env={**__import__("os").environ, "CROWDFLOW_OSM": ""})
     assert out.returncode == 0 and "not found; zones not checked" in out.stdout
+
+
+def test_the_steps_onto_the_bridge_are_bottlenecks(site):
+    """The bridge sidewalks are reached by OSM steps (ways 1416968846, 23 m; 1416968839, 34 m):
+    walking onto either walkway from the south head passes at most 3 m × 1.0 p/(m·s) (SFPE stairs),
+    less than the walkway itself would take (3 m × 1.22); walking off is not capped there."""
+    from sim.model import build_network
+    from sim.scenario import load_scenario
+
+    sc, _ = load_scenario("mayday-evening", site)
+    net = build_network(site, sc)
+    caps = {}
+    for k in range(net.P):
+        if net.pkind[k] == 0:
+            cid, frm, to, *_ = net.lanes[net.port_lane[k]]
+            caps[(cid, frm)] = net.pcap[k]
+    assert caps[("bridge-east", "bridge-s-head")] == pytest.approx(3.0)
+    assert caps[("bridge-west", "bridge-s-head")] == pytest.approx(3.0)
+    assert caps[("bridge-east", "bridge-n-head")] > 1e9
+    assert sc.corridors["bridge-east"].ends["a"].length_m == 23
