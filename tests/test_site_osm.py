@@ -66,7 +66,10 @@ def test_cameras_and_gates_moved_with_their_zones(site):
     for g in site.gates:
         line = site.projection.to_metric(g.line)
         mid = Point((line[0][0] + line[1][0]) / 2, (line[0][1] + line[1][1]) / 2)
-        assert site.zone_polygons_m[g.inside_zone].exterior.distance(mid) < 8, g.id
+        assert site.zone_polygons_m[g.inside_zone].distance(mid) < 1, g.id
+        if g.outside_zone:  # on the edge between the two zones it joins
+            assert site.zone_polygons_m[g.outside_zone].distance(mid) < 1, g.id
+            assert site.zone_polygons_m[g.inside_zone].exterior.distance(mid) < 1, g.id
 
 
 def test_a_zone_off_its_osm_elements_is_named_with_the_distance(raw, osm):
