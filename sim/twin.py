@@ -27,8 +27,9 @@ API (small and stable; the predictive-control engine rolls it forward many times
   capacity in p/s, optionally a signal cycle) or out of the model (an exit). A port passes
   min(queue, capacity·dt·open, metering rate·dt, what the receiver can take).
 * **People have destinations**: arrivals by source draw an activity chain (stops, then an exit).
-  Each class is (chain, stage); routes are shortest paths on current travel times (crowding
-  and queue waits included, closed ports excluded), recomputed every ``route_every_s``.
+  Each class is (chain, stage); at every place it splits over the ways out that bring it
+  closer to its target by a logit on current travel times (crowding and queue waits included,
+  closed ports excluded), re-evaluated every ``route_every_s`` and damped (:meth:`Twin.split`).
   A stop that cannot be reached is skipped (diverted); an exit that cannot be reached is
   replaced by the nearest open one.
 * **Reactive demand** (documented curves, see docs/twin.md): people queued toward an optional
