@@ -101,6 +101,36 @@ def cmd_check_config(args) -> int:
 
     for path, msg in semantic_warnings(site):
         print(f"warning: {path}: {msg}")
+    return _check_osm(site, args)
+
+
+def _check_osm(site, args) -> int:
+    """The zones against the OpenStreetMap extract they are drawn on (site.osm.file, $CROWDFLOW_OSM
+    or --osm): every zone lies on the OSM elements it names (checks.OSM_CHECKS)."""
+    from crowdflow.site.checks import OSM_CHECKS
+    from crowdflow.site.osm import load_osm, osm_path
+
+    given = getattr(args, "osm", None)
+    path = osm_path(site, Path(args.file).resolve().parent, given)
+    if path is None:
+        return 0
+    if not path.exists():
+        if given:
+            print(f"{path}: no such OSM extract", file=sys.stderr)
+            return 1
+        print(f"note: OSM extract {path} not found; zones not checked against OpenStreetMap")
+        return 0
+    try:
+        osm = load_osm(path)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    problems = [p for check in OSM_CHECKS for p in check(site, osm)]
+    if problems:
+        print(str(ConfigError(f"{args.file} against {path.name}", problems)), file=sys.stderr)
+        return 1
+    print(f"  osm     {len(site.zones)} zones and {sum(1 for r in site.roads if r.osm)} roads lie on the OSM elements "
+          f"they name (within {site.site.osm.tolerance_m:g} m; {path.name}, © OpenStreetMap contributors)")
     return 0
 
 
@@ -695,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check-config", help="validate a site file and print a summary")
     s.add_argument("file", nargs="?", default=cfg)
+    s.add_argument("--osm", help="OpenStreetMap extract (GeoJSON with @id) to check the zones against "
+                                 "(default: site.osm.file, $CROWDFLOW_OSM)")
     s.set_defaults(func=cmd_check_config)
 
     s = sub.add_parser("control", help="run the control service")

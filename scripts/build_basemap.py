@@ -18,6 +18,10 @@ file with the deployment, never in this repository, and show "© OpenStreetMap c
    path is taken from the site file's folder), then ``crowdflow check-config`` and restart the
    dashboard.
 
+The same file is the OSM extract the site is drawn on (``site.osm.file``): every feature keeps
+its OSM id in ``@id`` (``way/939578294``), which ``zones[].osm`` name and ``crowdflow
+check-config`` checks the zones against (``verify_osm_geometry``).
+
 Layers (property ``_layer``): ``building`` (closed ways with ``building``), ``street``
 (``highway`` for vehicles), ``footway`` (footway, steps, pedestrian, path, corridor),
 ``metro_entrance`` (``railway=subway_entrance``), ``metro_station`` (``station=subway`` or

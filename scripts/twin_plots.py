@@ -152,6 +152,10 @@ def evening_plot():
     fig.tight_layout()
     fig.savefig(OUT / "evening.png", dpi=90)
     plt.close(fig)
+    k = int(np.argmax(on))
+    print(f"evening without control (seed 0): {m.state.arrived:,.0f} arrivals, peak {on[k]:,.0f} on site at "
+          f"{t[k]:.2f} h; highest local density " + ", ".join(
+              f"{z} {rows[:, j].max():.2f}" for j, z in sorted(enumerate(m.zones), key=lambda x: -rows[:, x[0]].max())[:3]))
 
 
 if __name__ == "__main__":

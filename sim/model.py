@@ -68,7 +68,8 @@ def build_spec(site: Site, sc: Scenario) -> Spec:
     places = [Place(zid, zones[zid].walkable_area_m2, ps.length_m or math.sqrt(polys[zid].area),
                     ps.dwell_min * 60.0, zid) for zid, ps in sc.places.items()]
     corridors = [Corridor(cid, c.a, c.b, [Segment(s.zone, s.length_m, s.width_m, s.speed_factor) for s in c.segments],
-                          gate=c.gate) for cid, c in sc.corridors.items()]
+                          entry_cap_pps={end: e.capacity_pps for end, e in c.ends.items()}, gate=c.gate)
+                 for cid, c in sc.corridors.items()]
     hold = {h.gate: h.area_m2 for h in site.holding_areas}
     connectors = [Connector(f"{ln.a}>{ln.b}", ln.a, ln.b, ln.capacity_pps, kind=ln.kind, width_m=ln.width_m,
                             cycle_s=ln.signal.cycle_s if ln.signal else 0.0, green_s=ln.signal.green_s if ln.signal else 0.0,
@@ -84,7 +85,8 @@ def build_spec(site: Site, sc: Scenario) -> Spec:
     m = sc.model
     params = Params(dt=m.step_s, counterflow_factor=m.counterflow_factor, max_density=m.max_density,
                     patience_s=m.patience_min * 60, balk_w50_s=m.balk_w50_min * 60, balk_scale_s=m.balk_scale_min * 60,
-                    balk_max_per_min=m.balk_max_per_min, route_every_s=m.route_every_s)
+                    balk_max_per_min=m.balk_max_per_min, route_every_s=m.route_every_s,
+                    route_spread_s=m.route_spread_s, route_cutoff=m.route_cutoff, route_smoothing=m.route_smoothing)
     return Spec(places, corridors, connectors, exits, sources, chains, params)
 
 

@@ -58,6 +58,19 @@ class SegmentSpec(Strict):
     speed_factor: float = Field(1.0, gt=0, le=1)  # < 1 where people stroll and stop to view
 
 
+class StepsSpec(Strict):
+    """Stairs (or a ramp, a door) at a corridor's end: a bottleneck for walking onto it."""
+
+    kind: Literal["stairs", "door", "walk", "escalator"] = "stairs"
+    width_m: float = Field(gt=0, le=200)
+    length_m: float | None = Field(None, gt=0, le=1000)  # as mapped (OSM), for the record
+    spec_flow: float | None = Field(None, gt=0, le=5)  # p/(m·s); default by kind (stairs 1.0, SFPE)
+
+    @property
+    def capacity_pps(self) -> float:
+        return self.width_m * (self.spec_flow or SPEC_FLOW.get(self.kind) or 1.22)
+
+
 class CorridorSpec(Strict):
     """A walkway between two places: cells per direction (zones it runs through in order)."""
 
@@ -65,6 +78,7 @@ class CorridorSpec(Strict):
     b: Id
     gate: Id | None = None  # site gate at the a end (a = its outside)
     segments: list[SegmentSpec] = Field(min_length=1)
+    ends: dict[Literal["a", "b"], StepsSpec] = Field(default_factory=dict)  # stairs onto it at either end
 
 
 class SignalSpec(Strict):
@@ -153,6 +167,9 @@ class ModelSpec(Strict):
     balk_scale_min: float = Field(3, gt=0, le=600)
     balk_max_per_min: float = Field(0.10, ge=0, le=1)
     route_every_s: float = Field(60, gt=0, le=3600)
+    route_spread_s: float = Field(60, gt=0, le=3600)  # logit scale of the route split (docs/twin.md)
+    route_cutoff: float = Field(5, gt=0, le=50)  # ways slower than cutoff × spread get nothing
+    route_smoothing: float = Field(0.5, gt=0, le=1)  # share of the new split taken per re-evaluation
     reopen_density: float = Field(1.0, gt=0, le=5)
 
 

@@ -27,8 +27,9 @@ API (small and stable; the predictive-control engine rolls it forward many times
   capacity in p/s, optionally a signal cycle) or out of the model (an exit). A port passes
   min(queue, capacity·dt·open, metering rate·dt, what the receiver can take).
 * **People have destinations**: arrivals by source draw an activity chain (stops, then an exit).
-  Each class is (chain, stage); routes are shortest paths on current travel times (crowding
-  and queue waits included, closed ports excluded), recomputed every ``route_every_s``.
+  Each class is (chain, stage); at every place it splits over the ways out that bring it
+  closer to its target by a logit on current travel times (crowding and queue waits included,
+  closed ports excluded), re-evaluated every ``route_every_s`` and damped (:meth:`Twin.split`).
   A stop that cannot be reached is skipped (diverted); an exit that cannot be reached is
   replaced by the nearest open one.
 * **Reactive demand** (documented curves, see docs/twin.md): people queued toward an optional
@@ -181,6 +182,15 @@ class Params:
     balk_max_per_min: float = 0.10
     route_every_s: float = 60.0
     crowd_weight: float = 1.0  # weight on the crowding (speed) part of route costs
+    # Route choice (docs/twin.md, "Route choice"): at each place a class splits over the ways
+    # out that bring it strictly closer to its target, by a logit on the current travel time
+    # (walking at the crowd's speed + queue waits): share ∝ exp(−(c − c_min)/route_spread_s).
+    # Ways more than route_cutoff × spread slower get nothing. Each re-evaluation moves the
+    # split ``route_smoothing`` of the way to the new logit (damping, as in the method of
+    # successive averages); closed or unreachable ways drop to zero at once.
+    route_spread_s: float = 60.0
+    route_cutoff: float = 5.0
+    route_smoothing: float = 0.5
 
 
 @dataclass
@@ -342,6 +352,15 @@ class Network:
         self.NXT[np.arange(self.K), self.cnext] = 1.0
         self.SP = np.zeros((N, S))
         self.SP[self.src_place, np.arange(S)] = 1.0
+        self.PF = np.zeros((N, self.P))  # place a port leaves
+        self.PF[self.pfrom, np.arange(self.P)] = 1.0
+        k1 = np.flatnonzero(self.pkind == 1)
+        self.PH1 = np.zeros((N, self.P))  # place a connector leads into
+        self.PH1[self.phead[k1], k1] = 1.0
+        self.k0 = np.flatnonzero(self.pkind == 0)
+        self.k2 = np.flatnonzero(self.pkind == 2)
+        # class k's target column in the distance table (class 0: any exit, filled in route())
+        self.ex_nodes = N + np.arange(len(self.exits))
 
     # -- helpers
 
@@ -376,7 +395,7 @@ class State:
     port_flow: np.ndarray | None = None  # [P] persons through each port, since start
     src_in: np.ndarray | None = None  # [S] persons in from each source, since start
     visits: np.ndarray | None = None  # [Z] zone entries (people entering a zone), since start
-    nh: np.ndarray | None = None  # [N, K] next port per class (routing), -1 none
+    split: np.ndarray | None = None  # [P, K] share of class k at the port's place taking it (routing)
     next_route: float = -INF
     wait_sum: float = 0.0  # person-seconds queued at ports and held at sources
     last_port: np.ndarray | None = None  # [P] persons through each port in the last step
@@ -461,12 +480,9 @@ class Twin:
 
     def port_queue(self, st: State) -> np.ndarray:
         n = self.net
-        q = np.zeros(n.P)
-        nh = st.nh
-        if nh is None:
-            return q
-        ok = nh >= 0
-        return np.bincount(nh[ok], st.rdy[ok], minlength=n.P)
+        if st.split is None:
+            return np.zeros(n.P)
+        return (st.rdy[n.pfrom] * st.split).sum(1)
 
     def zone_counts(self, st: State) -> np.ndarray:
         n = self.net
@@ -502,7 +518,8 @@ class Twin:
     # -- routing
 
     def route(self, st: State, ctl: Controls) -> None:
-        """Next port per (place, class): shortest current travel time to the class's target."""
+        """Route split per (place, class) over the ways out, by the current travel times to the
+        class's target (crowding and queue waits included, closed ways excluded): see split()."""
         n, fd = self.net, self.fd
         N, E = n.N, len(n.exits)
         V = N + E
@@ -534,42 +551,50 @@ class Twin:
                 break
             dist = new
         tcol = {int(t): j for j, t in enumerate(T)}
-        # best port per (place, target)
-        best = np.full((N, len(T)), -1)
-        bestc = np.full((N, len(T)), INF)
-        for k in range(n.P):
-            c = w[k] + dist[n.phead[k]]
-            i = n.pfrom[k]
-            better = c < bestc[i]
-            bestc[i] = np.where(better, c, bestc[i])
-            best[i] = np.where(better, k, best[i])
-        reach = bestc < INF / 2
-        nh = np.full((N, n.K), -1)
-        for k in range(1, n.K):
-            j = tcol[int(n.ctarget[k])]
-            nh[:, k] = np.where(reach[:, j], best[:, j], -1)
-        # class 0 leaves by the nearest open exit
-        ex_cols = [tcol[N + e] for e in range(E)]
-        ec = bestc[:, ex_cols]
-        jbest = np.argmin(ec, axis=1)
-        nh[:, 0] = np.where(ec[np.arange(N), jbest] < INF / 2, best[np.arange(N), np.array(ex_cols)[jbest]], -1)
-        nh[n.at_stop] = -1
-        st.nh = nh
-        self._reach = reach
-        self._tcol = tcol
+        # the travel time to go per class: its target's column; class 0 leaves by the nearest
+        # open exit, i.e. the smallest of the exit columns
+        D = np.empty((V, n.K))
+        D[:, 1:] = dist[:, [tcol[int(t)] for t in n.ctarget[1:]]]
+        D[:, 0] = dist[:, [tcol[int(x)] for x in n.ex_nodes]].min(1) if E else INF
+        self.split(st, w, D)
+
+    def split(self, st: State, w: np.ndarray, D: np.ndarray) -> None:
+        """Shares of each class over the ways out of each place (``st.split``, [P, K]) from the
+        port costs ``w`` and the time-to-target table ``D`` ([V, K]): a logit over the ways
+        that bring the class strictly closer to its target (no loops), damped against the
+        previous split; ways closed or leading nowhere get nothing at once."""
+        n, p = self.net, self.p
+        c = w[:, None] + D[n.phead]  # [P, K] via this port
+        here = D[n.pfrom]
+        avail = (c < INF / 2) & (D[n.phead] < here - 1e-9) & ~n.at_stop[n.pfrom]
+        cmin = np.full((n.N, n.K), INF)
+        np.minimum.at(cmin, n.pfrom, np.where(avail, c, INF))
+        beta = max(p.route_spread_s, 1e-9)
+        rel = np.where(avail, c - cmin[n.pfrom], INF)
+        wgt = np.where(rel <= p.route_cutoff * beta, np.exp(-np.clip(rel, 0.0, p.route_cutoff * beta) / beta), 0.0)
+        tot = (n.PF @ wgt)[n.pfrom]
+        logit = np.where(tot > 0, wgt / np.maximum(tot, 1e-300), 0.0)
+        prev = st.split
+        a = p.route_smoothing
+        if prev is not None and a < 1.0:
+            keep = np.where(logit > 0, prev, 0.0)  # the previous split on the ways still in the choice set
+            ktot = (n.PF @ keep)[n.pfrom]
+            keep = np.where(ktot > 0, keep / np.maximum(ktot, 1e-300), logit)
+            logit = a * logit + (1.0 - a) * keep
+        st.split = logit
 
     # -- one step
 
     def step(self, st: State, ctl: Controls, demand: bool = True) -> None:
         n, fd, p = self.net, self.fd, self.p
         dt = p.dt
-        if st.nh is None or st.t >= st.next_route:
+        if st.split is None or st.t >= st.next_route:
             self.route(st, ctl)
             st.next_route = st.t + p.route_every_s
-        nh = st.nh
+        split = st.split
 
         # stops that cannot be reached: skip them (divert); unreachable exits: leave by another
-        stuck = (nh < 0) & ~n.at_stop
+        stuck = ~(n.PF @ split > 0.5) & ~n.at_stop
         stuck[:, 0] = False
         if stuck.any():
             amt = np.where(stuck, st.rdy, 0.0)
@@ -616,9 +641,8 @@ class Twin:
         f_last = want_last
 
         # 2. ports: queues at places → lanes / other places / exits
-        q = np.zeros(n.P)
-        ok = nh >= 0
-        q = np.bincount(nh[ok], st.rdy[ok], minlength=n.P)
+        R = st.rdy[n.pfrom] * split  # [P, K] queued at each way out, by class
+        q = R.sum(1)
         cap = np.minimum(n.pcap * ctl.port_cap_mult, ctl.port_rate)
         green = np.ones(n.P)
         sig = ctl.signal_on & (n.pcycle > 0)
@@ -657,28 +681,23 @@ class Twin:
         # arrivals into places from lanes: start activity/crossing
         st.act += n.LT @ fll
         zl = n.place_zone[n.lane_to]
-        # apply port flows
+        # apply port flows: each port passes the same share of everyone queued at it
         phi = np.where(q > 1e-12, pf / np.maximum(q, 1e-12), 0.0)
-        moved = np.where(ok, st.rdy * phi[np.maximum(nh, 0)], 0.0)
-        st.rdy -= moved
-        ii, kk = np.nonzero(moved > 0)
-        amt = moved[ii, kk]
-        ports = nh[ii, kk]
-        kind = n.pkind[ports]
-        m0 = kind == 0
-        st.cell[n.pcell[ports[m0]], kk[m0]] += amt[m0]  # (first cell, class) pairs are unique
-        m1 = kind == 1
-        st.act += np.bincount(n.phead[ports[m1]] * n.K + kk[m1], amt[m1], minlength=n.N * n.K).reshape(n.N, n.K)
-        m2 = kind == 2
-        out_n = float(amt[m2].sum())
-        st.exited += out_n
-        st.exits += np.bincount(n.phead[ports[m2]] - n.N, amt[m2], minlength=len(n.exits))
+        moved = R * phi[:, None]  # [P, K]
+        pf = moved.sum(1)
+        st.rdy -= n.PF @ moved
+        st.cell[n.pcell[n.k0]] += moved[n.k0]  # each lane's first cell has one port
+        st.act += n.PH1 @ moved
+        out_k = moved[n.k2].sum(1)
+        st.exited += float(out_k.sum())
+        st.exits += np.bincount(n.phead[n.k2] - n.N, out_k, minlength=len(n.exits))
         st.last_port = pf.copy()
         st.port_flow += pf
         # zone visits: people entering a zone (a place's zone, or a lane's first cell zone)
         if len(n.zones):
-            hz = np.where(m1, n.place_zone[np.minimum(n.phead[ports], n.N - 1)], -1)
-            hz = np.where(m0, n.czone[n.pcell[ports]], hz)
+            amt = pf  # persons through each port this step
+            hz = np.where(n.pkind == 1, n.place_zone[np.minimum(n.phead, n.N - 1)], -1)
+            hz = np.where(n.pkind == 0, n.czone[np.maximum(n.pcell, 0)], hz)
             g = hz >= 0
             st.visits += np.bincount(hz[g], amt[g], minlength=len(n.zones))
             gl = zl >= 0
@@ -706,7 +725,8 @@ class Twin:
         h = p.balk_max_per_min / (1.0 + np.exp(-(wait - p.balk_w50_s) / p.balk_scale_s))
         pb = 1.0 - np.exp(-h * dt / 60.0)
         if (pb > 1e-6).any():
-            bk = np.where(ok & n.coptional[None, :], st.rdy * pb[np.maximum(nh, 0)], 0.0)
+            pbk = n.PF @ (split * pb[:, None])  # [N, K] balking hazard over the ways each class takes
+            bk = np.where(n.coptional[None, :], st.rdy * pbk, 0.0)
             b = bk.sum()
             if b > 0:
                 st.rdy -= bk

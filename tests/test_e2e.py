@@ -37,7 +37,8 @@ def test_video_to_map(tmp_path, redis_url, keys, vtest_path, model_path):
                        "--max-frames", "50")
         live = wait_for(lambda: (z := plaza(base, auth))["status"] == "ok" and z, 90, what="plaza live")
         assert live["count"] > 0 and live["density"] > 0
-        assert live["sources"] == ["cam-cangbai-plaza"] and live["method"] == "detect"
+        # detection (tiled where the plaza runs far into the view: its camera looks along the strip)
+        assert live["sources"] == ["cam-cangbai-plaza"] and live["method"] in ("detect", "tiled")
         assert abs(time.time() - live["updated_at"]) < 10
         assert edge.wait(timeout=90) == 0, s.logs()
 

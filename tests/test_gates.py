@@ -60,8 +60,11 @@ def test_site_gate_direction_walking_from_outside_zone_to_inside_zone_is_in(site
     a, b = np.array(site.projection.to_metric(gate.line))
     gc = GateCounter(GateLine(gate.id, a, b, band_m=0.5))
     mid = (a + b) / 2
-    plaza = np.array(site.projection.to_metric([(106.5795, 29.5639)])[0])  # inside cangbai-plaza
-    assert site.zone_polygons_m["cangbai-plaza"].contains(Point(*plaza))
+    # a point 4 m off the gate, on whichever side the plaza's polygon is (south of the line)
+    n = np.array([-(b - a)[1], (b - a)[0]]) / np.linalg.norm(b - a)
+    plaza = next(p for p in (mid + 4 * n, mid - 4 * n) if site.zone_polygons_m["cangbai-plaza"].contains(Point(*p)))
+    assert site.zone_polygons_m["hyd-upper"].contains(Point(*(2 * mid - plaza)))  # the other side: the floors
+    assert plaza[1] < mid[1]  # the plaza is on the 沧白路 (south) side
     path = [plaza + (mid - plaza) * f for f in np.linspace(0, 2, 25)]  # on through the gate and beyond
     for i, p in enumerate(path):
         gc.update(i * 0.2, [1], [p])

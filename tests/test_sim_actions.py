@@ -35,9 +35,10 @@ def test_road_cut_needs_officers_and_set_up_before_it_frees_space(site, scenario
     assert m.cut_roads == {"road-jiabin"}  # officers there: the road is closed to traffic …
     assert m.roads_freed == set()  # … but the area is not free until set-up is done
     i = m.zones.index("jiabin-frontage")
-    assert m.area[i] == 800
+    own = site.zone_by_id["jiabin-frontage"].walkable_area_m2  # 1,194 m² (199 m on OSM × 6 m)
+    assert m.area[i] == own
     m.run_until(t0 + travel + road.setup_min * 60 + 30)
-    assert m.roads_freed == {"road-jiabin"} and m.area[i] == pytest.approx(800 + 0.5 * 4200)
+    assert m.roads_freed == {"road-jiabin"} and m.area[i] == pytest.approx(own + 0.5 * 4200)
     assert m.staff_board.dispatched >= road.officers
     # released: cut (and counted) through the tear-down, then open and the officers go back later
     t1 = m.t
@@ -45,7 +46,7 @@ def test_road_cut_needs_officers_and_set_up_before_it_frees_space(site, scenario
     m.run_until(t1 + road.teardown_min * 60 - 30)
     assert m.cut_roads == {"road-jiabin"}
     m.run_until(t1 + road.teardown_min * 60 + 30)
-    assert m.cut_roads == set() and m.roads_freed == set() and m.area[i] == 800
+    assert m.cut_roads == set() and m.roads_freed == set() and m.area[i] == own
 
 
 def test_pre_positioned_staff_make_the_cut_faster(site, scenario):

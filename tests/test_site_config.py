@@ -34,9 +34,10 @@ def test_capacity_is_walkable_area_over_area_per_visitor(site):
 
 
 def test_zone_polygons_are_in_metric_crs(site):
-    # The east walkway mid-span strip is 3.5 m wide and about 410 m long.
+    # The east walkway's mid-span strip: 3.6 m wide along OSM way 1416554081 (876.8 m by
+    # haversine, 874.6 m in UTM 48N) less the 180 m south and north strips.
     poly = site.zone_polygons_m["bridge-e-mid"]
-    assert poly.area == pytest.approx(3.5 * 410.6, rel=0.02)
+    assert poly.area == pytest.approx(3.6 * (874.6 - 2 * 180), rel=0.01)
 
 
 def test_two_point_ring(raw):

@@ -11,13 +11,15 @@ One module per group of sections (Frigate style):
 * :mod:`.plans`   — actions (``Action``), tiered ``plans``, ``emergency``;
 * :mod:`.measures` — first-class ``measures`` (trigger, release, min on/off, cost) and the ``staff`` pool;
 * :mod:`.model`   — :class:`Site`, the whole file, with its lookups and helpers;
-* :mod:`.checks`  — the named ``verify_*`` cross-checks, listed in ``CHECKS``;
+* :mod:`.checks`  — the named ``verify_*`` cross-checks, listed in ``CHECKS`` (``OSM_CHECKS``: against the
+  OpenStreetMap extract the site is drawn on, run by ``check-config``);
+* :mod:`.osm`     — reading that extract (ODbL, not in the repository);
 * :mod:`.load`    — parsing and path-precise errors.
 """
 
 from ..vocab import LEVELS, Id
 from .base import ConfigError, LonLat, Strict, Text, check_ring
-from .checks import CHECKS, WARNINGS, semantic_problems, semantic_warnings
+from .checks import CHECKS, OSM_CHECKS, WARNINGS, semantic_problems, semantic_warnings, verify_osm_geometry
 from .load import load_site, parse_site, validate_file_model
 from .model import Projection, Site
 from .places import Basemap, BasemapArea, CalibrationPoint, Camera, ClosurePoint, Gate, HoldingArea, Post, Preset, Road, Zone
@@ -44,6 +46,7 @@ from .runtime import (
     DashboardUser,
     EdgeSection,
     RedisSection,
+    OsmSource,
     SiteInfo,
     TileLayer,
 )
@@ -54,6 +57,6 @@ __all__ = [
     "CalibrationPoint", "Camera", "Gate", "Post", "Preset", "Road", "Zone", "Action", "BroadcastAction",
     "Emergency", "ExitOnlyAction", "Hysteresis", "MetroLimitAction", "OneWayAction", "Plan", "PlanLevel",
     "StaffingAction", "TrafficCutoffAction", "Triggers", "MeteringAction", "ClosurePoint", "HoldingArea", "StaffPool", "ControlSection", "DashboardSection", "DashboardUser",
-    "EdgeSection", "RedisSection", "SiteInfo", "TileLayer",
+    "EdgeSection", "RedisSection", "SiteInfo", "TileLayer", "OsmSource", "OSM_CHECKS", "verify_osm_geometry",
     "Measure", "MeasureCost", "MeasureRelease", "MeasureTrigger",
 ]

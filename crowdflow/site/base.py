@@ -39,6 +39,10 @@ def _check_lonlat(p: tuple[float, float]) -> tuple[float, float]:
 
 LonLat = Annotated[tuple[float, float], AfterValidator(_check_lonlat)]
 
+# An OpenStreetMap element: "node/123", "way/939578294", "relation/11154724".
+OSM_REF_PATTERN = r"^(node|way|relation)/[0-9]+$"
+OsmRef = Annotated[str, Field(pattern=OSM_REF_PATTERN)]
+
 
 def check_ring(v: list[LonLat]) -> list[LonLat]:
     """A polygon ring of ≥3 distinct points; a closing repeat of the first point is dropped."""

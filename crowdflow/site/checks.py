@@ -358,3 +358,66 @@ WARNINGS: tuple[Callable[[Site], Problems], ...] = (verify_triggers_reachable,)
 def semantic_warnings(site: Site) -> Problems:
     """Every named warning check's findings, in order."""
     return [w for check in WARNINGS for w in check(site)]
+
+
+# ----------------------------------------------------------------------------- OSM geometry
+#
+# Run by ``check-config`` when the site's OpenStreetMap extract is at hand (site.osm.file,
+# $CROWDFLOW_OSM or --osm); the extract is ODbL and not in the repository, so it is not part
+# of loading a site.
+
+
+def osm_reach_m(site: Site, points, refs: list[str], osm, closed: bool = True) -> float:
+    """How far (m) the farthest point of an outline (a zone's ring when ``closed``, a road's
+    line otherwise) lies from the OSM features ``refs`` (0 inside a footprint), sampled every
+    metre along it."""
+    import numpy as np
+    import shapely
+    from shapely.geometry import LineString, Point
+    from shapely.ops import unary_union
+
+    proj = site.projection
+    feats = []
+    for r in refs:
+        for part in getattr(osm[r], "geoms", [osm[r]]):
+            if part.geom_type == "Point":
+                feats.append(Point(proj.to_metric([part.coords[0]])[0]))
+            elif part.geom_type == "LineString":
+                feats.append(LineString(proj.to_metric(list(part.coords))))
+            elif part.geom_type == "Polygon":
+                feats.append(Polygon(proj.to_metric(list(part.exterior.coords))))
+    pts = proj.to_metric(list(points))
+    outline = LineString(pts + [pts[0]] if closed else pts)
+    dense = np.asarray(shapely.segmentize(outline, 1.0).coords)
+    return float(shapely.distance(unary_union(feats), shapely.points(dense)).max())
+
+
+def verify_osm_geometry(site: Site, osm) -> Problems:
+    """Every zone names the OSM features it is drawn on (``zones[].osm``: the complex's
+    footprint, footways, steps, sidewalks, metro exits), they are in the extract, and no point
+    of the zone lies farther than ``site.osm.tolerance_m`` from them. Roads that name their
+    OSM ways follow them within the same tolerance."""
+    problems: Problems = []
+    tol = site.site.osm.tolerance_m
+    for kind, items in (("zones", site.zones), ("roads", site.roads)):
+        for i, it in enumerate(items):
+            refs = list(it.osm)
+            if not refs:
+                if kind == "zones":
+                    problems.append((f"zones[{i}].osm", f"zone {it.id} names no OSM feature it lies on"))
+                continue
+            missing = [(j, r) for j, r in enumerate(refs) if r not in osm]
+            for j, r in missing:
+                problems.append((f"{kind}[{i}].osm[{j}]", f"{r} is not in the OSM extract"))
+            if missing:
+                continue
+            closed = kind == "zones"
+            reach = osm_reach_m(site, it.polygon if closed else it.line, refs, osm, closed=closed)
+            if reach > tol:
+                what = "polygon" if closed else "line"
+                problems.append((f"{kind}[{i}].{what}", f"reaches {reach:.0f} m from the OSM features it names "
+                                                        f"({', '.join(refs)}); tolerance {tol:g} m"))
+    return problems
+
+
+OSM_CHECKS = (verify_osm_geometry,)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from .. import crowd
-from .base import Id, LonLat, Strict, Text, check_ring
+from .base import Id, LonLat, OsmRef, Strict, Text, check_ring
 
 
 class Zone(Strict):
@@ -18,6 +18,10 @@ class Zone(Strict):
     floors: int = Field(1, ge=1, le=20)
     walkable_area_m2: float = Field(gt=0)
     area_per_visitor_m2: float = Field(ge=0.3, le=20)
+    # The OpenStreetMap features the zone is drawn on ("way/939578294", "node/…"): the complex's
+    # footprint, the footways and steps people walk. `crowdflow check-config` checks that the
+    # polygon lies on them (verify_osm_geometry, within site.osm.tolerance_m).
+    osm: list[OsmRef] = Field(default_factory=list)
 
     @field_validator("polygon")
     @classmethod
@@ -88,6 +92,7 @@ class Road(Strict):
     id: Id
     name: Text
     line: list[LonLat] = Field(min_length=2)
+    osm: list[OsmRef] = Field(default_factory=list)  # the OSM ways of the carriageway it cuts
     pedestrian_area_m2: float = Field(0, ge=0)
     # When cut off, the zones beside it gain its pedestrian area in these shares: people
     # spread onto the road, and control counts them with the zone (see control/zones.py).

@@ -11,12 +11,22 @@ from ..vocab import PREFIX_PATTERN, Role
 from .base import Id, LonLat, Strict, Text
 
 
+class OsmSource(Strict):
+    """The OpenStreetMap extract the site is drawn on (zones[].osm, roads[].osm name its
+    elements). The data is ODbL and stays out of the repository: a path relative to the site
+    file, checked by `crowdflow check-config` when it is there (CROWDFLOW_OSM overrides)."""
+
+    file: str | None = None
+    tolerance_m: float = Field(15.0, gt=0, le=200)  # how far a zone may reach beyond what it names
+
+
 class SiteInfo(Strict):
     id: Id
     name: Text
     crs: str = "EPSG:32648"
     center: LonLat
     timezone: str = "Asia/Shanghai"
+    osm: OsmSource = OsmSource()
 
     @field_validator("crs")
     @classmethod
