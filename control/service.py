@@ -85,6 +85,20 @@ KEY_TYPE = {"hset": "hash", "hdel": "hash", "xadd": "stream", "xack": "stream", 
 MAINTAIN_EVERY_S = max(2.0, 30.0 / RETENTION_SCALE)  # retention: old command results, dropped recommendations/alarms, audit archive
 
 
+def tune_gc() -> None:
+    """For a long-running control process, once the site is loaded: move everything alive
+    now (the site, its geometry) out of the collector's view and collect young objects less
+    often. A 10,000-zone site is hundreds of thousands of objects that every full collection
+    walked again; the hot path allocates many short-lived ones (records, views), which
+    triggered those collections every few hundred allocations. Reference counting still frees
+    them at once; only cycles wait longer."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 class WriteQueue:
     """Redis writes recorded in order, sent later as one fenced MULTI/EXEC. Mirrors the pipeline
     methods the service uses (``hset``, ``xadd``, …): ``out.hset(k, f, v)`` queues the call."""
@@ -497,7 +511,10 @@ class ControlService:
         by_cam: dict[str, list[int]] = {}
         for _, obs in good:
             by_cam.setdefault(obs.camera_id, []).append(obs.seq)
-        pipe = self.r.pipeline(transaction=False)
+        # One MULTI/EXEC of reads (all keys in the partition's slot): on a cluster, a plain
+        # pipeline looks up the node of every command under the client's lock, which the
+        # partitions' threads of a worker queued on (a lock convoy: ~7 ms per camera).
+        pipe = self.r.pipeline(transaction=True)
         for cam, seqs in by_cam.items():
             pipe.zmscore(self.keys.obs_seen(cam), seqs)
         seen = {}

@@ -26,7 +26,7 @@ from crowdflow.site import LEVELS, Site, TrafficCutoffAction
 
 from .forecast import forecasts, minutes_to_ratio
 from .fusion import OccupancyFilter, Reading, aged, fuse, reading_variance
-from .ground import Ground
+from .ground import ground_of
 
 FLOW_WINDOW_S = 60.0
 FUTURE_TOLERANCE_S = 5.0  # a view dated further ahead of control's clock is not trusted as fresh
@@ -93,7 +93,7 @@ class ZoneBook:
         self._thresholds = level_thresholds(site)
         self._gates = {g.id: g for g in site.gates}
         self._extra_area: dict[str, float] = {}
-        self.ground = Ground(site)
+        self.ground = ground_of(site)
         self._last_ok: dict[str, dict[str, CameraView]] = {z.id: {} for z in site.zones}
         self._std: dict[str, float] = {}
         # Gate widths (m) and the crossings each gate reported: measured flow per metre.

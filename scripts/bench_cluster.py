@@ -156,6 +156,9 @@ def control_worker(url: str, prefix: str, site_dict: dict, wid: str, ready, go, 
     logging.basicConfig(level=logging.WARNING)
     site = parse_site(site_dict, "synthetic")
     w = Worker(site, connect(url), Keys(prefix), worker_id=wid, stale_after_s=3600)
+    from control.service import tune_gc
+
+    tune_gc()  # as `crowdflow control` does
     ready.release()
     go.wait()
     stop = threading.Event()
