@@ -548,7 +548,9 @@ class ControlService:
             if mono - self._seen_trimmed.get(key, float("-inf")) >= SEEN_TRIM_EVERY_S:
                 self._seen_trimmed[key] = mono
                 out.zremrangebyscore(key, "-inf", now - SEEN_KEEP_S)
-                out.expire(key, int(SEEN_KEEP_S + SEEN_TRIM_EVERY_S))  # a camera taken away leaves nothing behind
+                # a camera taken away leaves nothing behind; refreshed once a minute, so marks
+                # live at least SEEN_KEEP_S − 60 s, still well beyond MAX_AGE_S
+                out.expire(key, int(SEEN_KEEP_S))
             self.newest_applied = max(self.newest_applied or 0.0, max(mapping.values()))
         return touched
 

@@ -161,9 +161,7 @@ def cmd_control(args) -> int:
 
     tune_gc()  # the site is loaded: keep it out of the collector's passes
     port = args.metrics_port or int(os.environ.get("CROWDFLOW_CONTROL_METRICS_PORT", "0") or 0)
-    if port and site.control.partitions:
-        log.warning("control metrics are per partition service and not served by a partitioned worker yet")
-    elif port:
+    if port:  # a partitioned worker labels every family by partition (control/metrics.py)
         from control.metrics import ControlMetrics
 
         ControlMetrics(svc).serve(port)
