@@ -39,7 +39,7 @@ from pathlib import Path
 from crowdflow.bus import (
     AUDIT_KEEP_S, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S, RESULTS_KEEP_S,
     RETENTION_SCALE, SEEN_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
-    LeaseLost, quarantine_wrong_type, raw_client, refresh_slots, signature_ok, text,
+    LeaseLost, SlotMoved, quarantine_wrong_type, raw_client, refresh_slots, signature_ok, slot_client, text,
 )
 from crowdflow.records import (
     Alarm,
@@ -514,11 +514,16 @@ class ControlService:
         # One MULTI/EXEC of reads (all keys in the partition's slot): on a cluster, a plain
         # pipeline looks up the node of every command under the client's lock, which the
         # partitions' threads of a worker queued on (a lock convoy: ~7 ms per camera).
-        pipe = self.r.pipeline(transaction=True)
+        pipe = slot_client(self.r, self.keys.leader).pipeline(transaction=True)
         for cam, seqs in by_cam.items():
             pipe.zmscore(self.keys.obs_seen(cam), seqs)
+        try:
+            scores_all = pipe.execute()
+        except (redis.exceptions.MovedError, redis.exceptions.AskError) as e:
+            refresh_slots(self.r, self.raw)
+            raise SlotMoved(str(e)) from None
         seen = {}
-        for (cam, seqs), scores in zip(by_cam.items(), pipe.execute()):
+        for (cam, seqs), scores in zip(by_cam.items(), scores_all):
             for seq, score in zip(seqs, scores or [None] * len(seqs)):
                 if score is not None:
                     seen[(cam, seq)] = True

@@ -353,6 +353,24 @@ def refresh_slots(*clients) -> None:
                 pass  # every node still down: the next failure tries again
 
 
+def slot_client(r, key: str):
+    """The plain client of the master serving ``key``'s slot (``r`` itself on a single node).
+
+    For a transaction or pipeline whose keys all share one slot (a partition's, by its hash
+    tag): RedisCluster's pipeline parses every command for its keys and looks up its node under
+    the client's lock (a third of a partitioned worker's CPU, and a lock convoy between the
+    partitions' threads); the master's own client just sends them. A failover surfaces as a
+    connection error (the caller re-reads the slot map: :func:`refresh_slots`), a moved slot as
+    :class:`SlotMoved`."""
+    if not is_cluster(r):
+        return r
+    return r.get_node_from_key(key).redis_connection
+
+
+class SlotMoved(redis.ConnectionError):
+    """A slot served elsewhere now (MOVED/ASK to a pinned client): transient, re-read the map."""
+
+
 def raw_client(r: redis.Redis) -> redis.Redis:
     """A twin of ``r`` (same server, timeouts, retry) that returns bytes, never decoding."""
     if is_cluster(r):
@@ -620,7 +638,14 @@ return {1, prev}
         raise AssertionError("unreachable")
 
     def _transaction(self, build) -> list:
-        with self.r.pipeline(transaction=True) as pipe:
+        try:
+            return self._transaction_on(slot_client(self.r, self.key), build)
+        except (redis.exceptions.MovedError, redis.exceptions.AskError) as e:
+            refresh_slots(self.r)
+            raise SlotMoved(str(e)) from None
+
+    def _transaction_on(self, client, build) -> list:
+        with client.pipeline(transaction=True) as pipe:
             pipe.watch(self.key, self.last_key)
             holder = pipe.get(self.key)
             lapsed = False
