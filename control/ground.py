@@ -101,6 +101,7 @@ class Ground:
         self._parts: dict[tuple, tuple[list[Part], set[str]]] = {}
         self._parts_max = max(4096, 16 * len(site.zones))
         self._fp: dict[tuple[str, str], Polygon] = {}
+        self._first = {c.id: c.presets[0].id for c in site.cameras if c.presets}
         proj = site.projection
         # Computed here, once, not by the first observation: Python 3.11's cached_property
         # holds one lock per property for every instance, so the partitions' threads of a
@@ -118,6 +119,15 @@ class Ground:
                     self._fp[(cam.id, p.id)] = affinity.translate(fp, *gd.mean(axis=0))
                 except ValueError:
                     self._fp[(cam.id, p.id)] = Polygon()
+        # The overlay of every zone with all its cameras at their first preset, the steady state,
+        # is computed here once, not by the first observation after a takeover.
+        covering: dict[str, list[tuple[str, str | None]]] = {}
+        for cam in site.cameras:
+            for zid in cam.zones:
+                covering.setdefault(zid, []).append((cam.id, cam.presets[0].id if cam.presets else None))
+        for zid, views in covering.items():
+            if zid in site.zone_by_id:
+                self.parts(zid, tuple(views))
 
     def seen(self, zone_id: str, camera_id: str, preset_id: str | None) -> Polygon | None:
         """The part of the zone this camera sees at this preset (metric); None when the
@@ -136,6 +146,8 @@ class Ground:
 
         Returns the parts (their areas add up to the zone's walkable area) and the cameras
         whose view could not be placed on the ground (unknown preset or empty footprint)."""
+        # A view without a preset is its camera's first preset (as in seen()): one cache entry.
+        views = tuple((c, p if p is not None else self._first.get(c)) for c, p in views)
         key = (zone_id, tuple(sorted(views, key=lambda v: (v[0], v[1] or ""))) if len(views) > 1 else views)
         hit = self._parts.get(key)
         if hit is None:
