@@ -280,6 +280,34 @@ def producer_1hz(url: str, prefix: str, n_cameras: int, parts: dict[int, str], s
         time.sleep(max(0.0, t_next - time.time()))
 
 
+def events_listener(url: str, prefix: str, pids: list[str], seconds: float, start_at: float, out) -> None:
+    """Control's share of the latency: receive time of each zone event in the partitions' event
+    streams − the observation's capture time (polled every 5 ms, one XREAD per partition)."""
+    r = connect(url)
+    base = Keys(prefix)
+    streams = {base.partition(p).events: "$" for p in pids}
+    for s in streams:  # start at the end of each stream
+        info = r.xinfo_stream(s) if r.exists(s) else None
+        streams[s] = info["last-generated-id"] if info else "0-0"
+    lat = []
+    while time.time() < start_at + seconds:
+        got = 0
+        for s, last in list(streams.items()):
+            resp = r.xread({s: last}, count=2000)
+            now = time.time()
+            for _, entries in resp or []:
+                for eid, f in entries:
+                    streams[s] = eid
+                    got += 1
+                    if f.get("type") == "zone" and now > start_at + 2:
+                        rec = json.loads(f["rec"])
+                        if rec["status"] == "ok" and rec.get("updated_at"):
+                            lat.append(now - rec["updated_at"])
+        if not got:
+            time.sleep(0.005)
+    out.put(lat)
+
+
 async def ws_listen(base: str, token: str, seconds: float, start_at: float) -> tuple[list[float], int]:
     """Zone message latencies; a client the dashboard drops as too slow reconnects (as the page
     does) and the drops are counted."""
@@ -352,15 +380,24 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
         start_at = time.time() + 3.0
         ctx = mp.get_context("spawn")
         prod = ctx.Process(target=producer_1hz, args=(url, prefix, n_cameras, parts, seconds, start_at))
+        q = ctx.Queue()
+        ev = ctx.Process(target=events_listener, args=(url, prefix, list(site_dict["control"]["partitions"]),
+                                                      seconds, start_at, q))
         prod.start()
+        ev.start()
         lat, drops = asyncio.run(ws_listen(base, token, seconds, start_at))
         lat = np.array(lat) * 1000
+        ev_lat = np.array(q.get(timeout=120)) * 1000
         prod.join()
+        ev.join()
         return {"cameras": n_cameras, "partitions": len(site_dict["control"]["partitions"]), "n": len(lat),
                 "drops": drops,
                 "p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "p99": float(np.percentile(lat, 99)) if len(lat) else None,
-                "max": float(lat.max()) if len(lat) else None, "expected": int(n_cameras * (seconds - 2))}
+                "max": float(lat.max()) if len(lat) else None, "expected": int(n_cameras * (seconds - 2)),
+                "control_n": len(ev_lat),
+                "control_p50": float(np.percentile(ev_lat, 50)) if len(ev_lat) else None,
+                "control_p99": float(np.percentile(ev_lat, 99)) if len(ev_lat) else None}
     finally:
         for p in procs:
             p.terminate()
@@ -432,6 +469,9 @@ def main() -> int:
             print(f"camera → browser at {n} cameras × 1 Hz ({res['partitions']} partitions, 1 worker, 1 dashboard): "
                   f"{res['n']} zone messages of ~{res['expected']} observations, p50 {res['p50']:.0f} ms, "
                   f"p99 {res['p99']:.0f} ms, max {res['max']:.0f} ms; client dropped as too slow {res['drops']}×")
+            if res["control_n"]:
+                print(f"    of which control (capture → zone event in Redis, {res['control_n']} events): "
+                      f"p50 {res['control_p50']:.0f} ms, p99 {res['control_p99']:.0f} ms")
         out["load_at_end"] = os.getloadavg()
         print(f"load average at start {out['load_at_start'][0]:.1f}, at end {out['load_at_end'][0]:.1f} "
               f"on {out['cpus']} CPUs")
