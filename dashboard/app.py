@@ -365,7 +365,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                 if shown.get(s.zone_id) != key:
                     shown[s.zone_id] = key
                     app.state.metrics.send_lag.observe(max(0.0, now - s.computed_at))
-                    hub.broadcast(json.dumps({"type": "zone", "state": s.model_dump()}, ensure_ascii=False))
+                    # serialised by pydantic's own encoder (as the key above), not through a dict
+                    # and json.dumps: this ran for every zone event and was the follower's largest cost
+                    hub.broadcast('{"type":"zone","state":' + s.model_dump_json() + "}")
 
         async def read(pid: str, k: Keys, last_id: str) -> None:
             while True:
