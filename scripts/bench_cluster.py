@@ -282,29 +282,33 @@ def producer_1hz(url: str, prefix: str, n_cameras: int, parts: dict[int, str], s
 
 def events_listener(url: str, prefix: str, pids: list[str], seconds: float, start_at: float, out) -> None:
     """Control's share of the latency: receive time of each zone event in the partitions' event
-    streams − the observation's capture time (polled every 5 ms, one XREAD per partition)."""
+    streams − the observation's capture time (one blocking XREAD per partition, each in a
+    thread: a cluster refuses one XREAD across slots)."""
+    import threading
+
     r = connect(url)
     base = Keys(prefix)
-    streams = {base.partition(p).events: "$" for p in pids}
-    for s in streams:  # start at the end of each stream
-        info = r.xinfo_stream(s) if r.exists(s) else None
-        streams[s] = info["last-generated-id"] if info else "0-0"
-    lat = []
-    while time.time() < start_at + seconds:
-        got = 0
-        for s, last in list(streams.items()):
-            resp = r.xread({s: last}, count=2000)
+    lat: list[float] = []
+    end = start_at + seconds
+
+    def follow(stream: str) -> None:
+        last = r.xinfo_stream(stream)["last-generated-id"] if r.exists(stream) else "0-0"
+        while time.time() < end:
+            resp = r.xread({stream: last}, count=2000, block=500)
             now = time.time()
             for _, entries in resp or []:
                 for eid, f in entries:
-                    streams[s] = eid
-                    got += 1
+                    last = eid
                     if f.get("type") == "zone" and now > start_at + 2:
                         rec = json.loads(f["rec"])
                         if rec["status"] == "ok" and rec.get("updated_at"):
                             lat.append(now - rec["updated_at"])
-        if not got:
-            time.sleep(0.005)
+
+    threads = [threading.Thread(target=follow, args=(base.partition(p).events,)) for p in pids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     out.put(lat)
 
 
