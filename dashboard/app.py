@@ -685,7 +685,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             while True:
                 left = s.expires_at - time.time()
                 try:
-                    msg = await asyncio.wait_for(q.get(), timeout=min(max(left, 0.01), SESSION_RECHECK_S))
+                    # a queued message is taken at once: wait_for costs a task per message
+                    msg = q.get_nowait() if left > 0 and not q.empty() else \
+                        await asyncio.wait_for(q.get(), timeout=min(max(left, 0.01), SESSION_RECHECK_S))
                 except asyncio.TimeoutError:
                     # expired, or revoked meanwhile (logout elsewhere, password changed)?
                     if time.time() >= s.expires_at or await session_of(websocket) is None:
