@@ -511,10 +511,11 @@ class ControlService:
         by_cam: dict[str, list[int]] = {}
         for _, obs in good:
             by_cam.setdefault(obs.camera_id, []).append(obs.seq)
-        # One MULTI/EXEC of reads (all keys in the partition's slot): on a cluster, a plain
+        # Down the slot master's own client (all keys in the partition's slot): a cluster
         # pipeline looks up the node of every command under the client's lock, which the
-        # partitions' threads of a worker queued on (a lock convoy: ~7 ms per camera).
-        pipe = slot_client(self.r, self.keys.leader).pipeline(transaction=True)
+        # partitions' threads of a worker queued on (a lock convoy: ~7 ms per camera). Not a
+        # MULTI: Redis refuses that when it is out of memory, and this only reads.
+        pipe = slot_client(self.r, self.keys.leader).pipeline(transaction=False)
         for cam, seqs in by_cam.items():
             pipe.zmscore(self.keys.obs_seen(cam), seqs)
         try:
