@@ -106,6 +106,7 @@ def raw_reader(url: str, streams: list[str], ready, go, out: mp.Queue) -> None:
     r.ping()
     ready.release()
     go.wait()
+    cpu0 = time.process_time()
     n, live = 0, list(streams)
     while live:
         for s in list(live):
@@ -116,10 +117,16 @@ def raw_reader(url: str, streams: list[str], ready, go, out: mp.Queue) -> None:
                 continue
             r.xack(s, GROUP_RAW, *[i for i, _ in entries])
             n += len(entries)
-    out.put((n, time.time()))
+    out.put((n, time.time(), time.process_time() - cpu0))
 
 
-def bench_raw(url: str, prefix: str, by_part: dict[str, list[str]]) -> tuple[float, float]:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_raw(url: str, prefix: str, by_part: dict[str, list[str]]) -> tuple[float, float, float]:
     r = connect(url)
     base = Keys(prefix)
     xadd_rate = preload(r, prefix, by_part)
@@ -144,7 +151,7 @@ def bench_raw(url: str, prefix: str, by_part: dict[str, list[str]]) -> tuple[flo
     n = sum(x[0] for x in res)
     rate = n / (max(x[1] for x in res) - go_at)
     cleanup(r, prefix, by_part)
-    return xadd_rate, rate
+    return xadd_rate, rate, sum(x[2] for x in res) / n * 1e6
 
 
 def control_worker(url: str, prefix: str, site_dict: dict, wid: str, ready, go, stop_at: float) -> None:
@@ -193,9 +200,9 @@ def led(r, prefix: str, pids) -> dict[str, str | None]:
 
 
 def bench_control(url: str, prefix: str, site_dict: dict, by_part: dict[str, list[str]], n_workers: int,
-                  timeout_s: float = 300) -> tuple[float, float]:
+                  timeout_s: float = 300) -> tuple[float, float, float]:
     """(observations/s, seconds from the workers' start until every partition was led and
-    balanced: the takeover, not timed in the rate).
+    balanced: the takeover, not timed in the rate, µs of the workers' CPU per observation).
 
     The streams are loaded first, with the control group created at their end, so the workers
     start, take and balance their partitions with nothing to read; the clock starts when the
@@ -232,6 +239,7 @@ def bench_control(url: str, prefix: str, site_dict: dict, by_part: dict[str, lis
             raise RuntimeError(f"control workers did not take the partitions: {holders}")
         time.sleep(0.1)
     takeover_s = time.time() - t_start - 1.0
+    cpu0 = sum(cpu_s(p.pid) for p in procs)
     go_at = time.time()
     for pid in by_part:
         r.xgroup_setid(base.partition(pid).obs, "control", id="0")
@@ -240,6 +248,7 @@ def bench_control(url: str, prefix: str, site_dict: dict, by_part: dict[str, lis
         ok, left = drained(r, prefix, by_part)
         if ok:
             end = time.time()
+            cpu = sum(cpu_s(p.pid) for p in procs) - cpu0
             break
         time.sleep(0.05)
     for p in procs:
@@ -249,7 +258,7 @@ def bench_control(url: str, prefix: str, site_dict: dict, by_part: dict[str, lis
     cleanup(r, prefix, by_part)
     if end is None:
         raise RuntimeError(f"control did not drain {n} entries in {timeout_s} s")
-    return n / (end - go_at), takeover_s
+    return n / (end - go_at), takeover_s, cpu / n * 1e6
 
 
 # ----------------------------------------------------------------------------- latency
@@ -453,16 +462,20 @@ def main() -> int:
             print(f"site: {args.cameras} cameras in {len(by_part)} partitions over "
                   f"{len({r.get_node_from_key(Keys('x').partition(p).obs).name for p in by_part})} masters; "
                   f"{args.messages} observations")
-            xadd_rate, raw = bench_raw(url, f"bench-{uuid.uuid4().hex[:6]}", by_part)
-            out.update(xadd_pipelined=xadd_rate, raw=raw)
+            xadd_rate, raw, raw_cpu = bench_raw(url, f"bench-{uuid.uuid4().hex[:6]}", by_part)
+            out.update(xadd_pipelined=xadd_rate, raw=raw, raw_cpu_us=raw_cpu)
             print(f"raw  pipelined XADD (1 producer):                      {xadd_rate:8.0f} obs/s")
-            print(f"raw  XREADGROUP COUNT 1000 + XACK, one reader per shard: {raw:8.0f} obs/s")
+            print(f"raw  XREADGROUP COUNT 1000 + XACK, one reader per shard: {raw:8.0f} obs/s   "
+                  f"({raw_cpu:.0f} µs of the readers' CPU per entry)")
             for n_workers in [int(x) for x in args.workers.split(",") if x]:
-                rate, takeover = bench_control(url, f"bench-{uuid.uuid4().hex[:6]}", site_dict, by_part, n_workers)
+                rate, takeover, cpu = bench_control(url, f"bench-{uuid.uuid4().hex[:6]}", site_dict, by_part,
+                                                    n_workers)
                 out[f"control_{n_workers}w"] = rate
                 out[f"takeover_{n_workers}w_s"] = takeover
+                out[f"control_{n_workers}w_cpu_us"] = cpu
                 print(f"control, {n_workers} worker process(es):                       {rate:8.0f} obs/s   "
-                      f"ratio control/raw {rate / raw:.2f} (target ≥ 0.5); partitions taken in {takeover:.1f} s")
+                      f"ratio control/raw {rate / raw:.2f} (target ≥ 0.5); partitions taken in {takeover:.1f} s; "
+                      f"{cpu:.0f} µs of the workers' CPU per observation (raw/control CPU {raw_cpu / cpu:.2f})")
         for n in [int(x) for x in args.latency_cameras.split(",") if x]:
             res = bench_latency(url, n, args.partitions, args.seconds, args.port)
             out[f"latency_{n}"] = res
