@@ -37,7 +37,8 @@ from collections import Counter
 from pathlib import Path
 
 from crowdflow.bus import (
-    AUDIT_KEEP_S, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S, RESULTS_KEEP_S,
+    AUDIT_KEEP_S, AUDIT_MAXLEN, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S,
+    RESULTS_KEEP_S, RESULTS_MAX,
     RETENTION_SCALE, SEEN_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
     LeaseLost, SlotMoved, quarantine_wrong_type, raw_client, refresh_slots, signature_ok, slot_client, text,
 )
@@ -156,6 +157,7 @@ class ControlService:
         self.last_cycle_s = 0.0
         self.newest_applied: float | None = None  # capture time of the newest applied observation
         self.on_cycle: Callable[[float], None] | None = None  # metrics hook
+        self._trim_reported: dict[str, tuple[int, int]] = {}  # stream → newest foreign trim reported
         self._started = False
         self._reset()
 
@@ -378,10 +380,15 @@ class ControlService:
 
     def maintain(self, now: float) -> None:
         """Retention, so that Redis stays flat over an evening and a season: command results
-        after 24 h, recommendations and alarms the engine has let go of, and the audit trail
-        once archived to files (kept 7 days in Redis for the dashboard's search)."""
+        after an hour (at most RESULTS_MAX), recommendations and alarms the engine has let go
+        of, and the audit trail once archived (Redis keeps the last hour, at most AUDIT_MAXLEN
+        entries, for the dashboard's search; the archive keeps everything)."""
         out, k = self.out, self.keys
         old = self.raw.zrangebyscore(k.cmd_results_at, "-inf", now - RESULTS_KEEP_S, start=0, num=1000)
+        over = self.raw.zcard(k.cmd_results_at) - len(old) - RESULTS_MAX
+        if over > 0:  # a burst: the oldest go, but never one a redelivery could still act on
+            young = now - max(self.site.control.command_max_age_s, 60)
+            old += self.raw.zrangebyscore(k.cmd_results_at, "-inf", young, start=len(old), num=min(over, 1000))
         if old:
             out.hdel(k.cmd_results, *old)
             out.zrem(k.cmd_results_at, *old)
@@ -393,15 +400,8 @@ class ControlService:
             out.hdel(k.alarms, *gone_alarms)
         self.stats["retention_removed"] += len(old) + len(gone_recs) + len(gone_alarms)
         if self.archive is not None:
-            cursor = text(self._raw_get(k.audit_archived))
-            new = self.archive.archive(self.raw, k.audit, cursor)
-            if new and new != cursor:
-                out.set(k.audit_archived, new)
-            if new:
-                keep_from = int((now - AUDIT_KEEP_S) * 1000)
-                archived_ms, archived_seq = (int(x) for x in new.split("-"))
-                minid = f"{keep_from}-0" if keep_from < archived_ms else f"{archived_ms}-{archived_seq}"
-                out.xtrim(k.audit, minid=minid, approximate=False)
+            self._archive_audit(now)
+
         # Streams by age: events (live push only), zone timelines, and acknowledged observations,
         # never past the oldest entry still unacknowledged or not yet delivered.
         # Exact trims: approximate ones only drop whole radix-tree nodes (~100 entries), which a
@@ -420,9 +420,58 @@ class ControlService:
                     g = {text(a): b for a, b in g.items()}
                     if text(g.get("name")) == GROUP:
                         keep_from = min(keep_from, int(text(g["last-delivered-id"]).split("-")[0]))
+                        self._check_foreign_trim(stream, _sid(g["last-delivered-id"]), g.get("entries-read"))
             except redis.ResponseError:
                 continue
             out.xtrim(stream, minid=f"{keep_from}-0", approximate=True)
+
+    def _check_foreign_trim(self, stream: str, delivered: tuple[int, int], entries_read) -> None:
+        """Control never trims an entry it has not read; a producer can (``XADD … MAXLEN``, which
+        an ACL cannot forbid, or the edge's own hard cap after a very long backlog). When the
+        stream's first entry is past the last one delivered to control, the entries added but
+        neither read nor still there were deleted unread: say so loudly (metric
+        ``crowdflow_control_events_total{kind="stream_trimmed_unread"}``, error log), once."""
+        if entries_read is None:
+            return
+        info = {text(a): b for a, b in self.raw.xinfo_stream(stream).items()}
+        first = info.get("first-entry")
+        if not first or _sid(first[0]) <= delivered:
+            return
+        lost = int(info.get("entries-added") or 0) - int(entries_read) - int(info.get("length") or 0)
+        mark = (_sid(first[0]), lost)
+        if lost > 0 and self._trim_reported.get(stream) != mark:
+            self._trim_reported[stream] = mark
+            self.stats["stream_trimmed_unread"] += lost
+            log.error("%s: %d entries were deleted before control read them (XADD MAXLEN / XTRIM by a producer?): "
+                      "lost unread", stream, lost)
+
+    def _archive_audit(self, now: float) -> None:
+        """Append the new audit entries to the archive files (fsync'ed), then trim Redis to its
+        window, never past the archive cursor. The cursor and the trim go in the same fenced
+        transaction: a crash before it repeats lines in the files (dropped by id on reading),
+        never loses one; a leader that lost its lease trims nothing."""
+        out, k = self.out, self.keys
+        cursor = text(self._raw_get(k.audit_archived))
+        try:
+            new = self.archive.archive(self.raw, k.audit, cursor)
+        except OSError as e:  # disk full, unwritable: keep everything in Redis, say so
+            self.stats["audit_archive_failed"] += 1
+            log.error("audit archive %s: %s; the audit stays in Redis until it can be written", self.archive.dir, e)
+            return
+        if new and new != cursor:
+            out.set(k.audit_archived, new)
+        if not new:
+            return
+        # Keep the last AUDIT_KEEP_S and at most AUDIT_MAXLEN entries, whichever is fewer.
+        minid = (int((now - AUDIT_KEEP_S) * 1000), 0)
+        extra = self.raw.xlen(k.audit) - AUDIT_MAXLEN
+        if extra > 0:
+            last_out = self.raw.xrange(k.audit, min="-", max="+", count=extra)[-1][0]
+            ms, seq = (int(x) for x in text(last_out).split("-"))
+            minid = max(minid, (ms, seq + 1))
+        # ... and never an entry not yet archived: the archived cursor itself stays.
+        minid = min(minid, tuple(int(x) for x in new.split("-")))
+        out.xtrim(k.audit, minid=f"{minid[0]}-{minid[1]}", approximate=False)
 
     def _flush(self) -> None:
         """Send the queued writes as one MULTI/EXEC (fenced by the lease when leading).
@@ -746,6 +795,11 @@ class ControlService:
             except redis.RedisError:
                 pass
         self.leading = False
+
+
+def _sid(entry_id) -> tuple[int, int]:
+    ms, _, seq = text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def error_kind(e: Exception) -> str:

@@ -16,10 +16,10 @@ key                             type    content
 ``<p>:events``                  stream  every change above, fields ``type`` and ``rec``
 ``<p>:cmd``                     stream  Command JSON from the dashboard (group ``control``)
 ``<p>:cmd:dead``                stream  rejected commands with the reason
-``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency, 24 h)
-``<p>:cmd:results:at``          zset    command id → answer time (drives the 24 h retention)
+``<p>:cmd:results``             hash    command id → CommandResult JSON (idempotency, 1 h, ≤ 10,000)
+``<p>:cmd:results:at``          zset    command id → answer time (drives that retention)
 ``<p>:obs:seen:<camera>``       zset    seq → capture time of applied observations (dedupe, 3 h)
-``<p>:audit``                   stream  AuditEntry JSON, append-only; archived to files, kept 24 h
+``<p>:audit``                   stream  AuditEntry JSON, append-only; archived to files, then 1 h / 5,000 kept
 ``<p>:audit:archived``          string  the last audit id written to the archive files
 ``<p>:session:<sha256>``        hash    a dashboard session (TTL = session lifetime)
 ``<p>:limits:…``                        login rate-limit windows (the ``limits`` library)
@@ -60,13 +60,19 @@ OBS_MAXLEN = 200_000  # ~1 h of 50 cameras at 1 Hz; approximate trimming
 EVENTS_MAXLEN = 50_000
 HISTORY_MAXLEN = 800  # 2 h of 10 s samples, with margin
 DEAD_MAXLEN = 10_000
-CMD_MAXLEN = 10_000  # commands are answered within seconds; results are kept 24 h
+CMD_MAXLEN = 10_000  # commands are answered within seconds; results are kept 1 h
 # Time-based retention (control trims every stream and hash to these; the MAXLENs above are hard
 # caps on top). CROWDFLOW_RETENTION_SCALE divides them all: the soak test runs a whole evening at
 # 60x with every window 60x shorter, so that Redis reaches its steady state within the run.
 RETENTION_SCALE = max(1.0, float(os.environ.get("CROWDFLOW_RETENTION_SCALE", "1") or 1))
-RESULTS_KEEP_S = 24 * 3600 / RETENTION_SCALE
-AUDIT_KEEP_S = 24 * 3600 / RETENTION_SCALE  # audit kept in Redis (dashboard search) once archived
+# Command results answer a retried or redelivered command without acting again; a command older
+# than ``control.command_max_age_s`` (at most 1 h) is refused anyway, so an hour is enough.
+RESULTS_KEEP_S = 3600 / RETENTION_SCALE
+RESULTS_MAX = 10_000  # beyond this the oldest results go, but never one younger than command_max_age_s
+# The audit trail lives in full in the archive (control/archive.py); Redis keeps only a recent
+# window for the dashboard's search and live push, trimmed only behind the archive cursor.
+AUDIT_KEEP_S = 3600 / RETENTION_SCALE
+AUDIT_MAXLEN = 5_000  # entries kept in Redis at most (once archived): the dashboard searches the newest 5,000
 SEEN_KEEP_S = 3 * 3600 / RETENTION_SCALE  # (camera, seq) dedupe window; ingest refuses older records
 EVENTS_KEEP_S = 600 / RETENTION_SCALE  # dashboards resync from the hashes; events are for live push
 OBS_KEEP_S = 900 / RETENTION_SCALE  # acknowledged observations (never past an unacknowledged one)

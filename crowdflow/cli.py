@@ -140,13 +140,26 @@ def cmd_control(args) -> int:
     audit_dir = args.audit_dir or os.environ.get("CROWDFLOW_AUDIT_DIR") or str(data_dir() / "audit")
     from .bus import load_edge_keys
 
+    from .credentials import default_keys_file
+
+    env = dict(os.environ)
+    if not env.get("CROWDFLOW_EDGE_KEYS") and not env.get("CROWDFLOW_EDGE_KEYS_FILE") \
+            and default_keys_file(data_dir()).exists():  # what `crowdflow edge-users` wrote
+        env["CROWDFLOW_EDGE_KEYS_FILE"] = str(default_keys_file(data_dir()))
     try:
-        edge_keys = load_edge_keys()
+        edge_keys = load_edge_keys(env)
     except (ValueError, OSError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if edge_keys is None and site.control.edge_keys == "required":
+        print("error: control.edge_keys is 'required' but there are no edge keys: run `crowdflow edge-users` "
+              f"(writes {default_keys_file(data_dir())}) or set CROWDFLOW_EDGE_KEYS_FILE", file=sys.stderr)
+        return 2
     if edge_keys is None:
-        log.warning("CROWDFLOW_EDGE_KEYS not set: records are not checked against their camera's edge key")
+        log.warning("no edge keys (`crowdflow edge-users`, CROWDFLOW_EDGE_KEYS_FILE): records are not checked "
+                    "against their camera's edge user")
+    else:
+        log.info("records checked against %d cameras' edge keys", len(edge_keys))
     audit_dir = None if audit_dir == "none" else audit_dir
     if site.control.partitions:  # one worker of N sharing the partitions (control/workers.py)
         from control.workers import Worker
@@ -196,6 +209,31 @@ def cmd_dashboard(args) -> int:
     finally:
         if embedded:
             embedded.close()
+    return 0
+
+
+def cmd_edge_users(args) -> int:
+    """Create or update one Redis ACL user and signing key per camera (crowdflow/credentials.py)."""
+    from .bus import is_cluster_url, mask_url
+    from .credentials import provision
+
+    site = _load(args)
+    r, url, keys, embedded = open_redis(site)
+    if embedded is not None:
+        embedded.close()
+        print("error: set REDIS_URL to the site's Redis (an admin user): edge users live there", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else data_dir() / "edge-credentials"
+    try:
+        creds = provision(r, site, keys, out, args.edge_url or url, rotate=args.rotate, cameras=args.camera or None,
+                          cluster=is_cluster_url(url))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for cam in sorted(args.camera or creds):
+        print(f"{cam}: user {creds[cam]['user']} -> {out / (cam + '.env')}")
+    print(f"control: {out / 'edge-keys.json'} (its default; copy the .env files to the gateways, "
+          f"Redis at {mask_url(args.edge_url or url)})")
     return 0
 
 
@@ -492,7 +530,16 @@ def cmd_sim(args) -> int:
         print(f"error: --start: {e}", file=sys.stderr)
         return 2
     r, url, keys, embedded = open_redis(site)
-    runner = SimRunner(site, sc, r, keys, cams, speed=args.speed, seed=args.seed, start_tod=start)
+    from .bus import load_edge_keys
+    from .credentials import default_keys_file
+
+    # Where control checks edge keys (`crowdflow edge-users`), the twin signs as each camera's edge.
+    keys_file = os.environ.get("CROWDFLOW_EDGE_KEYS_FILE") or (
+        str(default_keys_file(data_dir())) if default_keys_file(data_dir()).exists() else None)
+    signing = load_edge_keys({"CROWDFLOW_EDGE_KEYS": os.environ.get("CROWDFLOW_EDGE_KEYS", ""),
+                              "CROWDFLOW_EDGE_KEYS_FILE": keys_file or ""})
+    runner = SimRunner(site, sc, r, keys, cams, speed=args.speed, seed=args.seed, start_tod=start,
+                       signing_keys=signing)
     try:
         runner.run(_stop_event(), duration_s=args.duration)
     finally:
@@ -668,6 +715,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.set_defaults(func=cmd_dashboard)
+
+    s = sub.add_parser("edge-users", help="create/update a Redis ACL user and signing key per camera's edge agent")
+    s.add_argument("--config", default=cfg)
+    s.add_argument("--camera", action="append", help="only this camera (repeatable; default: every camera)")
+    s.add_argument("--out", help="where the credentials go (default <data dir>/edge-credentials)")
+    s.add_argument("--edge-url", help="the Redis URL as the gateways reach it (default REDIS_URL), without user")
+    s.add_argument("--rotate", action="store_true", help="new passwords (and keys) for the users made")
+    s.set_defaults(func=cmd_edge_users)
 
     s = sub.add_parser("hash-password", help="read a password (prompt or stdin), print its salted hash")
     s.set_defaults(func=cmd_hash_password)

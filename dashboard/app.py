@@ -25,6 +25,8 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import EqualJitterBackoff
 import xstatic.pkg.leaflet as xleaflet
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import Path as FPath
+from limits.errors import StorageError as LimitsStorageError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -56,7 +58,8 @@ from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE
 from .auth import COOKIE, Session, dummy_hash, load_users, role_at_least, verify_password
 from .basemap import BasemapError, basemap_path, load_basemap
 from .security import (
-    STATE_CHANGING, LoginGuard, RequestView, SessionStore, document_api, origin_allowed, parse_networks,
+    STATE_CHANGING, CommandGuard, LoginGuard, RequestView, SessionStore, document_api, limits_storage, origin_allowed,
+    parse_networks,
 )
 from .geo import site_geojson
 from .metrics import DashboardMetrics
@@ -249,7 +252,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         log.warning("no dashboard users: nobody can log in (dashboard.users or CROWDFLOW_USERS; "
                     "make hashes with `crowdflow hash-password`)")
     trusted = parse_networks(cfg.trusted_proxies)
-    guard = LoginGuard(redis_url, keys.prefix, cfg.login_attempts_per_min)
+    limits_store = limits_storage(redis_url, keys.prefix)
+    guard = LoginGuard(redis_url, keys.prefix, cfg.login_attempts_per_min, storage=limits_store)
+    command_guard = CommandGuard(limits_store, cfg.commands_per_min)
     decoy = dummy_hash()  # unknown users cost one scrypt too: names cannot be told apart by time
     waiting: dict[str, asyncio.Future] = {}  # command id → future of its CommandResult
     geojson = {"wgs84": site_geojson(site, "wgs84"), "gcj02": site_geojson(site, "gcj02")}
@@ -441,7 +446,8 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     document_api(app, public={"/api/login", "/api/logout"}, command_model=CommandRequest)
 
     @app.exception_handler(redis.RedisError)
-    async def redis_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
+    @app.exception_handler(LimitsStorageError)  # the rate limits' Redis (same server) unreachable
+    async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.error("redis error on %s %s: %s", request.method, request.url.path, exc)
         app.state.redis_errors += 1
         return JSONResponse({"detail": "Redis is unreachable; retry shortly"}, status_code=503,
@@ -614,6 +620,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
               responses={200: {"description": "control applied it"}, 400: {"description": "malformed"},
                          403: {"description": "role too low; nothing is written"},
                          409: {"description": "control refused it (error says why)"},
+                         429: {"description": "too many commands (per user, address or overall); see Retry-After"},
                          504: {"description": "control did not answer in time"}})
     async def command(body: CommandRequest, request: Request, s: Session = viewer) -> JSONResponse:
         """Send a command to control and wait for its answer. ``confirm``/``reject``/
@@ -635,6 +642,10 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             cmd = decode(Command, {"v": 1, **fields, "user": s.user, "role": s.role, "post": s.post})
         except RecordError as e:
             raise HTTPException(400, str(e)) from None
+        wait, which = await command_guard.take(s.user, RequestView.of(request, trusted).client)
+        if wait > 0:
+            raise HTTPException(429, f"too many commands ({which}); try again in {wait:.0f} s",
+                                headers={"Retry-After": str(int(wait) + 1)})
         targets = command_partitions(cmd)
         fut = waiting.get(cmd.id)  # a retry while the first request still waits shares its answer
         if fut is None:
@@ -655,6 +666,24 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         finally:
             waiting.pop(cmd.id, None)
         return JSONResponse(res.model_dump(), status_code=200 if res.ok else 409)
+
+    @app.get("/api/commands/{command_id}", tags=["command"])
+    async def command_result(command_id: str = FPath(min_length=8, max_length=64), s: Session = viewer) -> dict:
+        """Control's answer to a command (kept an hour): what ``POST /api/commands`` answered,
+        or will answer, e.g. after a 504. A command sent to several partitions is refused
+        when any refused it. 404 while not answered yet, or once the hour has passed."""
+        answers = []
+        for k in parts.values():
+            raw = await clients["r"].hget(k.cmd_results, command_id)
+            if raw is not None:
+                try:
+                    answers.append(decode(CommandResult, raw))
+                except RecordError as e:
+                    log.warning("stored result of command %s: %s", command_id, e)
+        if not answers:
+            raise HTTPException(404, f"no answer to command {command_id!r}: not answered yet, or over an hour old")
+        refused = [a for a in answers if not a.ok]
+        return (refused[0] if refused else max(answers, key=lambda a: a.at)).model_dump()
 
     # ------------------------------------------------------------------ live push
 

@@ -7,6 +7,7 @@ client's real address behind proxies, Origin checks, cookies, and the documented
   (every dashboard instance sees it); a changed password hash or role (config) invalidates the
   user's sessions on their next use; :meth:`SessionStore.revoke_user` ends them all. Redis
   only ever sees hashes of tokens.
+* :class:`CommandGuard` — commands per user, per address and overall, the same way.
 * :class:`LoginGuard` — failed logins are limited with the ``limits`` library on Redis storage
   (so every dashboard instance shares the counts): per user name and address, per address (a
   spray over many names), per user name (a guess from many addresses) and overall. Moving
@@ -121,14 +122,19 @@ def limits_uri(redis_url: str) -> str:
     return "async+" + redis_url
 
 
+def limits_storage(redis_url: str, prefix: str):
+    """One ``limits`` storage on the dashboard's Redis (shared by every instance), keys under
+    ``<p>:limits``; redis+cluster:// → limits' own cluster storage."""
+    storage = RedisClusterStorage if redis_url.startswith(("redis+cluster://", "rediss+cluster://")) else RedisStorage
+    return storage(limits_uri(redis_url), implementation="redispy", key_prefix=f"{prefix}:limits",
+                   wrap_exceptions=True)
+
+
 class LoginGuard:
     """Failed-login limits shared by every dashboard instance (``limits`` on Redis)."""
 
-    def __init__(self, redis_url: str, prefix: str, per_name_and_address: int):
-        # redis+cluster:// (a Redis Cluster) → limits' own cluster storage, async+redis+cluster://
-        storage = RedisClusterStorage if redis_url.startswith(("redis+cluster://", "rediss+cluster://")) else RedisStorage
-        self.storage = storage(limits_uri(redis_url), implementation="redispy", key_prefix=f"{prefix}:limits",
-                               wrap_exceptions=True)
+    def __init__(self, redis_url: str, prefix: str, per_name_and_address: int, storage=None):
+        self.storage = storage or limits_storage(redis_url, prefix)
         self.limiter = MovingWindowRateLimiter(self.storage)
         n = per_name_and_address
         self.rules = [  # (what, limit, identifiers taken from (name, address))
@@ -157,6 +163,32 @@ class LoginGuard:
     async def succeeded(self, name: str, addr: str) -> None:
         _, item, ids = self.rules[0]
         await self.limiter.clear(item, *ids(name, addr))
+
+
+class CommandGuard:
+    """Commands per user, per address and overall, shared by every dashboard instance
+    (``limits`` moving windows on Redis): one stolen session, one script gone wrong or one
+    address cannot flood control and its audit trail. Every command request that would be
+    written counts (refused ones included); a refusal is a 429 with Retry-After, and the
+    window moves on by itself."""
+
+    def __init__(self, storage, per_user: int):
+        self.limiter = MovingWindowRateLimiter(storage)
+        n = per_user
+        self.rules = [  # checked in this order; a request refused by one is not counted by the next
+            ("user", RateLimitItemPerMinute(n), lambda user, addr: ("cu", user)),
+            ("address", RateLimitItemPerMinute(2 * n), lambda user, addr: ("ca", addr)),
+            ("overall", RateLimitItemPerMinute(10 * n), lambda user, addr: ("call",)),
+        ]
+
+    async def take(self, user: str, addr: str) -> tuple[float, str | None]:
+        """Count one command; (seconds to wait, which limit) when it must be refused, else (0, None)."""
+        for what, item, ids in self.rules:
+            ident = ids(user, addr)
+            if not await self.limiter.hit(item, *ident):
+                stats = await self.limiter.get_window_stats(item, *ident)
+                return max(1.0, stats.reset_time - time.time()), what
+        return 0.0, None
 
 
 # ----------------------------------------------------------------------------- proxies, origins, cookies
@@ -264,10 +296,38 @@ STATUS = {
     404: "no such item",
     409: "refused: control refused the command, or it is dated too far ahead of the server's clock (the error says why)",
     422: "the request does not match the schema",
-    429: "too many failed logins; Retry-After says when to try again",
+    429: "too many failed logins (login) or commands (per user, address or overall); Retry-After says when to try again",
     503: "Redis is unreachable; retry shortly",
     504: "control did not answer in time; the command stays queued",
 }
+
+
+# OpenAPI links (what a client does next with an answer): schemathesis's stateful phase follows
+# them — a login's token used as the session, a command's id looked up, a zone's history.
+LINKS = [  # (from path, method, statuses, link name, to path, method, parameters)
+    ("/api/login", "post", ("200",), "WhoAmI", "/api/me", "get",
+     {"header.Authorization": "Bearer {$response.body#/token}"}),
+    ("/api/login", "post", ("200",), "CommandWithThisSession", "/api/commands", "post",
+     {"header.Authorization": "Bearer {$response.body#/token}"}),
+    ("/api/login", "post", ("200",), "Logout", "/api/logout", "post",
+     {"header.Authorization": "Bearer {$response.body#/token}"}),
+    ("/api/commands", "post", ("200", "409", "504"), "CommandResult", "/api/commands/{command_id}", "get",
+     {"path.command_id": "$response.body#/command_id"}),
+    ("/api/zones", "get", ("200",), "ZoneHistory", "/api/zones/{zone_id}/history", "get",
+     {"path.zone_id": "$response.body#/0/zone_id"}),
+]
+
+
+def _link(schema: dict) -> None:
+    paths = schema.get("paths", {})
+    for src, method, statuses, name, dst, dst_method, params in LINKS:
+        op, target = paths.get(src, {}).get(method), paths.get(dst, {}).get(dst_method)
+        if op is None or target is None or "operationId" not in target:
+            continue
+        for status in statuses:
+            resp = op.get("responses", {}).get(status)
+            if resp is not None:
+                resp.setdefault("links", {})[name] = {"operationId": target["operationId"], "parameters": params}
 
 
 def document_api(app, public: set[str], command_model) -> None:
@@ -290,12 +350,12 @@ def document_api(app, public: set[str], command_model) -> None:
                     codes.add(422)
                 if op.get("requestBody"):
                     codes.add(400)  # a body that is not JSON at all
-                if "{" in path:
+                if "{" in path or path == "/api/basemap":  # (basemap: none configured or unusable)
                     codes.add(404)
                 if path == "/api/login":
                     codes |= {401, 429}
                 if path == "/api/commands":
-                    codes |= {400, 409, 504}
+                    codes |= {400, 409, 429, 504}
                     body, defs = _command_body_schema(command_model)
                     op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
                     comps = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -305,6 +365,7 @@ def document_api(app, public: set[str], command_model) -> None:
                 for code in sorted(codes):
                     entry = resp.setdefault(str(code), {"description": STATUS[code]})
                     entry.setdefault("content", ERROR["content"]) if code != 200 else None
+        _link(schema)
         app.openapi_schema = schema
         return schema
 

@@ -244,6 +244,8 @@ class EdgeAgent:
         if self.publisher is not None:
             self.publisher.publish(obs)
             self.metrics.spool_depth.set(len(self.publisher.spool))
+            self.metrics.resent.set(self.publisher.resent)
+            self.metrics.unapplied.set(self.publisher.unapplied)
             if self.site.edge.snapshots and self._last is not None:
                 self._snapshot(*self._last)
                 self._last = None

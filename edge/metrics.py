@@ -25,6 +25,11 @@ class EdgeMetrics:
                                 registry=r).labels(camera_id)
         self.spool_depth = Gauge("crowdflow_edge_spool_depth", "Observations waiting in the disk spool", lab,
                                  registry=r).labels(camera_id)
+        self.resent = Gauge("crowdflow_edge_resent", "Observations sent again: sent, then missing below a "
+                            "later one control applied (trimmed by another producer, lost in a failover)", lab,
+                            registry=r).labels(camera_id)
+        self.unapplied = Gauge("crowdflow_edge_unapplied", "Observations still not applied after being sent "
+                               "again (refused by control: see its dead letters)", lab, registry=r).labels(camera_id)
         self.published = Counter("crowdflow_edge_observations", "Observations produced, by health",
                                  ["camera", "health"], registry=r)
         self.online = Gauge("crowdflow_edge_camera_online", "1 when the source delivers frames", lab,

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import redis
 
-from crowdflow.bus import OBS_MAXLEN, Backoff, Keys
+from crowdflow.bus import OBS_MAXLEN, Backoff, Keys, sign_record
 from crowdflow.records import InForce, PlanState, RecordError, decode
 from crowdflow.site import Site
 from crowdflow.site.partitions import camera_keys, partition_keys
@@ -70,8 +70,10 @@ def active_actions(r: redis.Redis, keys: Keys | list[Keys]) -> list:
 class SimRunner:
     def __init__(self, site: Site, scenario: Scenario, r: redis.Redis, keys: Keys, cameras: list[str],
                  speed: float = 60.0, seed: int = 0, start_tod: float | None = None, interval_s: float = 1.0,
-                 actions_every_s: float = 2.0, faults: Faults | None = None, clock: Callable[[], float] = time.time):
+                 actions_every_s: float = 2.0, faults: Faults | None = None, clock: Callable[[], float] = time.time,
+                 signing_keys: dict[str, str] | None = None):
         self.site, self.sc, self.r, self.keys = site, scenario, r, keys
+        self.signing_keys = signing_keys or {}  # camera → its edge key: the twin plays the edges, signing as they do
         self.cam_keys = camera_keys(site, keys)  # each camera publishes to its partition's stream
         self.part_keys = list(partition_keys(site, keys).values())
         self.speed, self.seed, self.interval_s, self.clock = speed, seed, interval_s, clock
@@ -129,8 +131,11 @@ class SimRunner:
             obs = [o.model_copy(update={"window_s": window}) for o in obs]
         pipe = self.r.pipeline(transaction=False)
         for o in obs:
-            pipe.xadd(self.cam_keys.get(o.camera_id, self.keys).obs, {"rec": o.encode()}, maxlen=OBS_MAXLEN,
-                      approximate=True)
+            rec = o.encode()
+            fields = {"rec": rec}
+            if o.camera_id in self.signing_keys:
+                fields["sig"] = sign_record(self.signing_keys[o.camera_id], rec)
+            pipe.xadd(self.cam_keys.get(o.camera_id, self.keys).obs, fields, maxlen=OBS_MAXLEN, approximate=True)
         pipe.execute()
         self.published += len(obs)
         return len(obs)

@@ -159,3 +159,61 @@ def test_openapi_documents_every_status_and_each_command_kinds_fields(make_clien
     assert {v["properties"]["kind"]["const"]: sorted(v["required"]) for v in variants} == {
         k: sorted(["kind", *f]) for k, f in COMMAND_FIELDS.items()}
     assert "429" in spec["paths"]["/api/login"]["post"]["responses"]
+
+
+def test_command_and_login_limits_shared_by_two_dashboard_processes(tmp_path, redis_url):
+    """Two real `crowdflow dashboard` processes and a real control on one Redis: a user's
+    commands are counted across both (per user, then per address), failed logins too, and the
+    right password waits at most a minute."""
+    import uuid
+
+    import httpx
+    import redis
+
+    from .api_server import dashboards_and_control, site_file_with
+
+    prefix = f"t-lim-{uuid.uuid4().hex[:8]}"
+    cfg = site_file_with(tmp_path, commands_per_min=3, login_attempts_per_min=2)
+    try:
+        with dashboards_and_control(tmp_path, redis_url, prefix, n=2, config=cfg) as ((a, b), auth):
+            def command(base, headers):
+                return httpx.post(f"{base}/api/commands", headers=headers, timeout=15,
+                                  json={"kind": "set_mode", "mode": "normal", "note": "limit test"})
+
+            codes = [command(base, auth).status_code for base in (a, b, a)]
+            assert all(c in (200, 409) for c in codes), codes  # answered by control
+            res = command(b, auth)  # the commander's 4th in a minute, on the other instance
+            assert res.status_code == 429 and "user" in res.json()["detail"], res.text
+            assert 0 < int(res.headers["retry-after"]) <= 61
+            assert command(a, auth).status_code == 429
+            # another user from the same address: its own budget, until the address's 6 are used
+            op = httpx.post(f"{b}/api/login", json={"username": "operator", "password": PASSWORDS["operator"]})
+            op_auth = {"Authorization": f"Bearer {op.json()['token']}"}
+            ack = {"kind": "ack_alarm", "alarm_id": "no-such-alarm", "note": "x"}
+            codes = [httpx.post(f"{base}/api/commands", headers=op_auth, json=ack, timeout=15).status_code
+                     for base in (a, b, a)]
+            assert 429 not in codes, codes
+            res = httpx.post(f"{b}/api/commands", headers=op_auth, json=ack, timeout=15)
+            assert res.status_code == 429 and ("user" in res.json()["detail"] or "address" in res.json()["detail"])
+            # failed logins: two on A, then the right password on B waits (a minute, not for ever)
+            for _ in range(2):
+                assert httpx.post(f"{a}/api/login", json={"username": "viewer", "password": "x"}).status_code == 401
+            res = httpx.post(f"{b}/api/login", json={"username": "viewer", "password": PASSWORDS["viewer"]})
+            assert res.status_code == 429 and 0 < int(res.headers["retry-after"]) <= 61
+    finally:
+        r = redis.Redis.from_url(redis_url)
+        for k in r.scan_iter(match=f"{prefix}:*", count=1000):
+            r.delete(k)
+        r.close()
+
+
+def test_limits_storage_down_is_a_503_not_a_crash(site, keys, monkeypatch):
+    """The rate limits live in Redis too: with Redis unreachable, login and commands answer 503
+    with Retry-After (like every other Redis error), never an unhandled 500."""
+    monkeypatch.setenv("CROWDFLOW_USERS", users_env())
+    from .faults import fault_port
+
+    dead = f"redis://127.0.0.1:{fault_port()}/0"  # nothing listens there
+    with TestClient(create_app(site, dead, keys), raise_server_exceptions=False) as c:
+        res = c.post("/api/login", json={"username": "viewer", "password": PASSWORDS["viewer"]})
+        assert res.status_code == 503 and res.headers.get("retry-after"), (res.status_code, res.text)

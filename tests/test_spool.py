@@ -95,11 +95,12 @@ def test_spool_is_bounded_and_drops_the_oldest(tmp_path):
     spool.close()
 
 
-# The line docs/operations.md gives for an edge agent's own Redis user.
+# An edge agent's own Redis user as made before the edges checked what control applied
+# (`crowdflow edge-users` now also allows ZMSCORE of the camera's applied set).
 ACL_LINE = "ACL SETUSER {user} on >{password} resetkeys ~{prefix}:obs resetchannels -@all +xadd +ping"
 
 
-def test_an_edge_acl_user_can_publish_observations_and_nothing_else(tmp_path):
+def test_an_edge_acl_user_can_publish_observations_and_nothing_else(tmp_path, caplog):
     srv = RedisServer(tmp_path)
     srv.start()
     try:
@@ -107,8 +108,12 @@ def test_an_edge_acl_user_can_publish_observations_and_nothing_else(tmp_path):
         admin.execute_command(*ACL_LINE.format(user="edge-cam-a", password="s3cret", prefix="cf").split())
         r = connect(f"redis://edge-cam-a:s3cret@127.0.0.1:{srv.port}/0")
         spool = Spool(tmp_path / "s.sqlite")
-        assert Publisher(r, Keys("cf"), spool).publish(obs(1))
-        assert admin.xlen("cf:obs") == 1
+        pub = Publisher(r, Keys("cf"), spool)
+        assert pub.publish(obs(1)) and pub.publish(obs(2))
+        assert admin.xlen("cf:obs") == 2
+        # it may not read its applied set: says so once, keeps nothing to check, publishes on
+        assert pub.confirm(force=True) == 0 and spool.sent_count() == 0
+        assert sum("may not read cf:obs:seen:" in m for m in caplog.messages) == 1
         with pytest.raises(redis.exceptions.NoPermissionError):
             r.set("cf:zone:state", "x")  # another key
         with pytest.raises(redis.exceptions.NoPermissionError):

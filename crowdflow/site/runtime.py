@@ -74,6 +74,10 @@ class ControlSection(Strict):
     # partition is ``<prefix>:{<partition>}:…`` and control workers share the partitions.
     partitions: dict[Id, list[Id]] = Field(default_factory=dict)
     lease_ms: int = Field(3000, ge=500, le=60000)  # a dead worker's partitions move within this
+    # Per-edge credentials (`crowdflow edge-users`; docs/operations.md): "auto" checks records
+    # against the edge keys when there are any (CROWDFLOW_EDGE_KEYS_FILE or the file edge-users
+    # wrote); "required" (deployments) refuses to start without them.
+    edge_keys: Literal["auto", "required"] = "auto"
 
 
 class DashboardUser(Strict):
@@ -106,6 +110,8 @@ class DashboardSection(Strict):
     session_ttl_s: float = Field(8 * 3600, ge=60, le=7 * 86400)  # a login lasts this long
     login_attempts_per_min: int = Field(5, ge=1, le=1000)  # failed logins per name and address
     command_timeout_s: float = Field(5, gt=0, le=60)  # wait this long for control's answer
+    # Commands per user per minute (shared by every instance); per address 2×, overall 10×.
+    commands_per_min: int = Field(30, ge=1, le=10000)
     # Proxies (CIDRs) whose X-Forwarded-For / -Proto / -Host are believed; nobody else's are.
     trusted_proxies: list[str] = Field(default_factory=list)
     # Browser origins besides the dashboard's own allowed to send commands and open /ws.
