@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from shapely.geometry import LineString, Point
 
-from crowdflow.records import InForce, MeasureInForce, PlanState, SiteMode
+from crowdflow.records import InForce, MeasureInForce, PlanState, SiteMode, merge_measures
 from crowdflow.site import Site
 
 # The department that carries out a measure when the site does not name a post.
@@ -72,19 +72,7 @@ def in_force(site: Site, plans: Mapping[str, PlanState], mode: SiteMode | None, 
     return InForce(mode=mode.mode if mode else "normal", measures=_merge(entries), updated_at=now)
 
 
-def _merge(entries: list[MeasureInForce]) -> list[MeasureInForce]:
-    out: dict[str, MeasureInForce] = {}
-    for e in entries:
-        a = e.action
-        key = f"staffing:{a.post}" if a.type == "staffing" else a.model_dump_json()
-        prev = out.get(key)
-        if prev is None:
-            out[key] = e
-        elif a.type == "staffing" and a.headcount > prev.action.headcount:
-            out[key] = e
-        elif e.source == "emergency" and prev.source != "emergency":
-            out[key] = e  # the emergency mode is what keeps it, whatever else also asks for it
-    return list(out.values())
+_merge = merge_measures  # declared with the record (crowdflow.records), shared with its readers
 
 
 def same_measures(a: InForce | None, b: InForce) -> bool:

@@ -40,7 +40,7 @@ from crowdflow.bus import (
     AUDIT_KEEP_S, AUDIT_MAXLEN, EVENTS_KEEP_S, EVENTS_MAXLEN, HISTORY_KEEP_S, HISTORY_MAXLEN, OBS_KEEP_S,
     RESULTS_KEEP_S, RESULTS_MAX,
     RETENTION_SCALE, SEEN_KEEP_S, TRANSIENT, Backoff, GroupReader, Keys, LeaderLease,
-    LeaseLost, quarantine_wrong_type, raw_client, refresh_slots, signature_ok, text,
+    LeaseLost, SlotMoved, quarantine_wrong_type, raw_client, refresh_slots, signature_ok, slot_client, text,
 )
 from crowdflow.records import (
     Alarm,
@@ -75,7 +75,8 @@ log = logging.getLogger("crowdflow.control")
 GROUP = "control"
 FULL_EVERY_S = 1.0
 HISTORY_EVERY_S = 10.0
-READ_MAX, READ_MIN = 1000, 25  # observations read per cycle (adapted to the cycle time)
+READ_MAX, READ_MIN = 5000, 25  # observations read per cycle (adapted to the cycle time)
+SEEN_TRIM_EVERY_S = 60.0  # a camera's dedupe marks are trimmed (and their expiry pushed back) this often
 CLAIM_EVERY_S = 5.0  # take over entries left pending by other (dead or fenced) consumers
 CONSUMER_GC_EVERY_S = 60.0
 CONSUMER_IDLE_MS = 10 * 60 * 1000  # a consumer silent this long with nothing pending is gone
@@ -83,6 +84,20 @@ CONSUMER_IDLE_MS = 10 * 60 * 1000  # a consumer silent this long with nothing pe
 KEY_TYPE = {"hset": "hash", "hdel": "hash", "xadd": "stream", "xack": "stream", "xtrim": "stream", "set": "string",
             "zadd": "zset", "zrem": "zset", "zremrangebyscore": "zset"}
 MAINTAIN_EVERY_S = max(2.0, 30.0 / RETENTION_SCALE)  # retention: old command results, dropped recommendations/alarms, audit archive
+
+
+def tune_gc() -> None:
+    """For a long-running control process, once the site is loaded: move everything alive
+    now (the site, its geometry) out of the collector's view and collect young objects less
+    often. A 10,000-zone site is hundreds of thousands of objects that every full collection
+    walked again; the hot path allocates many short-lived ones (records, views), which
+    triggered those collections every few hundred allocations. Reference counting still frees
+    them at once; only cycles wait longer."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 class WriteQueue:
@@ -159,6 +174,8 @@ class ControlService:
         self._last_claim = self._last_gc = self._last_maintain = time.monotonic()
         self._inforce = None  # the InForce record last published
         self.orders = OrderBook()
+        self._memory_full = True
+        self._seen_trimmed: dict[str, float] = {}  # seen-mark key → when last trimmed (monotonic)
 
     # ------------------------------------------------------------------ start / takeover
 
@@ -191,7 +208,8 @@ class ControlService:
         # The previous leader's working memory: filters, camera views, flows, sustain timers and
         # cooldowns. Without it (first start, too old) zones are unknown until data arrives,
         # keeping the last known values that were published.
-        if snapshot.load(self.book, self.engine, self._raw_get(self.keys.control_memory), now):
+        self._memory_full = True  # this term's first memory write holds every zone
+        if snapshot.load(self.book, self.engine, self._raw_hgetall(self.keys.control_memory), now):
             log.info("control %s restored the previous leader's memory", self.consumer)
             self.stats["memory_restored"] += 1
         else:
@@ -211,6 +229,15 @@ class ControlService:
             self._event(out, "mode", mode)
         self._publish_inforce(out, now)
         self._flush()
+
+    def _raw_hgetall(self, key: str) -> dict:
+        try:
+            return self.raw.hgetall(key)
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+            quarantine_wrong_type(self.r, key, "hash")  # e.g. a version-1 memory (one string)
+            return {}
 
     def _raw_get(self, key: str):
         try:
@@ -322,7 +349,12 @@ class ControlService:
                 self.alarms.update_recommendation(now, rec)
             self.alarms.update_zones(now, self.states)
             self._sample_history(out, now, self.states)
-            out.set(self.keys.control_memory, snapshot.dump(self.book, self.engine, now))
+            # Incremental: the zones whose memory changed since the last write (all of them
+            # on a term's first write), not a dump of every zone each second.
+            dirty = self.book.take_dirty()
+            out.hset(self.keys.control_memory,
+                     mapping=snapshot.dump(self.book, self.engine, now, None if self._memory_full else dirty))
+            self._memory_full = False
         if time.monotonic() - self._last_maintain >= MAINTAIN_EVERY_S:
             self._last_maintain = time.monotonic()
             self.maintain(now)
@@ -528,11 +560,20 @@ class ControlService:
         by_cam: dict[str, list[int]] = {}
         for _, obs in good:
             by_cam.setdefault(obs.camera_id, []).append(obs.seq)
-        pipe = self.r.pipeline(transaction=False)
+        # Down the slot master's own client (all keys in the partition's slot): a cluster
+        # pipeline looks up the node of every command under the client's lock, which the
+        # partitions' threads of a worker queued on (a lock convoy: ~7 ms per camera). Not a
+        # MULTI: Redis refuses that when it is out of memory, and this only reads.
+        pipe = slot_client(self.r, self.keys.leader).pipeline(transaction=False)
         for cam, seqs in by_cam.items():
             pipe.zmscore(self.keys.obs_seen(cam), seqs)
+        try:
+            scores_all = pipe.execute()
+        except (redis.exceptions.MovedError, redis.exceptions.AskError) as e:
+            refresh_slots(self.r, self.raw)
+            raise SlotMoved(str(e)) from None
         seen = {}
-        for (cam, seqs), scores in zip(by_cam.items(), pipe.execute()):
+        for (cam, seqs), scores in zip(by_cam.items(), scores_all):
             for seq, score in zip(seqs, scores or [None] * len(seqs)):
                 if score is not None:
                     seen[(cam, seq)] = True
@@ -553,10 +594,18 @@ class ControlService:
             self._unflushed_seen.add(key)
             marks.setdefault(self.keys.obs_seen(obs.camera_id), {})[str(obs.seq)] = obs.captured_at
             self.applied += 1
+        mono = time.monotonic()
         for key, mapping in marks.items():
             out.zadd(key, mapping)
-            out.zremrangebyscore(key, "-inf", now - SEEN_KEEP_S)
-            out.expire(key, int(SEEN_KEEP_S))  # a camera taken away leaves nothing behind
+            # Trimming and the expiry are per camera, not per batch: once a minute is enough
+            # (marks live SEEN_KEEP_S, observations older than MAX_AGE_S are refused anyway),
+            # and it takes two of the three commands a camera cost every cycle.
+            if mono - self._seen_trimmed.get(key, float("-inf")) >= SEEN_TRIM_EVERY_S:
+                self._seen_trimmed[key] = mono
+                out.zremrangebyscore(key, "-inf", now - SEEN_KEEP_S)
+                # a camera taken away leaves nothing behind; refreshed once a minute, so marks
+                # live at least SEEN_KEEP_S − 60 s, still well beyond MAX_AGE_S
+                out.expire(key, int(SEEN_KEEP_S))
             self.newest_applied = max(self.newest_applied or 0.0, max(mapping.values()))
         return touched
 

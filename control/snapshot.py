@@ -4,14 +4,22 @@ The published records (zone states, plan states, recommendations, alarms, the mo
 is; they do not hold what control needs to decide what comes next: each zone's occupancy
 filter and the newest view of each camera, gate flows of the last two minutes, the last known
 value, and each plan area's sustain timers (how long a trigger has held), release timer,
-cooldown and rejections. :func:`dump` writes those as one JSON document, which the leader puts
-into ``<p>:control:memory`` with every fenced write once a second; :func:`load` gives them to a
-fresh zone book and plan engine on takeover.
+cooldown and rejections.
 
-The document mirrors the in-memory structures of :mod:`control.zones` and :mod:`control.plans`
-(their attribute names); a document that does not fit (an older version, a changed structure)
-is refused as a whole by :func:`load`, which then answers False: the new leader starts from the
-published states alone, as before, and says so. Never half-restored.
+The memory is a Redis hash, ``<p>:control:memory``, written **incrementally**: a field
+``meta`` (version, time, every plan area's timers) and one field ``z:<zone>`` per zone. The
+leader writes, with every fenced write once a second, ``meta`` and the fields of the zones
+whose memory changed since the last write (:meth:`control.zones.ZoneBook.take_dirty`), all of
+them on its first write of a term. Zones nobody reported on are not rewritten: at 10,000
+zones the whole document cost ≈ 0.24 ms of CPU per zone per second, more than a core
+(docs/scaling.md). The fields travel in the same MULTI/EXEC as the states they belong to,
+so the hash is always one consistent picture.
+
+:func:`dump` gives the fields, :func:`load` gives them to a fresh zone book and plan engine on
+takeover. The fields mirror the in-memory structures of :mod:`control.zones` and
+:mod:`control.plans` (their attribute names); a memory that does not fit (an older version, a
+changed structure) is refused as a whole by :func:`load`, which then answers False: the new
+leader starts from the published states alone, as before, and says so. Never half-restored.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from dataclasses import asdict, fields
+from dataclasses import fields
 
 from crowdflow.records import LastKnown
 
@@ -27,7 +35,7 @@ from .fusion import OccupancyFilter
 from .plans import PlanEngine
 from .zones import CameraView, ZoneBook
 
-VERSION = 1
+VERSION = 2  # 2: a hash of fields, written incrementally (1 was one JSON string)
 MAX_AGE_S = 600.0  # an older memory is of no use to live control
 
 
@@ -35,18 +43,21 @@ def _num(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
-def dump(book: ZoneBook, engine: PlanEngine, now: float) -> str:
-    zones = {}
-    for zid in book._views:
-        f = book._filters.get(zid)
-        lk = book._last_known.get(zid)
-        zones[zid] = {
-            "filter": asdict(f) if f is not None else None,
-            "views": {cid: asdict(v) for cid, v in book._views[zid].items()},
-            "pending_flow": book._pending_flow.get(zid, 0.0),
-            "flows": [list(x) for x in book._flows.get(zid, ())],
-            "last_known": lk.model_dump() if lk is not None else None,
-        }
+def _zone(book: ZoneBook, zid: str) -> str:
+    f = book._filters.get(zid)
+    lk = book._last_known.get(zid)
+    # vars() of the (flat) dataclasses: dataclasses.asdict deep-copies and cost most of the dump
+    return json.dumps({
+        "filter": dict(vars(f)) if f is not None else None,
+        "views": {cid: vars(v) for cid, v in book._views[zid].items()},
+        "pending_flow": book._pending_flow.get(zid, 0.0),
+        "flows": [list(x) for x in book._flows.get(zid, ())],
+        "last_known": lk.model_dump() if lk is not None else None,
+    }, separators=(",", ":"))
+
+
+def dump(book: ZoneBook, engine: PlanEngine, now: float, zones=None) -> dict[str, str]:
+    """The hash fields to write: ``meta`` and the given zones' fields (all zones by default)."""
     areas = {
         pid: {
             "held_since": a.held_since,
@@ -57,18 +68,24 @@ def dump(book: ZoneBook, engine: PlanEngine, now: float) -> str:
         }
         for pid, a in engine.areas.items()
     }
-    return json.dumps({"v": VERSION, "at": now, "zones": zones, "areas": areas}, separators=(",", ":"))
+    out = {"meta": json.dumps({"v": VERSION, "at": now, "areas": areas}, separators=(",", ":"))}
+    for zid in (book._views if zones is None else zones):
+        if zid in book._views:
+            out[f"z:{zid}"] = _zone(book, zid)
+    return out
 
 
-def load(book: ZoneBook, engine: PlanEngine, raw: str | bytes | None, now: float) -> bool:
-    """Restore into ``book`` and ``engine`` (freshly built); False (and nothing changed) when
-    there is no usable memory."""
+def load(book: ZoneBook, engine: PlanEngine, raw: dict | None, now: float) -> bool:
+    """Restore into ``book`` and ``engine`` (freshly built) from the hash's fields (as read by
+    HGETALL, bytes or str); False (and nothing changed) when there is no usable memory."""
     if not raw:
         return False
     try:
-        doc = json.loads(raw)
+        fields_ = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+        doc = json.loads(fields_["meta"])
         if doc.get("v") != VERSION or not (now - MAX_AGE_S <= float(doc["at"]) <= now + 60):
             return False
+        doc["zones"] = {k[2:]: json.loads(v) for k, v in fields_.items() if k.startswith("z:")}
         view_fields = {f.name for f in fields(CameraView)}
         filter_fields = {f.name for f in fields(OccupancyFilter)}
         staged = {}
@@ -101,7 +118,7 @@ def load(book: ZoneBook, engine: PlanEngine, raw: str | bytes | None, now: float
                 {k: float(v) for k, v in a["rejected"]},
                 a["before_emergency"],
             )
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         return False
     for zid, (f, views, pending, flows, lk) in staged.items():
         if f is not None:

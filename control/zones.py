@@ -26,7 +26,7 @@ from crowdflow.site import LEVELS, Site, TrafficCutoffAction
 
 from .forecast import forecasts, minutes_to_ratio
 from .fusion import OccupancyFilter, Reading, aged, fuse, reading_variance
-from .ground import Ground
+from .ground import ground_of
 
 FLOW_WINDOW_S = 60.0
 FUTURE_TOLERANCE_S = 5.0  # a view dated further ahead of control's clock is not trusted as fresh
@@ -84,6 +84,7 @@ class ZoneBook:
         self._flows: dict[str, deque] = {z.id: deque() for z in site.zones}  # (t, in, out)
         self._has_gates = {zid for g in site.gates for zid in (g.inside_zone, g.outside_zone) if zid}
         self._last_known: dict[str, LastKnown] = {}
+        self._dirty: set[str] = set()  # zones whose memory (control/snapshot.py) changed since take_dirty()
         self._covering: dict[str, list[str]] = {z.id: [] for z in site.zones}
         for c in site.cameras:
             for zid in c.zones:
@@ -92,7 +93,7 @@ class ZoneBook:
         self._thresholds = level_thresholds(site)
         self._gates = {g.id: g for g in site.gates}
         self._extra_area: dict[str, float] = {}
-        self.ground = Ground(site)
+        self.ground = ground_of(site)
         self._last_ok: dict[str, dict[str, CameraView]] = {z.id: {} for z in site.zones}
         self._std: dict[str, float] = {}
         # Gate widths (m) and the crossings each gate reported: measured flow per metre.
@@ -110,6 +111,12 @@ class ZoneBook:
         (roads[].frees): people spread onto it, so the zone's count covers that ground too,
         at the density its cameras see, and its capacity grows with it."""
         self._extra_area = self.site.freed_area(a.road for a in actions if isinstance(a, TrafficCutoffAction))
+
+    def take_dirty(self) -> set[str]:
+        """The zones whose working memory changed (an observation, a state computed) since the
+        last call: what an incremental memory snapshot has to write."""
+        dirty, self._dirty = self._dirty, set()
+        return dirty
 
     # ------------------------------------------------------------------ input
 
@@ -151,6 +158,7 @@ class ZoneBook:
             if view.health == "ok" or zid in self._filters:
                 self._measure(zid, t_use)
             touched.add(zid)
+        self._dirty |= touched
         return touched
 
     def _fresh(self, v: CameraView, now: float) -> bool:
@@ -242,6 +250,7 @@ class ZoneBook:
 
     def state(self, zone_id: str, now: float) -> ZoneState:
         zone = self.site.zone_by_id[zone_id]
+        self._dirty.add(zone_id)  # flows are pruned, the last known value moves
         views = self._views[zone_id]
         fresh = {cid: v for cid, v in views.items() if self._fresh(v, now)}
         cap_now = crowd.capacity(zone.walkable_area_m2 + self._extra_area.get(zone_id, 0.0), zone.area_per_visitor_m2)

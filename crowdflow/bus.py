@@ -359,6 +359,24 @@ def refresh_slots(*clients) -> None:
                 pass  # every node still down: the next failure tries again
 
 
+def slot_client(r, key: str):
+    """The plain client of the master serving ``key``'s slot (``r`` itself on a single node).
+
+    For a transaction or pipeline whose keys all share one slot (a partition's, by its hash
+    tag): RedisCluster's pipeline parses every command for its keys and looks up its node under
+    the client's lock (a third of a partitioned worker's CPU, and a lock convoy between the
+    partitions' threads); the master's own client just sends them. A failover surfaces as a
+    connection error (the caller re-reads the slot map: :func:`refresh_slots`), a moved slot as
+    :class:`SlotMoved`."""
+    if not is_cluster(r):
+        return r
+    return r.get_node_from_key(key).redis_connection
+
+
+class SlotMoved(redis.ConnectionError):
+    """A slot served elsewhere now (MOVED/ASK to a pinned client): transient, re-read the map."""
+
+
 def raw_client(r: redis.Redis) -> redis.Redis:
     """A twin of ``r`` (same server, timeouts, retry) that returns bytes, never decoding."""
     if is_cluster(r):
@@ -577,6 +595,7 @@ class LeaderLease:
         self.id = instance_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.last_key = f"{key}:last"
         self.continued = False
+        self.relapses = 0  # lapsed leases taken back in a transaction (nobody led in between)
 
     # KEYS: lease, last holder. ARGV: id, ttl. → {1, previous holder} taken / {0, holder} not.
     _ACQUIRE = """
@@ -614,18 +633,46 @@ return {1, prev}
         """Run ``build(pipe)`` (which queues writes) as one MULTI/EXEC that also renews the lease,
         applied only while this instance holds it. Returns the per-command results (errors
         included, not raised: the caller reports them); raises :class:`LeaseLost`."""
-        with self.r.pipeline(transaction=True) as pipe:
+        for attempt in (1, 2):
             try:
-                pipe.watch(self.key)
-                holder = pipe.get(self.key)
-                if holder != self.id:
-                    raise LeaseLost(f"lease held by {holder!r}")
-                pipe.multi()
-                build(pipe)
-                pipe.pexpire(self.key, self.ttl_ms)
-                return pipe.execute(raise_on_error=False)
+                return self._transaction(build)
             except redis.WatchError:
-                raise LeaseLost("lease changed during the transaction") from None
+                # The lease key changed under the WATCH: taken by another (LeaseLost), or it
+                # only expired mid-transaction (an expiry also aborts an EXEC): then try again.
+                if attempt == 2 or self.r.get(self.key) is not None or text(self.r.get(self.last_key)) != self.id:
+                    raise LeaseLost("lease changed during the transaction") from None
+        raise AssertionError("unreachable")
+
+    def _transaction(self, build) -> list:
+        try:
+            return self._transaction_on(slot_client(self.r, self.key), build)
+        except (redis.exceptions.MovedError, redis.exceptions.AskError) as e:
+            refresh_slots(self.r)
+            raise SlotMoved(str(e)) from None
+
+    def _transaction_on(self, client, build) -> list:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.watch(self.key, self.last_key)
+            holder = pipe.get(self.key)
+            lapsed = False
+            if holder != self.id:
+                # Lapsed while this leader was busy (a long cycle, a slow or shared CPU) and
+                # nobody took it since (the last holder is still this instance): nothing was
+                # written by anyone else, so this state is still the newest; take the lease
+                # back in the same transaction. Both keys are WATCHed, so a taker racing this
+                # EXEC makes it fail as before.
+                if holder is not None or text(pipe.get(self.last_key)) != self.id:
+                    raise LeaseLost(f"lease held by {holder!r}")
+                lapsed = True
+            pipe.multi()
+            build(pipe)
+            if lapsed:
+                pipe.set(self.key, self.id, px=self.ttl_ms)
+            else:
+                pipe.pexpire(self.key, self.ttl_ms)
+            results = pipe.execute(raise_on_error=False)
+            self.relapses += lapsed
+            return results
 
 
 class EmbeddedRedis:

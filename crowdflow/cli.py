@@ -200,10 +200,11 @@ def cmd_control(args) -> int:
         svc = ControlService(site, r, keys, consumer=args.consumer, stale_after_s=args.stale_after,
                              lease_ms=site.control.lease_ms, audit_dir=audit_dir, edge_keys=edge_keys,
                              planner_factory=_planner_factory(site, args.twin))
+    from control.service import tune_gc
+
+    tune_gc()  # the site is loaded: keep it out of the collector's passes
     port = args.metrics_port or int(os.environ.get("CROWDFLOW_CONTROL_METRICS_PORT", "0") or 0)
-    if port and site.control.partitions:
-        log.warning("control metrics are per partition service and not served by a partitioned worker yet")
-    elif port:
+    if port:  # a partitioned worker labels every family by partition (control/metrics.py)
         from control.metrics import ControlMetrics
 
         ControlMetrics(svc).serve(port)

@@ -50,6 +50,7 @@ from crowdflow.records import (
     ZoneState,
     as_of,
     decode,
+    merge_in_force,
 )
 from crowdflow.site import Site
 from crowdflow.vocab import COMMAND_FIELDS, COMMAND_ROLE
@@ -106,10 +107,11 @@ class LiveState:
         self.recs: dict[str, Recommendation] = {}
         self.alarms: dict[str, Alarm] = {}
         self.mode: SiteMode | None = None
-        self.inforce: InForce | None = None
+        self.inforce: InForce | None = None  # every partition's, merged (merge_in_force)
+        self.inforce_by: dict[str, InForce] = {}  # partition → its own in-force record
         self.orders: dict[str, Order] = {}
 
-    def apply(self, rec) -> None:
+    def apply(self, rec, part: str = "") -> None:
         if isinstance(rec, ZoneState):
             self.zones.put(rec)
         elif isinstance(rec, PlanState):
@@ -123,7 +125,8 @@ class LiveState:
         elif isinstance(rec, SiteMode):
             self.mode = rec
         elif isinstance(rec, InForce):
-            self.inforce = rec
+            self.inforce_by[part] = rec
+            self.inforce = merge_in_force(self.inforce_by.values())
         elif isinstance(rec, Order):
             self.orders[rec.id] = rec
             _bound(self.orders, KEEP_ORDERS, lambda x: (x.status in ("sent", "acknowledged"), x.issued_at))
@@ -135,6 +138,7 @@ class LiveState:
         self.alarms.clear()
         self.mode = None
         self.inforce = None
+        self.inforce_by.clear()
         self.orders.clear()
 
     def snapshot(self, now: float) -> dict:
@@ -287,7 +291,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             if await r.exists(k.events):
                 last_ids[pid] = (await r.xinfo_stream(k.events))["last-generated-id"]
         state.clear_decisions()
-        for k in parts.values():
+        for pid, k in parts.items():
             for key, cls in ((k.zone_state, ZoneState), (k.plan_state, PlanState),
                              (k.recommendations, Recommendation), (k.alarms, Alarm)):
                 for field, raw in (await r.hgetall(key)).items():
@@ -301,12 +305,12 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                     state.apply(decode(SiteMode, raw))
                 except RecordError as e:
                     log.warning("bad %s: %s", k.mode, e)
-            # the in-force record and the orders: per partition (a partitioned site shows the
-            # last partition's in-force record until they are merged; see docs/scaling.md)
+            # the in-force record and the orders: per partition; the screen shows every
+            # partition's measures merged (LiveState.inforce)
             raw = await r.get(k.inforce)
             if raw:
                 try:
-                    state.apply(decode(InForce, raw))
+                    state.apply(decode(InForce, raw), part=pid)
                 except RecordError as e:
                     log.warning("bad %s: %s", k.inforce, e)
             for field, raw in (await r.hgetall(k.orders)).items():
@@ -316,7 +320,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                     log.warning("bad %s[%s]: %s", k.orders, field, e)
         return last_ids
 
-    def handle(entry_id: str, fields: dict) -> None:
+    def handle(entry_id: str, fields: dict, part: str = "") -> None:
         kind = fields.get("type")
         cls = EVENT_TYPES.get(kind)
         if cls is None:
@@ -336,7 +340,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                 if not rec.ok or len(fut.answers) >= fut.expected:
                     fut.set_result(rec)
             return
-        state.apply(rec)
+        state.apply(rec, part)
+        if isinstance(rec, InForce):  # what every partition has in force, not this one's alone
+            rec = state.inforce
         if not isinstance(rec, ZoneState):  # zones go out below, after staleness is applied
             hub.broadcast(_msg(kind, rec))
         return rec
@@ -364,16 +370,18 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                 if shown.get(s.zone_id) != key:
                     shown[s.zone_id] = key
                     app.state.metrics.send_lag.observe(max(0.0, now - s.computed_at))
-                    hub.broadcast(json.dumps({"type": "zone", "state": s.model_dump()}, ensure_ascii=False))
+                    # serialised by pydantic's own encoder (as the key above), not through a dict
+                    # and json.dumps: this ran for every zone event and was the follower's largest cost
+                    hub.broadcast('{"type":"zone","state":' + s.model_dump_json() + "}")
 
-        async def read(k: Keys, last_id: str) -> None:
+        async def read(pid: str, k: Keys, last_id: str) -> None:
             while True:
                 resp = await r.xread({k.events: last_id}, count=500, block=1000)
                 touched: set[str] = set()
                 for _, entries in resp or []:
                     for entry_id, fields in entries:
                         last_id = entry_id
-                        rec = handle(entry_id, fields)
+                        rec = handle(entry_id, fields, pid)
                         if isinstance(rec, ZoneState):
                             touched.add(rec.zone_id)
                 push_zones(touched)
@@ -387,7 +395,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                 backoff.succeeded()
                 async with asyncio.TaskGroup() as tg:  # one reader fails: all resync
                     for pid, k in parts.items():
-                        tg.create_task(read(k, last_ids[pid]))
+                        tg.create_task(read(pid, k, last_ids[pid]))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Redis down or restarting: keep serving, retry
@@ -706,7 +714,9 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             while True:
                 left = s.expires_at - time.time()
                 try:
-                    msg = await asyncio.wait_for(q.get(), timeout=min(max(left, 0.01), SESSION_RECHECK_S))
+                    # a queued message is taken at once: wait_for costs a task per message
+                    msg = q.get_nowait() if left > 0 and not q.empty() else \
+                        await asyncio.wait_for(q.get(), timeout=min(max(left, 0.01), SESSION_RECHECK_S))
                 except asyncio.TimeoutError:
                     # expired, or revoked meanwhile (logout elsewhere, password changed)?
                     if time.time() >= s.expires_at or await session_of(websocket) is None:

@@ -106,6 +106,7 @@ def raw_reader(url: str, streams: list[str], ready, go, out: mp.Queue) -> None:
     r.ping()
     ready.release()
     go.wait()
+    cpu0 = time.process_time()
     n, live = 0, list(streams)
     while live:
         for s in list(live):
@@ -116,10 +117,16 @@ def raw_reader(url: str, streams: list[str], ready, go, out: mp.Queue) -> None:
                 continue
             r.xack(s, GROUP_RAW, *[i for i, _ in entries])
             n += len(entries)
-    out.put((n, time.time()))
+    out.put((n, time.time(), time.process_time() - cpu0))
 
 
-def bench_raw(url: str, prefix: str, by_part: dict[str, list[str]]) -> tuple[float, float]:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_raw(url: str, prefix: str, by_part: dict[str, list[str]]) -> tuple[float, float, float]:
     r = connect(url)
     base = Keys(prefix)
     xadd_rate = preload(r, prefix, by_part)
@@ -144,7 +151,7 @@ def bench_raw(url: str, prefix: str, by_part: dict[str, list[str]]) -> tuple[flo
     n = sum(x[0] for x in res)
     rate = n / (max(x[1] for x in res) - go_at)
     cleanup(r, prefix, by_part)
-    return xadd_rate, rate
+    return xadd_rate, rate, sum(x[2] for x in res) / n * 1e6
 
 
 def control_worker(url: str, prefix: str, site_dict: dict, wid: str, ready, go, stop_at: float) -> None:
@@ -156,6 +163,9 @@ def control_worker(url: str, prefix: str, site_dict: dict, wid: str, ready, go, 
     logging.basicConfig(level=logging.WARNING)
     site = parse_site(site_dict, "synthetic")
     w = Worker(site, connect(url), Keys(prefix), worker_id=wid, stale_after_s=3600)
+    from control.service import tune_gc
+
+    tune_gc()  # as `crowdflow control` does
     ready.release()
     go.wait()
     stop = threading.Event()
@@ -184,10 +194,27 @@ def drained(r, prefix: str, pids) -> tuple[bool, int]:
     return ok, left
 
 
+def led(r, prefix: str, pids) -> dict[str, str | None]:
+    base = Keys(prefix)
+    return {pid: r.get(base.partition(pid).leader) for pid in pids}
+
+
 def bench_control(url: str, prefix: str, site_dict: dict, by_part: dict[str, list[str]], n_workers: int,
-                  timeout_s: float = 300) -> float:
+                  timeout_s: float = 300) -> tuple[float, float, float]:
+    """(observations/s, seconds from the workers' start until every partition was led and
+    balanced: the takeover, not timed in the rate, µs of the workers' CPU per observation).
+
+    The streams are loaded first, with the control group created at their end, so the workers
+    start, take and balance their partitions with nothing to read; the clock starts when the
+    group is set back to the streams' start (XGROUP SETID 0): as for the raw readers, only the
+    ingest is timed, not the start-up."""
+    import math
+
     r = connect(url)
     preload(r, prefix, by_part)
+    base = Keys(prefix)
+    for pid in by_part:
+        r.xgroup_create(base.partition(pid).obs, "control", id="$")
     n = sum(len(v) for v in by_part.values())
     ctx = mp.get_context("spawn")
     ready, go = ctx.Semaphore(0), ctx.Event()
@@ -196,15 +223,32 @@ def bench_control(url: str, prefix: str, site_dict: dict, by_part: dict[str, lis
              for i in range(n_workers)]
     for p in procs:
         p.start()
-    for p in procs:  # each has parsed the site and built its services: only the ingest is timed
+    for p in procs:  # each has parsed the site and built its services
         ready.acquire(timeout=300)
-    go_at = time.time()
+    t_start = time.time()
     go.set()
+    share = math.ceil(len(by_part) / n_workers)
+    while True:  # every partition led, none of the workers above its share, and stable for 1 s
+        holders = led(r, prefix, by_part)
+        counts = [list(holders.values()).count(f"w{i}") for i in range(n_workers)]
+        if None not in holders.values() and max(counts) <= share:
+            time.sleep(1.0)
+            if led(r, prefix, by_part) == holders:
+                break
+        if time.time() > stop_at - timeout_s:
+            raise RuntimeError(f"control workers did not take the partitions: {holders}")
+        time.sleep(0.1)
+    takeover_s = time.time() - t_start - 1.0
+    cpu0 = sum(cpu_s(p.pid) for p in procs)
+    go_at = time.time()
+    for pid in by_part:
+        r.xgroup_setid(base.partition(pid).obs, "control", id="0")
     end = None
     while time.time() < stop_at:
         ok, left = drained(r, prefix, by_part)
         if ok:
             end = time.time()
+            cpu = sum(cpu_s(p.pid) for p in procs) - cpu0
             break
         time.sleep(0.05)
     for p in procs:
@@ -214,7 +258,7 @@ def bench_control(url: str, prefix: str, site_dict: dict, by_part: dict[str, lis
     cleanup(r, prefix, by_part)
     if end is None:
         raise RuntimeError(f"control did not drain {n} entries in {timeout_s} s")
-    return n / (end - go_at)
+    return n / (end - go_at), takeover_s, cpu / n * 1e6
 
 
 # ----------------------------------------------------------------------------- latency
@@ -243,6 +287,38 @@ def producer_1hz(url: str, prefix: str, n_cameras: int, parts: dict[int, str], s
         k += 1
         t_next += 1.0 / ticks
         time.sleep(max(0.0, t_next - time.time()))
+
+
+def events_listener(url: str, prefix: str, pids: list[str], seconds: float, start_at: float, out) -> None:
+    """Control's share of the latency: receive time of each zone event in the partitions' event
+    streams − the observation's capture time (one blocking XREAD per partition, each in a
+    thread: a cluster refuses one XREAD across slots)."""
+    import threading
+
+    r = connect(url)
+    base = Keys(prefix)
+    lat: list[float] = []
+    end = start_at + seconds
+
+    def follow(stream: str) -> None:
+        last = r.xinfo_stream(stream)["last-generated-id"] if r.exists(stream) else "0-0"
+        while time.time() < end:
+            resp = r.xread({stream: last}, count=2000, block=500)
+            now = time.time()
+            for _, entries in resp or []:
+                for eid, f in entries:
+                    last = eid
+                    if f.get("type") == "zone" and now > start_at + 2:
+                        rec = json.loads(f["rec"])
+                        if rec["status"] == "ok" and rec.get("updated_at"):
+                            lat.append(now - rec["updated_at"])
+
+    threads = [threading.Thread(target=follow, args=(base.partition(p).events,)) for p in pids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(lat)
 
 
 async def ws_listen(base: str, token: str, seconds: float, start_at: float) -> tuple[list[float], int]:
@@ -317,15 +393,24 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
         start_at = time.time() + 3.0
         ctx = mp.get_context("spawn")
         prod = ctx.Process(target=producer_1hz, args=(url, prefix, n_cameras, parts, seconds, start_at))
+        q = ctx.Queue()
+        ev = ctx.Process(target=events_listener, args=(url, prefix, list(site_dict["control"]["partitions"]),
+                                                      seconds, start_at, q))
         prod.start()
+        ev.start()
         lat, drops = asyncio.run(ws_listen(base, token, seconds, start_at))
         lat = np.array(lat) * 1000
+        ev_lat = np.array(q.get(timeout=120)) * 1000
         prod.join()
+        ev.join()
         return {"cameras": n_cameras, "partitions": len(site_dict["control"]["partitions"]), "n": len(lat),
                 "drops": drops,
                 "p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "p99": float(np.percentile(lat, 99)) if len(lat) else None,
-                "max": float(lat.max()) if len(lat) else None, "expected": int(n_cameras * (seconds - 2))}
+                "max": float(lat.max()) if len(lat) else None, "expected": int(n_cameras * (seconds - 2)),
+                "control_n": len(ev_lat),
+                "control_p50": float(np.percentile(ev_lat, 50)) if len(ev_lat) else None,
+                "control_p99": float(np.percentile(ev_lat, 99)) if len(ev_lat) else None}
     finally:
         for p in procs:
             p.terminate()
@@ -377,15 +462,20 @@ def main() -> int:
             print(f"site: {args.cameras} cameras in {len(by_part)} partitions over "
                   f"{len({r.get_node_from_key(Keys('x').partition(p).obs).name for p in by_part})} masters; "
                   f"{args.messages} observations")
-            xadd_rate, raw = bench_raw(url, f"bench-{uuid.uuid4().hex[:6]}", by_part)
-            out.update(xadd_pipelined=xadd_rate, raw=raw)
+            xadd_rate, raw, raw_cpu = bench_raw(url, f"bench-{uuid.uuid4().hex[:6]}", by_part)
+            out.update(xadd_pipelined=xadd_rate, raw=raw, raw_cpu_us=raw_cpu)
             print(f"raw  pipelined XADD (1 producer):                      {xadd_rate:8.0f} obs/s")
-            print(f"raw  XREADGROUP COUNT 1000 + XACK, one reader per shard: {raw:8.0f} obs/s")
+            print(f"raw  XREADGROUP COUNT 1000 + XACK, one reader per shard: {raw:8.0f} obs/s   "
+                  f"({raw_cpu:.0f} µs of the readers' CPU per entry)")
             for n_workers in [int(x) for x in args.workers.split(",") if x]:
-                rate = bench_control(url, f"bench-{uuid.uuid4().hex[:6]}", site_dict, by_part, n_workers)
+                rate, takeover, cpu = bench_control(url, f"bench-{uuid.uuid4().hex[:6]}", site_dict, by_part,
+                                                    n_workers)
                 out[f"control_{n_workers}w"] = rate
-                print(f"control, {n_workers} worker(s):                                {rate:8.0f} obs/s   "
-                      f"ratio control/raw {rate / raw:.2f} (target ≥ 0.5)")
+                out[f"takeover_{n_workers}w_s"] = takeover
+                out[f"control_{n_workers}w_cpu_us"] = cpu
+                print(f"control, {n_workers} worker process(es):                       {rate:8.0f} obs/s   "
+                      f"ratio control/raw {rate / raw:.2f} (target ≥ 0.5); partitions taken in {takeover:.1f} s; "
+                      f"{cpu:.0f} µs of the workers' CPU per observation (raw/control CPU {raw_cpu / cpu:.2f})")
         for n in [int(x) for x in args.latency_cameras.split(",") if x]:
             res = bench_latency(url, n, args.partitions, args.seconds, args.port)
             out[f"latency_{n}"] = res
@@ -396,6 +486,9 @@ def main() -> int:
             print(f"camera → browser at {n} cameras × 1 Hz ({res['partitions']} partitions, 1 worker, 1 dashboard): "
                   f"{res['n']} zone messages of ~{res['expected']} observations, p50 {res['p50']:.0f} ms, "
                   f"p99 {res['p99']:.0f} ms, max {res['max']:.0f} ms; client dropped as too slow {res['drops']}×")
+            if res["control_n"]:
+                print(f"    of which control (capture → zone event in Redis, {res['control_n']} events): "
+                      f"p50 {res['control_p50']:.0f} ms, p99 {res['control_p99']:.0f} ms")
         out["load_at_end"] = os.getloadavg()
         print(f"load average at start {out['load_at_start'][0]:.1f}, at end {out['load_at_end'][0]:.1f} "
               f"on {out['cpus']} CPUs")

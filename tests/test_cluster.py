@@ -12,7 +12,7 @@ import redis
 
 from control.service import GROUP, ControlService
 from crowdflow.bus import Keys, LeaderLease, LeaseLost, connect, hash_tag, is_cluster
-from crowdflow.records import Observation, ZoneCount, ZoneState, decode
+from crowdflow.records import InForce, Observation, ZoneCount, ZoneState, decode
 
 from .cluster import start_cluster
 
@@ -209,6 +209,7 @@ def test_partitioned_site_on_a_cluster_dashboard_sim_and_two_workers(rc, cluster
     for k in parts.values():  # one slot per partition: its stream, lease and state together
         assert len({rc.keyslot(n) for n in (k.obs, k.leader, k.zone_state, k.events, k.obs_seen("c"))}) == 1
     rec = seed_recommendation(rc, parts["bridge"], site, "bridge", "IV", "bridge-e-mid")
+    rec2 = seed_recommendation(rc, parts["complex"], site, "hongyadong", "IV", "cangbai-plaza")
     workers = [Worker(site, rc, keys, worker_id=f"w{i}", lease_ms=1500) for i in (1, 2)]
     running = [w.start() for w in workers]
     try:
@@ -223,6 +224,18 @@ def test_partitioned_site_on_a_cluster_dashboard_sim_and_two_workers(rc, cluster
                 time.sleep(0.1)
             res = c.post("/api/commands", json={"kind": "confirm", "recommendation_id": rec.id})
             assert res.status_code == 200, res.text  # went to the bridge partition, which holds it
+            res = c.post("/api/commands", json={"kind": "confirm", "recommendation_id": rec2.id})
+            assert res.status_code == 200, res.text  # and this one to the complex partition
+            # What is in force is every partition's record merged, not the last one read: both
+            # plan areas' measures are on screen, with the partitions' records in Redis apart.
+            for _ in range(100):
+                inforce = c.get("/api/state").json()["inforce"] or {"measures": []}
+                if {m["plan_id"] for m in inforce["measures"]} >= {"bridge", "hongyadong"}:
+                    break
+                time.sleep(0.1)
+            assert {m["plan_id"] for m in inforce["measures"]} == {"bridge", "hongyadong"}, inforce
+            assert {m.plan_id for m in decode(InForce, rc.get(parts["bridge"].inforce)).measures} == {"bridge"}
+            assert {m.plan_id for m in decode(InForce, rc.get(parts["complex"].inforce)).measures} == {"hongyadong"}
             sc = load_scenario("mayday-evening", site)[0]
             sim = SimRunner(site, sc, rc, keys, [c.id for c in site.cameras], speed=60, seed=3)
             assert sim.tick() == len(site.cameras)

@@ -227,7 +227,7 @@ def test_new_leader_restores_filters_timers_and_last_known(rs, site):
     old.engine.areas["bridge"].rejected["III"] = t0 - 5.0  # a commander said no 5 s ago
     from control import snapshot
 
-    rs.set(keys.control_memory, snapshot.dump(old.book, old.engine, time.time()))
+    rs.hset(keys.control_memory, mapping=snapshot.dump(old.book, old.engine, time.time()))
     before = zone(rs, keys)
     new = ControlService(site, rs, keys, consumer="new", stale_after_s=30)
     new.start()

@@ -17,6 +17,7 @@ from crowdflow.records import Observation, ZoneCount, ZoneState, decode
 from crowdflow.site import parse_site
 from crowdflow.site.partitions import camera_keys, partition_keys, sub_site
 
+from .conftest import free_port
 from .partitioned import PARTITIONS, partitioned, write
 from .procs import services, wait_for
 
@@ -77,6 +78,15 @@ def zone_ok(r, k: Keys, zone: str) -> bool:
     return raw is not None and decode(ZoneState, raw).status == "ok"
 
 
+def scrape(port: int) -> str:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return ""
+
+
 def _holders(r, parts) -> dict[str, str | None]:
     return {pid: r.get(k.leader) for pid, k in parts.items()}
 
@@ -91,15 +101,34 @@ def test_a_killed_worker_loses_its_partitions_within_the_lease_time(raw, redis_u
     with services(tmp_path, redis_url, prefix) as svc:
         a = svc.start("control-a", "control", "--config", str(cfg), "--consumer", "wa")
         wait_for(lambda: set(_holders(r, parts).values()) == {"wa"}, 30)
-        b = svc.start("control-b", "control", "--config", str(cfg), "--consumer", "wb")
+        port = free_port()
+        b = svc.start("control-b", "control", "--config", str(cfg), "--consumer", "wb", "--metrics-port", str(port))
         wait_for(lambda: sorted(map(str, _holders(r, parts).values())) in (["wa", "wa", "wb"], ["wa", "wb", "wb"]), 30)
         held_by_a = [pid for pid, h in _holders(r, parts).items() if h == "wa"]
+        held_by_b = [pid for pid, h in _holders(r, parts).items() if h == "wb"]
+        # The worker's metrics, per partition: a good and a bad record in a partition it leads.
+        mine = held_by_b[0]
+        cam, zone = next((c.id, c.zones[0]) for c in sub_site(site, mine).cameras)
+        r.xadd(parts[mine].obs, {"rec": obs(cam, zone, 1).encode()})
+        r.xadd(parts[mine].obs, {"rec": b"\xff not a record"})
+        m = wait_for(lambda: (t := scrape(port)) and f'crowdflow_control_dead_letters_total{{partition="{mine}",'
+                     f'reason="(record)"}} 1.0' in t and t, 15, what="metrics of the worker")
+        assert f'crowdflow_control_observations_total{{outcome="applied",partition="{mine}"}} 1.0' in m
+        assert f"crowdflow_control_partitions_led {len(held_by_b)}.0" in m
+        assert f'crowdflow_control_leader{{partition="{mine}"}} 1.0' in m
+        assert all(f'crowdflow_control_leader{{partition="{p}"}} 0.0' in m for p in held_by_a)
+        assert f'crowdflow_control_cycle_seconds_count{{partition="{mine}"}}' in m
+        assert f'crowdflow_control_stream_backlog{{partition="{mine}",state="unacknowledged",stream="obs"}} 0.0' in m
+        lag = float(next(x for x in m.splitlines()
+                         if x.startswith(f'crowdflow_control_ingest_lag_seconds{{partition="{mine}"}}')).split()[1])
+        assert 0 <= lag < 60
         os.kill(a.pid, signal.SIGKILL)
         t0 = time.monotonic()
         wait_for(lambda: set(_holders(r, parts).values()) == {"wb"}, 15)
         moved_s = time.monotonic() - t0
         assert moved_s < 3.0 + 1.5 + 1.0, moved_s  # lease + heartbeat/poll + margin (2-core box under load)
         assert held_by_a
+        wait_for(lambda: "crowdflow_control_partitions_led 3.0" in scrape(port), 10, what="b leads all three")
         svc.start("control-c", "control", "--config", str(cfg), "--consumer", "wc")
         wait_for(lambda: "wc" in _holders(r, parts).values() and len(set(_holders(r, parts).values())) == 2, 30,
                  )
