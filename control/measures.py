@@ -28,13 +28,14 @@ from .twin import Twin, TwinStart
 
 CYCLE_S = 30.0
 # A decision every cycle; the twin is rolled again (a full plan) when the plan is this old, when
-# what is in force changed, when a zone's unknown status changed, or when the fused state has
-# drifted from the last plan's own forecast for this minute by more than DRIFT (capacity-ratio
-# points, or DRIFT_REL of the forecast, whichever is larger). Otherwise the last plan stands:
-# its forecast still describes the ground, so its rollouts would not change.
-REPLAN_MAX_S = 120.0
-DRIFT = 0.08
-DRIFT_REL = 0.12
+# what is in force changed, or when the fused state (unknown zones at their worst plausible
+# count) has drifted from the last plan's own forecast for this minute by more than DRIFT
+# (capacity-ratio points, or DRIFT_REL of the forecast, whichever is larger) in a zone near its
+# target. Otherwise the last plan stands: its forecast still describes the ground.
+REPLAN_MAX_S = 300.0
+DRIFT = 0.2
+DRIFT_REL = 0.25
+RELEVANT = 0.6  # a zone both observed and forecast below this share of its target does not re-plan
 
 
 def owner(m: Measure) -> str:
@@ -135,7 +136,7 @@ class MeasurePlanner:
         if self.replan_max_s is None or self._plan is None or self.last is None or self.last.engine != "mpc":
             return False
         at, act0, unk0 = self._plan
-        if now - at >= self.replan_max_s or frozenset(unknown) != unk0:
+        if now - at >= self.replan_max_s:
             return False
         d = self.last.decision
         act = frozenset(active)
@@ -146,12 +147,15 @@ class MeasurePlanner:
         else:
             return False
         k = int(round((now - at) / 60.0))
+        targets = self.optimizer.targets if self.optimizer is not None else {}
         for z in self.site.zones:
-            if z.id in unknown or z.id not in curve:
+            if z.id not in curve:  # an unknown zone counts at its worst plausible count
                 continue
             series = curve[z.id]
             f = series[min(k, len(series) - 1)]
             obs = counts[z.id] / max(z.capacity, 1)
+            if max(obs, f) < RELEVANT * targets.get(z.id, 1.0):
+                continue
             if abs(obs - f) > max(DRIFT, DRIFT_REL * f):
                 return False
         return True

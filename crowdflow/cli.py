@@ -533,9 +533,12 @@ def cmd_evaluate(args) -> int:
                                      progress=lambda line: print(f"  {line}  ({time.monotonic() - t0:.0f} s)",
                                                                  file=sys.stderr, flush=True))
     took = time.monotonic() - t0
+    cpu = sum(m.cpu_s for by in results.values() for runs in by.values() for m in runs)
+    n_ev = sum(len(runs) for by in results.values() for runs in by.values())
     out = [f"scenario {args.scenario}, {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), policies {', '.join(names)}, "
            f"demand sweep {', '.join(f'×{d:g}' for d in sweep)}; {took:.0f} s with {args.jobs} worker(s) "
-           f"on {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})", ""]
+           f"on {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); {n_ev} evenings, {cpu:.0f} CPU-s "
+           f"(≈{cpu / max(args.jobs, 1):.0f} s on {args.jobs} idle cores)", ""]
     for d in sorted(results):
         if d in (1.0, 1.3) or len(results[d]) == len(names):
             out += [table(results[d], title=f"demand ×{d:g}"), ""]
