@@ -501,6 +501,21 @@ def cmd_sim(args) -> int:
     return 0
 
 
+def _jsonl_writer(path):
+    """Each finished evening's metrics as one JSON line, as it finishes (a long run stopped
+    early keeps what it measured)."""
+    if not path:
+        return None
+    import dataclasses
+    import json
+
+    def write(m) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(dataclasses.asdict(m), default=float) + "\n")
+
+    return write
+
+
 def cmd_evaluate(args) -> int:
     import json
     import os
@@ -530,6 +545,7 @@ def cmd_evaluate(args) -> int:
     t0 = time.monotonic()
     results, safe, series = evaluate(args.scenario, names, seeds, sweep=sweep, jobs=args.jobs,
                                      confirm_delay_s=args.confirm_delay_s, baseline=params, config=args.config,
+                                     on_result=_jsonl_writer(args.jsonl),
                                      progress=lambda line: print(f"  {line}  ({time.monotonic() - t0:.0f} s)",
                                                                  file=sys.stderr, flush=True))
     took = time.monotonic() - t0
@@ -766,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline-decide-delay-s", type=float, default=120.0, help="the baseline's time to decide")
     s.add_argument("--confirm-delay-s", type=float, default=60.0, help="commander's time to confirm a recommendation")
     s.add_argument("--json", help="also write every run's metrics to this file")
+    s.add_argument("--jsonl", help="append each evening's metrics to this file as it finishes")
     s.add_argument("--markdown", help="also write the tables to this file")
     s.add_argument("--plots", help="write the evening plots (PNG) into this folder")
     s.set_defaults(func=cmd_evaluate)

@@ -613,7 +613,8 @@ _COST = {"mpc": 6.0, "plans": 1.2, "baseline": 1.0, "none": 0.8}
 
 def evaluate(scenario: str, policies: list[str], seeds: list[int], sweep: tuple[float, ...] = SWEEP,
              jobs: int = 2, confirm_delay_s: float = 60.0, baseline: BaselineParams | None = None,
-             faults: Faults | None = None, progress: Callable[[str], None] | None = None, config: str | None = None):
+             faults: Faults | None = None, progress: Callable[[str], None] | None = None, config: str | None = None,
+             on_result: Callable[[Metrics], None] | None = None):
     """Every policy × seed at each demand of ``sweep``, in ascending demand until the policy's
     evening is no longer safe for that seed (×1.0 and ×1.3 always run). Returns
     (results by demand → policy → [Metrics], safe multiplier by policy → per seed, series of
@@ -626,14 +627,22 @@ def evaluate(scenario: str, policies: list[str], seeds: list[int], sweep: tuple[
     sweep = tuple(sorted(set(sweep)))
     safe: dict[str, dict[int, float]] = {p: {s: 0.9 for s in seeds} for p in policies}
     series: dict[tuple[str, float], Series] = {}
-    tasks = sorted(((p, s) for p in policies for s in seeds), key=lambda ps: -_COST.get(ps[0], 1.0))
     with ProcessPoolExecutor(max_workers=max(1, jobs), initializer=_init, initargs=(scenario, faults, config)) as ex:
-        futs = [ex.submit(_chain, (p, s, sweep, MUST if s == seeds[0] else (), confirm_delay_s, baseline))
-                for p, s in tasks]
+        if set(sweep) <= set(MUST):
+            # every evening runs whatever the others show: one task per evening, demand by
+            # demand, seed by seed (dearest policy first) — what has finished is paired by seed
+            futs = [ex.submit(_chain, (p, s, (d,), MUST if s == seeds[0] else (), confirm_delay_s, baseline))
+                    for d in sweep for s in seeds for p in sorted(policies, key=lambda p: -_COST.get(p, 1.0))]
+        else:
+            tasks = sorted(((p, s) for p in policies for s in seeds), key=lambda ps: -_COST.get(ps[0], 1.0))
+            futs = [ex.submit(_chain, (p, s, sweep, MUST if s == seeds[0] else (), confirm_delay_s, baseline))
+                    for p, s in tasks]
         for fut in as_completed(futs):
             chain = fut.result()
             alive = True
             for name, seed, demand, m, ser in chain:
+                if on_result:
+                    on_result(m)
                 if ser is not None:
                     series[(name, demand)] = ser
                 if alive and m.safe:
