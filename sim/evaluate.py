@@ -629,10 +629,10 @@ def evaluate(scenario: str, policies: list[str], seeds: list[int], sweep: tuple[
     series: dict[tuple[str, float], Series] = {}
     with ProcessPoolExecutor(max_workers=max(1, jobs), initializer=_init, initargs=(scenario, faults, config)) as ex:
         if set(sweep) <= set(MUST):
-            # every evening runs whatever the others show: one task per evening, demand by
-            # demand, seed by seed (dearest policy first) — what has finished is paired by seed
+            # every evening runs whatever the others show: one task per evening, seed by seed
+            # (each demand, dearest policy first) — what has finished is paired by seed
             futs = [ex.submit(_chain, (p, s, (d,), MUST if s == seeds[0] else (), confirm_delay_s, baseline))
-                    for d in sweep for s in seeds for p in sorted(policies, key=lambda p: -_COST.get(p, 1.0))]
+                    for s in seeds for d in sweep for p in sorted(policies, key=lambda p: -_COST.get(p, 1.0))]
         else:
             tasks = sorted(((p, s) for p in policies for s in seeds), key=lambda ps: -_COST.get(ps[0], 1.0))
             futs = [ex.submit(_chain, (p, s, sweep, MUST if s == seeds[0] else (), confirm_delay_s, baseline))
