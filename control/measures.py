@@ -27,6 +27,15 @@ from .optimizer import Candidate, Decision, Optimizer, Peak, plausible_counts, t
 from .twin import Twin, TwinStart
 
 CYCLE_S = 30.0
+# A decision every cycle; the twin is rolled again (a full plan) when the plan is this old, when
+# what is in force changed, or when the fused state (unknown zones at their worst plausible
+# count) has drifted from the last plan's own forecast for this minute by more than DRIFT
+# (capacity-ratio points, or DRIFT_REL of the forecast, whichever is larger) in a zone near its
+# target. Otherwise the last plan stands: its forecast still describes the ground.
+REPLAN_MAX_S = 300.0
+DRIFT = 0.2
+DRIFT_REL = 0.25
+RELEVANT = 0.6  # a zone both observed and forecast below this share of its target does not re-plan
 
 
 def owner(m: Measure) -> str:
@@ -44,7 +53,7 @@ class PlanResult:
 
 class MeasurePlanner:
     def __init__(self, site: Site, twin: Twin | None, cycle_s: float = CYCLE_S, budget_s: float = 2.0,
-                 staff: StaffBook | None = None, tod=None):
+                 staff: StaffBook | None = None, tod=None, replan_max_s: float | None = None):
         self.site = site
         # time of day the twin starts from (seconds after local midnight); a drill or a demo
         # whose simulator keeps its own clock passes a fixed one
@@ -54,6 +63,11 @@ class MeasurePlanner:
         self.optimizer = Optimizer(site, twin, budget_s=budget_s) if twin is not None else None
         self.staff = staff or StaffBook(site)
         self.last: PlanResult | None = None
+        # full plans at least this often (None: every cycle — the live service's default)
+        self.replan_max_s = replan_max_s
+        self._plan: tuple | None = None  # (planned at, set in force then, unknown then)
+        self.plans_run = 0  # full plans (twin rollouts) so far
+        self.plans_kept = 0  # cycles answered by the standing plan
         self.owned = {p.id: [m.id for m in site.measures if owner(m) == p.id] for p in site.plans}
 
     def areas_with_measures(self) -> set[str]:
@@ -86,6 +100,10 @@ class MeasurePlanner:
             return self.last
         self._now = now
         counts, unknown = plausible_counts(self.site, zones, now)
+        if not force and self._plan_stands(now, counts, unknown, active):
+            self.plans_kept += 1
+            self.last = PlanResult(self.last.decision, "mpc", now, self.last.note, self.last.why)
+            return self.last
         cands = self.candidates(active, released, bound)
         result = None
         if self.optimizer is not None:
@@ -106,7 +124,41 @@ class MeasurePlanner:
             result = PlanResult(self.rules(zones, cands, unknown), "rules", now,
                                 Text(zh="无孪生模型，按规则预案", en="no twin; rule-based plans"))
         self.last = result
+        self._plan = (now, frozenset(active), frozenset(unknown)) if result.engine == "mpc" else None
+        self.plans_run += 1
         return result
+
+    def _plan_stands(self, now: float, counts: Mapping[str, float], unknown: list[str],
+                     active: Mapping[str, float]) -> bool:
+        """Whether the last full plan still describes the ground (see ``REPLAN_MAX_S``): same
+        measures in force (as then, or as it chose), same unknown zones, young enough, and every
+        known zone within the drift of that plan's forecast for this minute."""
+        if self.replan_max_s is None or self._plan is None or self.last is None or self.last.engine != "mpc":
+            return False
+        at, act0, unk0 = self._plan
+        if now - at >= self.replan_max_s:
+            return False
+        d = self.last.decision
+        act = frozenset(active)
+        if act == act0:
+            curve = d.curves.get("without", {})
+        elif act == frozenset(d.chosen):
+            curve = d.curves.get("with", {})
+        else:
+            return False
+        k = int(round((now - at) / 60.0))
+        targets = self.optimizer.targets if self.optimizer is not None else {}
+        for z in self.site.zones:
+            if z.id not in curve:  # an unknown zone counts at its worst plausible count
+                continue
+            series = curve[z.id]
+            f = series[min(k, len(series) - 1)]
+            obs = counts[z.id] / max(z.capacity, 1)
+            if max(obs, f) < RELEVANT * targets.get(z.id, 1.0):
+                continue
+            if abs(obs - f) > max(DRIFT, DRIFT_REL * f):
+                return False
+        return True
 
     def rules(self, zones: Mapping[str, ZoneState], cands: list[Candidate], unknown: list[str]) -> Decision:
         """Rule-based stand-in: keep what is in force; for each zone whose own forecast reaches a

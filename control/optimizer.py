@@ -45,6 +45,17 @@ DEFAULT_TARGET = 0.9  # LB/T 068 orange (≥ 90 %) for zones no measure names
 HOLDING_TARGET = 1.0
 TURNED_AWAY_PER_COST = 25.0  # people turned away (gave up in a holding queue) worth one cost unit (≈ an officer for the horizon)
 GRACE_MIN = 5.0  # targets are judged from this minute on: no measure undoes a crowd already there sooner
+# Two kinds of target. *Safety* (local density, queue waits, holding areas: what makes an evening
+# unsafe on the yardstick — 4 p/m² anywhere, a p95 wait over 15 min) may be answered by any
+# measure the level allows, closures included. *Service* (a zone's capacity ratio under the
+# LB/T 068 threshold of its area's first level with a measure — the level a commander would
+# switch at) is answered only by measures up to SERVICE_MAX_STAGE (metering, information, flow
+# control): a road is closed only when the cheaper levers cannot keep the crowd safe.
+SAFETY_KINDS = ("bottleneck", "holding", "queue")
+SAFETY_WEIGHT = 4.0  # a unit of safety excess outweighs this many units of service excess
+SERVICE_MAX_STAGE = 2
+MIN_GAIN_PER_COST = 0.002  # a measure goes on only if it removes at least this much excess per cost unit …
+RELEASE_GAIN_PER_COST = 0.001  # … and comes off when it removes less than this (hysteresis)
 
 
 def plausible_counts(site: Site, zones: Mapping[str, ZoneState], now: float) -> tuple[dict[str, float], list[str]]:
@@ -126,13 +137,32 @@ class Optimizer:
         self.targets = self._targets()
 
     def _targets(self) -> dict[str, float]:
+        """Per element: its target load. Zones: the capacity ratio at the LB/T 068 threshold of
+        the first level of their area that has a measure (lowest over areas), or a relieving
+        measure's trigger if lower; safety elements: 1.0 (the twin normalises them)."""
+        from crowdflow.site import BroadcastAction, StaffingAction
+
         t: dict[str, float] = {}
         for m in self.site.measures:
             for z in m.relieves:
                 t[z] = min(t.get(z, 9.9), m.trigger.forecast_ratio)
+        for pl in self.site.plans:
+            lv = next((lv for lv in pl.levels if lv.triggers.capacity_ratio is not None and any(
+                not isinstance(a, (StaffingAction, BroadcastAction)) for a in lv.actions)), None)
+            if lv is None:
+                continue
+            for z in pl.zones:
+                t[z] = min(t.get(z, 9.9), lv.triggers.capacity_ratio)
         out = {}
+        self.zone_of: dict[str, str | None] = {}
         for eid, el in self.elements.items():
-            out[eid] = HOLDING_TARGET if el.kind == "holding" else t.get(eid, DEFAULT_TARGET)
+            if el.kind == "zone":
+                out[eid] = t.get(eid, DEFAULT_TARGET)
+                self.zone_of[eid] = eid
+            else:
+                out[eid] = HOLDING_TARGET
+                self.zone_of[eid] = getattr(el, "zone", None) or (eid.split(":", 1)[1] if eid.startswith(("local:", "wait:")) else None)
+        self.safety = {eid for eid, el in self.elements.items() if el.kind in SAFETY_KINDS}
         return out
 
     @staticmethod
@@ -171,14 +201,24 @@ class Optimizer:
     def _judged(self, r: Rollout) -> slice:
         return slice(int(np.searchsorted(r.minutes, self.grace_min)), None)
 
-    def _excess(self, r: Rollout) -> float:
-        tot = 0.0
+    def _excess_parts(self, r: Rollout) -> tuple[float, float]:
+        """(service excess, safety excess): per element over target, its peak excess plus its
+        mean excess over the judged minutes."""
+        serv = safe = 0.0
         sl = self._judged(r)
         for eid, series in r.load.items():
             over = series[sl] - self.targets[eid]
             if over.max() > 0:
-                tot += float(over.max()) + float(np.clip(over, 0, None).mean())
-        return tot
+                e = float(over.max()) + float(np.clip(over, 0, None).mean())
+                if eid in self.safety:
+                    safe += e
+                else:
+                    serv += e
+        return serv, safe
+
+    def _excess(self, r: Rollout) -> float:
+        serv, safe = self._excess_parts(r)
+        return serv + SAFETY_WEIGHT * safe
 
     def _violations(self, r: Rollout) -> list[Peak]:
         out = []
@@ -234,8 +274,14 @@ class Optimizer:
                 if c.id in chosen or not (c.allowed and c.staffed and returnable(c)):
                     continue
                 trig = c.measure.trigger
-                if any(z in viol and (t := self._first_over(r, z, trig.forecast_ratio)) is not None
-                       and t <= trig.lead_min for z in c.measure.relieves):
+                rel = set(c.measure.relieves)
+                # safety: any element of a relieved zone over its target within the horizon
+                unsafe = any(e in self.safety and self.zone_of.get(e) in rel for e in viol)
+                # service: a relieved zone reaches its target within the trigger's lead
+                service = c.measure.stage <= SERVICE_MAX_STAGE and any(
+                    z in viol and (t := self._first_over(r, z, self.targets[z])) is not None and t <= trig.lead_min
+                    for z in rel)
+                if unsafe or service:
                     pool.append(c)
             if not pool:
                 break
@@ -248,7 +294,7 @@ class Optimizer:
                     rc = roll(frozenset(chosen | {c.id}))
                     gain = self._excess(r) - self._excess(rc)
                     price = cost[c.id] + max(0.0, rc.turned_away - r.turned_away) / TURNED_AWAY_PER_COST
-                    if gain > 1e-3 and (best is None or gain / price > best[0]):
+                    if gain >= MIN_GAIN_PER_COST * price and (best is None or gain / price > best[0]):
                         best = (gain / price, c.id, rc)
                 if best is not None or timed_out:
                     break  # a later stage only when no earlier lever helps
@@ -266,19 +312,25 @@ class Optimizer:
             if self._excess(rc) <= self._excess(r) + 1e-9 and rc.turned_away <= r.turned_away + TURNED_AWAY_PER_COST * cost[mid]:
                 chosen.discard(mid)
                 r = rc
-        # 3. release what the forecast no longer needs (dearest first), with hysteresis
-        if not added:
-            for mid in sorted((m for m in current if releasable(cands[m])), key=lambda m: -cost[m]):
-                if over_time():
-                    timed_out = True
-                    break
-                rc = roll(frozenset(chosen - {mid}))
-                rel = cands[mid].measure.release
-                calm = all(float(rc.load[z].max()) < rel.forecast_ratio for z in cands[mid].measure.relieves
-                           if z in rc.load)
-                if calm and self._excess(rc) <= self._excess(r) + 1e-9:
-                    chosen.discard(mid)
-                    r = rc
+        # 3. release (dearest first) what the forecast no longer needs: its relieved zones stay
+        # below its release ratio without it (hysteresis against the trigger), or it removes
+        # less excess than its cost is worth (hysteresis against the add rule) — a metering
+        # whose own holding queue now breaks the wait target removes less than nothing.
+        for mid in sorted((m for m in current if m in chosen and releasable(cands[m])), key=lambda m: -cost[m]):
+            if over_time():
+                timed_out = True
+                break
+            rc = roll(frozenset(chosen - {mid}))
+            rel = cands[mid].measure.release
+            calm = all(float(rc.load[z].max()) < rel.forecast_ratio for z in cands[mid].measure.relieves
+                       if z in rc.load)
+            _, safe_with = self._excess_parts(r)
+            _, safe_without = self._excess_parts(rc)
+            helps = self._excess(rc) - self._excess(r)
+            price = cost[mid] + max(0.0, r.turned_away - rc.turned_away) / TURNED_AWAY_PER_COST
+            if safe_without <= safe_with + 1e-9 and ((calm and helps <= 1e-9) or helps < RELEASE_GAIN_PER_COST * price):
+                chosen.discard(mid)
+                r = rc
         # reasons: with / without each changed measure
         reasons: dict[str, Text] = {}
         self._focus = {}

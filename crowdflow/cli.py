@@ -579,6 +579,21 @@ def cmd_sim(args) -> int:
     return 0
 
 
+def _jsonl_writer(path):
+    """Each finished evening's metrics as one JSON line, as it finishes (a long run stopped
+    early keeps what it measured)."""
+    if not path:
+        return None
+    import dataclasses
+    import json
+
+    def write(m) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(dataclasses.asdict(m), default=float) + "\n")
+
+    return write
+
+
 def cmd_evaluate(args) -> int:
     import json
     import os
@@ -608,12 +623,16 @@ def cmd_evaluate(args) -> int:
     t0 = time.monotonic()
     results, safe, series = evaluate(args.scenario, names, seeds, sweep=sweep, jobs=args.jobs,
                                      confirm_delay_s=args.confirm_delay_s, baseline=params, config=args.config,
+                                     on_result=_jsonl_writer(args.jsonl),
                                      progress=lambda line: print(f"  {line}  ({time.monotonic() - t0:.0f} s)",
                                                                  file=sys.stderr, flush=True))
     took = time.monotonic() - t0
+    cpu = sum(m.cpu_s for by in results.values() for runs in by.values() for m in runs)
+    n_ev = sum(len(runs) for by in results.values() for runs in by.values())
     out = [f"scenario {args.scenario}, {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), policies {', '.join(names)}, "
            f"demand sweep {', '.join(f'×{d:g}' for d in sweep)}; {took:.0f} s with {args.jobs} worker(s) "
-           f"on {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})", ""]
+           f"on {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}); {n_ev} evenings, {cpu:.0f} CPU-s "
+           f"(≈{cpu / max(args.jobs, 1):.0f} s on {args.jobs} idle cores)", ""]
     for d in sorted(results):
         if d in (1.0, 1.3) or len(results[d]) == len(names):
             out += [table(results[d], title=f"demand ×{d:g}"), ""]
@@ -851,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline-decide-delay-s", type=float, default=120.0, help="the baseline's time to decide")
     s.add_argument("--confirm-delay-s", type=float, default=60.0, help="commander's time to confirm a recommendation")
     s.add_argument("--json", help="also write every run's metrics to this file")
+    s.add_argument("--jsonl", help="append each evening's metrics to this file as it finishes")
     s.add_argument("--markdown", help="also write the tables to this file")
     s.add_argument("--plots", help="write the evening plots (PNG) into this folder")
     s.set_defaults(func=cmd_evaluate)

@@ -100,7 +100,9 @@ class WhatIfService:
             curves.append({"element": eid, "name": el.name.model_dump(), "kind": el.kind, "capacity": el.capacity,
                            "target": targets.get(eid), "unknown": eid in unknown, "with": _loads(w), "without": _loads(o),
                            "peak_with": [round(pw, 3), tw], "peak_without": [round(po, 3), to], "change": round(change, 3)})
-        curves.sort(key=lambda c: -c["change"])
+        # the zones the picked measures relieve first (the ones a commander asked about), then
+        # the largest changes (queue waits and holding areas a measure builds included)
+        curves.sort(key=lambda c: (c["element"] not in relieved, -c["change"]))
         return {"at": now, "tod_s": tod, "horizon_min": req.horizon_min, "minutes": [float(x) for x in without.minutes],
                 "in_force": in_force, "measures": sorted(picked), "unknown": unknown, "curves": curves[:8],
                 "elapsed_s": round(elapsed, 3)}

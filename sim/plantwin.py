@@ -14,7 +14,11 @@ Elements:
 * ``local:<zone>``: the zone's highest local density (cells, bottleneck queues, holding areas)
   ÷ ``LOCAL_TARGET`` p/m² — the yardstick counts minutes above 4 p/m²;
 * ``hold:<gate>`` for each metered source gate: the worse of people waiting ÷ (area ×
-  ``HOLD_DENSITY``) and the wait at the metered rate ÷ ``MAX_WAIT_MIN``.
+  ``HOLD_DENSITY``) and the wait at the metered rate ÷ ``MAX_WAIT_MIN``;
+* ``wait:<zone>``: the longest wait in any queue of the zone — a bottleneck's queue (Little:
+  length ÷ its rate now, signal green share and metering included) or arrivals held at a source
+  there — of at least ``QUEUE_MIN`` people, ÷ ``MAX_WAIT_MIN``: the yardstick's p95 wait counts
+  every such queue.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from .model import Model, build_network
 from .scenario import Scenario
 
 HOLD_DENSITY = 2.0  # p/m²: a holding queue is at its capacity at this density
-MAX_WAIT_MIN = 15.0  # … or when the wait at the metered rate reaches this (the yardstick's p95 bound)
+MAX_WAIT_MIN = 12.0  # … or when the wait reaches this (the yardstick's p95 bound is 15 min)
+QUEUE_MIN = 20.0  # people: a shorter queue's wait is not planned for
 LOCAL_TARGET = 3.5  # p/m²: highest local density the engine plans for (danger is 4)
 # Planning step: the twin at 5 s costs ≈1 s per 30-min rollout on one (loaded) core, 15 s about a
 # quarter of that; coarser cells make corridors conservative (the 沧白路 sidewalk's peak ≈ +15 %
@@ -65,6 +70,37 @@ class ModelTwin:
                 self._elements[eid] = Element(eid, Text(zh=f"{gate.name.zh}候行区", en=f"{gate.name.en} holding area"),
                                               float(self.net.src_hold[s] * HOLD_DENSITY), "holding")
 
+        net = self.net
+        zi = {z: i for i, z in enumerate(net.zones)}
+        self._wait_zones = [z.id for z in site.zones if z.id in zi]
+        col = {z: j for j, z in enumerate(self._wait_zones)}
+        pz = net.place_zone[net.pfrom]
+        self._port_col = np.array([col.get(net.zones[k], -1) if k >= 0 else -1 for k in pz], int)
+        sz = net.place_zone[net.src_place]
+        self._src_col = np.array([col.get(net.zones[k], -1) if k >= 0 else -1 for k in sz], int)
+        for zid in self._wait_zones:
+            z = site.zone_by_id[zid]
+            self._elements[f"wait:{zid}"] = Element(
+                f"wait:{zid}", Text(zh=f"{z.name.zh}（排队等候）", en=f"{z.name.en} (queue wait)"), 0.0, "queue")
+
+    def _waits(self, m: Model) -> np.ndarray:
+        """Longest queue wait (minutes) per zone of ``_wait_zones``."""
+        net, ctl, st = self.net, m.ctl, m.state
+        out = np.zeros(len(self._wait_zones))
+        q = m.twin.port_queue(st)
+        rate = np.minimum(net.pcap * ctl.port_cap_mult, ctl.port_rate)
+        green = np.where(ctl.signal_on & (net.pcycle > 0), net.pgreen / np.maximum(net.pcycle, 1e-9), 1.0)
+        rate = np.where(ctl.port_open, rate * green, 0.0)
+        w = np.where(q >= QUEUE_MIN, np.minimum(q / np.maximum(rate, 1e-3) / 60.0, 1e3), 0.0)
+        ok = self._port_col >= 0
+        np.maximum.at(out, self._port_col[ok], w[ok])
+        held = st.held.sum(1)
+        srate = np.minimum(net.src_cap, ctl.src_rate)
+        ws = np.where(held >= QUEUE_MIN, np.minimum(held / np.maximum(srate, 1e-3) / 60.0, 1e3), 0.0)
+        ok = self._src_col >= 0
+        np.maximum.at(out, self._src_col[ok], ws[ok])
+        return out
+
     def elements(self) -> Mapping[str, Element]:
         return self._elements
 
@@ -78,7 +114,7 @@ class ModelTwin:
             rate_pm = float(m.ctl.src_rate[s]) * 60.0
             wait = q / rate_pm if 0 < rate_pm < np.inf else (0.0 if q < 1 or rate_pm == np.inf else 1e3)
             hold.append(max(q / (self.net.src_hold[s] * HOLD_DENSITY), min(wait, 1e3) / MAX_WAIT_MIN))
-        return np.concatenate([zone, local, np.array(hold, dtype=float)])
+        return np.concatenate([zone, local, np.array(hold, dtype=float), self._waits(m) / MAX_WAIT_MIN])
 
     def rollout(self, start: TwinStart, schedule: Schedule, minutes: float, every_min: float = 1.0) -> Rollout:
         m = Model(self.site, self.sc, seed=self.seed, tod_s=start.tod_s, network=self.net)

@@ -260,3 +260,32 @@ def test_whatif_service_refuses_unknown_measures_and_says_when_there_is_no_twin(
     # curves metering the metro exits changes most)
     walk = next(c for c in out["curves"] if c["element"] == "cangbai-plaza")
     assert walk["unknown"] and walk["without"][0] >= 0.9 - 1e-6
+
+
+def test_a_plan_stands_while_the_ground_follows_its_forecast_and_is_redone_when_it_drifts(site, surge):
+    """Every cycle decides; the twin is rolled again only when the plan is old, what is in force
+    changed, or the fused state left the plan's own forecast."""
+    planner = MeasurePlanner(site, ModelTwin(site, surge), cycle_s=30.0, budget_s=30.0, replan_max_s=300.0)
+    model = Model(site, surge, seed=5, tod_s=hhmm_to_s("18:00"))
+    model.run_until(hhmm_to_s("18:10"))
+    bound = {p.id: "I" for p in site.plans}
+    now = epoch(model.t)
+    first = planner.decide(now, states(site, model, now), {}, {}, bound)
+    assert planner.plans_run == 1 and first.engine == "mpc"
+    # 30 s later, the ground as forecast (the same evening moved on): the plan stands
+    model.run_until(model.t + 30)
+    now = epoch(model.t)
+    again = planner.decide(now, states(site, model, now), {}, {}, bound)
+    assert planner.plans_run == 1 and planner.plans_kept == 1 and again.decision is first.decision
+    # a crowd the forecast did not expect on the sidewalk: planned again at once
+    zs = states(site, model, now + 30)
+    z = site.zone_by_id["cangbai-walk"]
+    zs["cangbai-walk"] = zs["cangbai-walk"].model_copy(update={"count": 1.5 * z.capacity, "density": 1.5 * z.capacity / z.walkable_area_m2,
+                                                               "capacity_ratio": 1.5})
+    planner.decide(now + 30, zs, {}, {}, bound)
+    assert planner.plans_run == 2
+    # and in any case once the plan is older than replan_max_s
+    model.run_until(model.t + 330)
+    now = epoch(model.t)
+    planner.decide(now, states(site, model, now), {}, {}, bound)
+    assert planner.plans_run == 3

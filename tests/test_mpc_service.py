@@ -22,7 +22,8 @@ def test_service_recommends_metering_from_the_forecast_and_puts_it_in_force(r, k
     sc = scenario.model_copy(update={"demand": demand})
     clock = [T19]
     svc = ControlService(site, r, keys, consumer="mpc-1", clock=lambda: clock[0],
-                         planner_factory=lambda: MeasurePlanner(site, ModelTwin(site, sc), cycle_s=20.0))
+                         planner_factory=lambda: MeasurePlanner(site, ModelTwin(site, sc), cycle_s=20.0,
+                                                                         budget_s=30.0))  # over budget the rules answer: test_mpc
     svc.start()
     model = Model(site, sc, seed=4, tod_s=hhmm_to_s("18:30"))
     model.run_until(hhmm_to_s("19:00"))
@@ -64,7 +65,8 @@ def test_service_recommends_metering_from_the_forecast_and_puts_it_in_force(r, k
     assert any('"confirm"' in a and rec.id in a for a in audit)
     # a takeover restores the measures in force (and commits their staff again)
     other = ControlService(site, r, keys, consumer="mpc-2", clock=lambda: clock[0],
-                           planner_factory=lambda: MeasurePlanner(site, ModelTwin(site, sc), cycle_s=20.0))
+                           planner_factory=lambda: MeasurePlanner(site, ModelTwin(site, sc), cycle_s=20.0,
+                                                                         budget_s=30.0))  # over budget the rules answer: test_mpc
     other.start()
     area = other.engine.areas[rec.plan_id]
     assert "meter-xsz" in area.measures

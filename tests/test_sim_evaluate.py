@@ -102,3 +102,21 @@ def test_cli_rejects_bad_arguments():
     p = subprocess.run([sys.executable, "-m", "crowdflow.cli", "evaluate", "--sweep", "1,x", "--seeds", "1"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--sweep" in p.stderr
+
+
+def test_an_areas_measures_answer_its_reference_event_whoever_orders_them(site):
+    """The response rule is one for every policy: any measure on the ground (not staffing, not a
+    broadcast) that the area's levels name or that a site measure naming the area carries —
+    the baseline's level bundles and the measures engine's metering alike."""
+    from sim.evaluate import _area_measures
+
+    areas = _area_measures(site)
+    for ms in site.measures:
+        keys = {a.model_dump_json() for a in ms.actions if a.type not in ("staffing", "broadcast")}
+        for pid in ms.plans:
+            assert keys <= areas[pid][0], (ms.id, pid)
+    level_keys = {a.model_dump_json() for lv in site.plan_by_id["xiaoshizi"].levels for a in lv.actions
+                  if a.type not in ("staffing", "broadcast")}
+    assert level_keys <= areas["xiaoshizi"][0]
+    # the reference event is the area's first level with a measure: its LB/T 068 thresholds
+    assert areas["hongyadong"][1:3] == (0.80, 2.0) and areas["xiaoshizi"][1:3] == (0.85, 2.0)

@@ -465,6 +465,7 @@
       return `<div class="card plan" data-plan="${esc(sp.id)}">
         <b>${esc(sp.name[lang])}</b> <span class="plan-level">${levelBadge(p.level)}</span>
         <span class="muted">${p.since ? `${T("since")} ${clock(p.since)}` : ""} · <span class="plan-auto" data-auto="${p.auto}">${T(p.auto ? "auto" : "manual")}</span>${p.pending ? ` · ${T("pending")}` : ""}</span>
+        ${p.engine ? `<div class="plan-engine plan-engine-${esc(p.engine)}" data-engine="${esc(p.engine)}">${esc(T(`engine_${p.engine}`))}</div>` : ""}
         ${p.active_actions.length ? `<div class="muted">${T("active_actions")}</div><ul class="active-actions">${p.active_actions.map((a) => `<li>${esc(actionText(a))}</li>`).join("")}</ul>` : ""}
         ${hist.length ? `<div class="muted">${T("history")}</div><ul class="history">${hist.map((h) => `<li>${clock(h.at)} ${levelBadge(h.level)} ${esc(h.by)} · ${T(`via_${h.via}`)}</li>`).join("")}</ul>` : ""}
         ${canCmd("override") ? `<div class="btns"><select class="override-level">${["", ...V().levels].map((lv) => `<option value="${lv}" ${lv === (p.level || "") ? "selected" : ""}>${T(lv ? `level_${lv}` : "level_none")}</option>`).join("")}</select>
@@ -629,8 +630,18 @@
   let auditTimer = null;
   const auditSoon = () => { clearTimeout(auditTimer); auditTimer = setTimeout(renderAudit, 200); };
 
+  // On the map: which areas the rule-based stand-in answered for (the measures engine's
+  // forecast did not finish within its budget, issue 11 point 3). Hidden while none does.
+  function renderEngine() {
+    const el = $("#engine-banner");
+    if (!el) return;
+    const rules = (S.site.plans || []).filter((sp) => (S.plans[sp.id] || {}).engine === "rules");
+    el.hidden = !rules.length;
+    el.dataset.plans = rules.map((sp) => sp.id).join(",");
+    el.textContent = rules.length ? T("engine_banner", { plans: rules.map((sp) => sp.name[lang]).join(lang === "zh" ? "、" : ", ") }) : "";
+  }
   function renderAll() {
-    renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); renderInForce(); renderOrders(); paintActions(); paintCameras();
+    renderEngine(); renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); renderInForce(); renderOrders(); paintActions(); paintCameras();
     if (S.panelZone) renderZoneFacts(S.panelZone);
   }
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env python3
+"""Paired tables (sim.evaluate.table) from `crowdflow evaluate --jsonl` output, over the seeds
+every policy finished: python scripts/eval_summary.py RUNS.jsonl"""
+import json, sys, collections
+sys.path.insert(0, __import__('os').path.dirname(__import__('os').path.dirname(__import__('os').path.abspath(__file__))))
+from sim.evaluate import Metrics, table, ci95
+rows = [json.loads(l) for l in open(sys.argv[1])]
+by = collections.defaultdict(lambda: collections.defaultdict(list))
+for r in rows:
+    by[r["demand"]][r["policy"]].append(Metrics(**r))
+for d in sorted(by):
+    res = by[d]
+    # keep only seeds both policies have (paired)
+    common = set.intersection(*[{m.seed for m in v} for v in res.values()])
+    res2 = {p: sorted([m for m in v if m.seed in common], key=lambda m: m.seed) for p, v in sorted(res.items())}
+    print(table(res2, title=f"demand ×{d:g} ({len(common)} seeds paired: {sorted(common)})"))
+    for p, v in res2.items():
+        cpu = [m.cpu_s for m in v]
+        print(f"{p}: safe {sum(m.safe for m in v)}/{len(v)}, cpu/evening mean {sum(cpu)/max(len(cpu),1):.0f} s")
+    print()
