@@ -31,7 +31,8 @@ API (small and stable; the predictive-control engine rolls it forward many times
   closer to its target by a logit on current travel times (crowding and queue waits included,
   closed ports excluded), re-evaluated every ``route_every_s`` and damped (:meth:`Twin.split`).
   A stop that cannot be reached is skipped (diverted); an exit that cannot be reached is
-  replaced by the nearest open one.
+  replaced by the nearest open one. An area behind gated entrances (the complex) is not
+  re-entered by a class whose chain already had a stop inside (``Network.no_reentry``).
 * **Reactive demand** (documented curves, see docs/twin.md): people queued toward an optional
   stop whose wait W exceeds a few minutes balk at hazard h(W) = h_max / (1 + exp(−(W − W50)/s))
   per minute and skip the stop; arrivals held at a closed or metered source wait in its holding
@@ -361,6 +362,36 @@ class Network:
         self.k2 = np.flatnonzero(self.pkind == 2)
         # class k's target column in the distance table (class 0: any exit, filled in route())
         self.ex_nodes = N + np.arange(len(self.exits))
+        # no re-entry: a gated entrance that encloses an area (the complex behind its 11F and 1F
+        # doors: the places reachable from the inside without passing a gate, the outside not
+        # among them) is closed to the classes whose chain already had a stop inside. They
+        # visited it once; they leave it behind rather than walk through it again.
+        self.no_reentry = self._no_reentry(spec)
+
+    def _no_reentry(self, spec: Spec) -> np.ndarray:
+        N = self.N
+        adj: list[set[int]] = [set() for _ in range(N)]
+        for k in range(self.P):
+            if self.pgate[k] is None and self.pkind[k] != 2:
+                adj[self.pfrom[k]].add(int(self.phead[k]))
+        ban = np.zeros((self.P, self.K), bool)
+        for k in range(self.P):
+            if self.pgate[k] is None or self.pgdir[k] != "in" or self.pkind[k] == 2:
+                continue
+            inside, todo = {int(self.phead[k])}, [int(self.phead[k])]
+            while todo:
+                for v in adj[todo.pop()]:
+                    if v not in inside:
+                        inside.add(v)
+                        todo.append(v)
+            if int(self.pfrom[k]) in inside:
+                continue  # not an enclosure (a gate on one of parallel ways)
+            for ch in spec.chains:
+                k0 = self.chain_first[ch.id]
+                for s in range(1, len(ch.stops)):
+                    if any(self.pi.get(x, -1) in inside for x in ch.stops[:s]):
+                        ban[k, k0 + s] = True
+        return ban
 
     # -- helpers
 
@@ -556,7 +587,31 @@ class Twin:
         D = np.empty((V, n.K))
         D[:, 1:] = dist[:, [tcol[int(t)] for t in n.ctarget[1:]]]
         D[:, 0] = dist[:, [tcol[int(x)] for x in n.ex_nodes]].min(1) if E else INF
-        self.split(st, w, D)
+        W = np.broadcast_to(w[:, None], (n.P, n.K))
+        if n.no_reentry.any():
+            # classes that may not re-enter an area: their own travel times without its entrances
+            W = np.where(n.no_reentry, INF, W)
+            for pat in np.unique(n.no_reentry[:, n.no_reentry.any(0)], axis=1).T:
+                db = self._dist(np.where(pat, INF, w))
+                ks = np.flatnonzero((n.no_reentry == pat[:, None]).all(0))
+                D[:, ks] = db[:, [tcol[int(t)] for t in n.ctarget[ks]]]
+        self.split(st, W, D)
+
+    def _dist(self, w: np.ndarray) -> np.ndarray:
+        """Travel time from every node to every target ([V, targets]) over port costs ``w``."""
+        n = self.net
+        V = n.N + len(n.exits)
+        T = n.targets
+        dist = np.full((V, len(T)), INF)
+        dist[T, np.arange(len(T))] = 0.0
+        for _ in range(V):
+            cand = w[:, None] + dist[n.phead]
+            new = dist.copy()
+            np.minimum.at(new, n.pfrom, cand)
+            if np.array_equal(new, dist):
+                break
+            dist = new
+        return dist
 
     def split(self, st: State, w: np.ndarray, D: np.ndarray) -> None:
         """Shares of each class over the ways out of each place (``st.split``, [P, K]) from the
@@ -564,7 +619,8 @@ class Twin:
         that bring the class strictly closer to its target (no loops), damped against the
         previous split; ways closed or leading nowhere get nothing at once."""
         n, p = self.net, self.p
-        c = w[:, None] + D[n.phead]  # [P, K] via this port
+        w = w[:, None] if w.ndim == 1 else w  # a cost per port, or per port and class
+        c = w + D[n.phead]  # [P, K] via this port
         here = D[n.pfrom]
         avail = (c < INF / 2) & (D[n.phead] < here - 1e-9) & ~n.at_stop[n.pfrom]
         cmin = np.full((n.N, n.K), INF)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.twin import Chain, Corridor, Exit, Network, Params, Place, Segment, Source, Spec, Twin
+from sim.twin import Chain, Connector, Corridor, Exit, Network, Params, Place, Segment, Source, Spec, Twin
 
 
 def two_routes(rate_pps: float = 0.0, **params) -> tuple[Network, Twin]:
@@ -125,3 +125,27 @@ def test_routes_never_loop_back():
         assert st.split[back, k] == 0.0
     per_place = net.PF @ st.split
     assert np.allclose(per_place[net.pi["A"], k], 1.0) and np.allclose(per_place[net.pi["B"], k], 1.0)
+
+
+def test_people_who_visited_an_enclosed_area_are_not_routed_through_it_again():
+    """An area behind two gated doors (like the complex behind 11F and 1F): visitors go in at
+    O's door, out at R's, and their chain's exit is back at O. The only way there is through the
+    area again; they must leave by R's exit instead of re-entering (one entry per visitor)."""
+    places = [Place("O", 400.0, 20.0), Place("I", 400.0, 20.0, dwell_s=60.0), Place("R", 400.0, 20.0, dwell_s=60.0)]
+    conns = [Connector("O>I", "O", "I", 5.0, gate="g-o"), Connector("R>I", "R", "I", 5.0, gate="g-r")]
+    src = [Source("in", "O", cap_pps=100.0, times_s=[0.0, 600.0], rates_pps=[1.0, 1.0], chains={"visit": 1.0})]
+    spec = Spec(places=places, corridors=[], connectors=conns, exits=[Exit("xo", "O", 100.0), Exit("xr", "R", 100.0)],
+                sources=src, chains=[Chain("visit", ["I", "R", "xo"])], params=Params())
+    net = Network(spec)
+    tw = Twin(net)
+    st = tw.initial(seed=3)
+    ctl = tw.controls()
+    for _ in range(int(40 * 60 / tw.p.dt)):
+        tw.step(st, ctl)
+    entries = st.port_flow[net.pidx["O>I"]] + st.port_flow[net.pidx["R>I"]]
+    assert st.arrived > 400
+    assert st.port_flow[net.pidx["R>I"]] < 1e-6  # nobody walks back in through R's door
+    assert entries <= st.arrived + 1e-6
+    assert st.exits[net.ei["xr"]] > 0.9 * st.exited  # they left by R's exit
+    # conservation
+    assert st.arrived == pytest.approx(st.people + st.exited + st.gave_up, abs=1e-6)
