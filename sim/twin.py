@@ -571,17 +571,8 @@ class Twin:
         open_ = ctl.port_open & np.append(ctl.lane_open, True)[n.port_lane]
         open_ &= ~((ctl.port_rate <= 0) | (cap <= 0))
         w = np.where(open_, cost, INF)
-        T = n.targets
-        dist = np.full((V, len(T)), INF)
-        dist[T, np.arange(len(T))] = 0.0
-        for _ in range(V):
-            cand = w[:, None] + dist[n.phead]
-            new = dist.copy()
-            np.minimum.at(new, n.pfrom, cand)
-            if np.array_equal(new, dist):
-                break
-            dist = new
-        tcol = {int(t): j for j, t in enumerate(T)}
+        dist = self._dist(w)
+        tcol = {int(t): j for j, t in enumerate(n.targets)}
         # the travel time to go per class: its target's column; class 0 leaves by the nearest
         # open exit, i.e. the smallest of the exit columns
         D = np.empty((V, n.K))
