@@ -69,10 +69,7 @@ def in_force(site: Site, plans: Mapping[str, PlanState], mode: SiteMode | None, 
         for a in site.emergency.actions:
             entries.append(MeasureInForce(action=a, source="emergency", plan_id=None, level=None, since=mode.since,
                                           by=mode.by, posts=responsible_posts(site, a)))
-    return InForce(mode=mode.mode if mode else "normal", measures=_merge(entries), updated_at=now)
-
-
-_merge = merge_measures  # declared with the record (crowdflow.records), shared with its readers
+    return InForce(mode=mode.mode if mode else "normal", measures=merge_measures(entries), updated_at=now)
 
 
 def same_measures(a: InForce | None, b: InForce) -> bool:
