@@ -37,9 +37,12 @@ HOLD_DENSITY = 2.0  # p/m²: a holding queue is at its capacity at this density
 MAX_WAIT_MIN = 12.0  # … or when the wait reaches this (the yardstick's p95 bound is 15 min)
 QUEUE_MIN = 20.0  # people: a shorter queue's wait is not planned for
 LOCAL_TARGET = 3.5  # p/m²: highest local density the engine plans for (danger is 4)
-# Planning step: the twin at 5 s costs ≈1 s per 30-min rollout on one (loaded) core, 15 s about a
-# quarter of that; coarser cells make corridors conservative (the 沧白路 sidewalk's peak ≈ +15 %
-# against the 5-s twin, see docs/mpc.md), so the engine errs toward acting.
+# Planning step: a 30-min rollout at 5 s costs ≈2.7× one at 15 s. From the yardstick evening's
+# states (scripts/bench_plan_step.py, docs/mpc.md) the 15-s twin is within 0.05 of capacity
+# (mean abs. zone load) of the 5-s twin from the same start and its 沧白路 sidewalk peak within
+# ≈1.5 %, while both miss what the yardstick then does by ≈0.14–0.16: the start from zone
+# counts, not the step, is the forecast's larger error. (From an artificial start, every zone at
+# 0.6, coarser cells over-forecast that corridor: 2.11 at 15 s against 1.72 at 5 s.)
 PLAN_STEP_S = 15.0
 
 
