@@ -358,10 +358,12 @@ class ControlService:
         if time.monotonic() - self._last_maintain >= MAINTAIN_EVERY_S:
             self._last_maintain = time.monotonic()
             self.maintain(now)
-        if cmd_entries or now == self._last_full:
+        decided = bool(cmd_entries) or now == self._last_full  # only commands and the plan engine change decisions
+        if decided:
             self.book.set_actions(self.engine.active_actions())  # cut roads widen their zones
         self._publish_decisions(out)
-        self._publish_inforce(out, now)
+        if decided:  # not in every cycle: building and comparing the record cost ~1 ms per cycle
+            self._publish_inforce(out, now)
         self.obs_reader.ack([i for i, _ in obs_entries], pipe=out)
         self.cmd_reader.ack([i for i, _ in cmd_entries], pipe=out)
         self._flush()
