@@ -269,6 +269,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     command_guard = CommandGuard(limits_store, cfg.commands_per_min)
     decoy = dummy_hash()  # unknown users cost one scrypt too: names cannot be told apart by time
     waiting: dict[str, asyncio.Future] = {}  # command id → future of its CommandResult
+    zone_raw: dict[str, tuple[ZoneState, str]] = {}  # zone → (last record from an event, its JSON)
     geojson = {"wgs84": site_geojson(site, "wgs84"), "gcj02": site_geojson(site, "gcj02")}
     clients: dict[str, aioredis.Redis] = {}
     # Partitions (docs/scaling.md): the dashboard reads and follows every one; an unpartitioned
@@ -368,7 +369,6 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         first = True
         backoff = Backoff(cap_s=2.0)  # the services' one policy (crowdflow.bus)
         last_sweep = [0.0]
-        zone_raw: dict[str, tuple[ZoneState, str]] = {}  # zone → (last record from an event, its JSON)
         sweep_all = [True]  # the next sweep looks at every zone (set again after each snapshot)
 
         def push_zones(touched: set[str]) -> None:
