@@ -325,8 +325,10 @@ class ControlService:
                 gone = reader.remove_idle_consumers(CONSUMER_IDLE_MS)
                 if gone:
                     log.info("removed idle consumers of %s: %s", reader.stream, ", ".join(gone))
-        obs_entries = self.obs_reader.read(count=self._batch, block_ms=block_ms)
-        cmd_entries = self.cmd_reader.read(count=100, block_ms=None)
+        # Commands and observations in one round trip (both streams are in the partition's
+        # slot): a command waits at most one blocking read (block_ms) longer than before.
+        cmd_entries, obs_entries = GroupReader.read_together(
+            [(self.cmd_reader, 100, None), (self.obs_reader, self._batch, block_ms)])
         now = self.clock()
         out = self.out
         touched = self._ingest(obs_entries, now)

@@ -401,7 +401,11 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
                                                       seconds, start_at, q))
         prod.start()
         ev.start()
+        while time.time() < start_at:
+            time.sleep(0.01)
+        cpu0, t0 = [cpu_s(p.pid) for p in procs], time.time()
         lat, drops = asyncio.run(ws_listen(base, token, seconds, start_at))
+        cpu = [(cpu_s(p.pid) - c) / (time.time() - t0) for p, c in zip(procs, cpu0)]  # cores used
         lat = np.array(lat) * 1000
         ev_lat = np.array(q.get(timeout=120)) * 1000
         prod.join()
@@ -411,6 +415,7 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
                 "p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "p99": float(np.percentile(lat, 99)) if len(lat) else None,
                 "max": float(lat.max()) if len(lat) else None, "expected": int(n_cameras * (seconds - 2)),
+                "control_cores": cpu[0], "dashboard_cores": cpu[1],
                 "control_n": len(ev_lat),
                 "control_p50": float(np.percentile(ev_lat, 50)) if len(ev_lat) else None,
                 "control_p99": float(np.percentile(ev_lat, 99)) if len(ev_lat) else None}
@@ -505,6 +510,8 @@ def main() -> int:
             print(f"camera → browser at {n} cameras × 1 Hz ({res['partitions']} partitions, 1 worker, 1 dashboard): "
                   f"{res['n']} zone messages of ~{res['expected']} observations, p50 {res['p50']:.0f} ms, "
                   f"p99 {res['p99']:.0f} ms, max {res['max']:.0f} ms; client dropped as too slow {res['drops']}×")
+            print(f"    CPU used: control worker {res['control_cores']:.2f} cores, dashboard {res['dashboard_cores']:.2f} "
+                  f"cores (of {os.cpu_count()}, load {os.getloadavg()[0]:.1f})")
             if res["control_n"]:
                 print(f"    of which control (capture → zone event in Redis, {res['control_n']} events): "
                       f"p50 {res['control_p50']:.0f} ms, p99 {res['control_p99']:.0f} ms")
