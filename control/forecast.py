@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crowdflow.records import Forecast
+from crowdflow.records import Forecast, built
 
 HORIZONS_MIN = (5.0, 10.0, 15.0)
 MAX_LOOKAHEAD_MIN = 60.0
@@ -17,7 +17,7 @@ def forecasts(count: float, net_pm: float, capacity: int, horizons=HORIZONS_MIN)
     out = []
     for h in horizons:
         n = project(count, net_pm, h)
-        out.append(Forecast.model_construct(horizon_min=h, count=round(n, 1),
+        out.append(built(Forecast, horizon_min=h, count=round(n, 1),
                                             capacity_ratio=round(n / capacity, 4) if capacity else 0.0))
     return out
 

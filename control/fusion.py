@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
 
 SIGMA_ABS = 1.0  # persons: counting noise floor
 SIGMA_REL = 0.10  # relative counting noise of a full-coverage, confident camera
@@ -105,9 +108,10 @@ def reading_variance(visible_m2: float, area_per_visitor_m2: float, confidence: 
     return (SIGMA_ABS**2 + (SIGMA_REL * n_ref) ** 2) / (visible_m2**2 * confidence)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reading:
-    """One camera's density over the ground it sees, with its noise and confidence."""
+    """One camera's density over the ground it sees, with its noise and confidence. Never
+    changed once made (not frozen: that costs 4× to make, on the hot path)."""
 
     density: float
     variance: float
@@ -124,15 +128,16 @@ class PartEstimate:
     confidence: float
 
 
-@dataclass(frozen=True)
-class Fused:
+class Fused(NamedTuple):
+    """A zone's fused count (a named tuple: :func:`fuse_many` makes one per zone and update)."""
+
     count: float
     variance: float  # persons², all of it
     estimated_variance: float  # persons², the part that comes from history and neighbours
     seen_m2: float  # walkable m² a fresh camera sees
     estimated_m2: float  # walkable m² taken from history or neighbours
     confidence: float
-    parts: tuple[PartEstimate, ...]
+    parts: tuple[PartEstimate, ...] = ()  # per part (fuse() only; fuse_many leaves it empty)
 
 
 def fuse(parts, readings: dict[str, Reading], history: dict[str, Reading],
@@ -217,6 +222,187 @@ def fuse(parts, readings: dict[str, Reading], history: dict[str, Reading],
     total = seen + estimated
     return Fused(count=count, variance=measured_var + var, estimated_variance=var, seen_m2=seen, estimated_m2=estimated,
                  confidence=conf_area / total if total else 0.0, parts=tuple(est))
+
+
+class FusedMany(NamedTuple):
+    """:func:`fuse_many`'s answer: one array per figure of :class:`Fused`, one row per problem."""
+
+    count: np.ndarray
+    variance: np.ndarray
+    estimated_variance: np.ndarray
+    seen_m2: np.ndarray
+    estimated_m2: np.ndarray
+    confidence: np.ndarray
+
+
+class _Layout:
+    """A parts list flattened once (parts lists are cached per zone and views by the ground):
+    each part's area and the (part, camera) incidences, cameras as slots of ``cams``."""
+
+    __slots__ = ("parts", "area", "area2", "cams", "inc_part", "inc_slot", "n")
+
+    def __init__(self, parts):
+        self.parts = parts  # held, so that the id() this is cached under stays this list's
+        self.area = np.array([p.area_m2 for p in parts], dtype=np.float64)
+        self.area2 = self.area * self.area
+        self.cams = sorted({c for p in parts for c in p.cameras})
+        slot = {c: i for i, c in enumerate(self.cams)}
+        pairs = [(i, slot[c]) for i, p in enumerate(parts) for c in p.cameras]
+        self.inc_part = np.array([i for i, _ in pairs], dtype=np.intp)
+        self.inc_slot = np.array([k for _, k in pairs], dtype=np.intp)
+        self.n = len(parts)
+
+
+_LAYOUTS: dict[int, _Layout] = {}
+
+
+def _layout(parts) -> _Layout:
+    hit = _LAYOUTS.get(id(parts))
+    if hit is None or hit.parts is not parts:
+        if len(_LAYOUTS) > 1 << 16:
+            _LAYOUTS.clear()
+        hit = _LAYOUTS[id(parts)] = _Layout(parts)
+    return hit
+
+
+def _sums(index: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+    """Σ weights per index 0 … n−1 (float even when empty: bincount answers ints then)."""
+    return np.bincount(index, weights, n).astype(np.float64, copy=False)
+
+
+def fuse_many(problems) -> FusedMany:
+    """:func:`fuse` for many zones at once, vectorised (numpy): the same maths, one row per
+    problem ``(parts, readings, history, prior_density, prior_variance, unplaced)`` — the
+    arguments of :func:`fuse`, in its order. Sums run in another order, so results agree with
+    :func:`fuse` to rounding (tests/test_fusion_batch.py), not bit for bit. Pure.
+
+    The problems are flattened into parts (area, zone) and camera incidences (part, reading
+    or history row); precision-weighted means per part, coefficients per camera and the
+    per-zone sums are ``bincount``s over those rows. A part is *measured* when a fresh reading
+    covers it, *history* when only old readings do, *neighbours* otherwise."""
+    B = len(problems)
+    lays: list[_Layout] = []
+    slot_j: list[int] = []  # per camera slot: its reading row or -1
+    slot_h: list[int] = []  # per camera slot: its history row or -1
+    dens, var_eff, conf, zone_j = [], [], [], []
+    hd, hv, zone_h = [], [], []
+    extra_p, extra_j = [], []  # unplaced readings: every part of their zone
+    prior_d = [0.0] * B
+    prior_v = [0.0] * B
+    po = 0
+    for b, (parts, readings, history, pd, pv, unplaced) in enumerate(problems):
+        lay = _layout(parts)
+        lays.append(lay)
+        if pd is not None:
+            prior_d[b] = pd
+        prior_v[b] = pv
+        so = len(slot_j)
+        for c in lay.cams:
+            r = readings.get(c)
+            if r is not None:
+                slot_j.append(len(dens))
+                slot_h.append(-1)
+                dens.append(r.density)
+                var_eff.append(_var(r, unplaced.get(c)) if unplaced else r.variance)
+                conf.append(r.confidence)
+                zone_j.append(b)
+                continue
+            slot_j.append(-1)
+            h = history.get(c)
+            if h is not None:
+                slot_h.append(len(hd))
+                hd.append(h.density)
+                hv.append(h.variance)
+                zone_h.append(b)
+            else:
+                slot_h.append(-1)
+        if unplaced:
+            for c in sorted(unplaced):
+                r = readings.get(c)
+                if r is None:
+                    continue
+                if c in lay.cams:
+                    j = slot_j[so + lay.cams.index(c)]
+                else:
+                    j = len(dens)
+                    dens.append(r.density)
+                    var_eff.append(_var(r, unplaced.get(c)))
+                    conf.append(r.confidence)
+                    zone_j.append(b)
+                for i, p in enumerate(parts):
+                    if c not in p.cameras:
+                        extra_p.append(po + i)
+                        extra_j.append(j)
+        po += lay.n
+    empty_f, empty_i = np.zeros(0), np.zeros(0, dtype=np.intp)
+    # the layouts side by side: parts numbered across problems, camera slots likewise
+    n_parts = np.array([lay.n for lay in lays], dtype=np.intp)
+    n_inc = np.array([len(lay.inc_part) for lay in lays], dtype=np.intp)
+    n_cams = np.array([len(lay.cams) for lay in lays], dtype=np.intp)
+    area = np.concatenate([lay.area for lay in lays]) if lays else empty_f
+    area2 = np.concatenate([lay.area2 for lay in lays]) if lays else empty_f
+    zp = np.repeat(np.arange(B, dtype=np.intp), n_parts)
+    ip = (np.concatenate([lay.inc_part for lay in lays]) if lays else empty_i) + \
+        np.repeat(np.cumsum(n_parts) - n_parts, n_inc)
+    isl = (np.concatenate([lay.inc_slot for lay in lays]) if lays else empty_i) + \
+        np.repeat(np.cumsum(n_cams) - n_cams, n_inc)
+    prior_d, prior_v = np.array(prior_d), np.array(prior_v)
+    P = len(area)
+    sj = np.array(slot_j, dtype=np.intp)[isl]
+    sh = np.array(slot_h, dtype=np.intp)[isl]
+    dens_a, var_a, conf_a = np.array(dens), np.array(var_eff), np.array(conf)
+    zj = np.array(zone_j, dtype=np.intp)
+    J = len(dens_a)
+    # measured parts: a fresh reading covers them
+    fp = np.concatenate([ip[sj >= 0], np.array(extra_p, dtype=np.intp)])
+    fj = np.concatenate([sj[sj >= 0], np.array(extra_j, dtype=np.intp)])
+    w = 1.0 / var_a[fj]
+    tot = _sums(fp, w, P)
+    meas = tot > 0
+    tot_safe = np.where(meas, tot, 1.0)
+    d = _sums(fp, w * dens_a[fj], P) / tot_safe
+    cp = _sums(fp, w * conf_a[fj], P) / tot_safe
+    coef_j = _sums(fj, area[fp] * w / tot_safe[fp], J)
+    am = np.where(meas, area, 0.0)
+    seen = _sums(zp, am, B)
+    count_measured = _sums(zp, d * am, B)
+    count = count_measured.copy()
+    conf_area = _sums(zp, cp * am, B)
+    pending = ~meas
+    estimated = _sums(zp, np.where(pending, area, 0.0), B)
+    # history parts: not measured, an old reading covers them
+    keep = (sh >= 0) & pending[ip]
+    hp, hh = ip[keep], sh[keep]
+    hd_a, hv_a = np.array(hd), np.array(hv)
+    hw = 1.0 / hv_a[hh]
+    htot = _sums(hp, hw, P)
+    hist = pending & (htot > 0)
+    htot_safe = np.where(hist, htot, 1.0)
+    hdp = _sums(hp, hw * hd_a[hh], P) / htot_safe
+    coef_h = _sums(hh, area[hp] * hw / htot_safe[hp], len(hd_a))
+    ah = np.where(hist, area, 0.0)
+    count += _sums(zp, hdp * ah, B)
+    conf_area += HISTORY_CONFIDENCE * _sums(zp, ah, B)
+    # neighbour parts: the density the zone's measured parts show, else the prior
+    nb = pending & ~hist
+    nb_area = _sums(zp, np.where(nb, area, 0.0), B)
+    nb_area2 = _sums(zp, np.where(nb, area2, 0.0), B)
+    seen_pos = seen > 0
+    seen_safe = np.where(seen_pos, seen, 1.0)
+    d0 = np.where(seen_pos, count_measured / seen_safe, prior_d)
+    v0 = np.where(seen_pos, 0.0, prior_v)
+    vd = (NEIGHBOUR_REL * d0 + NEIGHBOUR_ABS) ** 2
+    var = (vd + v0) * nb_area2
+    count += d0 * nb_area
+    conf_area += NEIGHBOUR_CONFIDENCE * nb_area
+    # a neighbour part copies the seen density: the measuring cameras' noise reaches it too
+    coef_j = coef_j * np.where(seen_pos, 1.0 + nb_area / seen_safe, 1.0)[zj]
+    measured_var = _sums(zj, coef_j * coef_j * var_a, B)
+    zh = np.array(zone_h, dtype=np.intp)
+    var += _sums(zh, coef_h * coef_h * hv_a, B)
+    total = seen + estimated
+    confidence = np.where(total > 0, conf_area / np.where(total > 0, total, 1.0), 0.0)
+    return FusedMany(count, measured_var + var, var, seen, estimated, confidence)
 
 
 def _var(r: Reading, unplaced_share: float | None) -> float:

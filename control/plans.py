@@ -188,28 +188,34 @@ class PlanEngine:
         level must still hold. ``ceiling``: the level a forecast may go one step beyond."""
         measured, predicted = [], []
         hyst = area.plan.hysteresis
+        # The level's triggers, looked up once, not per zone (this runs every second over every
+        # zone of the area, for each level twice: with thousands of zones it was a core's tenth).
+        checks = [(metric, t, t - getattr(hyst, metric) if margin else t)
+                  for metric in ("capacity_ratio", "density", "flow_ppm")
+                  if (t := getattr(lv.triggers, metric)) is not None]
+        t = lv.triggers.capacity_ratio
+        lead = area.plan.predictive_lead_min
+        may_predict = (t is not None and lead > 0 and not margin
+                       and severity(lv.level) <= severity(ceiling) + 1)
         for zid in area.plan.zones:
             s = zones.get(zid)
             if s is None or s.status != "ok":
                 continue
-            zone = self.site.zone_by_id[zid]
-            for metric in ("capacity_ratio", "density", "flow_ppm"):
-                t = getattr(lv.triggers, metric)
+            for metric, t_m, limit in checks:
                 v = getattr(s, metric)
-                if t is None or v is None:
+                if v is None:
                     continue
-                limit = t - getattr(hyst, metric) if margin else t
                 if margin and metric == "capacity_ratio" and capacities and s.count is not None:
                     v = max(v, s.count / max(capacities[zid], 1))  # would they fit without the measures?
                 if v >= limit:
-                    measured.append(self._reason(zone, metric, v, t, area, lv, s, now))
-            t = lv.triggers.capacity_ratio
-            lead = area.plan.predictive_lead_min
+                    measured.append(self._reason(self.site.zone_by_id[zid], metric, v, t_m, area, lv, s, now))
+            if not may_predict:
+                continue
             m = s.minutes_to_level.get(lv.level)
             # A forecast brings forward the next level only, and only for a zone already near it:
             # a noisy trend on a quiet zone must not leap to level I.
-            if (t is not None and lead > 0 and m is not None and 0 < m <= lead and not margin
-                    and severity(lv.level) <= severity(ceiling) + 1 and (s.capacity_ratio or 0) >= PREDICT_FROM * t):
+            if m is not None and 0 < m <= lead and (s.capacity_ratio or 0) >= PREDICT_FROM * t:
+                zone = self.site.zone_by_id[zid]
                 zh, en = METRIC_TEXT["capacity_ratio"]
                 predicted.append(Reason(
                     zone_id=zid, metric="capacity_ratio", value=s.capacity_ratio, threshold=t, forecast_min=m,

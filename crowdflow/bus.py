@@ -505,6 +505,36 @@ class GroupReader:
         resp = self.raw.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
         return self._entries(resp)
 
+    @staticmethod
+    def read_together(reads) -> list[list[tuple[str, dict]]]:
+        """``reader.read(count, block_ms)`` for each ``(reader, count, block_ms)``, in one round
+        trip: one pipeline to the master of their slot (their streams must share one, as a
+        partition's do); only the last may block, and what the others find is what was there
+        when it started waiting. A reader still re-delivering its pending entries, or a group
+        that vanished, takes its own ``read()``."""
+        if any(not rd._pending_done for rd, _, _ in reads):
+            return [rd.read(count, block) for rd, count, block in reads]
+        pipe = slot_client(reads[0][0].raw, reads[0][0].stream).pipeline(transaction=False)
+        for rd, count, block in reads:
+            pipe.xreadgroup(rd.group, rd.consumer, {rd.stream: ">"}, count=count, block=block)
+        try:
+            resps = pipe.execute(raise_on_error=False)
+        except (redis.exceptions.MovedError, redis.exceptions.AskError) as e:
+            refresh_slots(reads[0][0].r, reads[0][0].raw)
+            raise SlotMoved(str(e)) from None
+        out = []
+        for (rd, count, block), resp in zip(reads, resps):
+            if isinstance(resp, (redis.exceptions.MovedError, redis.exceptions.AskError)):
+                refresh_slots(rd.r, rd.raw)
+                raise SlotMoved(str(resp))
+            if isinstance(resp, redis.ResponseError) and "NOGROUP" in str(resp):
+                out.append(rd.read(count, None))  # creates it again, as read() does
+            elif isinstance(resp, Exception):
+                raise resp
+            else:
+                out.append(rd._entries(resp))
+        return out
+
     def claim_all(self, min_idle_ms: int = 0) -> int:
         """Take over the pending entries of every other consumer (idle at least ``min_idle_ms``):
         a new leader after failover, or entries a paused ex-leader read after losing its lease.
@@ -652,8 +682,17 @@ return {1, prev}
 
     def _transaction_on(self, client, build) -> list:
         with client.pipeline(transaction=True) as pipe:
-            pipe.watch(self.key, self.last_key)
-            holder = pipe.get(self.key)
+            # WATCH and the holder's GET in one round trip (redis-py sends each on its own:
+            # with the EXEC, three round trips per control cycle, most of a small cycle's cost)
+            conn = pipe.connection = client.connection_pool.get_connection()
+            try:
+                conn.send_packed_command(conn.pack_commands([("WATCH", self.key, self.last_key), ("GET", self.key)]))
+                pipe.parse_response(conn, "WATCH")  # the pipeline is now watching, as after pipe.watch()
+                holder = pipe.parse_response(conn, "GET")
+            except (redis.ConnectionError, redis.TimeoutError):
+                conn.disconnect()  # the watches went with it
+                pipe.watching = False
+                raise
             lapsed = False
             if holder != self.id:
                 # Lapsed while this leader was busy (a long cycle, a slow or shared CPU) and

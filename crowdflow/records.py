@@ -440,6 +440,28 @@ def decode(cls: type[R], raw: str | bytes | dict) -> R:
     return rec
 
 
+_setattr = object.__setattr__
+_new = object.__new__
+_N_FIELDS: dict[type, int] = {}
+
+
+def built(cls: type[R], /, **values) -> R:
+    """A record made from values its maker computed from validated inputs (control's hot path):
+    not validated, as ``model_construct``, at a fraction of its cost. Every field must be
+    given; when one is missing, ``model_construct`` fills the defaults."""
+    n = _N_FIELDS.get(cls)
+    if n is None:
+        n = _N_FIELDS[cls] = len(cls.model_fields)
+    if len(values) != n:
+        return cls.model_construct(**values)
+    rec = _new(cls)
+    _setattr(rec, "__dict__", values)
+    _setattr(rec, "__pydantic_fields_set__", set(values))
+    _setattr(rec, "__pydantic_extra__", None)
+    _setattr(rec, "__pydantic_private__", None)
+    return rec
+
+
 def as_of(state: ZoneState, now: float, stale_after_s: float) -> ZoneState:
     """The state as a reader should show it at ``now``: a value whose newest source is older
     than ``stale_after_s`` becomes ``unknown`` (keeping it as ``last_known``), never stays live.

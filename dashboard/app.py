@@ -14,6 +14,7 @@ import copy
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from pathlib import Path
@@ -74,6 +75,10 @@ KEEP_RECS, KEEP_ALARMS, KEEP_ORDERS = 200, 500, 500  # what a dashboard holds at
 
 
 
+# The fields of a zone state's JSON that change without the state changing (what was shown)
+VOLATILE = re.compile(r'"(?:computed_at|reason)":(?:"(?:[^"\\]|\\.)*"|[^,}]*)')
+
+
 class ZoneStore:
     """The dashboard's view of zone states, with its own staleness rule applied."""
 
@@ -96,6 +101,13 @@ class ZoneStore:
 
     def all(self, now: float) -> list[ZoneState]:
         return [self.get(z.id, now) for z in self.site.zones]
+
+    def expiring(self, now: float) -> list[str]:
+        """The zones whose shown state turns with time alone: live in the store, older than
+        the staleness limit at ``now`` (:func:`as_of` shows them unknown)."""
+        limit = now - self.stale_after_s
+        return [zid for zid, s in self._raw.items()
+                if s.status == "ok" and s.updated_at is not None and s.updated_at < limit]
 
 
 class LiveState:
@@ -257,6 +269,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     command_guard = CommandGuard(limits_store, cfg.commands_per_min)
     decoy = dummy_hash()  # unknown users cost one scrypt too: names cannot be told apart by time
     waiting: dict[str, asyncio.Future] = {}  # command id → future of its CommandResult
+    zone_raw: dict[str, tuple[ZoneState, str]] = {}  # zone → (last record from an event, its JSON)
     geojson = {"wgs84": site_geojson(site, "wgs84"), "gcj02": site_geojson(site, "gcj02")}
     clients: dict[str, aioredis.Redis] = {}
     # Partitions (docs/scaling.md): the dashboard reads and follows every one; an unpartitioned
@@ -341,6 +354,8 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
                     fut.set_result(rec)
             return
         state.apply(rec, part)
+        if isinstance(rec, ZoneState):  # control's own encoding, sent on as it came while live
+            zone_raw[rec.zone_id] = (rec, fields["rec"])
         if isinstance(rec, InForce):  # what every partition has in force, not this one's alone
             rec = state.inforce
         if not isinstance(rec, ZoneState):  # zones go out below, after staleness is applied
@@ -354,25 +369,41 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         first = True
         backoff = Backoff(cap_s=2.0)  # the services' one policy (crowdflow.bus)
         last_sweep = [0.0]
+        sweep_all = [True]  # the next sweep looks at every zone (set again after each snapshot)
 
         def push_zones(touched: set[str]) -> None:
             """Send the zones whose shown state changed: those in the events just read and, once
-            a second, every zone (one may have gone stale). A scan of all zones per batch would
-            cost O(zones) per event batch: at 10,000 cameras that alone saturated a core."""
+            a second, the zones that went stale meanwhile (every zone after a fresh snapshot, and
+            the zones never sent). A scan of all zones per batch would cost O(zones) per event
+            batch: at 10,000 cameras that alone saturated a core; serialising every zone once a
+            second held the event loop for tens of milliseconds, the latency's tail."""
             now = time.time()
+            ids = touched
             if now - last_sweep[0] >= 1.0:
                 last_sweep[0] = now
-                states = store.all(now)
-            else:
-                states = [store.get(zid, now) for zid in touched if zid in site.zone_by_id]
-            for s in states:
-                key = s.model_dump_json(exclude={"computed_at", "reason"})
-                if shown.get(s.zone_id) != key:
-                    shown[s.zone_id] = key
+                if sweep_all[0] or len(shown) < len(site.zones):
+                    sweep_all[0] = False
+                    ids = [z.id for z in site.zones]
+                else:
+                    ids = set(touched).union(store.expiring(now))
+            for zid in ids:
+                if zid not in site.zone_by_id:
+                    continue
+                s = store.get(zid, now)
+                hit = zone_raw.get(zid)
+                if hit is not None and hit[0] is s:
+                    # Live (not stale here): the record as control encoded it, with the same
+                    # encoder; re-serialising it twice (key and message) was most of the
+                    # follower's CPU per zone event, after decoding.
+                    raw = hit[1]
+                    key = VOLATILE.sub("", raw)
+                else:
+                    raw = None
+                    key = s.model_dump_json(exclude={"computed_at", "reason"})
+                if shown.get(zid) != key:
+                    shown[zid] = key
                     app.state.metrics.send_lag.observe(max(0.0, now - s.computed_at))
-                    # serialised by pydantic's own encoder (as the key above), not through a dict
-                    # and json.dumps: this ran for every zone event and was the follower's largest cost
-                    hub.broadcast('{"type":"zone","state":' + s.model_dump_json() + "}")
+                    hub.broadcast('{"type":"zone","state":' + (raw or s.model_dump_json()) + "}")
 
         async def read(pid: str, k: Keys, last_id: str) -> None:
             while True:
@@ -389,6 +420,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         while True:
             try:
                 last_ids = await load_snapshot(r)
+                sweep_all[0] = True  # the snapshot changed zones without events
                 if not first:  # clients may have missed changes while Redis was away
                     hub.broadcast(json.dumps(state.snapshot(time.time()), ensure_ascii=False))
                 first = False

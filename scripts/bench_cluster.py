@@ -20,8 +20,11 @@ each partition's keys share one hash slot and the partitions spread over the thr
 
 Usage:
   python scripts/bench_cluster.py [--cameras 10000] [--partitions 12] [--messages 60000]
-        [--latency-cameras 1000,10000] [--seconds 20] [--cluster redis+cluster://127.0.0.1:7601]
-Without --cluster a cluster is started on 7601-7606 and stopped afterwards. Every figure in
+        [--latency-cameras 1000,10000] [--seconds 20] [--rounds 3]
+        [--cluster redis+cluster://127.0.0.1:7601 | --base-port 7601] [--port 7690]
+Without --cluster a cluster is started on base-port … base-port+5 and stopped afterwards.
+With --rounds N the throughput part (raw, then control, same payloads) runs N times and the
+medians are printed. Every figure in
 docs/scaling.md comes from this script; it says there what the shared 2-core machine limited.
 """
 
@@ -398,7 +401,11 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
                                                       seconds, start_at, q))
         prod.start()
         ev.start()
+        while time.time() < start_at:
+            time.sleep(0.01)
+        cpu0, t0 = [cpu_s(p.pid) for p in procs], time.time()
         lat, drops = asyncio.run(ws_listen(base, token, seconds, start_at))
+        cpu = [(cpu_s(p.pid) - c) / (time.time() - t0) for p, c in zip(procs, cpu0)]  # cores used
         lat = np.array(lat) * 1000
         ev_lat = np.array(q.get(timeout=120)) * 1000
         prod.join()
@@ -408,6 +415,7 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
                 "p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "p99": float(np.percentile(lat, 99)) if len(lat) else None,
                 "max": float(lat.max()) if len(lat) else None, "expected": int(n_cameras * (seconds - 2)),
+                "control_cores": cpu[0], "dashboard_cores": cpu[1],
                 "control_n": len(ev_lat),
                 "control_p50": float(np.percentile(ev_lat, 50)) if len(ev_lat) else None,
                 "control_p99": float(np.percentile(ev_lat, 99)) if len(ev_lat) else None}
@@ -436,6 +444,8 @@ def main() -> int:
     ap.add_argument("--cluster", default=None, help="redis+cluster://host:port (default: start one on 7601)")
     ap.add_argument("--port", type=int, default=7690, help="dashboard port for the latency run")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1, help="throughput rounds (raw + control each); medians printed")
+    ap.add_argument("--base-port", type=int, default=7601, help="where to start the cluster without --cluster")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
 
@@ -444,7 +454,7 @@ def main() -> int:
     if url is None:
         from redis_cluster import Cluster
 
-        cluster = Cluster(7601).start()
+        cluster = Cluster(args.base_port).start()
         url = cluster.url
     out: dict = {"cameras": args.cameras, "partitions": args.partitions, "messages": args.messages,
                  "cpus": os.cpu_count(), "load_at_start": os.getloadavg()}
@@ -462,20 +472,34 @@ def main() -> int:
             print(f"site: {args.cameras} cameras in {len(by_part)} partitions over "
                   f"{len({r.get_node_from_key(Keys('x').partition(p).obs).name for p in by_part})} masters; "
                   f"{args.messages} observations")
-            xadd_rate, raw, raw_cpu = bench_raw(url, f"bench-{uuid.uuid4().hex[:6]}", by_part)
-            out.update(xadd_pipelined=xadd_rate, raw=raw, raw_cpu_us=raw_cpu)
-            print(f"raw  pipelined XADD (1 producer):                      {xadd_rate:8.0f} obs/s")
-            print(f"raw  XREADGROUP COUNT 1000 + XACK, one reader per shard: {raw:8.0f} obs/s   "
-                  f"({raw_cpu:.0f} µs of the readers' CPU per entry)")
-            for n_workers in [int(x) for x in args.workers.split(",") if x]:
-                rate, takeover, cpu = bench_control(url, f"bench-{uuid.uuid4().hex[:6]}", site_dict, by_part,
-                                                    n_workers)
-                out[f"control_{n_workers}w"] = rate
-                out[f"takeover_{n_workers}w_s"] = takeover
-                out[f"control_{n_workers}w_cpu_us"] = cpu
-                print(f"control, {n_workers} worker process(es):                       {rate:8.0f} obs/s   "
-                      f"ratio control/raw {rate / raw:.2f} (target ≥ 0.5); partitions taken in {takeover:.1f} s; "
-                      f"{cpu:.0f} µs of the workers' CPU per observation (raw/control CPU {raw_cpu / cpu:.2f})")
+            workers = [int(x) for x in args.workers.split(",") if x]
+            rounds: list[dict] = []
+            for k in range(args.rounds):  # each round: raw, then control, on the same payloads
+                rd: dict = {}
+                xadd_rate, raw, raw_cpu = bench_raw(url, f"bench-{uuid.uuid4().hex[:6]}", by_part)
+                rd.update(xadd_pipelined=xadd_rate, raw=raw, raw_cpu_us=raw_cpu)
+                print(f"round {k + 1}/{args.rounds}, load {os.getloadavg()[0]:.1f}")
+                print(f"raw  pipelined XADD (1 producer):                      {xadd_rate:8.0f} obs/s")
+                print(f"raw  XREADGROUP COUNT 1000 + XACK, one reader per shard: {raw:8.0f} obs/s   "
+                      f"({raw_cpu:.1f} µs of the readers' CPU per entry)")
+                for n_workers in workers:
+                    rate, takeover, cpu = bench_control(url, f"bench-{uuid.uuid4().hex[:6]}", site_dict, by_part,
+                                                        n_workers)
+                    rd[f"control_{n_workers}w"] = rate
+                    rd[f"takeover_{n_workers}w_s"] = takeover
+                    rd[f"control_{n_workers}w_cpu_us"] = cpu
+                    rd[f"ratio_{n_workers}w"] = rate / raw
+                    print(f"control, {n_workers} worker process(es):                       {rate:8.0f} obs/s   "
+                          f"ratio control/raw {rate / raw:.2f} (target ≥ 0.5); partitions taken in {takeover:.1f} s; "
+                          f"{cpu:.1f} µs of the workers' CPU per observation (raw/control CPU {raw_cpu / cpu:.2f})")
+                rounds.append(rd)
+            out["rounds"] = rounds
+            med = {key: float(np.median([rd[key] for rd in rounds])) for key in rounds[0]}
+            out.update(med)
+            if args.rounds > 1:
+                print(f"median of {args.rounds} rounds: raw {med['raw']:.0f} obs/s ({med['raw_cpu_us']:.1f} µs/entry); "
+                      + "; ".join(f"control {n}w {med[f'control_{n}w']:.0f} obs/s, ratio {med[f'ratio_{n}w']:.2f}, "
+                                  f"{med[f'control_{n}w_cpu_us']:.1f} µs/obs" for n in workers))
         for n in [int(x) for x in args.latency_cameras.split(",") if x]:
             res = bench_latency(url, n, args.partitions, args.seconds, args.port)
             out[f"latency_{n}"] = res
@@ -486,6 +510,8 @@ def main() -> int:
             print(f"camera → browser at {n} cameras × 1 Hz ({res['partitions']} partitions, 1 worker, 1 dashboard): "
                   f"{res['n']} zone messages of ~{res['expected']} observations, p50 {res['p50']:.0f} ms, "
                   f"p99 {res['p99']:.0f} ms, max {res['max']:.0f} ms; client dropped as too slow {res['drops']}×")
+            print(f"    CPU used: control worker {res['control_cores']:.2f} cores, dashboard {res['dashboard_cores']:.2f} "
+                  f"cores (of {os.cpu_count()}, load {os.getloadavg()[0]:.1f})")
             if res["control_n"]:
                 print(f"    of which control (capture → zone event in Redis, {res['control_n']} events): "
                       f"p50 {res['control_p50']:.0f} ms, p99 {res['control_p99']:.0f} ms")

@@ -80,6 +80,34 @@ def test_every_route_and_the_websocket_need_a_session(make_client):
     assert "/api/commands" in c.get("/openapi.json").json()["paths"]
 
 
+def test_a_zone_event_goes_out_once_as_control_wrote_it_then_stale(make_client, site, r, keys):
+    """A live zone state is sent as control encoded it; the same state again (only computed_at
+    differs) is not sent twice; a changed one is; and the once-a-second sweep sends it as
+    unknown once it passes the staleness limit (10 s) with no new event."""
+    c = make_client()
+    login(c, "viewer")
+    zid = "cangbai-plaza"
+    with c.websocket_connect("/ws") as ws:
+        assert json.loads(ws.receive_text())["type"] == "snapshot"
+        now = time.time()
+        s = ZoneState(zone_id=zid, status="ok", count=12.0, density=0.1, capacity=100, computed_at=now,
+                      updated_at=now - 8.5, sources=["cam-cangbai-plaza"])
+        r.xadd(keys.events, {"type": "zone", "rec": s.encode()})
+        r.xadd(keys.events, {"type": "zone", "rec": s.model_copy(update={"computed_at": now + 0.5}).encode()})
+        r.xadd(keys.events, {"type": "zone", "rec": s.model_copy(update={"count": 13.0}).encode()})
+        got, raw = [], []
+        while len(got) < 3:
+            text = ws.receive_text()
+            msg = json.loads(text)
+            if msg["type"] == "zone" and msg["state"]["zone_id"] == zid and \
+                    msg["state"]["reason"] != "no state from control yet":
+                got.append((msg["state"]["status"], msg["state"]["count"]))
+                raw.append(text)
+        assert got == [("ok", 12.0), ("ok", 13.0), ("unknown", None)]
+        assert raw[0] == '{"type":"zone","state":' + s.encode() + "}"  # as control wrote it
+        assert time.time() >= now + 1.5  # unknown only once past the limit
+
+
 def test_login_is_rate_limited_per_name_and_address(make_client):
     c = make_client(login_attempts_per_min=3)
     for _ in range(3):
