@@ -56,7 +56,9 @@ class ModelTwin:
         self.site = site
         self.seed = seed
         self.net = build_network(site, self.sc)
-        self._prior: StartPrior | None = None  # who the counted people are (built on first use)
+        # who the counted people are: the evening's make-up at ×1 (≈1–3 CPU-s, once, here so
+        # that no decision's time budget pays for it)
+        self._prior = StartPrior(site, self.sc, self.net)
         self.apv = np.array([z.area_per_visitor_m2 for z in site.zones])
         self._elements: dict[str, Element] = {z.id: Element(z.id, z.name, float(z.capacity), "zone") for z in site.zones}
         for z in site.zones:
@@ -138,8 +140,6 @@ class ModelTwin:
         now_set = list(sched[0][1]) if sched else []
         ordered = list(sched[-1][1]) if sched else []
         m.set_actions(now_set, in_effect=True)
-        if self._prior is None:
-            self._prior = StartPrior(self.site, self.sc, self.net)
         self._prior.place(m, dict(start.counts))
         if ordered != now_set:
             m.set_actions(ordered)
