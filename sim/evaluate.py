@@ -605,7 +605,8 @@ def mpc_policy(site: Site, sc: Scenario, confirm_delay_s: float = 60.0, cycle_s:
                replan_max_s: float | None = MPC_EVAL_REPLAN_S, budget_s: float = MPC_EVAL_BUDGET_S) -> PlanEnginePolicy:
     """The measures engine (issue 11, ``control.measures``) through the same plan engine and
     the same commander: its twin is this scenario at its *nominal* demand (the planner is not
-    told the evening's multiplier)."""
+    told the evening's multiplier; it estimates it online from its forecasts' error,
+    ``control.demand``)."""
     from control.measures import MeasurePlanner
     from control.plans import PlanEngine
 
