@@ -35,7 +35,7 @@ import numpy as np
 from crowdflow.records import ZoneState
 from crowdflow.site import Action, Measure, Site, Text
 
-from .twin import Rollout, Twin, TwinStart
+from .twin import Rollout, Twin, TwinStart, rollouts
 
 HORIZON_MIN = 30.0
 UNKNOWN_FLOOR = 0.9  # an unknown zone is assumed at least at this share of its capacity …
@@ -198,6 +198,12 @@ class Optimizer:
         self._n += 1
         return self.twin.rollout(start, self._schedule(cands, chosen, base), self.horizon_min, self.every_min)
 
+    def _roll_many(self, start: TwinStart, cands, sets: Sequence[frozenset], base) -> list[Rollout]:
+        """Several measure sets in one call (the twin may share their common prefix)."""
+        self._n += len(sets)
+        return rollouts(self.twin, start, [self._schedule(cands, s, base) for s in sets], self.horizon_min,
+                        self.every_min)
+
     def _judged(self, r: Rollout) -> slice:
         return slice(int(np.searchsorted(r.minutes, self.grace_min)), None)
 
@@ -259,6 +265,12 @@ class Optimizer:
                 runs[key] = self._roll(start, cands, key, base_actions)
             return runs[key]
 
+        def prefetch(keys: Iterable[frozenset]) -> None:
+            """Roll the sets of one search step not rolled yet together, within the budget."""
+            todo = list(dict.fromkeys(k for k in keys if k not in runs))
+            if len(todo) > 1 and not over_time():
+                runs.update(zip(todo, self._roll_many(start, cands, todo, base_actions)))
+
         def releasable(c: Candidate) -> bool:
             return c.active and (c.since is None or now - c.since >= c.measure.min_on_min * 60)
 
@@ -287,6 +299,7 @@ class Optimizer:
                 break
             best = None
             for stage in sorted({c.measure.stage for c in pool}):
+                prefetch(frozenset(chosen | {c.id}) for c in pool if c.measure.stage == stage)
                 for c in sorted((c for c in pool if c.measure.stage == stage), key=lambda c: cost[c.id]):
                     if over_time():
                         timed_out = True
@@ -336,6 +349,7 @@ class Optimizer:
         self._focus = {}
         on = sorted(chosen - current)
         off = sorted(current - chosen)
+        prefetch(frozenset(chosen - {mid}) if mid in on else frozenset(chosen | {mid}) for mid in on + off)
         for mid in on + off:
             other = frozenset(chosen - {mid}) if mid in on else frozenset(chosen | {mid})
             r_other = runs.get(other)

@@ -5,7 +5,8 @@ The plan engine never imports the simulator: it is handed something that follows
 rolls a site forward). A rollout starts from the fused zone counts at a time of day, applies a
 *schedule* of action sets (each in force from its minute on, so set-up delays and releases
 within the horizon are modelled) and returns the load of every element — zones and holding
-areas — sampled each ``every_min``, as a fraction of its capacity.
+areas — sampled each ``every_min``, as a fraction of its capacity. ``rollouts`` does the same
+for several schedules from one start (the candidates of one search step).
 """
 
 from __future__ import annotations
@@ -58,3 +59,20 @@ class Twin(Protocol):
 
     def rollout(self, start: TwinStart, schedule: Schedule, minutes: float, every_min: float = 1.0) -> Rollout:
         ...
+
+    def rollouts(self, start: TwinStart, schedules: Sequence[Schedule], minutes: float,
+                 every_min: float = 1.0) -> list[Rollout]:
+        """Several schedules from one start (candidate sets of one search step), in order; a
+        twin may roll them together (``sim.plantwin`` shares their common prefix). Default:
+        one by one."""
+        return [self.rollout(start, s, minutes, every_min) for s in schedules]
+
+
+def rollouts(twin: Twin, start: TwinStart, schedules: Sequence[Schedule], minutes: float,
+             every_min: float = 1.0) -> list[Rollout]:
+    """``twin.rollouts`` where the twin has it, else :meth:`Twin.rollouts`'s loop (a twin that
+    follows the protocol structurally need not inherit its default)."""
+    many = getattr(twin, "rollouts", None)
+    if many is not None:
+        return list(many(start, schedules, minutes, every_min))
+    return Twin.rollouts(twin, start, schedules, minutes, every_min)

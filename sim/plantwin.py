@@ -23,7 +23,7 @@ Elements:
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -38,9 +38,12 @@ HOLD_DENSITY = 2.0  # p/m²: a holding queue is at its capacity at this density
 MAX_WAIT_MIN = 12.0  # … or when the wait reaches this (the yardstick's p95 bound is 15 min)
 QUEUE_MIN = 20.0  # people: a shorter queue's wait is not planned for
 LOCAL_TARGET = 3.5  # p/m²: highest local density the engine plans for (danger is 4)
-# Planning step: the twin at 5 s costs ≈1 s per 30-min rollout on one (loaded) core, 15 s about a
-# quarter of that; coarser cells make corridors conservative (the 沧白路 sidewalk's peak ≈ +15 %
-# against the 5-s twin, see docs/mpc.md), so the engine errs toward acting.
+# Planning step: a 30-min rollout at 5 s costs ≈2.7× one at 15 s. From the yardstick evening's
+# states (scripts/bench_plan_step.py, docs/mpc.md) the 15-s twin is within 0.05 of capacity
+# (mean abs. zone load) of the 5-s twin from the same start and its 沧白路 sidewalk peak within
+# ≈1.5 %, while both miss what the yardstick then does by ≈0.14–0.16: the start from zone
+# counts, not the step, is the forecast's larger error. (From an artificial start, every zone at
+# 0.6, coarser cells over-forecast that corridor: 2.11 at 15 s against 1.72 at 5 s.)
 PLAN_STEP_S = 15.0
 
 
@@ -134,21 +137,80 @@ class ModelTwin:
             hold.append(max(q / (self.net.src_hold[s] * HOLD_DENSITY), min(wait, 1e3) / MAX_WAIT_MIN))
         return np.concatenate([zone, local, np.array(hold, dtype=float), self._waits(m) / MAX_WAIT_MIN])
 
-    def rollout(self, start: TwinStart, schedule: Schedule, minutes: float, every_min: float = 1.0) -> Rollout:
+    def _start(self, start: TwinStart, schedule: Schedule) -> tuple[Model, tuple]:
+        """A model at the start with the schedule's first set in force and its last ordered;
+        and the key of the measures in effect when the counts were placed (the start state is
+        a function of it: the ground freed by a cut)."""
         m = Model(self.site, self.sc, seed=self.seed, tod_s=start.tod_s, network=self.net)
         sched = sorted(schedule, key=lambda x: x[0])
         now_set = list(sched[0][1]) if sched else []
         ordered = list(sched[-1][1]) if sched else []
         m.set_actions(now_set, in_effect=True)
         self._prior.place(m, dict(start.counts))
+        key0 = m._effective_key
         if ordered != now_set:
             m.set_actions(ordered)
+        return m, key0
+
+    def rollout(self, start: TwinStart, schedule: Schedule, minutes: float, every_min: float = 1.0) -> Rollout:
+        return self.rollouts(start, [schedule], minutes, every_min)[0]
+
+    def rollouts(self, start: TwinStart, schedules: Sequence[Schedule], minutes: float,
+                 every_min: float = 1.0) -> list[Rollout]:
+        """Several schedules from one start, stepped together. The physics depends on the
+        measures only through those in effect on the ground (``Model._effective_key`` →
+        ``Controls``), and every model draws the same random arrivals (one seed), so schedules
+        whose effective measures agree share one state: it is stepped once and copied (its
+        random stream forked at the same point) when their effective sets first differ — a new
+        measure waits for its staff and set-up, so candidates share that prefix. Each
+        schedule's staff and measure bookkeeping runs on its own. The result is identical to
+        rolling each schedule alone."""
+        models, shared = [], {}
+        for sched in schedules:
+            m, key0 = self._start(start, sched)
+            if key0 in shared:
+                m.state = shared[key0]  # the same start state (same counts, ground and seed)
+            else:
+                shared[key0] = m.state
+            models.append(m)
         n = int(round(minutes / every_min))
-        out = np.zeros((n + 1, len(self._elements)))
-        out[0] = self._loads(m)
+        out = np.zeros((len(models), n + 1, len(self._elements)))
+        self._sample(models, out, 0)
         for i in range(1, n + 1):
-            m.run_until(start.tod_s + i * every_min * 60)
-            out[i] = self._loads(m)
+            until = start.tod_s + i * every_min * 60
+            while models[0].t < until - 1e-9:
+                self._step(models)
+            self._sample(models, out, i)
         ids = list(self._elements)
-        return Rollout(np.arange(n + 1) * every_min, {e: out[:, j] for j, e in enumerate(ids)},
-                       turned_away=float(m.totals.gave_up))
+        return [Rollout(np.arange(n + 1) * every_min, {e: out[b, :, j] for j, e in enumerate(ids)},
+                        turned_away=float(m.totals.gave_up)) for b, m in enumerate(models)]
+
+    @staticmethod
+    def _groups(models: list[Model]) -> dict[tuple, list[int]]:
+        """Models (by index) that share a state and have the same measures in effect."""
+        groups: dict[tuple, list[int]] = {}
+        for b, m in enumerate(models):
+            groups.setdefault((id(m.state), m._effective_key), []).append(b)
+        return groups
+
+    def _step(self, models: list[Model]) -> None:
+        """One step of every model: measures first (each its own), then the physics once per
+        distinct state, a shared state forked where its models' effective measures part."""
+        for m in models:
+            m._update_measures(m.step_s)
+        groups = self._groups(models)
+        seen: set[int] = set()
+        for members in groups.values():
+            st = models[members[0]].state
+            if id(st) in seen:  # the first part keeps the state, the others go on from a copy
+                st = st.copy()
+                for b in members:
+                    models[b].state = st
+            seen.add(id(st))
+        for members in groups.values():
+            m = models[members[0]]
+            m.twin.step(m.state, m.ctl)
+
+    def _sample(self, models: list[Model], out: np.ndarray, i: int) -> None:
+        for members in self._groups(models).values():
+            out[members, i] = self._loads(models[members[0]])

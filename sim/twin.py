@@ -367,6 +367,13 @@ class Network:
         # among them) is closed to the classes whose chain already had a stop inside. They
         # visited it once; they leave it behind rather than walk through it again.
         self.no_reentry = self._no_reentry(spec)
+        # the distinct no-re-entry patterns (ports closed) and the classes that have each
+        self.reentry_groups = [(pat, np.flatnonzero((self.no_reentry == pat[:, None]).all(0)))
+                               for pat in np.unique(self.no_reentry[:, self.no_reentry.any(0)], axis=1).T]
+        # ports grouped by the place they leave (for the shortest-path minimum over ways out)
+        self.pf_order = np.argsort(self.pfrom, kind="stable")
+        self.pf_nodes, self.pf_starts = np.unique(self.pfrom[self.pf_order], return_index=True)
+        self.pf_head = self.phead[self.pf_order]
 
     def _no_reentry(self, spec: Spec) -> np.ndarray:
         N = self.N
@@ -582,9 +589,8 @@ class Twin:
         if n.no_reentry.any():
             # classes that may not re-enter an area: their own travel times without its entrances
             W = np.where(n.no_reentry, INF, W)
-            for pat in np.unique(n.no_reentry[:, n.no_reentry.any(0)], axis=1).T:
+            for pat, ks in n.reentry_groups:
                 db = self._dist(np.where(pat, INF, w))
-                ks = np.flatnonzero((n.no_reentry == pat[:, None]).all(0))
                 D[:, ks] = db[:, [tcol[int(t)] for t in n.ctarget[ks]]]
         self.split(st, W, D)
 
@@ -595,10 +601,12 @@ class Twin:
         T = n.targets
         dist = np.full((V, len(T)), INF)
         dist[T, np.arange(len(T))] = 0.0
+        nodes, starts, head = n.pf_nodes, n.pf_starts, n.pf_head
+        wo = w[n.pf_order, None]
         for _ in range(V):
-            cand = w[:, None] + dist[n.phead]
+            cand = wo + dist[head]
             new = dist.copy()
-            np.minimum.at(new, n.pfrom, cand)
+            new[nodes] = np.minimum(new[nodes], np.minimum.reduceat(cand, starts, axis=0))
             if np.array_equal(new, dist):
                 break
             dist = new
