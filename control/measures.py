@@ -71,7 +71,7 @@ class MeasurePlanner:
         self.last: PlanResult | None = None
         # full plans at least this often (None: every cycle — the live service's default)
         self.replan_max_s = replan_max_s
-        self._plan: tuple | None = None  # (planned at, set in force then, unknown then)
+        self._plan: tuple | None = None  # (planned at, set in force then, unknown then, demand multiplier)
         self.plans_run = 0  # full plans (twin rollouts) so far
         self.plans_kept = 0  # cycles answered by the standing plan
         self.owned = {p.id: [m.id for m in site.measures if owner(m) == p.id] for p in site.plans}
