@@ -22,6 +22,7 @@ from crowdflow.records import ZoneState
 from crowdflow.site import Measure, Site, Text
 from crowdflow.vocab import LEVELS, level_rank
 
+from .demand import DemandEstimate
 from .dispatch import StaffBook
 from .optimizer import Candidate, Decision, Optimizer, Peak, plausible_counts, tod_of
 from .twin import Twin, TwinStart
@@ -36,6 +37,11 @@ REPLAN_MAX_S = 300.0
 DRIFT = 0.2
 DRIFT_REL = 0.25
 RELEVANT = 0.6  # a zone both observed and forecast below this share of its target does not re-plan
+# Demand estimate (control/demand.py): a plan's forecast is compared with the fused counts once
+# it is LEARN_LAG_MIN old; the twin runs at the estimate, and a change of more than
+# DEMAND_REPLAN (relative) since the standing plan's own re-plans.
+LEARN_LAG_MIN = 5.0
+DEMAND_REPLAN = 0.05
 
 
 def owner(m: Measure) -> str:
@@ -65,10 +71,42 @@ class MeasurePlanner:
         self.last: PlanResult | None = None
         # full plans at least this often (None: every cycle — the live service's default)
         self.replan_max_s = replan_max_s
-        self._plan: tuple | None = None  # (planned at, set in force then, unknown then)
+        self._plan: tuple | None = None  # (planned at, set in force then, unknown then, demand multiplier)
         self.plans_run = 0  # full plans (twin rollouts) so far
         self.plans_kept = 0  # cycles answered by the standing plan
         self.owned = {p.id: [m.id for m in site.measures if owner(m) == p.id] for p in site.plans}
+        # the online demand multiplier: only for a twin that can be scaled and knows its nominal
+        # arrivals; it is never told the evening's multiplier
+        learnable = twin is not None and hasattr(twin, "nominal_arrivals") and hasattr(twin, "demand_scale")
+        self.demand: DemandEstimate | None = DemandEstimate() if learnable else None
+        self._base_scale = float(twin.demand_scale) if learnable else 1.0
+        self._hist: list[tuple] = []  # full plans: (at, tod, in force then, chosen, curves, unknown, multiplier)
+
+    def _learn(self, now: float, counts: Mapping[str, float], unknown: list[str], active: Mapping[str, float]) -> None:
+        """Compare the newest plan at least ``LEARN_LAG_MIN`` old with the fused counts now
+        (zones known then and now), and fold the error into the demand estimate."""
+        if self.demand is None:
+            return
+        horizon = self.optimizer.horizon_min * 60 if self.optimizer is not None else 1800.0
+        old = [i for i, h in enumerate(self._hist) if LEARN_LAG_MIN * 60 <= now - h[0] <= horizon]
+        if not old:
+            self._hist = [h for h in self._hist if now - h[0] <= horizon]
+            return
+        at, tod, act0, chosen, curves, unk0, scale = self._hist[old[-1]]
+        self._hist = self._hist[old[-1] + 1:]  # used: a window is measured once
+        act = frozenset(active)
+        curve = curves.get("without") if act == act0 else curves.get("with") if act == chosen else None
+        if not curve:
+            return
+        k = int(round((now - at) / 60.0))
+        gone = set(unknown) | set(unk0)
+        zs = [z for z in self.site.zones if z.id not in gone and z.id in curve and curve[z.id]]
+        if not zs:
+            return
+        pred = sum(curve[z.id][min(k, len(curve[z.id]) - 1)] * z.capacity for z in zs)
+        obs = sum(counts[z.id] for z in zs)
+        arr = self.twin.nominal_arrivals(tod, tod + (now - at)) * self._base_scale
+        self.demand.update(now, scale, pred, obs, arr, (now - at) / 60.0)
 
     def areas_with_measures(self) -> set[str]:
         """Every area a measure names: its level bounds measures, and what is in force there is
@@ -100,12 +138,16 @@ class MeasurePlanner:
             return self.last
         self._now = now
         counts, unknown = plausible_counts(self.site, zones, now)
+        self._learn(now, counts, unknown, active)
         if not force and self._plan_stands(now, counts, unknown, active):
             self.plans_kept += 1
             self.last = PlanResult(self.last.decision, "mpc", now, self.last.note, self.last.why)
             return self.last
         cands = self.candidates(active, released, bound)
         result = None
+        scale = self.demand.value if self.demand is not None else 1.0
+        if self.demand is not None:
+            self.twin.demand_scale = self._base_scale * scale
         if self.optimizer is not None:
             try:
                 start = TwinStart(self.tod(now), counts)
@@ -124,7 +166,10 @@ class MeasurePlanner:
             result = PlanResult(self.rules(zones, cands, unknown), "rules", now,
                                 Text(zh="无孪生模型，按规则预案", en="no twin; rule-based plans"))
         self.last = result
-        self._plan = (now, frozenset(active), frozenset(unknown)) if result.engine == "mpc" else None
+        self._plan = (now, frozenset(active), frozenset(unknown), scale) if result.engine == "mpc" else None
+        if result.engine == "mpc" and self.demand is not None:
+            self._hist.append((now, self.tod(now), frozenset(active), frozenset(result.decision.chosen),
+                               result.decision.curves, frozenset(unknown), scale))
         self.plans_run += 1
         return result
 
@@ -135,9 +180,11 @@ class MeasurePlanner:
         known zone within the drift of that plan's forecast for this minute."""
         if self.replan_max_s is None or self._plan is None or self.last is None or self.last.engine != "mpc":
             return False
-        at, act0, unk0 = self._plan
+        at, act0, unk0, scale = self._plan
         if now - at >= self.replan_max_s:
             return False
+        if self.demand is not None and abs(self.demand.value - scale) > DEMAND_REPLAN * scale:
+            return False  # the demand estimate moved: the standing forecast is out of date
         d = self.last.decision
         act = frozenset(active)
         if act == act0:

@@ -18,3 +18,14 @@ for d in sorted(by):
         cpu = [m.cpu_s for m in v]
         print(f"{p}: safe {sum(m.safe for m in v)}/{len(v)}, cpu/evening mean {sum(cpu)/max(len(cpu),1):.0f} s")
     print()
+# where and when (the evenings' diagnostics, if the runs carry them)
+for d in sorted(by):
+    for p, v in sorted(by[d].items()):
+        for m in sorted(v, key=lambda m: m.seed):
+            late = [e for e in m.event_log if e[2] is None or e[2] > 15]
+            if m.over4_by_zone or late:
+                print(f"×{d:g} {p} seed {m.seed}: >4 p/m² " + (", ".join(f"{z} {v:.1f} min from {m.over4_first.get(z)}"
+                      for z, v in sorted(m.over4_by_zone.items())) or "none")
+                      + "; events answered late or never: " + (", ".join(
+                          f"{e[0]} {e[1]} " + (f"{e[2]:.0f} min" if e[2] is not None else f"never ({e[3]:.0f} min)")
+                          for e in late) or "none"))

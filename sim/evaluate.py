@@ -41,7 +41,7 @@ from crowdflow.site import BroadcastAction, Site, StaffingAction
 
 from .cameras import Faults, VirtualCameras, camera_views
 from .model import Model, build_network
-from .scenario import Scenario, hhmm_to_s
+from .scenario import Scenario, hhmm_to_s, s_to_hhmm
 
 DANGER_DENSITY = 4.0  # p/m², local
 WAIT_LIMIT_MIN = 15.0  # p95 queue wait a safe evening keeps
@@ -51,7 +51,8 @@ FLAP_WINDOW_S = 20 * 60  # issue 11: no measure switched on and off more than on
 SURGE = {"source": "metro-9", "at": "20:15", "minutes": 10, "extra_per_min": 120}  # injected incident
 
 # The district's reported results for May Day 2025 (brief), as % change.
-DISTRICT = {"road_cutoff_min": -21.0, "response_min": -20.0, "staff_hours": -40.0, "served": 30.0}
+# "40 % less emergency manpower" is judged on the staff-hours above the normal duty.
+DISTRICT = {"road_cutoff_min": -21.0, "response_min": -20.0, "emergency_staff_hours": -40.0, "served": 30.0}
 
 
 class Policy(Protocol):
@@ -194,6 +195,9 @@ class Metrics:
     staff_hours: float = 0.0
     roster_hours: float = 0.0
     dispatched_hours: float = 0.0
+    # above the site's normal duty (posts' headcount all evening, the same for every policy):
+    # rostered above it + dispatched (travel included) — the district's "emergency manpower"
+    emergency_staff_hours: float = 0.0
     peak_density: float = 0.0  # highest local density anywhere
     arrived: float = 0.0
     gave_up: float = 0.0
@@ -202,6 +206,12 @@ class Metrics:
     complex_share: float = 0.0  # entries into the complex (11F + 1F gates) per visitor
     safe: bool = True
     flaps: int = 0  # times a measure was switched (in effect on the ground) a third time within 20 min
+    # where and when (diagnostics, in --jsonl): minutes > 4 p/m² per zone and the first minute it
+    # happened (hh:mm); each reference event as [area, hh:mm, response min] or, never answered,
+    # [area, hh:mm, None, its duration in min]
+    over4_by_zone: dict = field(default_factory=dict, compare=False)
+    over4_first: dict = field(default_factory=dict, compare=False)
+    event_log: list = field(default_factory=list, compare=False)
     cpu_s: float = field(default=0.0, compare=False)  # CPU seconds this evening took (the run's cost, independent of other load)
 
 
@@ -241,6 +251,22 @@ def _area_measures(site: Site) -> dict[str, tuple[set[str], float | None, float 
         if thr is not None:
             out[pl.id] = (keys, thr[0], thr[1], list(pl.zones))
     return out
+
+
+def _log_response(log: list, area: str, minutes: float) -> None:
+    """Fill the response of the area's latest open event in the evening's event log."""
+    for e in reversed(log):
+        if e[0] == area:
+            e[2] = round(minutes, 2)
+            return
+
+
+def _log_unanswered(log: list, area: str, minutes: float) -> None:
+    """An event never answered: its duration as a 4th field (the response stays None)."""
+    for e in reversed(log):
+        if e[0] == area:
+            e.append(round(minutes, 2))
+            return
 
 
 def _surge_curve(sc: Scenario, scale: float):
@@ -292,6 +318,7 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
     gate_in = [k for k in range(net.P) if net.pgate[k] in ("gate-11f", "gate-1f") and net.pgdir[k] == "in"]
     end = sc.end_s if until_s is None else until_s
     rostered = False
+    duty_hours = 0.0
     while model.t < end:
         # the roster: on duty over its hours (the evening's normal headcount outside them)
         on = r_from <= model.t < r_to
@@ -314,7 +341,13 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
         pkv = model.peak_density_array()
         nz = model.n
         m.peak_density = max(m.peak_density, float(pkv.max()))
-        m.zone_min_over_4 += float((pkv > DANGER_DENSITY).sum()) * dt / 60
+        hot = pkv > DANGER_DENSITY
+        if hot.any():
+            m.zone_min_over_4 += float(hot.sum()) * dt / 60
+            for i in np.flatnonzero(hot):
+                z = model.zones[i]
+                m.over4_by_zone[z] = m.over4_by_zone.get(z, 0.0) + dt / 60
+                m.over4_first.setdefault(z, s_to_hhmm(model.t))
         # queue waits (Little): ports and held arrivals
         q = model.twin.port_queue(st)
         ctl = model.ctl
@@ -348,8 +381,10 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
             answered = bool(keys & eff)
             if aid not in open_event:
                 if crossed:
+                    m.event_log.append([aid, s_to_hhmm(model.t), None])
                     if answered:
                         responses.append(0.0)
+                        m.event_log[-1][2] = 0.0
                         open_event[aid] = -1.0  # answered at once; wait for the episode to end
                     else:
                         open_event[aid] = model.t
@@ -358,6 +393,7 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
                 t0 = open_event[aid]
                 if t0 >= 0 and answered:
                     responses.append(model.t - t0)
+                    _log_response(m.event_log, aid, (model.t - t0) / 60)
                     open_event[aid] = -1.0
                 if crossed:
                     below_since.pop(aid, None)
@@ -367,6 +403,7 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
                         if open_event[aid] >= 0:
                             responses.append(model.t - open_event[aid])
                             m.unanswered += 1
+                            _log_unanswered(m.event_log, aid, (model.t - open_event[aid]) / 60)
                         del open_event[aid]
                         below_since.pop(aid, None)
         if on_step:
@@ -391,15 +428,18 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
                 actions_key = key
                 model.set_actions(actions)
             next_obs += obs_every_s
-        # staff-hours: roster on duty + dispatched (travel included)
+        # staff-hours: roster on duty + dispatched (travel included); the normal duty alone
         m.roster_hours += (sum(board.duty.values()) + sum(board.extra.values())) * dt / 3600
+        duty_hours += sum(normal.values()) * dt / 3600
     for aid, t0 in open_event.items():
         if t0 >= 0:
             responses.append(model.t - t0)
             m.unanswered += 1
+            _log_unanswered(m.event_log, aid, (model.t - t0) / 60)
     st = model.state
     m.dispatched_hours = board.staff_seconds / 3600
     m.staff_hours = m.roster_hours + m.dispatched_hours
+    m.emergency_staff_hours = m.staff_hours - duty_hours
     m.events = len(responses)
     m.response_min = statistics.fmean(responses) / 60 if responses else None
     tot = wait_bins.sum()
@@ -470,6 +510,7 @@ ROWS = [
     ("unanswered", "reference events never answered", "{:.1f}"),
     ("road_cutoff_min", "road-cutoff minutes", "{:.0f}"),
     ("staff_hours", "staff-hours (roster + dispatched incl. travel)", "{:.0f}"),
+    ("emergency_staff_hours", "emergency staff-hours (above normal duty)", "{:.0f}"),
     ("zone_min_over_4", "zone-minutes > 4 p/m² (local)", "{:.1f}"),
     ("p95_wait_min", "p95 queue wait (min)", "{:.1f}"),
     ("served", "visits completed", "{:.0f}"),
@@ -564,7 +605,8 @@ def mpc_policy(site: Site, sc: Scenario, confirm_delay_s: float = 60.0, cycle_s:
                replan_max_s: float | None = MPC_EVAL_REPLAN_S, budget_s: float = MPC_EVAL_BUDGET_S) -> PlanEnginePolicy:
     """The measures engine (issue 11, ``control.measures``) through the same plan engine and
     the same commander: its twin is this scenario at its *nominal* demand (the planner is not
-    told the evening's multiplier)."""
+    told the evening's multiplier; it estimates it online from its forecasts' error,
+    ``control.demand``)."""
     from control.measures import MeasurePlanner
     from control.plans import PlanEngine
 

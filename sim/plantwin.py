@@ -31,6 +31,7 @@ from control.twin import Element, Rollout, Schedule, TwinStart
 from crowdflow.site import MeteringAction, Site, Text
 
 from .model import Model, build_network
+from .prior import StartPrior
 from .scenario import Scenario
 
 HOLD_DENSITY = 2.0  # p/m²: a holding queue is at its capacity at this density
@@ -58,6 +59,9 @@ class ModelTwin:
         self.site = site
         self.seed = seed
         self.net = build_network(site, self.sc)
+        # who the counted people are: the evening's make-up at ×1 (≈1–3 CPU-s, once, here so
+        # that no decision's time budget pays for it)
+        self._prior = StartPrior(site, self.sc, self.net)
         self.apv = np.array([z.area_per_visitor_m2 for z in site.zones])
         self._elements: dict[str, Element] = {z.id: Element(z.id, z.name, float(z.capacity), "zone") for z in site.zones}
         for z in site.zones:
@@ -107,6 +111,20 @@ class ModelTwin:
     def elements(self) -> Mapping[str, Element]:
         return self._elements
 
+    # the demand the rollouts run at: the planner scales it by its online estimate (control/demand.py)
+    @property
+    def demand_scale(self) -> float:
+        return float(self.sc.demand_scale)
+
+    @demand_scale.setter
+    def demand_scale(self, scale: float) -> None:
+        self.sc = self.sc.model_copy(update={"demand_scale": float(scale)})
+
+    def nominal_arrivals(self, tod0_s: float, tod1_s: float) -> float:
+        """People the scenario's arrival curves bring between two times of day, at ×1."""
+        ts = np.arange(tod0_s, tod1_s, 15.0)
+        return float(sum(self.net.arrival_rate(t, 1.0).sum() for t in ts) * 15.0)
+
     def _loads(self, m: Model) -> np.ndarray:
         zone = m.density * self.apv
         local = m.peak_density_array() / LOCAL_TARGET
@@ -128,7 +146,7 @@ class ModelTwin:
         now_set = list(sched[0][1]) if sched else []
         ordered = list(sched[-1][1]) if sched else []
         m.set_actions(now_set, in_effect=True)
-        m.set_counts({z: c for z, c in start.counts.items()})
+        self._prior.place(m, dict(start.counts))
         key0 = m._effective_key
         if ordered != now_set:
             m.set_actions(ordered)

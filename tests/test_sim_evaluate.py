@@ -93,6 +93,17 @@ def test_run_evening_is_deterministic_and_measures_outcomes(short_runs):
     assert plans.road_cutoff_min > 0 and plans.dispatched_hours > 0  # plans send reserve teams
     for m in (none, base, plans):
         assert m.p95_wait_min >= 0 and m.peak_density > 1.0 and 3 < m.visits_per_visitor < 15
+    # emergency staff-hours: above the same normal duty for every policy (nobody's roster is it)
+    assert none.emergency_staff_hours == pytest.approx(0.0, abs=1e-6)
+    assert base.emergency_staff_hours == pytest.approx(base.staff_hours - none.roster_hours)
+    assert base.emergency_staff_hours > base.dispatched_hours  # its fixed roster above normal counts
+    assert plans.emergency_staff_hours == pytest.approx(plans.dispatched_hours)
+    # the diagnostics say which events and where: one log entry per event, None when unanswered
+    for m in (none, base, plans):
+        assert len(m.event_log) == m.events
+        assert sum(e[2] is None for e in m.event_log) == m.unanswered
+        assert sum(m.over4_by_zone.values()) == pytest.approx(m.zone_min_over_4)
+        assert set(m.over4_first) == set(m.over4_by_zone)
 
 
 def test_cli_rejects_bad_arguments():
