@@ -160,8 +160,7 @@ class ZoneBook:
                     self._flows[zid].append((obs.captured_at, zin, zout))
                     events.setdefault(zid, []).append(float(zin - zout))
                     touched.add(zid)
-            reported = {zc.zone_id: zc for zc in obs.zones} if len(obs.zones) != 1 else \
-                {obs.zones[0].zone_id: obs.zones[0]}
+            reported = {zc.zone_id: zc for zc in obs.zones}
             for zid in cam.zones:
                 prev_t = newest.get((zid, cid))
                 if prev_t is None:

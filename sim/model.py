@@ -217,7 +217,7 @@ class Model:
         self.measures: dict[str, Measure] = {}
         self.staffing: dict[str, int] = {}
         self.requested: list = []
-        self._effective_key: tuple = ()
+        self.effective_key: tuple = ()  # ids of the measures in effect on the ground (the physics depends on these alone)
         self.ctl: Controls = self._controls(set())
         self.step_s = scenario.model.step_s
         self.max_density = scenario.model.max_density
@@ -321,9 +321,11 @@ class Model:
                 want = max(self.staffing.get(post, 0), board.duty[post] + needs.get(post, 0)) - board.committed(post)
                 if want > 0:
                     board.teams.append(Team(post, want, t - board.min_block_s, t, board.travel_s.get(post, 0.0)))
-        self._update_measures(0.0)
+        self.update_measures(0.0)
 
-    def _update_measures(self, dt: float) -> None:
+    def update_measures(self, dt: float) -> None:
+        """Staff and measures moved on by ``dt``: released ones leave, staffed ones take effect
+        (``effective_key``, ``ctl``). :meth:`step` does this before the physics."""
         t = self.t
         for key in [k for k, m in self.measures.items() if m.released_at is not None and not m.holding(t)]:
             del self.measures[key]
@@ -352,13 +354,13 @@ class Model:
         eff = tuple(sorted(k for k, m in self.measures.items() if m.effective(t)))
         self.cut_roads = {m.action.road for m in self.measures.values()
                           if isinstance(m.action, TrafficCutoffAction) and m.staffed_at is not None and m.holding(t)}
-        if eff != self._effective_key:
-            self._effective_key = eff
+        if eff != self.effective_key:
+            self.effective_key = eff
             self.ctl = self._controls(set(eff))
 
     def effective_actions(self) -> list:
         """The measures in effect on the ground now."""
-        return [self.measures[k].action for k in self._effective_key if k in self.measures]
+        return [self.measures[k].action for k in self.effective_key if k in self.measures]
 
     def _controls(self, keys: set[str]) -> Controls:
         net, tw, sc, site = self.net, self.twin, self.sc, self.site
@@ -459,7 +461,7 @@ class Model:
     def step(self) -> StepTotals:
         st = self.state
         a0, e0, x0, g0 = st.arrived, float(st.src_in.sum()), st.exited, st.gave_up
-        self._update_measures(self.step_s)
+        self.update_measures(self.step_s)
         self.twin.step(st, self.ctl)
         self.last_moved = st.last_port
         self.last_entered = st.last_src

@@ -147,7 +147,7 @@ class ModelTwin:
         ordered = list(sched[-1][1]) if sched else []
         m.set_actions(now_set, in_effect=True)
         self._prior.place(m, dict(start.counts))
-        key0 = m._effective_key
+        key0 = m.effective_key
         if ordered != now_set:
             m.set_actions(ordered)
         return m, key0
@@ -158,7 +158,7 @@ class ModelTwin:
     def rollouts(self, start: TwinStart, schedules: Sequence[Schedule], minutes: float,
                  every_min: float = 1.0) -> list[Rollout]:
         """Several schedules from one start, stepped together. The physics depends on the
-        measures only through those in effect on the ground (``Model._effective_key`` →
+        measures only through those in effect on the ground (``Model.effective_key`` →
         ``Controls``), and every model draws the same random arrivals (one seed), so schedules
         whose effective measures agree share one state: it is stepped once and copied (its
         random stream forked at the same point) when their effective sets first differ — a new
@@ -190,14 +190,14 @@ class ModelTwin:
         """Models (by index) that share a state and have the same measures in effect."""
         groups: dict[tuple, list[int]] = {}
         for b, m in enumerate(models):
-            groups.setdefault((id(m.state), m._effective_key), []).append(b)
+            groups.setdefault((id(m.state), m.effective_key), []).append(b)
         return groups
 
     def _step(self, models: list[Model]) -> None:
         """One step of every model: measures first (each its own), then the physics once per
         distinct state, a shared state forked where its models' effective measures part."""
         for m in models:
-            m._update_measures(m.step_s)
+            m.update_measures(m.step_s)
         groups = self._groups(models)
         seen: set[int] = set()
         for members in groups.values():
