@@ -146,9 +146,10 @@ class EdgeAgent:
         if self.frozen.update(t, frame):
             self._set_state("frozen", f"the picture has not changed for {t - self.frozen.since:.0f} s")
             return None
-        now = time.monotonic()
-        if now - self._last_check >= self.check_interval or self.state != "ok":
-            self._last_check = now
+        # Once per check interval of capture time (a clock stepped back also re-checks): at the
+        # agent's frame rate the same frames are checked however busy the machine is.
+        if not 0 <= t - self._last_check < self.check_interval or self.state != "ok":
+            self._last_check = t
             self._check_view(frame)
         if self.state != "ok":
             return None
