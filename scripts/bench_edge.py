@@ -12,7 +12,8 @@ process, and the counter's ms per 1024×768 frame in dense and sparse street sce
   through a thin wrapper and replayed on a second detector with its own tracker. Frames carry
   timestamps 1/``edge.max_fps`` apart, as from a live camera at the agent's rate, so the
   once-a-second checks fall on the same frames however loaded the machine is. The two loops
-  alternate frame by frame, so both share the machine's noise; a round is one pass over the
+  alternate frame by frame, and which goes first alternates too, so both share the machine's
+  noise and neither always finds the other's data in the caches; a round is one pass over the
   frames; the figure is the median round's ratio agent/bare (target ≥ 0.9), every round printed.
   Batching the tracking pass with the tiles into one predict call gains nothing here (the
   OpenVINO model is fixed at batch 1; ultralytics runs a batch image by image: 78–80 ms either
@@ -43,27 +44,34 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 class Recorded:
     """A detector or density model that notes each model call it passes on (kind, input,
-    setting), so the bare loop can make exactly the same calls."""
+    setting) and the time spent in it, so the bare loop can make exactly the same calls."""
 
-    def __init__(self, inner, calls: list[tuple]):
-        self._inner, self._calls = inner, calls
+    def __init__(self, inner, calls: list[tuple], spent: list[float]):
+        self._inner, self._calls, self._spent = inner, calls, spent
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
+
+    def _timed(self, fn, *a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            self._spent[0] += time.perf_counter() - t0
 
     def __call__(self, frame, side=None):
         if hasattr(self._inner, "track"):  # a detector: one image through detect_many
             return self.detect_many([frame])[0]
         self._calls.append(("density", frame, side))
-        return self._inner(frame, side=side)
+        return self._timed(self._inner, frame, side=side)
 
     def detect_many(self, frames, conf=None):
         self._calls.append(("detect_many", list(frames), conf))
-        return self._inner.detect_many(frames, conf=conf)
+        return self._timed(self._inner.detect_many, frames, conf=conf)
 
     def track(self, frame):
         self._calls.append(("track", frame, None))
-        return self._inner.track(frame)
+        return self._timed(self._inner.track, frame)
 
 
 def main() -> int:
@@ -117,8 +125,9 @@ def main() -> int:
     # Two detectors on the same weights, one per loop: each keeps its own ByteTrack state, so
     # both track the same frame sequence. The density model keeps no state: one for both.
     calls: list[tuple] = []
-    adet = Recorded(PersonDetector(model, site.edge.imgsz, site.edge.conf), calls)
-    adm = Recorded(dm, calls) if dm is not None else None
+    in_model = [0.0]  # seconds the agent spent inside its model calls
+    adet = Recorded(PersonDetector(model, site.edge.imgsz, site.edge.conf), calls, in_model)
+    adm = Recorded(dm, calls, in_model) if dm is not None else None
     bdet = PersonDetector(model, site.edge.imgsz, site.edge.conf)
     counter = CrowdCounter(adet, adm, CounterSettings(target_px=site.edge.tile_target_px))
     agent = EdgeAgent(site, "cam-cangbai-plaza", FrameGrabber("bench"), counter, Publisher(r, keys, spool))
@@ -140,50 +149,63 @@ def main() -> int:
             else:
                 dm(arg, side=extra)
 
-    for f in frames[:5]:  # warm-up of both paths
-        calls.clear()
-        agent.process(tick(), f)
-        replay(f, calls)
-    agent.window.discard_counts()
+    made: list[list[tuple]] = [[] for _ in frames]  # the agent's calls on each frame, last pass
 
-    def round_() -> tuple[float, float, int, int]:
+    def round_() -> tuple[float, float, int, int, float]:
         """One pass over the frames, interleaved frame by frame: the agent (view check,
-        counter, gates, window, a publish every 10 frames), then the same model calls bare."""
+        counter, gates, window, a publish every 10 frames) and the same model calls bare. Who
+        goes first alternates: on odd frames the bare loop goes first, replaying the calls the
+        agent made on that frame in the previous pass (they repeat: same tiles, checks on the
+        same frames; both loops' calls are counted)."""
         ta = tb = 0.0
-        n_calls = n_images = 0
+        n_agent = n_bare = 0
+        in_model[0] = 0.0
         for i, f in enumerate(frames):
-            calls.clear()
             t = tick()
+            if i % 2:
+                t0 = time.perf_counter()
+                replay(f, made[i])
+                tb += time.perf_counter() - t0
+                n_bare += images(made[i])
+            calls.clear()
             t0 = time.perf_counter()
             agent.process(t, f)
             if i % 10 == 9:
                 agent.flush(t)
-            t1 = time.perf_counter()
-            made = list(calls)
-            replay(f, made)
-            t2 = time.perf_counter()
-            ta += t1 - t0
-            tb += t2 - t1
-            n_calls += len(made)
-            n_images += sum(len(a) if k == "detect_many" else 1 for k, a, _ in made)
-        return len(frames) / tb, len(frames) / ta, n_calls, n_images
+            ta += time.perf_counter() - t0
+            made[i] = list(calls)
+            n_agent += images(made[i])
+            if not i % 2:
+                t0 = time.perf_counter()
+                replay(f, made[i])
+                tb += time.perf_counter() - t0
+                n_bare += images(made[i])
+        return len(frames) / tb, len(frames) / ta, n_agent, n_bare, (ta - in_model[0]) / len(frames)
 
-    bs, fs = [], []
+    def images(cs: list[tuple]) -> int:
+        return sum(len(a) if k == "detect_many" else 1 for k, a, _ in cs)
+
+    round_()  # warm-up of both paths; records the agent's calls for the first bare-first frames
+    agent.window.discard_counts()
+
+    bs, fs, own = [], [], []
     load0 = os.getloadavg()[0]
     for _ in range(args.rounds):
-        b, a, n_calls, n_images = round_()
+        b, a, n_agent, n_bare, o = round_()
         bs.append(b)
         fs.append(a)
+        own.append(o)
     load1 = os.getloadavg()[0]
     ratios = [a / b for a, b in zip(fs, bs)]
     fb, fa = statistics.median(bs), statistics.median(fs)
     tiles = agent._layout(frames[0]).tiles or []
     print(f"sparse (vtest, {len(frames)} frames × {args.rounds} rounds at {site.edge.max_fps} fps frame times, "
           f"{len(tiles)} tile(s), publishing to {where}; load average {load0:.1f} → {load1:.1f}):")
-    print(f"  model calls per frame    {n_calls / len(frames):6.2f}  ({n_images / len(frames):.2f} images; "
-          "the same in both loops)")
+    print(f"  model images per frame   agent {n_agent / len(frames):.2f}, bare {n_bare / len(frames):.2f}  (last round)")
     print(f"  bare model calls         {fb:6.1f} fps  {1000 / fb:6.1f} ms/frame")
     print(f"  full agent loop          {fa:6.1f} fps  {1000 / fa:6.1f} ms/frame")
+    print(f"  agent's own work         {1000 * statistics.median(own):6.2f} ms/frame  (outside its model calls; "
+          f"rounds {' '.join(f'{1000 * x:.2f}' for x in own)})")
     print(f"  ratio agent/bare         {statistics.median(ratios):6.2f}  (median round; target ≥ 0.9)")
     print(f"  per round                {' '.join(f'{x:.2f}' for x in ratios)}")
     for k in r.scan_iter(match=keys.all_keys_pattern()):
