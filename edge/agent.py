@@ -143,12 +143,16 @@ class EdgeAgent:
         one whose zones can be counted (moved, unverified, frozen)."""
         t0 = time.perf_counter()
         self._seen += 1
-        if self.frozen.update(t, frame):
+        # Once per check interval of capture time (a clock stepped back also re-checks): at the
+        # agent's frame rate the same frames are checked however busy the machine is.
+        due = not 0 <= t - self._last_check < self.check_interval
+        # A frozen picture is looked for in frames a check interval apart (live footage changes
+        # more in a second than between two frames), frame by frame once a repeat was seen.
+        if (due or self.frozen.since is not None) and self.frozen.update(t, frame):
             self._set_state("frozen", f"the picture has not changed for {t - self.frozen.since:.0f} s")
             return None
-        now = time.monotonic()
-        if now - self._last_check >= self.check_interval or self.state != "ok":
-            self._last_check = now
+        if due or self.state != "ok":
+            self._last_check = t
             self._check_view(frame)
         if self.state != "ok":
             return None

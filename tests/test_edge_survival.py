@@ -125,3 +125,21 @@ def test_calibrate_stores_reference_views_and_the_agent_checks_against_them(tmp_
     cv2.imwrite(str(frame), black(frames[0]))
     r = subprocess.run(run[:-2] + ["--out", str(tmp_path / "other.yaml")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "texture" in r.stderr and not (tmp_path / "other.yaml").exists()
+
+
+def test_view_checks_follow_capture_time_not_the_machines_speed(site, detector, frames, vtest_path):
+    """Once per `edge.check_interval_s` (1 s) of the frames' capture time, however fast or slow
+    the frames are processed; a clock stepped back checks again at once."""
+    agent = agent_for(site, detector, vtest_path)
+    checked = []
+    check = agent.views.check
+    agent.views.check = lambda pid, f: checked.append(pid) or check(pid, f)
+    t0 = 1_000_000.0
+    for i in range(20):  # 0.19 s of capture time, processed in seconds: one check
+        assert agent.process(t0 + 0.01 * i, frames[i]) is not None
+    assert len(checked) == 1
+    for k in range(1, 6):  # one frame a second of capture time, processed at once: each checked
+        assert agent.process(t0 + k, frames[20 + k]) is not None
+    assert len(checked) == 6
+    agent.process(t0 - 60, frames[30])  # the clock stepped back a minute
+    assert len(checked) == 7
