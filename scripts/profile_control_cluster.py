@@ -10,10 +10,14 @@ runs) or stepped in turn in one thread. Printed: µs of this process's CPU per o
 dedupe + fusion, zone states, publish, the fenced write, the once-a-second pass), the cycles
 run, and with ``--profile`` cProfile's top functions (one thread only).
 
+``--trickle K``: the other regime, the latency run's (1,000 cameras × 1 Hz over 12 partitions
+is ≈ 4 observations per partition and cycle): one partition's service, K observations added
+before each of 400 cycles; prints the CPU per cycle (read, dedupe, fuse, publish, fenced write).
+
 Usage:
   python scripts/profile_control_cluster.py --cluster redis+cluster://127.0.0.1:7300
         [--cameras 10000] [--partitions 12] [--messages 60000] [--threads] [--switch-s 0.005]
-        [--profile]
+        [--profile] [--trickle 4]
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def main() -> int:
     ap.add_argument("--threads", action="store_true", help="one thread per partition, as a worker runs them")
     ap.add_argument("--switch-s", type=float, default=None, help="sys.setswitchinterval (Python's default 0.005)")
     ap.add_argument("--profile", action="store_true", help="cProfile (without --threads)")
+    ap.add_argument("--trickle", type=int, default=0, help="K observations per cycle, one partition, 400 cycles")
     args = ap.parse_args()
     import control.plans as plans
     import control.service as service
@@ -71,6 +76,8 @@ def main() -> int:
     raw = raw_client(r)
     svcs = [ControlService(sub_site(site, pid), r, k, consumer="prof", stale_after_s=3600, raw=raw)
             for pid, k in partition_keys(site, keys).items()]
+    if args.trickle:
+        return trickle(r, svcs[0], d, parts, args.trickle)
     try:
         preload(r, prefix, by_part)
         for s in svcs:
@@ -147,6 +154,35 @@ def main() -> int:
     finally:
         for k in r.scan_iter(match=f"{prefix}*", count=1000):
             r.delete(k)
+    return 0
+
+
+def trickle(r, svc, d: dict, parts: dict[int, str], k: int, cycles: int = 400) -> int:
+    from control.service import tune_gc
+
+    cams = [c for c, p in parts.items() if p == next(iter(d["control"]["partitions"]))]
+    rng = np.random.default_rng(1)
+    try:
+        svc.fenced = True
+        assert svc.lease.acquire()
+        svc.start()
+        tune_gc()
+        cpu, seq = 0.0, 0
+        for _ in range(cycles):
+            pipe = r.pipeline(transaction=False)
+            for _ in range(k):
+                seq += 1
+                pipe.xadd(svc.keys.obs, {"rec": payload(cams[seq % len(cams)], seq, time.time(), rng)})
+            pipe.execute()
+            t = time.process_time()
+            svc.step(block_ms=10)
+            cpu += time.process_time() - t
+        print(f"one partition of {len(cams)} zones, {k} observations per cycle, {cycles} cycles: "
+              f"{cpu / cycles * 1e3:.2f} ms of CPU per cycle ({cpu / cycles / k * 1e6:.0f} µs per observation); "
+              f"applied {svc.applied}")
+    finally:
+        for key in r.scan_iter(match=f"{svc.keys.prefix}*", count=1000):
+            r.delete(key)
     return 0
 
 
