@@ -373,6 +373,101 @@ def slot_client(r, key: str):
     return r.get_node_from_key(key).redis_connection
 
 
+# ----------------------------------------------------------------------------- many keys, one command
+#
+# Control's cycle touches one key per camera (its dedupe marks) and appends one stream entry
+# per zone state: as separate commands each costs redis-py ≈ 4–5 µs of the client's CPU
+# (packing, the QUEUED reply inside MULTI, the reply), most of a small record's whole cost.
+# These scripts do the same commands server-side, many keys in one EVAL: every key is declared
+# in KEYS (a cluster routes and checks them; a partition's keys share one slot), the command
+# per key is unchanged (ZMSCORE, ZADD, XADD … MAXLEN ~), and ``unpack`` is chunked (Lua's
+# stack takes ≈ 8,000 values). A script error midway leaves the keys before it written:
+# ZADD is idempotent, and a stream key of the wrong type fails at its first XADD.
+# EVAL, not EVALSHA: Redis caches the compiled script by its hash, and nothing has to be loaded
+# on a promoted replica or a restarted node first. The shebang (Redis ≥ 7) declares the writing
+# ones as writes: refused whole when Redis is out of memory, like the ZADD and XADD they stand
+# for, so a fenced MULTI/EXEC is still refused as a whole, never applied in part.
+
+
+# KEYS: zsets; ARGV: per key n, then its n members → 1/0 per member, in order (ZMSCORE).
+SEEN_MANY = """#!lua flags=no-writes
+local out, j = {}, 1
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[j]); j = j + 1
+  local s = 0
+  while s < n do
+    local m = math.min(n - s, 1000)
+    local sc = redis.call('zmscore', KEYS[i], unpack(ARGV, j, j + m - 1))
+    for q = 1, m do out[#out + 1] = sc[q] and 1 or 0 end
+    j = j + m; s = s + m
+  end
+end
+return out
+"""
+
+# KEYS: zsets; ARGV: per key n, then n (score, member) pairs (ZADD).
+ZADD_MANY = """#!lua
+local j = 1
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[j]); j = j + 1
+  local s = 0
+  while s < n do
+    local m = math.min(n - s, 1000)
+    redis.call('zadd', KEYS[i], unpack(ARGV, j, j + 2 * m - 1))
+    j = j + 2 * m; s = s + m
+  end
+end
+return #KEYS
+"""
+
+# KEYS: one stream per entry (repeats allowed); ARGV: maxlen, k, k field names, then k values
+# per entry (XADD key MAXLEN ~ maxlen * field value …).
+XADD_MANY = """#!lua
+local k = tonumber(ARGV[2])
+local row, j = {}, 3 + k
+for i = 1, #KEYS do
+  for f = 1, k do row[2 * f - 1] = ARGV[2 + f]; row[2 * f] = ARGV[j]; j = j + 1 end
+  redis.call('xadd', KEYS[i], 'MAXLEN', '~', ARGV[1], '*', unpack(row))
+end
+return #KEYS
+"""
+
+SCRIPT_KEY_TYPE = {SEEN_MANY: "zset", ZADD_MANY: "zset", XADD_MANY: "stream"}  # for WRONGTYPE repair
+
+
+def seen_many(client, members: dict[str, list]) -> list[bool]:
+    """For each zset key and its members, whether each member is in it: one EVAL (the keys of
+    one slot; ``client`` a plain client or a pipeline of that slot's master). Flat, in order."""
+    keys = list(members)
+    argv: list = []
+    for k in keys:
+        argv.append(len(members[k]))
+        argv.extend(members[k])
+    return [bool(x) for x in client.eval(SEEN_MANY, len(keys), *keys, *argv)]
+
+
+def zadd_many(marks: dict[str, dict]) -> tuple:
+    """EVAL arguments adding each key's ``{member: score}`` (one command; see :data:`ZADD_MANY`)."""
+    keys = list(marks)
+    argv: list = []
+    for k in keys:
+        m = marks[k]
+        argv.append(len(m))
+        for member, score in m.items():
+            argv.append(score)
+            argv.append(member)
+    return (ZADD_MANY, len(keys), *keys, *argv)
+
+
+def xadd_many(streams: list[str], fields: tuple[str, ...], rows: list[tuple], maxlen: int) -> tuple:
+    """EVAL arguments appending ``rows[i]`` (values of ``fields``) to ``streams[i]``, each trimmed
+    to about ``maxlen`` as ``XADD … MAXLEN ~`` (one command; see :data:`XADD_MANY`)."""
+    argv: list = [maxlen, len(fields), *fields]
+    for row in rows:
+        argv.extend(row)
+    return (XADD_MANY, len(streams), *streams, *argv)
+
+
 class SlotMoved(redis.ConnectionError):
     """A slot served elsewhere now (MOVED/ASK to a pinned client): transient, re-read the map."""
 
