@@ -45,24 +45,9 @@ BETAS = (-0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
 
 
 def collect(name: str, parts: set[str], model: str, threads: int):
-    import torch
+    from eval_view_scale import collect as collect_view
 
-    from eval_view_scale import samples
-    from edge.density import open_density_model
-    from edge.detector import PersonDetector
-
-    torch.set_num_threads(threads)
-    det = PersonDetector(model)
-    dm = open_density_model(None, None, model, threads=threads)
-    rows, maps = [], {}
-    for i, (n, g, part, count, img) in enumerate(samples(name, parts)):
-        d = det(img)
-        rows.append({"name": n, "group": g, "part": part, "gt": count, "h": img.shape[0], "w": img.shape[1],
-                     "d448": np.c_[d.xyxy, d.conf].round(1).tolist()})
-        maps[n] = dm(img).density.astype(np.float32)
-        if i % 25 == 0:
-            print(f"{i} {n}: gt {count} head {maps[n].sum():.1f}", file=sys.stderr, flush=True)
-    return rows, maps
+    return collect_view(name, parts, model, threads, sides=())
 
 
 def row_weights(r, m: np.ndarray, beta: float, conf: float = 0.4) -> np.ndarray:

@@ -74,7 +74,9 @@ def samples(name: str, parts: set[str]):
             yield s.name, s.group, s.part, s.count, cv2.imread(str(s.path))
 
 
-def collect(name: str, parts: set[str], model: str, threads: int) -> tuple[list[dict], dict]:
+def collect(name: str, parts: set[str], model: str, threads: int,
+            sides: tuple[int, ...] = SIDES) -> tuple[list[dict], dict]:
+    """Per frame: its detections, the head's count at each of ``sides`` and its density map."""
     import torch
 
     torch.set_num_threads(threads)
@@ -88,7 +90,7 @@ def collect(name: str, parts: set[str], model: str, threads: int) -> tuple[list[
         d = det(img)
         r = {"name": n, "group": g, "part": part, "gt": count, "h": img.shape[0], "w": img.shape[1],
              "d448": np.c_[d.xyxy, d.conf].round(1).tolist()}
-        for side in SIDES:
+        for side in sides:
             r[f"c{side}"] = round(dm(img, side=side).count, 3)
         maps[n] = dm(img).density.astype(np.float32)
         rows.append(r)
