@@ -20,8 +20,10 @@ TTL_MS = 300
 
 
 @pytest.fixture
-def tagged(keys) -> Keys:
-    return Keys(f"{keys.prefix}:{{p}}")  # one slot, as a partition's keys (works on one node too)
+def tagged(r, keys):
+    k = Keys(f"{keys.prefix}:{{p}}")  # one slot, as a partition's keys (works on one node too)
+    yield k
+    r.delete(k.leader, k.leader_last, k.zone_state)
 
 
 @pytest.fixture
@@ -31,8 +33,9 @@ def other(redis_url):
     c.close()
 
 
-def clean(r, k: Keys) -> None:
-    r.delete(k.leader, k.leader_last, k.zone_state)
+def outlive_ttl() -> None:
+    """Be paused (or busy) past a's lease."""
+    time.sleep(TTL_MS / 1000 + 0.15)
 
 
 def write(k: Keys, value: str, meanwhile=None):
@@ -47,22 +50,19 @@ def write(k: Keys, value: str, meanwhile=None):
 def test_taken_by_another_between_the_read_and_exec_writes_nothing(r, other, tagged):
     a = LeaderLease(r, tagged.leader, ttl_ms=TTL_MS, instance_id="a")
     b = LeaderLease(other, tagged.leader, ttl_ms=10_000, instance_id="b")
-    try:
-        assert a.acquire()
-        a.transaction(write(tagged, "1"))
+    assert a.acquire()
+    a.transaction(write(tagged, "1"))
 
-        def b_takes_over():  # a paused past its TTL after reading that it held the lease
-            time.sleep(TTL_MS / 1000 + 0.15)
-            assert b.acquire()
+    def b_takes_over():  # a paused past its TTL after reading that it held the lease
+        outlive_ttl()
+        assert b.acquire()
 
-        with pytest.raises(LeaseLost):
-            a.transaction(write(tagged, "stale", b_takes_over))
-        assert r.hget(tagged.zone_state, "z") == "1"  # a's write refused
-        assert r.get(tagged.leader) == "b" and r.pttl(tagged.leader) > 5_000  # b's lease untouched (no PEXPIRE by a)
-        b.transaction(write(tagged, "2"))  # and b writes on
-        assert r.hget(tagged.zone_state, "z") == "2"
-    finally:
-        clean(r, tagged)
+    with pytest.raises(LeaseLost):
+        a.transaction(write(tagged, "stale", b_takes_over))
+    assert r.hget(tagged.zone_state, "z") == "1"  # a's write refused
+    assert r.get(tagged.leader) == "b" and r.pttl(tagged.leader) > 5_000  # b's lease untouched (no PEXPIRE by a)
+    b.transaction(write(tagged, "2"))  # and b writes on
+    assert r.hget(tagged.zone_state, "z") == "2"
 
 
 def test_lapsed_then_led_by_another_who_left_writes_nothing(r, other, tagged):
@@ -71,33 +71,27 @@ def test_lapsed_then_led_by_another_who_left_writes_nothing(r, other, tagged):
     transaction (the lapsed path checks the last holder)."""
     a = LeaderLease(r, tagged.leader, ttl_ms=TTL_MS, instance_id="a")
     b = LeaderLease(other, tagged.leader, ttl_ms=TTL_MS, instance_id="b")
-    try:
-        assert a.acquire()
-        a.transaction(write(tagged, "1"))
-        time.sleep(TTL_MS / 1000 + 0.15)
-        assert b.acquire()
-        b.transaction(write(tagged, "2"))
-        b.release()
-        assert r.get(tagged.leader) is None
-        with pytest.raises(LeaseLost):
-            a.transaction(write(tagged, "stale"))
-        assert r.hget(tagged.zone_state, "z") == "2" and r.get(tagged.leader) is None
-        assert a.relapses == 0
-    finally:
-        clean(r, tagged)
+    assert a.acquire()
+    a.transaction(write(tagged, "1"))
+    outlive_ttl()
+    assert b.acquire()
+    b.transaction(write(tagged, "2"))
+    b.release()
+    assert r.get(tagged.leader) is None
+    with pytest.raises(LeaseLost):
+        a.transaction(write(tagged, "stale"))
+    assert r.hget(tagged.zone_state, "z") == "2" and r.get(tagged.leader) is None
+    assert a.relapses == 0
 
 
 def test_lapsed_with_nobody_in_between_is_taken_back_with_the_write(r, tagged):
     a = LeaderLease(r, tagged.leader, ttl_ms=TTL_MS, instance_id="a")
-    try:
-        assert a.acquire()
-        time.sleep(TTL_MS / 1000 + 0.15)
-        assert r.get(tagged.leader) is None
-        a.transaction(write(tagged, "1"))
-        assert r.hget(tagged.zone_state, "z") == "1" and r.get(tagged.leader) == "a" and r.pttl(tagged.leader) > 0
-        assert a.relapses == 1
-    finally:
-        clean(r, tagged)
+    assert a.acquire()
+    outlive_ttl()
+    assert r.get(tagged.leader) is None
+    a.transaction(write(tagged, "1"))
+    assert r.hget(tagged.zone_state, "z") == "1" and r.get(tagged.leader) == "a" and r.pttl(tagged.leader) > 0
+    assert a.relapses == 1
 
 
 def test_expired_between_the_read_and_exec_then_taken_writes_nothing(r, other, tagged):
@@ -105,38 +99,32 @@ def test_expired_between_the_read_and_exec_then_taken_writes_nothing(r, other, t
     it meanwhile: the retry must see b and refuse."""
     a = LeaderLease(r, tagged.leader, ttl_ms=TTL_MS, instance_id="a")
     b = LeaderLease(other, tagged.leader, ttl_ms=10_000, instance_id="b")
-    try:
-        assert a.acquire()
+    assert a.acquire()
 
-        def expire_and_take():
-            time.sleep(TTL_MS / 1000 + 0.15)
-            assert other.get(tagged.leader) is None  # expired under a's WATCH
-            assert b.acquire()
+    def expire_and_take():
+        outlive_ttl()
+        assert other.get(tagged.leader) is None  # expired under a's WATCH
+        assert b.acquire()
 
-        with pytest.raises(LeaseLost):
-            a.transaction(write(tagged, "stale", expire_and_take))
-        assert r.hget(tagged.zone_state, "z") is None and r.get(tagged.leader) == "b"
-    finally:
-        clean(r, tagged)
+    with pytest.raises(LeaseLost):
+        a.transaction(write(tagged, "stale", expire_and_take))
+    assert r.hget(tagged.zone_state, "z") is None and r.get(tagged.leader) == "b"
 
 
 def test_expired_between_the_read_and_exec_taken_and_released_writes_nothing(r, other, tagged):
     a = LeaderLease(r, tagged.leader, ttl_ms=TTL_MS, instance_id="a")
     b = LeaderLease(other, tagged.leader, ttl_ms=10_000, instance_id="b")
-    try:
-        assert a.acquire()
+    assert a.acquire()
 
-        def b_leads_and_leaves():
-            time.sleep(TTL_MS / 1000 + 0.15)
-            assert b.acquire()
-            b.transaction(write(tagged, "b"))
-            b.release()
+    def b_leads_and_leaves():
+        outlive_ttl()
+        assert b.acquire()
+        b.transaction(write(tagged, "b"))
+        b.release()
 
-        with pytest.raises(LeaseLost):
-            a.transaction(write(tagged, "stale", b_leads_and_leaves))
-        assert r.hget(tagged.zone_state, "z") == "b" and r.get(tagged.leader) is None
-    finally:
-        clean(r, tagged)
+    with pytest.raises(LeaseLost):
+        a.transaction(write(tagged, "stale", b_leads_and_leaves))
+    assert r.hget(tagged.zone_state, "z") == "b" and r.get(tagged.leader) is None
 
 
 def test_expired_between_the_read_and_exec_with_nobody_in_between_writes_once(r, tagged):
@@ -144,19 +132,16 @@ def test_expired_between_the_read_and_exec_with_nobody_in_between_writes_once(r,
     and the write is applied, once."""
     a = LeaderLease(r, tagged.leader, ttl_ms=TTL_MS, instance_id="a")
     calls = []
-    try:
-        assert a.acquire()
+    assert a.acquire()
 
-        def pause_once():
-            if not calls:
-                time.sleep(TTL_MS / 1000 + 0.15)
-            calls.append(1)
+    def pause_once():
+        if not calls:
+            outlive_ttl()
+        calls.append(1)
 
-        def build(pipe):
-            pause_once()
-            pipe.hincrby(tagged.zone_state, "n", 1)
+    def build(pipe):
+        pause_once()
+        pipe.hincrby(tagged.zone_state, "n", 1)
 
-        a.transaction(build)
-        assert r.hget(tagged.zone_state, "n") == "1" and r.get(tagged.leader) == "a"
-    finally:
-        clean(r, tagged)
+    a.transaction(build)
+    assert r.hget(tagged.zone_state, "n") == "1" and r.get(tagged.leader) == "a"
