@@ -44,12 +44,6 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 BETAS = (-0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
 
 
-def collect(name: str, parts: set[str], model: str, threads: int):
-    from eval_view_scale import collect as collect_view
-
-    return collect_view(name, parts, model, threads, sides=())
-
-
 def row_weights(r, m: np.ndarray, beta: float, conf: float = 0.4) -> np.ndarray:
     from edge.counter import PersonScale
     from edge.detector import Detections
@@ -120,7 +114,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.decide:
         return decide()
-    rows, maps = collect(args.set, set(args.parts.split(",")), args.model, args.threads)
+    from eval_view_scale import collect  # the same frames, detections and density maps
+
+    rows, maps = collect(args.set, set(args.parts.split(",")), args.model, args.threads, sides=())
     cache = REPO / "var" / f"persp-{args.set}"
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.with_suffix(".json").write_text(json.dumps(rows))
