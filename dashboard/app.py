@@ -71,6 +71,10 @@ CLIENT_QUEUE = 256  # messages a client may lag behind before it is dropped (it 
 HISTORY_MAX_MIN = 120  # the timeline shows at most the last 2 hours (what control keeps)
 AUDIT_SCAN = 5000  # newest audit entries searched by one filtered query
 SESSION_RECHECK_S = 15.0  # an open /ws re-checks its session this often (a logout elsewhere ends it)
+# What one WebSocket frame carries at most: the messages already queued for a client go out
+# together as {"type":"batch","items":[...]} (one send instead of one per zone). 1 = every
+# message its own frame (the benchmark's baseline, scripts/bench_dashboard.py).
+WS_BATCH_MAX, WS_BATCH_CHARS = 256, 256 * 1024
 KEEP_RECS, KEEP_ALARMS, KEEP_ORDERS = 200, 500, 500  # what a dashboard holds at most (control keeps "open and recent")
 
 
@@ -200,6 +204,25 @@ class Hub:
                 with contextlib.suppress(asyncio.QueueFull):
                     q.get_nowait()
                     q.put_nowait(None)  # tells the sender to close; the client reconnects
+
+
+def take_queued(q: asyncio.Queue, first: str) -> tuple[str, bool]:
+    """One WebSocket frame: ``first`` and the messages already queued behind it, in order, at
+    most :data:`WS_BATCH_MAX` of them and about :data:`WS_BATCH_CHARS`; more than one go out
+    as ``{"type":"batch","items":[...]}``, joined as encoded (never decoded again). The flag
+    says the hub's close sentinel (``None``, client too slow) came next: send, then close."""
+    items, size = [first], len(first)
+    while len(items) < WS_BATCH_MAX and size < WS_BATCH_CHARS and not q.empty():
+        msg = q.get_nowait()
+        if msg is None:
+            return _frame(items), True
+        items.append(msg)
+        size += len(msg)
+    return _frame(items), False
+
+
+def _frame(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else '{"type":"batch","items":[' + ",".join(items) + "]}"
 
 
 def _msg(kind: str, rec) -> str:
@@ -743,22 +766,31 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         q = hub.add()
         try:
             await websocket.send_text(json.dumps(state.snapshot(time.time()), ensure_ascii=False))
+            recheck_at = time.monotonic() + SESSION_RECHECK_S
             while True:
-                left = s.expires_at - time.time()
-                try:
-                    # a queued message is taken at once: wait_for costs a task per message
-                    msg = q.get_nowait() if left > 0 and not q.empty() else \
-                        await asyncio.wait_for(q.get(), timeout=min(max(left, 0.01), SESSION_RECHECK_S))
-                except asyncio.TimeoutError:
-                    # expired, or revoked meanwhile (logout elsewhere, password changed)?
-                    if time.time() >= s.expires_at or await session_of(websocket) is None:
-                        await websocket.close(code=4401, reason="session expired or revoked")
-                        return
-                    continue
-                if msg is None:
+                # Expired, or revoked meanwhile (logout elsewhere, password changed)? Checked on
+                # time even while messages keep coming (a busy site never leaves the queue idle).
+                now = time.monotonic()
+                if time.time() >= s.expires_at or (now >= recheck_at and await session_of(websocket) is None):
+                    await websocket.close(code=4401, reason="session expired or revoked")
+                    return
+                if now >= recheck_at:
+                    recheck_at = now + SESSION_RECHECK_S
+                if q.empty():
+                    try:
+                        msg = await asyncio.wait_for(q.get(), timeout=max(0.01, min(
+                            s.expires_at - time.time(), recheck_at - now)))
+                    except asyncio.TimeoutError:
+                        continue
+                else:  # a queued message is taken at once: wait_for costs a task per message
+                    msg = q.get_nowait()
+                closing = msg is None
+                if not closing:
+                    text, closing = take_queued(q, msg)
+                    await websocket.send_text(text)
+                if closing:  # after what was queued before it
                     await websocket.close(code=4000, reason="too slow; reconnect for a snapshot")
                     return
-                await websocket.send_text(msg)
         except WebSocketDisconnect:
             pass
         finally:

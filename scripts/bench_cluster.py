@@ -343,10 +343,11 @@ async def ws_listen(base: str, token: str, seconds: float, start_at: float) -> t
                         continue
                     now = time.time()
                     msg = json.loads(raw)
-                    if msg.get("type") == "zone" and now > start_at + 2:  # skip the warm-up
-                        st = msg["state"]
-                        if st["status"] == "ok" and st.get("updated_at"):
-                            lat.append(now - st["updated_at"])
+                    for m in msg["items"] if msg.get("type") == "batch" else [msg]:  # what queued up together
+                        if m.get("type") == "zone" and now > start_at + 2:  # skip the warm-up
+                            st = m["state"]
+                            if st["status"] == "ok" and st.get("updated_at"):
+                                lat.append(now - st["updated_at"])
         except websockets.exceptions.ConnectionClosed:
             drops += 1
     return lat, drops

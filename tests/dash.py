@@ -1,4 +1,5 @@
-"""Dashboard test users: made here with the real hashing, passed as CROWDFLOW_USERS."""
+"""Dashboard test users (made here with the real hashing, passed as CROWDFLOW_USERS) and the
+WebSocket's frames read as the messages they carry."""
 
 from __future__ import annotations
 
@@ -16,3 +17,9 @@ def users_env() -> str:
     """CROWDFLOW_USERS for one user per role, named after the role."""
     return json.dumps([{"name": role, "role": role, "password_hash": hash_password(pw), "post": POSTS[role]}
                        for role, pw in PASSWORDS.items()])
+
+
+def messages(text: str) -> list[dict]:
+    """The messages in one /ws frame: a batch carries those that were queued together, in order."""
+    msg = json.loads(text)
+    return msg["items"] if msg["type"] == "batch" else [msg]

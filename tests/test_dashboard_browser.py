@@ -6,15 +6,16 @@ Zone states and commands are handled by the real `crowdflow control`."""
 
 from __future__ import annotations
 
+import json
 import time
 
 
-from crowdflow.records import Alarm, Observation, ZoneCount
+from crowdflow.records import Alarm, Observation, ZoneCount, ZoneState
 from crowdflow.site import Text
 
 from .conftest import free_port
 from .seed import seed_recommendation
-from .dash import PASSWORDS, users_env
+from .dash import PASSWORDS, messages, users_env
 from .procs import services, wait_http
 
 UNKNOWN_FILL = "url(#cf-hatch)"
@@ -30,9 +31,12 @@ def start_dashboard(s, control: bool) -> str:
     return base
 
 
-def open_as(browser, base: str, role: str, layout: str = "wall"):
+def open_as(browser, base: str, role: str, layout: str = "wall", frames: list | None = None):
+    """A logged-in page; ``frames`` (when given) collects the text frames its WebSocket receives."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 800} if layout == "wall" else {"width": 400, "height": 860})
     page = ctx.new_page()
+    if frames is not None:
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda f: isinstance(f, str) and frames.append(f)))
     page.goto(f"{base}/?layout={layout}")
     page.fill("#username", role)
     page.fill("#password", PASSWORDS[role])
@@ -83,6 +87,47 @@ def test_map_draws_every_zone_grey_until_data_then_live(browser, tmp_path, redis
         page.click("#lang")
         assert page.locator(".zone-label", has_text="Cangbai Rd 11F entrance plaza").count() == 1
         assert page.inner_text("#title") == "Hongyadong crowd control"
+        page.context.close()
+
+
+def test_a_batch_frame_updates_the_map_like_single_messages(browser, tmp_path, redis_url, keys, r, site):
+    """Messages queued together reach the browser as one ``batch`` frame; the page applies each
+    in order: zones recolour as a single zone message does, an alarm raised then cleared in the
+    same frame is shown cleared."""
+    def zone_event(zid: str, ratio: float) -> dict:
+        z, now, n = site.zone_by_id[zid], time.time(), round(ratio * site.zone_by_id[zid].capacity)
+        s = ZoneState(zone_id=zid, status="ok", count=n, density=n / z.walkable_area_m2, capacity=z.capacity,
+                      capacity_ratio=ratio, coverage=1.0, updated_at=now, computed_at=now)
+        return {"type": "zone", "rec": s.encode()}
+
+    alarm = Alarm(id="al-batch", kind="camera_offline", severity="warning", camera_id="cam-jiabin",
+                  text=Text(zh="嘉滨路球机离线", en="Jiabin camera offline"), raised_at=time.time())
+    frames: list[str] = []
+    with services(tmp_path, redis_url, keys.prefix, extra_env={"CROWDFLOW_USERS": users_env()}) as s:
+        base = start_dashboard(s, control=False)
+        page = open_as(browser, base, "viewer", frames=frames)
+        page.wait_for_function("document.querySelectorAll('path.zone[data-status=unknown]').length === 19")
+        # One zone alone: its own frame, as before.
+        r.xadd(keys.events, zone_event("cangbai-plaza", 0.84))
+        page.wait_for_selector("path.zone-cangbai-plaza[data-status=ok]", timeout=10000)
+        single = fill_of(page, "cangbai-plaza")
+        # Three zones and an alarm's two versions in one transaction: one XREAD, one frame.
+        pipe = r.pipeline(transaction=True)
+        for zid, ratio in (("bridge-e-mid", 0.84), ("xsz-exit6", 0.97), ("bridge-n-head", 0.3)):
+            pipe.xadd(keys.events, zone_event(zid, ratio))
+        pipe.xadd(keys.events, {"type": "alarm", "rec": alarm.encode()})
+        pipe.xadd(keys.events, {"type": "alarm", "rec": alarm.model_copy(update={"cleared_at": time.time()}).encode()})
+        pipe.execute()
+        page.wait_for_selector("path.zone-bridge-n-head[data-status=ok]", timeout=10000)
+        page.wait_for_selector('.card.alarm.cleared[data-alarm="al-batch"]')
+        batch = next(f for f in frames if '"al-batch"' in f)
+        assert json.loads(batch)["type"] == "batch"
+        items = messages(batch)  # the alarm as read (raised, then cleared); the zones after the read
+        assert [(m["type"], m["rec"]["cleared_at"] is None) for m in items[:2]] == [("alarm", True), ("alarm", False)]
+        assert {m["state"]["zone_id"] for m in items[2:]} == {"bridge-e-mid", "xsz-exit6", "bridge-n-head"}
+        assert fill_of(page, "bridge-e-mid") == single == "#f2c418"  # as the single message painted 84 %
+        assert fill_of(page, "xsz-exit6") == "#d7191c" and fill_of(page, "bridge-n-head") == "#3aa357"
+        assert page.locator(".zone-label", has_text="97%").count() == 1
         page.context.close()
 
 

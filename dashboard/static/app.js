@@ -705,6 +705,7 @@
   });
 
   function onMessage(msg) {
+    if (msg.type === "batch") { msg.items.forEach(onMessage); return; }  // what queued up, in order
     if (msg.type === "snapshot") {
       for (const k of ["plans", "recs", "alarms"]) for (const id of Object.keys(S[k])) delete S[k][id];
       msg.zones.forEach((s) => { S.states[s.zone_id] = s; });
