@@ -4,6 +4,7 @@ audit, offline docs. Commands are answered by the real control service (in a thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -245,12 +246,19 @@ def _frames_until(ws, alarm_id: str) -> list[str]:
             return frames
 
 
-def test_messages_queued_together_go_out_in_one_frame_in_order_a_single_one_bare(make_client, r, keys):
+@contextlib.contextmanager
+def viewer_ws(make_client):
+    """A viewer's /ws, past its snapshot."""
     c = make_client()
     login(c, "viewer")
-    now = time.time()
     with c.websocket_connect("/ws") as ws:
         assert json.loads(ws.receive_text())["type"] == "snapshot"
+        yield ws
+
+
+def test_messages_queued_together_go_out_in_one_frame_in_order_a_single_one_bare(make_client, r, keys):
+    now = time.time()
+    with viewer_ws(make_client) as ws:
         _publish_at_once(r, keys, [_alarm(i, now) for i in range(5)])
         frames = _frames_until(ws, "al-004")
         ids = [m["rec"]["id"] for m in messages(frames[-1]) if m["type"] == "alarm"]
@@ -264,11 +272,8 @@ def test_messages_queued_together_go_out_in_one_frame_in_order_a_single_one_bare
 def test_a_client_too_slow_gets_what_was_queued_then_close_4000(make_client, r, keys):
     """300 messages queued at once overflow the client's 256: the hub drops the oldest for its
     close sentinel; the client gets the 255 before the sentinel in one frame, then close 4000."""
-    c = make_client()
-    login(c, "viewer")
     now = time.time()
-    with c.websocket_connect("/ws") as ws:
-        assert json.loads(ws.receive_text())["type"] == "snapshot"
+    with viewer_ws(make_client) as ws:
         _publish_at_once(r, keys, [_alarm(i, now) for i in range(300)])
         frames = []
         with pytest.raises(WebSocketDisconnect) as ei:
