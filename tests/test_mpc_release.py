@@ -174,3 +174,33 @@ def test_no_measure_of_the_site_can_switch_three_times_in_20_minutes_on_the_grou
     yardstick's 20 minutes for every measure of the site file."""
     for m in site.measures:
         assert m.min_on_min + m.release.quiet_min + m.min_off_min - m.teardown_min >= 20, m.id
+
+
+def test_officers_standing_down_at_a_post_take_the_next_measure_there_at_once(site):
+    """Seed 0 ×1.0 (docs/mpc.md, "The 11F pen flood"): the bus-stop metering's marshals at the
+    11F post stood down at 20:13 but stayed out their 60-min block; the 11F metering ordered at
+    20:20 took them and was on the ground at 20:23. The planner's staff book sent a new team from
+    the reserve instead (in place 20:31), so the minimum on-time held the metering — whose queue
+    was flooding its pen — ten minutes past what the ground allowed. Officers still at a post
+    now take a measure there first; once gone, a new team walks."""
+    planner = MeasurePlanner(site, None)
+    book = planner.staff
+    pool = book.available()
+    t_bus = epoch(hhmm_to_s("19:30"))
+    assert book.deploy("meter-bus", [], t_bus)
+    book.release("meter-bus", [], epoch(hhmm_to_s("20:13")))
+    assert book.available() == pool
+    now = epoch(hhmm_to_s("20:20"))
+    moves = book.deploy("meter-11f", [], now, setup_s=120)
+    assert moves and all(mv.in_place_at == now for mv in moves), moves
+    assert book.available() + sum(book.present().values()) == pool
+    bound = {p.id: "I" for p in site.plans}
+    c = next(c for c in planner.candidates({"meter-11f": now}, {}, bound) if c.id == "meter-11f")
+    m = site.measure_by_id["meter-11f"]
+    assert c.in_effect_at == pytest.approx(now + m.setup_min * 60)
+    # released again, and a measure there after their block is over: a team walks from the base
+    book.release("meter-11f", [], now + 600)
+    later = t_bus + site.staff.min_block_min * 60 + 60
+    moves = book.deploy("meter-11f", [], later)
+    assert moves and all(mv.in_place_at > later + 60 for mv in moves)
+    assert book.available() + sum(book.present().values()) == pool
