@@ -64,6 +64,11 @@ RELEASE_GAIN_PER_COST = 0.001  # … and comes off when it removes less than thi
 # walkway turning two-way — a counterflow jam the 15-s planning twin does not show and the
 # evening does (tests/test_mpc_release.py).
 RELEASE_IN_WAVES = True
+# A release the forecast says makes the evening *safer* (a metering whose own queue floods its
+# pen) is marked urgent: the plan engine does not hold it for the measure's release quiet time,
+# which is hysteresis against releasing into a rebound, not against relieving a breach
+# (docs/mpc.md, "The 11F pen flood").
+SAFETY_RELEASE_NOW = True
 
 
 def plausible_counts(site: Site, zones: Mapping[str, ZoneState], now: float) -> tuple[dict[str, float], list[str]]:
@@ -136,6 +141,7 @@ class Decision:
     # measure → (the element its reason names, its peak without the change, minute of that peak,
     # minute the element first reaches the measure's trigger without it, or None)
     focus: dict[str, tuple[str, float, float, float | None]] = field(default_factory=dict)
+    urgent_off: list[str] = field(default_factory=list)  # releases that remove forecast safety excess
 
 
 def _hhmm(tod_s: float) -> str:
@@ -350,6 +356,7 @@ class Optimizer:
         # less excess than its cost is worth (hysteresis against the add rule) — a metering
         # whose own holding queue now breaks the wait target removes less than nothing.
         released_in: set[str] = set()
+        urgent: list[str] = []
         for mid in sorted((m for m in current if m in chosen and releasable(cands[m])), key=lambda m: -cost[m]):
             if over_time():
                 timed_out = True
@@ -368,6 +375,8 @@ class Optimizer:
                 chosen.discard(mid)
                 r = rc
                 released_in |= set(cands[mid].measure.plans)
+                if SAFETY_RELEASE_NOW and safe_without < safe_with - 1e-9:
+                    urgent.append(mid)
         # reasons: with / without each changed measure
         reasons: dict[str, Text] = {}
         self._focus = {}
@@ -393,7 +402,7 @@ class Optimizer:
         return Decision(chosen=sorted(chosen), on=on, off=off, feasible=self._excess(r) <= 0,
                         violations=self._violations(r), reasons=reasons, peaks=peaks, rollouts=self._n,
                         elapsed_s=self.clock() - t0, timed_out=timed_out, unknown=list(unknown), curves=curves,
-                        queues=queues, focus=dict(self._focus))
+                        queues=queues, focus=dict(self._focus), urgent_off=urgent)
 
     def _reason(self, start: TwinStart, m: Measure, with_r: Rollout | None, without_r: Rollout | None,
                 switching_on: bool) -> Text:

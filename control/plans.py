@@ -319,10 +319,11 @@ class PlanEngine:
         for mid, t0 in area.want_on.items():
             if now - t0 >= MEASURE_SUSTAIN_S or (result is not None and result.engine == "rules"):
                 desired.add(mid)
+        urgent = set(d.urgent_off) if d is not None else set()  # safer without: no quiet time
         for mid, t0 in area.want_off.items():
             m = area.measure_defs[mid]
             known = all(zones.get(z) is not None and zones[z].status == "ok" for z in m.relieves)
-            if known and now - t0 >= m.release.quiet_min * 60:  # unknown never releases
+            if known and (mid in urgent or now - t0 >= m.release.quiet_min * 60):  # unknown never releases
                 desired.discard(mid)
         need = level_needed(self.site, desired)
         level = max(target, need, key=severity) if (target or need) else None

@@ -204,3 +204,32 @@ def test_officers_standing_down_at_a_post_take_the_next_measure_there_at_once(si
     moves = book.deploy("meter-11f", [], later)
     assert moves and all(mv.in_place_at > later + 60 for mv in moves)
     assert book.available() + sum(book.present().values()) == pool
+
+
+@pytest.fixture(scope="module")
+def pen(site, scenario):
+    """Seed 0 ×1.0 at 20:48 with the 11F entrance metered (150/min) from 20:23, as the engine
+    had it (docs/mpc.md, "The 11F pen flood"), the other measures not: the 400 m² pen fills."""
+    m = Model(site, scenario, seed=0)
+    m.run_until(hhmm_to_s("20:23"))
+    m.set_actions(actions(site, ["meter-11f"]), in_effect=True)
+    m.run_until(hhmm_to_s("20:48"))
+    return m, ModelTwin(site, scenario.model_copy(update={"demand_scale": 1.0}))
+
+
+def test_a_metering_flooding_its_own_pen_is_released_as_urgent(site, pen):
+    """Kept, the metering's queue puts its pen above 4 p/m² on the evening itself; the engine,
+    started with the queue and the metering past its minimum on-time, releases it and marks the
+    release urgent (safer without), so the plan engine does not hold it for the quiet time."""
+    m, twin = pen
+    assert twin.queue_now(m)["port:gate-11f"] > 1000
+    truth = copy.deepcopy(m)
+    truth.run_until(m.t + 600)
+    assert truth.zone_peak_density()["cangbai-plaza"] > 4.0
+    now = epoch(m.t)
+    on = epoch(hhmm_to_s("20:23"))
+    cands = [Candidate(x, active=x.id == "meter-11f", since=on if x.id == "meter-11f" else None,
+                       in_effect_at=on if x.id == "meter-11f" else None) for x in site.measures]
+    d = Optimizer(site, twin, budget_s=600.0).decide(TwinStart(m.t, m.zone_counts(), twin.queue_now(m)), cands, now)
+    assert "meter-11f" in d.off, (d.chosen, d.violations)
+    assert "meter-11f" in d.urgent_off
