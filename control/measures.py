@@ -24,7 +24,7 @@ from crowdflow.vocab import LEVELS, level_rank
 
 from .demand import DemandEstimate
 from .dispatch import StaffBook
-from .optimizer import Candidate, Decision, Optimizer, Peak, on_long_enough, plausible_counts, tod_of
+from .optimizer import Candidate, Decision, Optimizer, Peak, off_long_enough, on_long_enough, plausible_counts, tod_of
 from .twin import Twin, TwinStart
 
 CYCLE_S = 30.0
@@ -237,7 +237,8 @@ class MeasurePlanner:
         reasons: dict[str, Text] = {}
         for zid in sorted(self.site.zone_by_id):
             s = zones.get(zid)
-            relieving = [c for c in cands if zid in c.measure.relieves and c.allowed and c.staffed]
+            relieving = [c for c in cands if zid in c.measure.relieves and c.allowed and c.staffed
+                         and off_long_enough(c, self._now)]
             if not relieving or any(c.id in chosen for c in relieving):
                 continue
             if s is None or s.status != "ok":

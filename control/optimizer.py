@@ -69,6 +69,10 @@ RELEASE_IN_WAVES = True
 # which is hysteresis against releasing into a rebound, not against relieving a breach
 # (docs/mpc.md, "The 11F pen flood").
 SAFETY_RELEASE_NOW = True
+# Issue 11: no measure switched on and off more than once in 20 minutes (on the ground; the
+# yardstick's flap count). An urgent release skips the quiet time that kept it, so the re-on
+# after any release waits long enough instead (``off_long_enough``).
+FLAP_WINDOW_S = 20 * 60
 
 
 def plausible_counts(site: Site, zones: Mapping[str, ZoneState], now: float) -> tuple[dict[str, float], list[str]]:
@@ -108,6 +112,18 @@ class Candidate:
     @property
     def id(self) -> str:
         return self.measure.id
+
+
+def off_long_enough(c: Candidate, now: float) -> bool:
+    """Whether a released measure may be switched on again: past its minimum off-time, and late
+    enough that off → on → off spans the flap window on the ground even if the next release is
+    urgent (no quiet time, ``SAFETY_RELEASE_NOW``): back on the ground after its set-up, it stays
+    its minimum on-time, so the order waits until ``FLAP_WINDOW_S`` − set-up − min on-time after
+    the release. on → off → on spans that wait + min on + set-up + tear-down ≥ the window too."""
+    if c.active or c.since is None:
+        return True
+    m = c.measure
+    return now - c.since >= max(m.min_off_min * 60, FLAP_WINDOW_S - (m.setup_min + m.min_on_min) * 60)
 
 
 def on_long_enough(c: Candidate, now: float) -> bool:
@@ -301,7 +317,7 @@ class Optimizer:
             return c.active and on_long_enough(c, now)
 
         def returnable(c: Candidate) -> bool:
-            return c.active or c.since is None or now - c.since >= c.measure.min_off_min * 60
+            return off_long_enough(c, now)
 
         # 1. add, cheapest lever first, while the forecast breaks a target
         added: list[str] = []

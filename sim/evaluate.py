@@ -38,6 +38,7 @@ from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
+from control.optimizer import FLAP_WINDOW_S
 from crowdflow.records import Command, ZoneState
 from crowdflow.site import BroadcastAction, Site, StaffingAction
 
@@ -49,7 +50,6 @@ DANGER_DENSITY = 4.0  # p/m², local
 WAIT_LIMIT_MIN = 15.0  # p95 queue wait a safe evening keeps
 PEAK_WINDOW = ("19:00", "22:00")
 SWEEP = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6)
-FLAP_WINDOW_S = 20 * 60  # issue 11: no measure switched on and off more than once in 20 minutes
 SURGE = {"source": "metro-9", "at": "20:15", "minutes": 10, "extra_per_min": 120}  # injected incident
 
 # The district's reported results for May Day 2025 (brief), as % change.
