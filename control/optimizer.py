@@ -359,7 +359,7 @@ class Optimizer:
             added.append(best[1])
             r = best[2]
         # 2. prune what a later addition made redundant (cheapest first kept longest)
-        for mid in sorted(added[:-1], key=lambda m: -cost[m]):
+        for mid in sorted(added[:-1], key=lambda m: (-cost[m], m)):
             if over_time():
                 timed_out = True
                 break
@@ -373,7 +373,7 @@ class Optimizer:
         # whose own holding queue now breaks the wait target removes less than nothing.
         released_in: set[str] = set()
         urgent: list[str] = []
-        for mid in sorted((m for m in current if m in chosen and releasable(cands[m])), key=lambda m: -cost[m]):
+        for mid in sorted((m for m in current if m in chosen and releasable(cands[m])), key=lambda m: (-cost[m], m)):
             if over_time():
                 timed_out = True
                 break

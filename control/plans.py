@@ -177,7 +177,10 @@ class PlanEngine:
                 self._recommend_measures(area, now, zones, target, reasons, result)
             else:
                 self._recommend(area, now, zones, target, reasons)
-        return [self.recs[i] for i in self._changed_recs - before if i in self.recs]
+        # in a fixed order (a set's order follows the interpreter's string hashing): callers apply
+        # them in this order, and two areas' recommendations draw on the same staff reserves
+        return sorted((self.recs[i] for i in self._changed_recs - before if i in self.recs),
+                      key=lambda r: (r.created_at, r.id))
 
     def _conditions(self, area: Area, lv: PlanLevel, zones: Mapping[str, ZoneState], now: float,
                     margin: bool = False, ceiling: str | None = None,
