@@ -11,7 +11,11 @@ which waits at its base; a :class:`StaffBook` knows how many are out and for whi
 * :meth:`StaffBook.deploy` — how many go from the base to which post, leaving late enough to be
   in place just before the measure is needed (pre-positioning by forecast), never before now;
 * :meth:`StaffBook.release` — officers a released measure no longer needs walk back, but not
-  before their minimum deployment block (``staff.min_block_min``) is over.
+  before their minimum deployment block (``staff.min_block_min``) is over. Until they leave
+  they still stand at their post: a measure deployed there meanwhile takes them first (in
+  place now, their walk back cancelled), as the twin's staff board does — so the engine's
+  time "in effect on the ground" (min on-time) is not a reserve's walk late (docs/mpc.md,
+  "The 11F pen flood").
 
 Travel time = ``staff.mobilise_min`` + straight-line distance ÷ ``staff.speed_mps`` (the twin's rule).
 """
@@ -61,6 +65,8 @@ class StaffBook:
     site: Site
     free: dict[str, int] = field(default_factory=dict)  # reserve → officers at the muster point
     teams: dict[str, list[Team]] = field(default_factory=dict)  # measure → teams it holds
+    # post → teams stood down but still there until their block ends (their reserve counts them free)
+    leaving: dict[str, list[Team]] = field(default_factory=dict)
 
     def __post_init__(self):
         st = self.site.staff
@@ -136,6 +142,19 @@ class StaffBook:
         free = dict(self.free)
         for post, n in sorted(need.items()):
             lack = n - have.get(post, 0)
+            stay = []
+            for t in sorted(self.leaving.get(post, ()), key=lambda t: -t.depart_at):
+                if lack <= 0:
+                    break
+                k = min(lack, t.n, free.get(t.reserve, 0))
+                if k <= 0 or t.depart_at <= now:
+                    continue  # gone (or their reserve's count already spent)
+                free[t.reserve] -= k
+                lack -= k
+                stay.append((t, k))
+                # a leaving team's depart_at is when it walks back, its in_place_at when its block began
+                teams.append(Team(t.reserve, post, k, t.in_place_at, now))
+                moves.append(self._move(k, t.reserve, post, now, now, measure_id, "deploy", stays=True))
             for res in sorted(free, key=lambda r: (self.travel_s(r, post), r)):
                 if lack <= 0:
                     break
@@ -150,6 +169,11 @@ class StaffBook:
                 moves.append(self._move(k, res, post, depart, depart + travel, measure_id, "deploy"))
             if lack > 0:
                 return None
+            for t, k in stay:
+                lst = self.leaving[post]
+                lst.remove(t)
+                if t.n > k:
+                    lst.append(Team(t.reserve, post, t.n - k, t.depart_at, t.in_place_at))
         self.free = free
         self.teams.setdefault(measure_id, []).extend(teams)
         return moves
@@ -181,15 +205,20 @@ class StaffBook:
             depart = max(now, t.depart_at + block)
             travel = self.travel_s(t.post, t.reserve)
             self.free[t.reserve] = self.free.get(t.reserve, 0) + back
+            if depart > now:  # still at the post until then (in_place_at: when their block began)
+                self.leaving.setdefault(t.post, []).append(Team(t.reserve, t.post, back, depart, t.depart_at))
             moves.append(self._move(back, t.post, t.reserve, depart, depart + travel, measure_id, "release"))
         return moves
 
     def _hhmm(self, t: float) -> str:
         return dt.datetime.fromtimestamp(t, self._tz).strftime("%H:%M")
 
-    def _move(self, n, src, dst, depart, arrive, measure_id, kind) -> Move:
+    def _move(self, n, src, dst, depart, arrive, measure_id, kind, stays: bool = False) -> Move:
         a, b = self._names[src], self._names[dst]
-        if kind == "deploy":
+        if stays:
+            text = Text(zh=f"{a.zh} 在 {b.zh} 待撤的 {n} 人留岗（{self._hhmm(depart)} 起）",
+                        en=f"{n} of {a.en} still at {b.en} stay on ({self._hhmm(depart)})")
+        elif kind == "deploy":
             text = Text(zh=f"{a.zh} 派 {n} 人至 {b.zh}，{self._hhmm(depart)} 出发，{self._hhmm(arrive)} 到位",
                         en=f"{n} from {a.en} to {b.en}: leave {self._hhmm(depart)}, in place {self._hhmm(arrive)}")
         else:

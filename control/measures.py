@@ -24,7 +24,7 @@ from crowdflow.vocab import LEVELS, level_rank
 
 from .demand import DemandEstimate
 from .dispatch import StaffBook
-from .optimizer import Candidate, Decision, Optimizer, Peak, plausible_counts, tod_of
+from .optimizer import Candidate, Decision, Optimizer, Peak, off_long_enough, on_long_enough, plausible_counts, tod_of
 from .twin import Twin, TwinStart
 
 CYCLE_S = 30.0
@@ -80,6 +80,7 @@ class MeasurePlanner:
         learnable = twin is not None and hasattr(twin, "nominal_arrivals") and hasattr(twin, "demand_scale")
         self.demand: DemandEstimate | None = DemandEstimate() if learnable else None
         self._base_scale = float(twin.demand_scale) if learnable else 1.0
+        self._qplan: tuple | None = None  # last full plan: (at, in force then, its queue forecasts)
         self._hist: list[tuple] = []  # full plans: (at, tod, in force then, chosen, curves, unknown, multiplier)
 
     def _learn(self, now: float, counts: Mapping[str, float], unknown: list[str], active: Mapping[str, float]) -> None:
@@ -127,8 +128,13 @@ class MeasurePlanner:
                 from .dispatch import BASE
 
                 travel = max(self.staff.travel_s(BASE, p) for p in need) / 60
-            out.append(Candidate(m, active=on, since=active.get(m.id, released.get(m.id)),
-                                 delay_min=travel + m.setup_min, allowed=allowed or on, staffed=staffed))
+            since = active.get(m.id, released.get(m.id))
+            eff = None
+            if on:  # on the ground once its officers are in place (as dispatched) and set up
+                arrive = max((t.in_place_at for t in self.staff.teams.get(m.id, ())), default=since)
+                eff = max(since, arrive) + m.setup_min * 60
+            out.append(Candidate(m, active=on, since=since, delay_min=travel + m.setup_min, allowed=allowed or on,
+                                 staffed=staffed, in_effect_at=eff))
         return out
 
     def decide(self, now: float, zones: Mapping[str, ZoneState], active: Mapping[str, float],
@@ -150,7 +156,7 @@ class MeasurePlanner:
             self.twin.demand_scale = self._base_scale * scale
         if self.optimizer is not None:
             try:
-                start = TwinStart(self.tod(now), counts)
+                start = TwinStart(self.tod(now), counts, self._queues(now, active))
                 d = self.optimizer.decide(start, cands, now, unknown=unknown)
                 if not d.timed_out:
                     result = PlanResult(d, "mpc", now)
@@ -167,11 +173,28 @@ class MeasurePlanner:
                                 Text(zh="无孪生模型，按规则预案", en="no twin; rule-based plans"))
         self.last = result
         self._plan = (now, frozenset(active), frozenset(unknown), scale) if result.engine == "mpc" else None
+        if result.engine == "mpc":
+            self._qplan = (now, frozenset(active), result.decision.queues)
         if result.engine == "mpc" and self.demand is not None:
             self._hist.append((now, self.tod(now), frozenset(active), frozenset(result.decision.chosen),
                                result.decision.curves, frozenset(unknown), scale))
         self.plans_run += 1
         return result
+
+    def _queues(self, now: float, active: Mapping[str, float]) -> dict[str, float]:
+        """People waiting behind each metered gate now, for the twin's start: the last full
+        plan's own forecast for this minute (of the set in force then if it still is, else of
+        the set it chose). Cameras count a zone's walkable ground, not its holding pen, so the
+        planner keeps the pen's count itself (dead reckoning, refreshed every plan); started
+        empty, the twin could never see a metering's release flush its queue onward."""
+        if self._qplan is None:
+            return {}
+        at, act0, q = self._qplan
+        curve = q.get("without") if frozenset(active) == act0 else q.get("with")
+        if not curve:
+            return {}
+        k = max(0, int(round((now - at) / 60.0)))
+        return {g: float(s[min(k, len(s) - 1)]) for g, s in curve.items() if s}
 
     def _plan_stands(self, now: float, counts: Mapping[str, float], unknown: list[str],
                      active: Mapping[str, float]) -> bool:
@@ -214,7 +237,8 @@ class MeasurePlanner:
         reasons: dict[str, Text] = {}
         for zid in sorted(self.site.zone_by_id):
             s = zones.get(zid)
-            relieving = [c for c in cands if zid in c.measure.relieves and c.allowed and c.staffed]
+            relieving = [c for c in cands if zid in c.measure.relieves and c.allowed and c.staffed
+                         and off_long_enough(c, self._now)]
             if not relieving or any(c.id in chosen for c in relieving):
                 continue
             if s is None or s.status != "ok":
@@ -236,11 +260,12 @@ class MeasurePlanner:
         # and in their own forecast, below its release ratio (the plan engine still applies
         # quiet_min before it goes)
         off = []
-        for c in cands:
-            if not c.active or c.id in reasons:
+        waved: set[str] = set()  # plan areas that released one already (in waves, dearest first)
+        for c in sorted(cands, key=lambda c: -Optimizer.cost(c.measure, self.site)):
+            if not c.active or c.id in reasons or waved & set(c.measure.plans):
                 continue
             m = c.measure
-            if c.since is not None and self._now - c.since < m.min_on_min * 60:
+            if not on_long_enough(c, self._now):
                 continue
             states = [zones.get(z) for z in m.relieves]
             if any(s is None or s.status != "ok" for s in states):
@@ -249,6 +274,7 @@ class MeasurePlanner:
             if peak < m.release.forecast_ratio:
                 chosen.discard(c.id)
                 off.append(c.id)
+                waved |= set(m.plans)
                 reasons[c.id] = Text(zh=f"解除{m.name.zh}（规则预案）——相关区域预测承载率 {peak:.2f} < {m.release.forecast_ratio:.2f}",
                                      en=f"release {m.name.en} (rule-based) — relieved zones forecast {peak:.2f} < {m.release.forecast_ratio:.2f}")
         on = sorted(chosen - {c.id for c in cands if c.active})

@@ -5,9 +5,11 @@ keeps the cheapest set that holds every element (zone, holding area, bottleneck)
 target, starting from the measures in force (switching has a cost too):
 
 1. **Keep or release.** If the set in force holds the forecast, try releasing each releasable
-   measure (past its minimum on-time), dearest first: it goes when the forecast *without* it
-   keeps its zones below its release ratio (lower than the trigger: hysteresis) and every
-   element under target.
+   measure (past its minimum on-time, counted from its effect on the ground), dearest first: it
+   goes when the forecast *without* it keeps its zones below its release ratio (lower than the
+   trigger: hysteresis) and every element under target (the twin starts with the queues behind
+   metered gates, so a metering's release shows its queue going onto the ground beyond); one
+   per plan area per decision (``RELEASE_IN_WAVES``).
 2. **Add, cheapest lever first.** If the forecast breaks a target, add measures greedily:
    candidates are those the level allows, whose own trigger fires on the forecast (a relieved
    zone reaches the trigger ratio within the trigger's lead), whose staff the reserves can
@@ -56,6 +58,21 @@ SAFETY_WEIGHT = 4.0  # a unit of safety excess outweighs this many units of serv
 SERVICE_MAX_STAGE = 2
 MIN_GAIN_PER_COST = 0.002  # a measure goes on only if it removes at least this much excess per cost unit …
 RELEASE_GAIN_PER_COST = 0.001  # … and comes off when it removes less than this (hysteresis)
+# Release in waves (as the plan engine releases levels): at most one measure of a plan area per
+# decision, the dearest first; the next one is judged on the ground the first one left. Released
+# together, a one-way and the metering at its walkway's entry let the metered queue onto a
+# walkway turning two-way — a counterflow jam the 15-s planning twin does not show and the
+# evening does (tests/test_mpc_release.py).
+RELEASE_IN_WAVES = True
+# A release the forecast says makes the evening *safer* (a metering whose own queue floods its
+# pen) is marked urgent: the plan engine does not hold it for the measure's release quiet time,
+# which is hysteresis against releasing into a rebound, not against relieving a breach
+# (docs/mpc.md, "The 11F pen flood").
+SAFETY_RELEASE_NOW = True
+# Issue 11: no measure switched on and off more than once in 20 minutes (on the ground; the
+# yardstick's flap count). An urgent release skips the quiet time that kept it, so the re-on
+# after any release waits long enough instead (``off_long_enough``).
+FLAP_WINDOW_S = 20 * 60
 
 
 def plausible_counts(site: Site, zones: Mapping[str, ZoneState], now: float) -> tuple[dict[str, float], list[str]]:
@@ -86,10 +103,33 @@ class Candidate:
     delay_min: float = 0.0  # switched on now: staff travel + set-up until it acts
     allowed: bool = True  # the level allows it
     staffed: bool = True  # the reserves can supply its staff (with what is in force)
+    # in force: when it took (or will take) effect on the ground — its staff in place plus its
+    # set-up. Its minimum on-time counts from then, not from the order: a measure whose staff
+    # walked 13 minutes was on the ground 9 minutes when its 10-minute minimum had passed, and
+    # switched on again soon after, it counted three switches within 20 minutes
+    in_effect_at: float | None = None
 
     @property
     def id(self) -> str:
         return self.measure.id
+
+
+def off_long_enough(c: Candidate, now: float) -> bool:
+    """Whether a released measure may be switched on again: past its minimum off-time, and late
+    enough that off → on → off spans the flap window on the ground even if the next release is
+    urgent (no quiet time, ``SAFETY_RELEASE_NOW``): back on the ground after its set-up, it stays
+    its minimum on-time, so the order waits until ``FLAP_WINDOW_S`` − set-up − min on-time after
+    the release. on → off → on spans that wait + min on + set-up + tear-down ≥ the window too."""
+    if c.active or c.since is None:
+        return True
+    m = c.measure
+    return now - c.since >= max(m.min_off_min * 60, FLAP_WINDOW_S - (m.setup_min + m.min_on_min) * 60)
+
+
+def on_long_enough(c: Candidate, now: float) -> bool:
+    """Whether a measure in force has been in effect on the ground for its minimum on-time."""
+    t0 = max((t for t in (c.since, c.in_effect_at) if t is not None), default=None)
+    return t0 is None or now - t0 >= c.measure.min_on_min * 60
 
 
 @dataclass
@@ -113,9 +153,11 @@ class Decision:
     timed_out: bool = False
     unknown: list[str] = field(default_factory=list)
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # "with"/"without" → element → loads
+    queues: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # "with"/"without" → metered gate → people held
     # measure → (the element its reason names, its peak without the change, minute of that peak,
     # minute the element first reaches the measure's trigger without it, or None)
     focus: dict[str, tuple[str, float, float, float | None]] = field(default_factory=dict)
+    urgent_off: list[str] = field(default_factory=list)  # releases that remove forecast safety excess
 
 
 def _hhmm(tod_s: float) -> str:
@@ -272,10 +314,10 @@ class Optimizer:
                 runs.update(zip(todo, self._roll_many(start, cands, todo, base_actions)))
 
         def releasable(c: Candidate) -> bool:
-            return c.active and (c.since is None or now - c.since >= c.measure.min_on_min * 60)
+            return c.active and on_long_enough(c, now)
 
         def returnable(c: Candidate) -> bool:
-            return c.active or c.since is None or now - c.since >= c.measure.min_off_min * 60
+            return off_long_enough(c, now)
 
         # 1. add, cheapest lever first, while the forecast breaks a target
         added: list[str] = []
@@ -317,7 +359,7 @@ class Optimizer:
             added.append(best[1])
             r = best[2]
         # 2. prune what a later addition made redundant (cheapest first kept longest)
-        for mid in sorted(added[:-1], key=lambda m: -cost[m]):
+        for mid in sorted(added[:-1], key=lambda m: (-cost[m], m)):
             if over_time():
                 timed_out = True
                 break
@@ -329,10 +371,14 @@ class Optimizer:
         # below its release ratio without it (hysteresis against the trigger), or it removes
         # less excess than its cost is worth (hysteresis against the add rule) — a metering
         # whose own holding queue now breaks the wait target removes less than nothing.
-        for mid in sorted((m for m in current if m in chosen and releasable(cands[m])), key=lambda m: -cost[m]):
+        released_in: set[str] = set()
+        urgent: list[str] = []
+        for mid in sorted((m for m in current if m in chosen and releasable(cands[m])), key=lambda m: (-cost[m], m)):
             if over_time():
                 timed_out = True
                 break
+            if RELEASE_IN_WAVES and released_in & set(cands[mid].measure.plans):
+                continue  # one release per area per decision: the next once this one has settled
             rc = roll(frozenset(chosen - {mid}))
             rel = cands[mid].measure.release
             calm = all(float(rc.load[z].max()) < rel.forecast_ratio for z in cands[mid].measure.relieves
@@ -344,6 +390,9 @@ class Optimizer:
             if safe_without <= safe_with + 1e-9 and ((calm and helps <= 1e-9) or helps < RELEASE_GAIN_PER_COST * price):
                 chosen.discard(mid)
                 r = rc
+                released_in |= set(cands[mid].measure.plans)
+                if SAFETY_RELEASE_NOW and safe_without < safe_with - 1e-9:
+                    urgent.append(mid)
         # reasons: with / without each changed measure
         reasons: dict[str, Text] = {}
         self._focus = {}
@@ -363,11 +412,13 @@ class Optimizer:
             peaks[eid] = Peak(eid, p, t)
         curves = {"with": {e: [round(float(x), 3) for x in s] for e, s in r.load.items()},
                   "without": {e: [round(float(x), 3) for x in s] for e, s in r_cur.load.items()}}
+        queues = {"with": {g: [round(float(x), 1) for x in s] for g, s in r.queues.items()},
+                  "without": {g: [round(float(x), 1) for x in s] for g, s in r_cur.queues.items()}}
         timed_out = timed_out or over_time()  # an answer after the budget is not an answer
         return Decision(chosen=sorted(chosen), on=on, off=off, feasible=self._excess(r) <= 0,
                         violations=self._violations(r), reasons=reasons, peaks=peaks, rollouts=self._n,
                         elapsed_s=self.clock() - t0, timed_out=timed_out, unknown=list(unknown), curves=curves,
-                        focus=dict(self._focus))
+                        queues=queues, focus=dict(self._focus), urgent_off=urgent)
 
     def _reason(self, start: TwinStart, m: Measure, with_r: Rollout | None, without_r: Rollout | None,
                 switching_on: bool) -> Text:

@@ -177,7 +177,10 @@ class PlanEngine:
                 self._recommend_measures(area, now, zones, target, reasons, result)
             else:
                 self._recommend(area, now, zones, target, reasons)
-        return [self.recs[i] for i in self._changed_recs - before if i in self.recs]
+        # in a fixed order (a set's order follows the interpreter's string hashing): callers apply
+        # them in this order, and two areas' recommendations draw on the same staff reserves
+        return sorted((self.recs[i] for i in self._changed_recs - before if i in self.recs),
+                      key=lambda r: (r.created_at, r.id))
 
     def _conditions(self, area: Area, lv: PlanLevel, zones: Mapping[str, ZoneState], now: float,
                     margin: bool = False, ceiling: str | None = None,
@@ -319,10 +322,11 @@ class PlanEngine:
         for mid, t0 in area.want_on.items():
             if now - t0 >= MEASURE_SUSTAIN_S or (result is not None and result.engine == "rules"):
                 desired.add(mid)
+        urgent = set(d.urgent_off) if d is not None else set()  # safer without: no quiet time
         for mid, t0 in area.want_off.items():
             m = area.measure_defs[mid]
             known = all(zones.get(z) is not None and zones[z].status == "ok" for z in m.relieves)
-            if known and now - t0 >= m.release.quiet_min * 60:  # unknown never releases
+            if known and (mid in urgent or now - t0 >= m.release.quiet_min * 60):  # unknown never releases
                 desired.discard(mid)
         need = level_needed(self.site, desired)
         level = max(target, need, key=severity) if (target or need) else None

@@ -27,13 +27,17 @@ class Element:
     name: Text
     capacity: float  # people at load 1.0
     kind: str = "zone"  # zone | holding | bottleneck
+    zone: str | None = None  # the site zone it belongs to (a holding area's zone), for measures relieving that zone
 
 
 @dataclass(frozen=True)
 class TwinStart:
     tod_s: float  # seconds after local midnight
     counts: Mapping[str, float]  # people per zone now (unknown zones already filled in worst-plausible)
-    queues: Mapping[str, float] = field(default_factory=dict)  # people held behind each metered gate
+    # people queued behind each metered gate, where a twin tells them apart from the zone
+    # counts: "hold:<gate>" arrivals held at the gate (on no zone's ground), "port:<gate>" people
+    # of the zone before it waiting to pass (counted there)
+    queues: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Rollout:
     minutes: np.ndarray  # (K,) sample times after the start
     load: dict[str, np.ndarray]  # element id → (K,) load ratio (people ÷ capacity)
     turned_away: float = 0.0  # people who gave up waiting (held at a metered/closed source) over the horizon
+    queues: dict[str, np.ndarray] = field(default_factory=dict)  # "hold:<gate>"/"port:<gate>" → (K,) people (TwinStart.queues)
 
     def peak(self, element: str, from_min: float = 0.0) -> tuple[float, float]:
         """(peak load, minute of the peak) from minute ``from_min`` on."""

@@ -49,7 +49,7 @@ MODES = ("normal", "emergency")
 Mode = Literal["normal", "emergency"]
 
 # Crowd-control measure types (the ``type`` of a site action).
-ACTION_TYPES = ("staffing", "traffic_cutoff", "one_way", "exit_only", "metro_limit", "metering", "broadcast")
+ACTION_TYPES = ("staffing", "traffic_cutoff", "one_way", "exit_only", "metro_limit", "metro_inbound", "metering", "broadcast")
 
 # Commands a dashboard user can send to control, and the least role each needs.
 COMMAND_KINDS = ("confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm", "answer_order")

@@ -11,6 +11,8 @@ once staffed (reserve travel times) and set up. Measured, for every policy under
   site file; the demand includes an injected metro surge) — to the first measure of that area
   in effect on the ground (0 when one already was); step-downs are not responses; an event
   never answered counts its whole duration (and is counted as unanswered);
+* **metro passengers sent on** by a diversion (只上不下) and their extra travel; they count in
+  the wait distribution as waiting their detour;
 * **zone-minutes above 4 p/m²** in *local* density (corridor cells, places, bottleneck
   approaches, holding areas), and the **p95 queue wait** (person-weighted, Little's law: a
   queue's wait is its length ÷ its service rate);
@@ -36,6 +38,7 @@ from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
+from control.optimizer import FLAP_WINDOW_S
 from crowdflow.records import Command, ZoneState
 from crowdflow.site import BroadcastAction, Site, StaffingAction
 
@@ -47,7 +50,6 @@ DANGER_DENSITY = 4.0  # p/m², local
 WAIT_LIMIT_MIN = 15.0  # p95 queue wait a safe evening keeps
 PEAK_WINDOW = ("19:00", "22:00")
 SWEEP = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6)
-FLAP_WINDOW_S = 20 * 60  # issue 11: no measure switched on and off more than once in 20 minutes
 SURGE = {"source": "metro-9", "at": "20:15", "minutes": 10, "extra_per_min": 120}  # injected incident
 
 # The district's reported results for May Day 2025 (brief), as % change.
@@ -206,6 +208,10 @@ class Metrics:
     complex_share: float = 0.0  # entries into the complex (11F + 1F gates) per visitor
     safe: bool = True
     flaps: int = 0  # times a measure was switched (in effect on the ground) a third time within 20 min
+    # metro passengers a diversion (只上不下) sent on to another station, and their extra travel
+    # (person-hours; also in the wait distribution: each counts as waiting its detour)
+    rerouted: float = 0.0
+    reroute_extra_h: float = 0.0
     # where and when (diagnostics, in --jsonl): minutes > 4 p/m² per zone and the first minute it
     # happened (hh:mm); each reference event as [area, hh:mm, response min] or, never answered,
     # [area, hh:mm, None, its duration in min]
@@ -358,8 +364,10 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
         held = st.held.sum(1)
         srate = np.minimum(net.src_cap, ctl.src_rate)
         w_src = np.where(held > 0.5, held / np.maximum(srate, 1e-3) / 60.0, 0.0)
-        w = np.concatenate([w_port, w_src])
-        qq = np.concatenate([q, held])
+        xq = st.xq if st.xq is not None else np.zeros(len(net.exits))  # queues in pens outside limited exits
+        w_pen = np.where(xq > 0.5, xq / np.maximum(np.minimum(net.pcap[net.exit_port], ctl.exit_rate), 1e-3) / 60.0, 0.0)
+        w = np.concatenate([w_port, w_src, w_pen, [st.transit_delay_s / 60.0]])
+        qq = np.concatenate([q, held, xq, [st.in_transit]])  # diverted passengers wait their detour
         np.add.at(wait_bins, np.minimum((w / 0.25).astype(int), 240), qq * dt)
         m.road_cutoff_min += len(model.cut_roads) * dt / 60
         # reference events: true crossing of an area's measure threshold → first measure in effect
@@ -450,6 +458,8 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
     m.throughput_ph = served_peak / ((peak1 - peak0) / 3600)
     m.arrived = st.arrived
     m.gave_up = st.gave_up
+    m.rerouted = st.rerouted
+    m.reroute_extra_h = st.transit_wait_s / 3600
     m.balked = st.balked
     entered_total = float(st.src_in.sum())
     m.visits_per_visitor = float(st.visits.sum()) / max(entered_total, 1.0)
@@ -518,6 +528,8 @@ ROWS = [
     ("peak_density", "peak local density (p/m²)", "{:.2f}"),
     ("flaps", "measures switched a 3rd time within 20 min", "{:.1f}"),
     ("gave_up", "arrivals who gave up", "{:.0f}"),
+    ("rerouted", "metro passengers sent on to another station", "{:.0f}"),
+    ("reroute_extra_h", "their extra travel (person-hours)", "{:.0f}"),
     ("visits_per_visitor", "zone visits per visitor", "{:.1f}"),
     ("complex_share", "complex entries per visitor", "{:.2f}"),
 ]

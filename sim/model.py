@@ -14,6 +14,13 @@ Measures (the site's action records) take effect on the ground, not when ordered
   road's ``setup_min`` its pedestrian area joins the zones beside it; released, it stays cut
   for ``teardown_min``. Exit-only and metering take ``GATE_SETUP_S`` to set up.
 * staff widen nothing: their effect is that measures happen (and when).
+* a metro limit with ``divert`` (只上不下 / skip-stop: the passengers it does not let out ride on
+  to a neighbouring station) holds nobody in the concourse: the twin carries them, by their
+  class, to the walk-in source at ``divert.zone`` and lets them arrive ``extra_min`` later;
+  it takes ``divert.setup_min`` (the metro operator) to start.
+* a metro inbound limit (进站限流, ``metro_inbound``) lets at most ``per_min`` into the station by
+  the exit; the queue stands in the gate's holding area for departures (a pen outside, own area,
+  own density), not in the exit zone; the pen's marshals are the gate's.
 
 ``Model`` keeps the interface the runner, evaluation and what-if used before
 (``step``, ``run_until``, ``set_actions``, ``zone_counts``, ``gate_flows``, ``totals`` …);
@@ -31,6 +38,7 @@ import numpy as np
 from crowdflow.site import (
     ExitOnlyAction,
     MeteringAction,
+    MetroInboundAction,
     MetroLimitAction,
     OneWayAction,
     Site,
@@ -70,12 +78,14 @@ def build_spec(site: Site, sc: Scenario) -> Spec:
     corridors = [Corridor(cid, c.a, c.b, [Segment(s.zone, s.length_m, s.width_m, s.speed_factor) for s in c.segments],
                           entry_cap_pps={end: e.capacity_pps for end, e in c.ends.items()}, gate=c.gate)
                  for cid, c in sc.corridors.items()]
-    hold = {h.gate: h.area_m2 for h in site.holding_areas}
+    hold = {h.gate: h.area_m2 for h in site.holding_areas if h.queue == "arrivals"}
     connectors = [Connector(f"{ln.a}>{ln.b}", ln.a, ln.b, ln.capacity_pps, kind=ln.kind, width_m=ln.width_m,
                             cycle_s=ln.signal.cycle_s if ln.signal else 0.0, green_s=ln.signal.green_s if ln.signal else 0.0,
                             gate=ln.gate, approach_m2=hold.get(ln.gate, ln.approach_m2) if ln.gate else ln.approach_m2)
                   for ln in sc.links]
-    exits = [Exit(eid, e.zone, e.capacity_pps) for eid, e in sc.exits.items()]
+    pens = {site.gate_by_id[h.gate].inside_zone: h.area_m2 for h in site.holding_areas
+            if h.queue == "departures" and h.gate in site.gate_by_id}
+    exits = [Exit(eid, e.zone, e.capacity_pps, hold_m2=pens.get(e.zone, 0.0)) for eid, e in sc.exits.items()]
     sources = []
     for sid, s in sc.demand.items():
         ts, rs = s.curve()
@@ -230,6 +240,15 @@ class Model:
         self.cut_roads: set[str] = set()  # cut to traffic now (staffed, not yet reopened)
         self.roads_freed: set[str] = set()  # whose pedestrian area is in use now
         self._one_way_cache: dict = {}
+        # exit → site zone index of the pen its queue stands in when limited (metro_inbound)
+        zpos = {z: i for i, z in enumerate(self.zones)}
+        self._pen_zone: dict[int, int] = {}
+        for h in site.holding_areas:
+            g = site.gate_by_id.get(h.gate)
+            if h.queue == "departures" and g is not None:
+                for e, pl in enumerate(self.net.exit_place):
+                    if self.net.places[pl] == g.inside_zone and h.zone in zpos:
+                        self._pen_zone[e] = zpos[h.zone]
 
     # ----------------------------------------------------------------------------- time
 
@@ -270,13 +289,14 @@ class Model:
                 posts[cp.post] = posts.get(cp.post, 0) + cp.officers
             post = max(posts, key=posts.get) if posts else None
             return Measure(a, key, post, rd.officers, rd.setup_min * 60, t, teardown_s=rd.teardown_min * 60)
-        if isinstance(a, (ExitOnlyAction, MeteringAction)):
+        if isinstance(a, (ExitOnlyAction, MeteringAction, MetroInboundAction)):
             g = site.gate_by_id.get(a.gate)
             if g is None:
                 return None
             return Measure(a, key, g.post, g.staff if g.post else 0, GATE_SETUP_S, t)
         if isinstance(a, MetroLimitAction):
-            return Measure(a, key, None, 0, METRO_SETUP_S, t)
+            setup = a.divert.setup_min * 60 if a.divert is not None else METRO_SETUP_S
+            return Measure(a, key, None, 0, setup, t)
         if isinstance(a, OneWayAction):
             post = next((p for p, z in self.sc.posts.items() if z == a.zone), None)
             return Measure(a, key, post, site.staff.one_way_staff if post else 0, ONE_WAY_SETUP_S, t)
@@ -406,9 +426,27 @@ class Model:
                 for s, g in enumerate(net.src_gate):
                     if g == a.gate:
                         ctl.src_rate[s] = min(ctl.src_rate[s], rate)
+                        if isinstance(a, MetroLimitAction) and a.divert is not None:
+                            ctl.src_divert[s] = self._walk_in_source(a.divert.zone)
+                            ctl.src_divert_delay_s[s] = a.divert.extra_min * 60
+            elif isinstance(a, MetroInboundAction):
+                g = site.gate_by_id.get(a.gate)
+                for e, pl in enumerate(net.exit_place):
+                    if g is not None and net.places[pl] == g.inside_zone:
+                        ctl.exit_rate[e] = min(ctl.exit_rate[e], a.per_min / 60.0)
             elif isinstance(a, OneWayAction):
                 self._one_way(ctl, a.zone, a.toward)
         return ctl
+
+    def _walk_in_source(self, zone: str) -> int:
+        """The source by which people on foot reach ``zone`` (no gate): where passengers a metro
+        diversion sends on come back."""
+        net = self.net
+        for s, g in enumerate(net.src_gate):
+            if g is None and net.places[net.src_place[s]] == zone:
+                return s
+        raise ValueError(f"a metro diversion names zone {zone!r}, but the scenario has no arrivals on foot "
+                         f"there (demand.*.zone {zone!r} without a gate)")
 
     def _hops(self, toward: str) -> np.ndarray:
         """Hops from each place to the zone ``toward`` (a place or a corridor's zone)."""
@@ -543,7 +581,13 @@ class Model:
                 z = net.place_zone[net.src_place[s]]
                 if z >= 0:
                     pk[z] = max(pk[z], held[s] / net.src_hold[s])
-        return self._zone_array(pk)
+        out = self._zone_array(pk)
+        xq = self.state.xq
+        if xq is not None:  # the pens outside limited exits (their own zone in the site file)
+            for e, zi in self._pen_zone.items():
+                if xq[e] > 0:
+                    out[zi] = max(out[zi], xq[e] / net.exit_hold[e])
+        return out
 
     def set_counts(self, counts: dict[str, float]) -> None:
         """Start from measured zone counts: people placed at places (at their stop there, see

@@ -68,6 +68,7 @@ class ModelTwin:
             self._elements[f"local:{z.id}"] = Element(
                 f"local:{z.id}", Text(zh=f"{z.name.zh}（局部密度）", en=f"{z.name.en} (local density)"), 0.0, "bottleneck")
         metered = {a.gate for m in site.measures for a in m.actions if isinstance(a, MeteringAction)}
+        hold_zone = {h.gate: h.zone for h in site.holding_areas if h.queue == "arrivals"}
         self._holding: dict[str, int] = {}
         for s, g in enumerate(self.net.src_gate):
             if g and g in metered and self.net.src_hold[s] > 0:
@@ -75,9 +76,15 @@ class ModelTwin:
                 eid = f"hold:{g}"
                 self._holding[eid] = s
                 self._elements[eid] = Element(eid, Text(zh=f"{gate.name.zh}候行区", en=f"{gate.name.en} holding area"),
-                                              float(self.net.src_hold[s] * HOLD_DENSITY), "holding")
+                                              float(self.net.src_hold[s] * HOLD_DENSITY), "holding",
+                                              zone=hold_zone.get(g))
 
         net = self.net
+        # every metered gate's queue: arrivals held at its sources, and people ready at the
+        # place before its inbound ways (a metered bottleneck, e.g. the bridge walkway's entry)
+        self._qgates = sorted(metered)
+        self._qsrc = {g: [s for s, sg in enumerate(net.src_gate) if sg == g] for g in self._qgates}
+        self._qport = {g: [k for k in range(net.P) if net.pgate[k] == g and net.pgdir[k] == "in"] for g in self._qgates}
         zi = {z: i for i, z in enumerate(net.zones)}
         self._wait_zones = [z.id for z in site.zones if z.id in zi]
         col = {z: j for j, z in enumerate(self._wait_zones)}
@@ -106,6 +113,12 @@ class ModelTwin:
         ws = np.where(held >= QUEUE_MIN, np.minimum(held / np.maximum(srate, 1e-3) / 60.0, 1e3), 0.0)
         ok = self._src_col >= 0
         np.maximum.at(out, self._src_col[ok], ws[ok])
+        if st.xq is not None:  # queues in the pens outside limited exits (metro_inbound)
+            xr = np.minimum(net.pcap[net.exit_port], ctl.exit_rate)
+            wx = np.where(st.xq >= QUEUE_MIN, np.minimum(st.xq / np.maximum(xr, 1e-3) / 60.0, 1e3), 0.0)
+            col = self._port_col[net.exit_port]
+            ok = col >= 0
+            np.maximum.at(out, col[ok], wx[ok])
         return out
 
     def elements(self) -> Mapping[str, Element]:
@@ -147,10 +160,83 @@ class ModelTwin:
         ordered = list(sched[-1][1]) if sched else []
         m.set_actions(now_set, in_effect=True)
         self._prior.place(m, dict(start.counts))
+        self._place_queues(m, start.queues)
         key0 = m.effective_key
         if ordered != now_set:
             m.set_actions(ordered)
         return m, key0
+
+    def _place_queues(self, m: Model, queues: Mapping[str, float]) -> None:
+        """People already waiting behind each metered gate (``TwinStart.queues``). Without them
+        the twin starts every queue empty — the prior spreads a zone's people as on an evening
+        without measures — so releasing a metering never shows its queue discharging onto the
+        ground beyond the gate (docs/mpc.md, "Release and flaps"). Held arrivals of a metered
+        source wait at the source; at a metered bottleneck the queue is people of the place
+        before it who are ready to take its way (moved from visiting to ready there: the zone's
+        count is kept, and the queue is capped by who is there)."""
+        st, net = m.state, self.net
+        ported = False
+        for g in self._qgates:
+            q = float(queues.get(f"hold:{g}", 0.0))
+            srcs = self._qsrc[g]
+            if q > 0 and srcs:
+                for s in srcs:
+                    st.held[s] = q / len(srcs) * net.src_mix[s]
+            q = float(queues.get(f"port:{g}", 0.0))
+            if q <= 0 or not self._qport[g]:
+                continue
+            if not ported:
+                m.twin.route(st, m.ctl)  # who takes which way from here (kept: the first step damps against it)
+                ported = True
+            for k in self._qport[g]:
+                self._queue_at_port(m, k, q / len(self._qport[g]))
+
+    def _queue_at_port(self, m: Model, k: int, q: float) -> None:
+        """Make ``q`` people of the zone before port ``k`` its queue: ready at its place, of
+        the classes that take it (in proportion to how many of the zone's people of each class
+        would), taken evenly from the zone's other people — the zone's count is what the
+        cameras saw and stays; a queue is capped at half the zone's people."""
+        st, net = m.state, self.net
+        P = net.pfrom[k]
+        zi = self.net.place_zone[P]
+        if zi < 0:
+            return
+        sp = st.split[k]
+        short = q - float((st.rdy[P] * sp).sum())
+        if short <= 0:
+            return
+        cells, places = net.czone == zi, net.place_zone == zi
+        mix = st.cell[cells].sum(0) + st.act[places].sum(0) + st.rdy[places].sum(0)  # [K]
+        total = float(mix.sum())
+        w = mix * sp
+        if w.sum() <= 0 or total <= 0:
+            return
+        add = short * (w / w.sum()) / np.maximum(sp, 1e-9)  # ready people per class giving ``short`` queued
+        add = np.where(sp > 1e-9, add, 0.0)
+        x = float(add.sum())
+        if x > 0.5 * total:
+            add *= 0.5 * total / x
+            x = 0.5 * total
+        f = 1.0 - x / total
+        st.cell[cells] *= f
+        st.act[places] *= f
+        st.rdy[places] *= f
+        st.rdy[P] += add
+
+    def queue_now(self, m: Model) -> dict[str, float]:
+        """People queued behind each metered gate: ``hold:<gate>`` arrivals held at its sources
+        (not on any zone's ground), ``port:<gate>`` people ready at the place before its inbound
+        ways (counted in that zone)."""
+        st = m.state
+        pq = m.twin.port_queue(st)
+        held = st.held.sum(1)
+        out = {}
+        for g in self._qgates:
+            if self._qsrc[g]:
+                out[f"hold:{g}"] = float(held[self._qsrc[g]].sum())
+            if self._qport[g]:
+                out[f"port:{g}"] = float(pq[self._qport[g]].sum())
+        return out
 
     def rollout(self, start: TwinStart, schedule: Schedule, minutes: float, every_min: float = 1.0) -> Rollout:
         return self.rollouts(start, [schedule], minutes, every_min)[0]
@@ -175,15 +261,18 @@ class ModelTwin:
             models.append(m)
         n = int(round(minutes / every_min))
         out = np.zeros((len(models), n + 1, len(self._elements)))
-        self._sample(models, out, 0)
+        qkeys = list(self.queue_now(models[0])) if models else []
+        qout = np.zeros((len(models), n + 1, len(qkeys)))
+        self._sample(models, out, 0, qout)
         for i in range(1, n + 1):
             until = start.tod_s + i * every_min * 60
             while models[0].t < until - 1e-9:
                 self._step(models)
-            self._sample(models, out, i)
+            self._sample(models, out, i, qout)
         ids = list(self._elements)
         return [Rollout(np.arange(n + 1) * every_min, {e: out[b, :, j] for j, e in enumerate(ids)},
-                        turned_away=float(m.totals.gave_up)) for b, m in enumerate(models)]
+                        turned_away=float(m.totals.gave_up), queues={g: qout[b, :, j] for j, g in enumerate(qkeys)})
+                for b, m in enumerate(models)]
 
     @staticmethod
     def _groups(models: list[Model]) -> dict[tuple, list[int]]:
@@ -211,6 +300,8 @@ class ModelTwin:
             m = models[members[0]]
             m.twin.step(m.state, m.ctl)
 
-    def _sample(self, models: list[Model], out: np.ndarray, i: int) -> None:
+    def _sample(self, models: list[Model], out: np.ndarray, i: int, qout: np.ndarray) -> None:
         for members in self._groups(models).values():
-            out[members, i] = self._loads(models[members[0]])
+            m = models[members[0]]
+            out[members, i] = self._loads(m)
+            qout[members, i] = list(self.queue_now(m).values())

@@ -291,6 +291,18 @@ def _semantic(sc: Scenario, site: Site) -> list[tuple[str, str]]:
                 problems.append((f"demand.{name}.gate", f"unknown gate {src.gate!r}"))
             elif g.inside_zone != src.zone:
                 problems.append((f"demand.{name}.gate", f"gate {src.gate} leads into {g.inside_zone}, not {src.zone}"))
+    # a metro diversion in the site file (measures, plans, emergency) needs a way in on foot
+    # at the zone it sends its passengers to
+    walk_in = {src.zone for src in sc.demand.values() if src.gate is None}
+    diverting = [(f"site measures[{i}].actions[{k}]", a) for i, m in enumerate(site.measures) for k, a in enumerate(m.actions)]
+    diverting += [(f"site plans[{i}].levels[{j}].actions[{k}]", a) for i, p in enumerate(site.plans)
+                  for j, lv in enumerate(p.levels) for k, a in enumerate(lv.actions)]
+    diverting += [(f"site emergency.actions[{k}]", a) for k, a in enumerate(site.emergency.actions)]
+    for path, a in diverting:
+        dv = getattr(a, "divert", None)
+        if dv is not None and dv.zone not in walk_in:
+            problems.append(("demand", f"{path}.divert.zone sends metro passengers to {dv.zone!r}, "
+                                       "but no arrivals on foot (a demand entry without a gate) reach the site there"))
     if sc.end_s <= sc.start_s:
         problems.append(("end", f"{sc.end} is not after start {sc.start}"))
     return problems

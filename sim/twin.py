@@ -37,8 +37,12 @@ API (small and stable; the predictive-control engine rolls it forward many times
   stop whose wait W exceeds a few minutes balk at hazard h(W) = h_max / (1 + exp(−(W − W50)/s))
   per minute and skip the stop; arrivals held at a closed or metered source wait in its holding
   area and give up with a constant hazard 1/patience (exponential patience).
+* **Diversion**: a source can send the arrivals its rate holds back on to another source
+  (``Controls.src_divert``: a metro station where passengers may not alight rides them on to
+  the next one); they travel ``src_divert_delay_s`` in ``State.transit`` and join the receiving
+  source's arrivals then, in their own class.
 * **Conservation** is exact bookkeeping: every flow is taken from one array and added to
-  another; arrived = in model + held + exited + gave_up to float precision (tests: < 1e-6).
+  another; arrived = in model + held + in transit + exited + gave_up to float precision (tests: < 1e-6).
 """
 
 from __future__ import annotations
@@ -150,6 +154,7 @@ class Exit:
     id: str
     place: str
     cap_pps: float
+    hold_m2: float = 0.0  # a pen outside it where people queue when its rate is limited (Controls.exit_rate)
 
 
 @dataclass
@@ -192,6 +197,9 @@ class Params:
     route_spread_s: float = 60.0
     route_cutoff: float = 5.0
     route_smoothing: float = 0.5
+    # Arrivals diverted from a source (a metro station's alighting passengers riding on to the
+    # next station, Controls.src_divert) reach their new way in after a delay of at most this.
+    max_transit_s: float = 3600.0
 
 
 @dataclass
@@ -346,6 +354,7 @@ class Network:
                 mix[si, self.chain_first[cid]] += w / tot
         self.src_mix = mix
         self.exit_place = np.array([self.pi[e.place] for e in spec.exits], int)
+        self.exit_hold = np.array([e.hold_m2 for e in spec.exits], float)
         # one-hot matrices: scatter-adds as matrix products (much faster than np.add.at)
         self.LT = np.zeros((N, len(self.lanes)))
         self.LT[self.lane_to, np.arange(len(self.lanes))] = 1.0
@@ -360,6 +369,8 @@ class Network:
         self.PH1[self.phead[k1], k1] = 1.0
         self.k0 = np.flatnonzero(self.pkind == 0)
         self.k2 = np.flatnonzero(self.pkind == 2)
+        self.exit_port = np.zeros(len(self.exits), int)  # the port by which each exit is left
+        self.exit_port[self.phead[self.k2] - N] = self.k2
         # class k's target column in the distance table (class 0: any exit, filled in route())
         self.ex_nodes = N + np.arange(len(self.exits))
         # no re-entry: a gated entrance that encloses an area (the complex behind its 11F and 1F
@@ -438,6 +449,13 @@ class State:
     wait_sum: float = 0.0  # person-seconds queued at ports and held at sources
     last_port: np.ndarray | None = None  # [P] persons through each port in the last step
     last_src: np.ndarray | None = None
+    # arrivals diverted to another way in, on their way there: [slot, receiving source, class],
+    # slot = (step index of arrival) mod slots; None until the first diversion
+    transit: np.ndarray | None = None
+    rerouted: float = 0.0  # persons diverted from their source to another (Controls.src_divert)
+    transit_wait_s: float = 0.0  # person-seconds of extra travel those diversions cost
+    transit_delay_s: float = 0.0  # the delay of the latest diversion (what a person now in transit loses)
+    xq: np.ndarray | None = None  # [E] people queued in the pen outside an exit (Controls.exit_rate); None: never
 
     def copy(self) -> "State":
         """A snapshot: arrays copied, the random stream forked so both go on independently."""
@@ -446,8 +464,14 @@ class State:
 
     @property
     def people(self) -> float:
-        """Everyone in the model: in cells, at places and held at sources."""
-        return float(self.cell.sum() + self.act.sum() + self.rdy.sum() + self.held.sum())
+        """Everyone in the model: in cells, at places, held at sources and diverted on their way
+        to another way in."""
+        return float(self.cell.sum() + self.act.sum() + self.rdy.sum() + self.held.sum() + self.in_transit
+                     + (self.xq.sum() if self.xq is not None else 0.0))
+
+    @property
+    def in_transit(self) -> float:
+        return float(self.transit.sum()) if self.transit is not None else 0.0
 
 
 @dataclass
@@ -463,6 +487,14 @@ class Controls:
     cell_width_add: np.ndarray  # [C] m
     place_area_add: np.ndarray  # [N] m²
     src_rate: np.ndarray  # [S] p/s (inf: none; 0: closed)
+    # [S] receiving source of a diversion (-1: none): arrivals the source's rate holds back do
+    # not wait in its holding area; they go on (e.g. ride to the next metro station) and reach
+    # the receiving source src_divert_delay_s later (walk back included)
+    src_divert: np.ndarray | None = None
+    src_divert_delay_s: np.ndarray | None = None
+    # [E] p/s an exit lets out when limited (inf: no limit): its queue stands in the exit's pen
+    # outside the place (Exit.hold_m2), not in the place (a metro station's inbound limit)
+    exit_rate: np.ndarray | None = None
     demand_scale: float = 1.0
 
     def copy(self) -> "Controls":
@@ -497,7 +529,9 @@ class Twin:
         return Controls(
             port_open=np.ones(n.P, bool), port_rate=np.full(n.P, np.inf), port_cap_mult=np.ones(n.P),
             signal_on=n.pcycle > 0, lane_open=np.ones(len(n.lanes), bool), cell_width_add=np.zeros(n.n_cells),
-            place_area_add=np.zeros(n.N), src_rate=np.full(len(n.sources), np.inf))
+            place_area_add=np.zeros(n.N), src_rate=np.full(len(n.sources), np.inf),
+            src_divert=np.full(len(n.sources), -1, int), src_divert_delay_s=np.zeros(len(n.sources)),
+            exit_rate=np.full(len(n.exits), np.inf))
 
     def initial(self, seed: int = 0, t: float = 0.0) -> State:
         n = self.net
@@ -570,6 +604,11 @@ class Twin:
         lane_t = np.bincount(n.clane, weights=n.clen / vc, minlength=len(n.lanes))
         q = self.port_queue(st)
         cap = np.minimum(n.pcap * ctl.port_cap_mult, ctl.port_rate)
+        pen = self._pens(ctl)
+        if pen.any():  # a limited exit: its pen's queue and rate are the wait
+            k = n.exit_port[pen]
+            q[k] += st.xq[pen] if st.xq is not None else 0.0
+            cap[k] = np.minimum(cap[k], ctl.exit_rate[pen])
         green = np.where(ctl.signal_on & (n.pcycle > 0), n.pgreen / np.maximum(n.pcycle, 1e-9), 1.0)
         cap_eff = np.maximum(cap * green, 1e-6)
         cost = 0.5 * cross[n.pfrom] + q / np.minimum(cap_eff, 1e9)
@@ -593,6 +632,12 @@ class Twin:
                 db = self._dist(np.where(pat, INF, w))
                 D[:, ks] = db[:, [tcol[int(t)] for t in n.ctarget[ks]]]
         self.split(st, W, D)
+
+    def _pens(self, ctl: Controls) -> np.ndarray:
+        """[E] bool: exits limited now, with a pen outside for their queue."""
+        if ctl.exit_rate is None:
+            return np.zeros(len(self.net.exits), bool)
+        return (ctl.exit_rate < np.inf) & (self.net.exit_hold > 0)
 
     def _dist(self, w: np.ndarray) -> np.ndarray:
         """Travel time from every node to every target ([V, targets]) over port costs ``w``."""
@@ -696,6 +741,24 @@ class Twin:
         f_last = want_last
 
         # 2. ports: queues at places → lanes / other places / exits
+        pen = self._pens(ctl)
+        pen_out = None
+        if pen.any() or (st.xq is not None and st.xq.any()):
+            # a limited exit: its queue walks into the pen outside (as far as the pen has room)
+            # and leaves from there at the limited rate; nobody leaves from the place directly.
+            # Released, the pen empties first, at the exit's own capacity.
+            if st.xq is None:
+                st.xq = np.zeros(len(n.exits))
+            if pen.any():
+                ks = n.exit_port[pen]
+                Rk = st.rdy[n.pfrom[ks]] * split[ks]  # [pens, K]
+                qk = Rk.sum(1)
+                roomk = np.maximum(0.0, p.max_density * n.exit_hold[pen] - st.xq[pen])
+                mv = Rk * np.where(qk > roomk, roomk / np.maximum(qk, 1e-12), 1.0)[:, None]
+                np.subtract.at(st.rdy, n.pfrom[ks], mv)
+                st.xq[pen] += mv.sum(1)
+            xcap = n.pcap[n.exit_port] * dt
+            pen_out = np.minimum(st.xq, np.where(pen, np.minimum(xcap, ctl.exit_rate * dt), xcap))
         R = st.rdy[n.pfrom] * split  # [P, K] queued at each way out, by class
         q = R.sum(1)
         cap = np.minimum(n.pcap * ctl.port_cap_mult, ctl.port_rate)
@@ -706,6 +769,9 @@ class Twin:
             green = np.where(sig, (phase < n.pgreen).astype(float), 1.0)
         pf = np.minimum(q, cap * green * dt)
         pf = np.where(ctl.port_open, pf, 0.0)
+        if pen_out is not None:  # the pens go first (below); a limited exit passes nobody else
+            ke = n.exit_port
+            pf[ke] = np.where(pen, 0.0, np.minimum(pf[ke], np.maximum(0.0, cap[ke] * dt - pen_out)))
         lane_ok = np.append(ctl.lane_open, True)[n.port_lane]
         pf = np.where(lane_ok, pf, 0.0)
         # lane entries: no more than the first cell can take (S is this direction's supply)
@@ -746,6 +812,11 @@ class Twin:
         out_k = moved[n.k2].sum(1)
         st.exited += float(out_k.sum())
         st.exits += np.bincount(n.phead[n.k2] - n.N, out_k, minlength=len(n.exits))
+        if pen_out is not None:
+            st.xq -= pen_out
+            st.exited += float(pen_out.sum())
+            st.exits += pen_out
+            pf[n.exit_port] += pen_out
         st.last_port = pf.copy()
         st.port_flow += pf
         # zone visits: people entering a zone (a place's zone, or a lane's first cell zone)
@@ -791,6 +862,13 @@ class Twin:
         # 5. sources: arrivals (Poisson), held ones enter as far as the way and the room allow
         S_ = len(n.sources)
         if S_:
+            step_i = int(round(st.t / dt))
+            if st.transit is not None:  # diverted arrivals reaching their new way in now
+                slot = step_i % st.transit.shape[0]
+                due = st.transit[slot]
+                if due.any():
+                    st.held += due
+                    st.transit[slot] = 0.0
             if demand:
                 lam = n.arrival_rate(st.t, ctl.demand_scale) * dt
                 arr = st.rng.poisson(lam).astype(float)
@@ -816,6 +894,10 @@ class Twin:
             gz = n.place_zone[n.src_place]
             g = gz >= 0
             st.visits += np.bincount(gz[g], ent[g], minlength=len(n.zones))
+            # held back at a diverting source: they go on to the receiving source (exact
+            # bookkeeping: nobody leaves the model, they arrive there after the delay)
+            if ctl.src_divert is not None and (ctl.src_divert >= 0).any():
+                self._divert(st, ctl, step_i)
             # held because of a closure or metering: give up with exponential patience
             heldback = ctl.src_rate < n.src_cap
             if heldback.any():
@@ -824,6 +906,23 @@ class Twin:
                 st.held[heldback] -= gu
                 st.gave_up += float(gu.sum())
         st.t += dt
+
+    def _divert(self, st: State, ctl: Controls, step_i: int) -> None:
+        n, dt = self.net, self.p.dt
+        slots = int(math.ceil(self.p.max_transit_s / dt)) + 1
+        for s in np.flatnonzero(ctl.src_divert >= 0):
+            amt = st.held[s]
+            tot = float(amt.sum())
+            if tot <= 0:
+                continue
+            if st.transit is None:
+                st.transit = np.zeros((slots, len(n.sources), n.K))
+            k = min(max(1, int(math.ceil(ctl.src_divert_delay_s[s] / dt))), slots - 1)
+            st.transit[(step_i + k) % slots, ctl.src_divert[s]] += amt
+            st.held[s] = 0.0
+            st.rerouted += tot
+            st.transit_wait_s += tot * k * dt
+            st.transit_delay_s = k * dt
 
     def _onehot(self, to: np.ndarray) -> np.ndarray:
         m = np.zeros((len(to), self.net.K))

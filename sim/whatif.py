@@ -26,6 +26,7 @@ _FORMS = {
     "exit_only": ("gate",),
     "one_way": ("zone", "toward"),
     "metro_limit": ("gate", "max_per_min"),
+    "metro_inbound": ("gate", "per_min"),
     "metering": ("gate", "per_min"),
     "staffing": ("post", "headcount"),
 }

@@ -14,7 +14,8 @@ from shapely.geometry import LineString, Polygon
 from .. import crowd
 from ..vocab import LEVELS
 from .model import Site
-from .plans import ExitOnlyAction, MeteringAction, MetroLimitAction, OneWayAction, StaffingAction, TrafficCutoffAction
+from .plans import (ExitOnlyAction, MeteringAction, MetroInboundAction, MetroLimitAction, OneWayAction, StaffingAction,
+                    TrafficCutoffAction)
 
 Problems = list[tuple[str, str]]
 
@@ -143,8 +144,19 @@ def _action_problems(site: Site, path: str, a) -> Problems:
         zone_ids = {z.id for z in site.zones}
         _ref(problems, f"{path}.zone", a.zone, zone_ids, "zone")
         _ref(problems, f"{path}.toward", a.toward, zone_ids, "zone")
+    elif isinstance(a, MetroInboundAction):
+        _ref(problems, f"{path}.gate", a.gate, {g.id for g in site.gates}, "gate")
+        if a.gate in site.gate_by_id and not any(h.gate == a.gate and h.queue == "departures" for h in site.holding_areas):
+            problems.append((f"{path}.gate", f"{a.gate!r} has no holding area for departures (holding_areas[].queue: "
+                                             "departures): where would the queue outside the station stand?"))
     elif isinstance(a, (ExitOnlyAction, MetroLimitAction, MeteringAction)):
         _ref(problems, f"{path}.gate", a.gate, {g.id for g in site.gates}, "gate")
+        if isinstance(a, MetroLimitAction) and a.divert is not None:
+            _ref(problems, f"{path}.divert.zone", a.divert.zone, {z.id for z in site.zones}, "zone")
+            g = site.gate_by_id.get(a.gate)
+            if g is not None and a.divert.zone == g.inside_zone:
+                problems.append((f"{path}.divert.zone", f"{a.divert.zone!r} is the exit it diverts from; "
+                                                        "name where the passengers walk in instead"))
     return problems
 
 
@@ -225,7 +237,12 @@ def verify_holding_areas(site: Site) -> Problems:
     gate_ids = {g.id for g in site.gates}
     posts = {p.id for p in site.posts}
     seen: set[str] = set()
+    kinds: dict[tuple[str, str], int] = {}
     for i, h in enumerate(site.holding_areas):
+        if (h.gate, h.queue) in kinds:
+            problems.append((f"holding_areas[{i}].gate", f"{h.gate!r} already has a holding area for {h.queue} "
+                                                         f"(holding_areas[{kinds[h.gate, h.queue]}])"))
+        kinds.setdefault((h.gate, h.queue), i)
         _ref(problems, f"holding_areas[{i}].gate", h.gate, gate_ids, "gate")
         _ref(problems, f"holding_areas[{i}].zone", h.zone, zone_ids, "zone")
         if h.id in seen:
@@ -277,6 +294,10 @@ def verify_measures(site: Site) -> Problems:
         for a in m.actions:
             for post, n in staff_needed(site, a).items():
                 need[post] = max(need.get(post, 0), n) if a.type == "staffing" else need.get(post, 0) + n
+        for k, a in enumerate(m.actions):
+            if isinstance(a, MetroLimitAction) and a.divert is not None and m.setup_min < a.divert.setup_min:
+                problems.append((f"{base}.setup_min", f"{m.setup_min:g} min is shorter than the metro operator's "
+                                                      f"start-up (actions[{k}].divert.setup_min {a.divert.setup_min:g})"))
         if sum(need.values()) > site.staff.pool:
             problems.append((f"{base}.actions", f"needs {sum(need.values())} staff beyond the posts' duty roster; "
                                                 f"the staff pool holds {site.staff.pool}"))

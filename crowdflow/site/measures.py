@@ -11,7 +11,7 @@ only used when the earlier ones cannot hold the forecast.
 
 The staff a measure needs follow from the site, as the twin counts them
 (:func:`staff_needed`): a road cut its closure points' officers, metering and exit-only the
-gate's marshals, one-way ``staff.one_way_staff`` at the post nearest the zone, and a
+gate's marshals (a metro inbound limit: the marshals of its queue pen outside), one-way ``staff.one_way_staff`` at the post nearest the zone, and a
 ``staffing`` action the headcount above the post's duty roster. They come from the ``staff``
 pool (:mod:`.staff`).
 """
@@ -82,7 +82,7 @@ def staff_needed(site: "Site", action) -> dict[str, int]:
         for cp in (rd.closure_points if rd else []):
             out[cp.post] = out.get(cp.post, 0) + cp.officers
         return out
-    if t in ("metering", "exit_only"):
+    if t in ("metering", "exit_only", "metro_inbound"):
         g = site.gate_by_id.get(action.gate)
         return {g.post: g.staff} if g is not None and g.post and g.staff else {}
     if t == "one_way" and site.posts and site.staff.one_way_staff:

@@ -21,7 +21,7 @@ Without ``control.partitions`` the whole site is one partition, id ``""``, whose
 from __future__ import annotations
 
 from .model import Site
-from .plans import ExitOnlyAction, MetroLimitAction, OneWayAction, TrafficCutoffAction
+from .plans import ExitOnlyAction, MetroInboundAction, MetroLimitAction, OneWayAction, TrafficCutoffAction
 
 WHOLE = ""  # the partition id of an unpartitioned site
 
@@ -133,7 +133,7 @@ def partition_problems(site: Site) -> list[tuple[str, str]]:
                 touched: set[str] = set()
                 if isinstance(a, TrafficCutoffAction) and a.road in roads:
                     touched = set(roads[a.road].frees)
-                elif isinstance(a, (ExitOnlyAction, MetroLimitAction)) and a.gate in gates:
+                elif isinstance(a, (ExitOnlyAction, MetroLimitAction, MetroInboundAction)) and a.gate in gates:
                     g = gates[a.gate]
                     touched = {z for z in (g.inside_zone, g.outside_zone) if z}
                 elif isinstance(a, OneWayAction):

@@ -127,6 +127,9 @@ class HoldingArea(Strict):
     gate: Id  # the gate whose metering/closure holds people here
     zone: Id  # the zone it lies in (or next to)
     area_m2: float = Field(gt=0, le=100000)
+    # arrivals: held before the gate on their way in (metering, a closed entrance, a metro limit's
+    # concourse); departures: people queued outside a metro exit to enter the station (metro_inbound)
+    queue: Literal["arrivals", "departures"] = "arrivals"
 
 
 class Post(Strict):

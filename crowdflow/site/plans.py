@@ -32,10 +32,37 @@ class ExitOnlyAction(Strict):
     gate: Id
 
 
+class MetroDivert(Strict):
+    """Passengers a metro limit does not let out do not wait in the station: they ride on to a
+    neighbouring station (只上不下 / 跳站) and walk back, reaching the site at ``zone`` (a way
+    in on foot) ``extra_min`` later than they would have. The metro operator needs
+    ``setup_min`` to start it (dispatch orders, announcements on the trains)."""
+
+    zone: Id  # where they reach the site on foot
+    via: Text | None = None  # the station(s) they alight at instead
+    extra_min: float = Field(12, gt=0, le=60)  # their extra travel: ride on, exit, walk back [estimate]
+    setup_min: float = Field(5, ge=0, le=60)
+
+
 class MetroLimitAction(Strict):
+    """Let at most ``max_per_min`` passengers a minute out of a metro exit's gates; the rest
+    wait in the station's concourse (the gate's holding area), or, with ``divert``, ride on to
+    another station and come back on foot."""
+
     type: Literal["metro_limit"]
     gate: Id
     max_per_min: int = Field(ge=0, le=100000)
+    divert: MetroDivert | None = None
+
+
+class MetroInboundAction(Strict):
+    """进站限流: let at most ``per_min`` persons a minute into the station through a metro exit;
+    the rest queue outside it, in the gate's holding area for departures (a pen on the street,
+    own area, own density), not in the exit itself."""
+
+    type: Literal["metro_inbound"]
+    gate: Id
+    per_min: int = Field(ge=1, le=100000)
 
 
 class MeteringAction(Strict):
@@ -59,6 +86,7 @@ Action = Annotated[
         OneWayAction,
         ExitOnlyAction,
         MetroLimitAction,
+        MetroInboundAction,
         MeteringAction,
         BroadcastAction,
     ],

@@ -56,7 +56,10 @@
       case "traffic_cutoff": return T("act_traffic_cutoff", { road: nm("road", a.road) });
       case "one_way": return T("act_one_way", { zone: nm("zone", a.zone), toward: nm("zone", a.toward) });
       case "exit_only": return T("act_exit_only", { gate: nm("gate", a.gate) });
-      case "metro_limit": return T("act_metro_limit", { gate: nm("gate", a.gate), n: a.max_per_min });
+      case "metro_limit": return a.divert
+        ? T("act_metro_divert", { gate: nm("gate", a.gate), n: a.max_per_min, via: a.divert.via ? a.divert.via[lang] : nm("zone", a.divert.zone), m: a.divert.extra_min })
+        : T("act_metro_limit", { gate: nm("gate", a.gate), n: a.max_per_min });
+      case "metro_inbound": return T("act_metro_inbound", { gate: nm("gate", a.gate), n: a.per_min });
       case "broadcast": return T("act_broadcast", { text: a.text[lang] });
       default: return a.type;
     }
