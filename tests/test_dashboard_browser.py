@@ -93,7 +93,7 @@ def test_map_draws_every_zone_grey_until_data_then_live(browser, tmp_path, redis
 def test_a_batch_frame_updates_the_map_like_single_messages(browser, tmp_path, redis_url, keys, r, site):
     """Messages queued together reach the browser as one ``batch`` frame; the page applies each
     in order: zones recolour as a single zone message does, an alarm raised then cleared in the
-    same frame is shown cleared."""
+    same frame is shown cleared; the cameras and panels are repainted once for the frame."""
     def zone_event(zid: str, ratio: float) -> dict:
         z, now, n = site.zone_by_id[zid], time.time(), round(ratio * site.zone_by_id[zid].capacity)
         s = ZoneState(zone_id=zid, status="ok", count=n, density=n / z.walkable_area_m2, capacity=z.capacity,
@@ -111,6 +111,8 @@ def test_a_batch_frame_updates_the_map_like_single_messages(browser, tmp_path, r
         r.xadd(keys.events, zone_event("cangbai-plaza", 0.84))
         page.wait_for_selector("path.zone-cangbai-plaza[data-status=ok]", timeout=10000)
         single = fill_of(page, "cangbai-plaza")
+        counts = "[window.crowdflow.renders || 0, window.crowdflow.cameraPaints || 0]"
+        before = page.evaluate(counts)
         # Three zones and an alarm's two versions in one transaction: one XREAD, one frame.
         pipe = r.pipeline(transaction=True)
         for zid, ratio in (("bridge-e-mid", 0.84), ("xsz-exit6", 0.97), ("bridge-n-head", 0.3)):
@@ -128,6 +130,9 @@ def test_a_batch_frame_updates_the_map_like_single_messages(browser, tmp_path, r
         assert fill_of(page, "bridge-e-mid") == single == "#f2c418"  # as the single message painted 84 %
         assert fill_of(page, "xsz-exit6") == "#d7191c" and fill_of(page, "bridge-n-head") == "#3aa357"
         assert page.locator(".zone-label", has_text="97%").count() == 1
+        # one repaint for the whole frame (per item: 2 panel renders and 5 camera repaints)
+        after = page.evaluate(counts)
+        assert [a - b for a, b in zip(after, before)] == [1, 1]
         page.context.close()
 
 

@@ -140,6 +140,7 @@
     return h;
   }
   function paintCameras() {
+    window.crowdflow.cameraPaints = (window.crowdflow.cameraPaints || 0) + 1;  // counted for tests
     for (const [id, m] of Object.entries(cams)) {
       const h = cameraHealth(id);
       m.setStyle({ color: "#fff", weight: 1.5, fillColor: CAM[h], fillOpacity: 1 });
@@ -644,6 +645,7 @@
     el.textContent = rules.length ? T("engine_banner", { plans: rules.map((sp) => sp.name[lang]).join(lang === "zh" ? "、" : ", ") }) : "";
   }
   function renderAll() {
+    window.crowdflow.renders = (window.crowdflow.renders || 0) + 1;  // counted for tests
     renderEngine(); renderRecs(); renderPlans(); renderMode(); renderAlarms(); renderMyPost(); renderInForce(); renderOrders(); paintActions(); paintCameras();
     if (S.panelZone) renderZoneFacts(S.panelZone);
   }
@@ -707,8 +709,17 @@
     else showLogin(T(res.status === 429 ? "login_limited" : "login_failed"));
   });
 
+  // A batch frame (what queued up for this client) applies its items in order and repaints the
+  // cameras and the panels once at its end, not once per item: both walk every camera and alarm.
+  let inBatch = false, needCameras = false, needAll = false;
   function onMessage(msg) {
-    if (msg.type === "batch") { msg.items.forEach(onMessage); return; }  // what queued up, in order
+    if (msg.type === "batch") {
+      inBatch = true;
+      try { msg.items.forEach(onMessage); } finally { inBatch = false; }
+      if (needAll) renderAll(); else if (needCameras) paintCameras();
+      needAll = needCameras = false;
+      return;
+    }
     if (msg.type === "snapshot") {
       for (const k of ["plans", "recs", "alarms"]) for (const id of Object.keys(S[k])) delete S[k][id];
       msg.zones.forEach((s) => { S.states[s.zone_id] = s; });
@@ -723,7 +734,12 @@
       renderAll();
       return;
     }
-    if (msg.type === "zone") { S.states[msg.state.zone_id] = msg.state; paint(msg.state.zone_id); paintCameras(); return; }
+    if (msg.type === "zone") {
+      S.states[msg.state.zone_id] = msg.state;
+      paint(msg.state.zone_id);
+      if (inBatch) needCameras = true; else paintCameras();
+      return;
+    }
     const r = msg.rec;
     if (msg.type === "plan") S.plans[r.plan_id] = r;
     else if (msg.type === "recommendation") S.recs[r.id] = r;
@@ -737,7 +753,7 @@
       summarySoon();
     }
     else if (msg.type === "audit") { auditSoon(); return; }
-    renderAll();
+    if (inBatch) needAll = true; else renderAll();
   }
   function connect() {
     const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
