@@ -355,19 +355,10 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
                 m.over4_by_zone[z] = m.over4_by_zone.get(z, 0.0) + dt / 60
                 m.over4_first.setdefault(z, s_to_hhmm(model.t))
         # queue waits (Little): ports and held arrivals
-        q = model.twin.port_queue(st)
-        ctl = model.ctl
-        rate = np.minimum(net.pcap * ctl.port_cap_mult, ctl.port_rate)
-        green = np.where(ctl.signal_on & (net.pcycle > 0), net.pgreen / np.maximum(net.pcycle, 1e-9), 1.0)
-        rate = np.where(ctl.port_open, rate * green, 0.0)
-        w_port = np.where(q > 0.5, q / np.maximum(rate, 1e-3) / 60.0, 0.0)
-        held = st.held.sum(1)
-        srate = np.minimum(net.src_cap, ctl.src_rate)
-        w_src = np.where(held > 0.5, held / np.maximum(srate, 1e-3) / 60.0, 0.0)
-        xq = st.xq if st.xq is not None else np.zeros(len(net.exits))  # queues in pens outside limited exits
-        w_pen = np.where(xq > 0.5, xq / np.maximum(np.minimum(net.pcap[net.exit_port], ctl.exit_rate), 1e-3) / 60.0, 0.0)
-        w = np.concatenate([w_port, w_src, w_pen, [st.transit_delay_s / 60.0]])
-        qq = np.concatenate([q, held, xq, [st.in_transit]])  # diverted passengers wait their detour
+        queues = model.twin.queues(st, model.ctl)  # ports, held arrivals, pens outside limited exits
+        w = np.concatenate([np.where(q > 0.5, q / np.maximum(r, 1e-3) / 60.0, 0.0) for q, r in queues]
+                           + [[st.transit_delay_s / 60.0]])
+        qq = np.concatenate([q for q, _ in queues] + [[st.in_transit]])  # diverted passengers wait their detour
         np.add.at(wait_bins, np.minimum((w / 0.25).astype(int), 240), qq * dt)
         m.road_cutoff_min += len(model.cut_roads) * dt / 60
         # reference events: true crossing of an area's measure threshold → first measure in effect

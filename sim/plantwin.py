@@ -85,6 +85,8 @@ class ModelTwin:
         self._qgates = sorted(metered)
         self._qsrc = {g: [s for s, sg in enumerate(net.src_gate) if sg == g] for g in self._qgates}
         self._qport = {g: [k for k in range(net.P) if net.pgate[k] == g and net.pgdir[k] == "in"] for g in self._qgates}
+        self._qkeys = [f"{kind}:{g}" for g in self._qgates for kind, idx in (("hold", self._qsrc[g]), ("port", self._qport[g]))
+                       if idx]  # queue_now's keys, in its order
         zi = {z: i for i, z in enumerate(net.zones)}
         self._wait_zones = [z.id for z in site.zones if z.id in zi]
         col = {z: j for j, z in enumerate(self._wait_zones)}
@@ -92,6 +94,9 @@ class ModelTwin:
         self._port_col = np.array([col.get(net.zones[k], -1) if k >= 0 else -1 for k in pz], int)
         sz = net.place_zone[net.src_place]
         self._src_col = np.array([col.get(net.zones[k], -1) if k >= 0 else -1 for k in sz], int)
+        # the zone of each queue of Twin.queues: ports, held arrivals at sources, pens outside limited
+        # exits (metro_inbound: the zone of the exit's port)
+        self._queue_cols = (self._port_col, self._src_col, self._port_col[net.exit_port])
         for zid in self._wait_zones:
             z = site.zone_by_id[zid]
             self._elements[f"wait:{zid}"] = Element(
@@ -99,26 +104,11 @@ class ModelTwin:
 
     def _waits(self, m: Model) -> np.ndarray:
         """Longest queue wait (minutes) per zone of ``_wait_zones``."""
-        net, ctl, st = self.net, m.ctl, m.state
         out = np.zeros(len(self._wait_zones))
-        q = m.twin.port_queue(st)
-        rate = np.minimum(net.pcap * ctl.port_cap_mult, ctl.port_rate)
-        green = np.where(ctl.signal_on & (net.pcycle > 0), net.pgreen / np.maximum(net.pcycle, 1e-9), 1.0)
-        rate = np.where(ctl.port_open, rate * green, 0.0)
-        w = np.where(q >= QUEUE_MIN, np.minimum(q / np.maximum(rate, 1e-3) / 60.0, 1e3), 0.0)
-        ok = self._port_col >= 0
-        np.maximum.at(out, self._port_col[ok], w[ok])
-        held = st.held.sum(1)
-        srate = np.minimum(net.src_cap, ctl.src_rate)
-        ws = np.where(held >= QUEUE_MIN, np.minimum(held / np.maximum(srate, 1e-3) / 60.0, 1e3), 0.0)
-        ok = self._src_col >= 0
-        np.maximum.at(out, self._src_col[ok], ws[ok])
-        if st.xq is not None:  # queues in the pens outside limited exits (metro_inbound)
-            xr = np.minimum(net.pcap[net.exit_port], ctl.exit_rate)
-            wx = np.where(st.xq >= QUEUE_MIN, np.minimum(st.xq / np.maximum(xr, 1e-3) / 60.0, 1e3), 0.0)
-            col = self._port_col[net.exit_port]
+        for (q, rate), col in zip(m.twin.queues(m.state, m.ctl), self._queue_cols):
+            w = np.where(q >= QUEUE_MIN, np.minimum(q / np.maximum(rate, 1e-3) / 60.0, 1e3), 0.0)
             ok = col >= 0
-            np.maximum.at(out, col[ok], wx[ok])
+            np.maximum.at(out, col[ok], w[ok])
         return out
 
     def elements(self) -> Mapping[str, Element]:
@@ -261,7 +251,7 @@ class ModelTwin:
             models.append(m)
         n = int(round(minutes / every_min))
         out = np.zeros((len(models), n + 1, len(self._elements)))
-        qkeys = list(self.queue_now(models[0])) if models else []
+        qkeys = self._qkeys
         qout = np.zeros((len(models), n + 1, len(qkeys)))
         self._sample(models, out, 0, qout)
         for i in range(1, n + 1):

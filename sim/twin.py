@@ -556,6 +556,20 @@ class Twin:
             return np.zeros(n.P)
         return (st.rdy[n.pfrom] * st.split).sum(1)
 
+    def queues(self, st: State, ctl: Controls) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """Every queue with the rate it is served at (people, p/s), for Little's-law waits: the
+        ports' (metering, signals' green share, a closed way serves nothing), arrivals held at
+        the sources, and the pens outside limited exits — the yardstick's waits and the planning
+        twin's ``wait:`` elements read the same queues."""
+        n = self.net
+        rate = np.minimum(n.pcap * ctl.port_cap_mult, ctl.port_rate)
+        green = np.where(ctl.signal_on & (n.pcycle > 0), n.pgreen / np.maximum(n.pcycle, 1e-9), 1.0)
+        ports = (self.port_queue(st), np.where(ctl.port_open, rate * green, 0.0))
+        sources = (st.held.sum(1), np.minimum(n.src_cap, ctl.src_rate))
+        xq = st.xq if st.xq is not None else np.zeros(len(n.exits))
+        xr = n.pcap[n.exit_port] if ctl.exit_rate is None else np.minimum(n.pcap[n.exit_port], ctl.exit_rate)
+        return ports, sources, (xq, xr)
+
     def zone_counts(self, st: State) -> np.ndarray:
         n = self.net
         z = np.zeros(len(n.zones))
