@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from crowdflow.records import (
+    PEN_FULL_DENSITY,
     AuditEntry,
     Command,
     CommandResult,
@@ -213,9 +214,10 @@ class PlanEngine:
         may_predict = (t is not None and lead > 0 and not margin
                        and severity(lv.level) <= severity(ceiling) + 1)
         for zid in area.plan.zones:
-            for hid, v in self._pens.get(zid, ()):  # a reported pen or concourse counts as the zone's density
+            # a reported pen or concourse past its full density counts as density in its zone
+            for hid, v in self._pens.get(zid, ()):
                 for metric, t_m, limit in checks:
-                    if metric == "density" and v >= limit:
+                    if metric == "density" and v >= max(limit, PEN_FULL_DENSITY):
                         measured.append(self._pen_reason(hid, v, t_m, area, lv, now))
             s = zones.get(zid)
             if s is None or s.status != "ok":

@@ -492,6 +492,10 @@ def built(cls: type[R], /, **values) -> R:
 # metro operator reports every minute and the pen staff every two [estimate]: a count is used
 # for two of the staff's report intervals. Control and the dashboard both apply it.
 HOLD_STALE_S = 240.0
+# A holding pen is full at this density (an orderly queue, Fruin's queuing LOS D): the planner's
+# target for a pen, and the density from which a reported pen counts in its area's level triggers
+# (a pen within it is a queue working as designed, not a crowd).
+PEN_FULL_DENSITY = 2.0
 
 
 def hold_as_of(state: HoldState, now: float, stale_after_s: float = HOLD_STALE_S) -> HoldState:
