@@ -65,6 +65,17 @@ class HoldBook:
         self._last[hold_id] = _Report(float(people), float(at), by)
         return None
 
+    def restore(self, published) -> None:
+        """Counts a previous leader published (HoldState records): fresh or stale, each is kept
+        with the time it was taken, so a stale one still shows its last count and age."""
+        for h in published:
+            if h.hold_id not in self.areas:
+                continue
+            people, at, by = ((h.people, h.reported_at, h.reported_by) if h.status == "ok"
+                              else (h.last_people, h.last_at, None))
+            if people is not None and at is not None:
+                self._last[h.hold_id] = _Report(float(people), float(at), by or "")
+
     def state(self, hold_id: str, now: float) -> HoldState:
         h = self.areas[hold_id]
         r = self._last.get(hold_id)

@@ -221,9 +221,7 @@ class ControlService:
             self._seed_last_known(self._load(self.keys.zone_state, ZoneState))
         self._inforce = self._load_one(self.keys.inforce, InForce)
         self.orders.restore(self._load(self.keys.orders, Order))
-        for h in self._load(self.keys.hold_state, HoldState).values():  # fresh counts survive a takeover
-            if h.status == "ok" and h.people is not None and h.reported_at is not None:
-                self.holds.report(h.hold_id, h.people, h.reported_at, h.reported_by or "", now)
+        self.holds.restore(self._load(self.keys.hold_state, HoldState).values())  # counts survive a takeover
         self._publish_holds(self.out, now, every=True)
         self.states = self.book.states(now)
         out = self.out

@@ -160,7 +160,12 @@ def test_control_answers_a_report_and_publishes_the_pen(r, keys, site):
     assert events[-1].people == 750
     assert svc.engine.holds.queues(time.time())["hold:gate-xsz-9"] == 750
 
-    # a new leader keeps the fresh count (it is read back from the published state)
+    # a new leader keeps the fresh count (it is read back from the published state), and a
+    # count gone stale meanwhile still shows as the last count, with its time
+    r.hset(keys.hold_state, "hold-11f", svc.holds.state("hold-11f", time.time()).model_copy(
+        update=dict(status="unknown", last_people=80.0, last_at=time.time() - 900)).encode())
     again = ControlService(site, r, keys, consumer="c2")
     again.start()
     assert again.holds.state(CONCOURSE, time.time()).people == 750
+    old = decode(HoldState, r.hget(keys.hold_state, "hold-11f"))
+    assert old.status == "unknown" and old.last_people == 80.0
