@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from crowdflow.records import ZoneState
+from crowdflow.records import PEN_FULL_DENSITY, ZoneState
 from crowdflow.site import Measure, Site, Text
 from crowdflow.vocab import LEVELS, level_rank
 
@@ -193,7 +193,22 @@ class MeasurePlanner:
         planner keeps the pen's count itself (dead reckoning, refreshed every plan) unless the
         staff or the metro operator reported one lately; started empty, the twin could never
         see a metering's release flush its queue onward."""
-        return {**self._reckoned(now, active), **self.holds.queues(now)}
+        return {**self._reckoned(now, active), **self._measured(now)}
+
+    def _measured(self, now: float) -> dict[str, float]:
+        """Fresh reported counts under the twin's queue keys: a pen before a metered *way* (the
+        bridge's south entry: its queue is people of the zone waiting to pass, not arrivals held
+        at a source) is the twin's ``port:<gate>`` queue."""
+        known = set(getattr(self.twin, "queue_keys", ()) or ())
+        out = {}
+        for key, q in self.holds.queues(now).items():
+            if known and key not in known:
+                port = "port:" + key.split(":", 1)[1]
+                if port not in known:
+                    continue  # a pen the twin has no queue for: shown on the map, not planned from
+                key = port
+            out[key] = q
+        return out
 
     def _reckoned(self, now: float, active: Mapping[str, float]) -> dict[str, float]:
         """The queues by dead reckoning: the last full plan's forecast for this minute. A fresh
@@ -245,15 +260,16 @@ class MeasurePlanner:
     def _queue_drifted(self, now: float, active: Mapping[str, float]) -> bool:
         """A reported queue far from the standing plan's own reckoning of it (the same drift
         rule as a zone's, on the holding area's capacity): the surge it did not see."""
-        measured = self.holds.queues(now)
-        if not measured or self.optimizer is None:
+        measured = self._measured(now)
+        if not measured:
             return False
         reckoned = self._reckoned(now, active)
+        full = {h.gate: h.area_m2 * PEN_FULL_DENSITY for h in self.holds.areas.values() if h.queue == "arrivals"}
         for key, q in measured.items():
-            el = self.optimizer.elements.get(key)
-            if el is None or el.capacity <= 0:
+            cap = full.get(key.split(":", 1)[1], 0.0)
+            if cap <= 0:
                 continue
-            obs, f = q / el.capacity, reckoned.get(key, 0.0) / el.capacity
+            obs, f = q / cap, reckoned.get(key, 0.0) / cap
             if max(obs, f) >= RELEVANT and abs(obs - f) > max(DRIFT, DRIFT_REL * f):
                 return True
         return False

@@ -436,7 +436,7 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
             moved[:] = 0
             entered[:] = 0
             if reporters is not None and report is not None:
-                for hid, people in reporters.due(model.t, model.state.held.sum(1), model.ctl.src_rate, net.src_cap):
+                for hid, people in reporters.due(model.t, model):
                     report(hid, people, now)
             actions = policy.step(now, book.states(now))
             book.set_actions(model.effective_actions())  # what control knows: cut roads widen zones

@@ -214,6 +214,11 @@ class ModelTwin:
         st.rdy[places] *= f
         st.rdy[P] += add
 
+    @property
+    def queue_keys(self) -> list[str]:
+        """The queues a start can set (``TwinStart.queues``): ``hold:<gate>``, ``port:<gate>``."""
+        return list(self._qkeys)
+
     def queue_now(self, m: Model) -> dict[str, float]:
         """People queued behind each metered gate: ``hold:<gate>`` arrivals held at its sources
         (not on any zone's ground), ``port:<gate>`` people ready at the place before its inbound

@@ -32,24 +32,39 @@ class QueueReporters:
         from control.holds import MAX_PEN_DENSITY
 
         self.room = {h.id: h.area_m2 * MAX_PEN_DENSITY for h in site.holding_areas}
-        self.pens: list[tuple[str, np.ndarray, float]] = []  # (holding area, its sources, report every)
+        # (holding area, its sources, its gate's inbound ways, report every): arrivals held at a
+        # source (an entrance, a metro exit), or people waiting before a metered way (the bridge's
+        # south entry: no source, its queue is the zone's people ready to pass)
+        self.pens: list[tuple[str, np.ndarray, np.ndarray, float]] = []
         for h in site.holding_areas:
             if h.queue != "arrivals":
                 continue
             srcs = np.array([s for s, g in enumerate(net.src_gate) if g == h.gate], int)
-            if len(srcs):
-                self.pens.append((h.id, srcs, METRO_EVERY_S if kinds.get(h.zone) == "metro" else PEN_EVERY_S))
-        self._next = {hid: 0.0 for hid, _, _ in self.pens}
+            ports = np.array([] if len(srcs) else
+                             [k for k in range(net.P) if net.pgate[k] == h.gate and net.pgdir[k] == "in"], int)
+            if len(srcs) or len(ports):
+                self.pens.append((h.id, srcs, ports, METRO_EVERY_S if kinds.get(h.zone) == "metro" else PEN_EVERY_S))
+        self._next = {p[0]: 0.0 for p in self.pens}
 
-    def due(self, t: float, held: np.ndarray, src_rate: np.ndarray, src_cap: np.ndarray) -> list[tuple[str, int]]:
-        """The counts reported at twin time ``t`` (seconds): ``(holding area, people)``.
-        ``held`` is the people waiting per source, ``src_rate``/``src_cap`` the sources' rates."""
+    def due(self, t: float, model) -> list[tuple[str, int]]:
+        """The counts reported at twin time ``t`` (seconds) of ``model`` (``sim.model.Model``):
+        ``(holding area, people)``."""
+        st, ctl, net = model.state, model.ctl, model.net
+        held = st.held.sum(1)
+        pq = None
         out = []
-        for hid, srcs, every in self.pens:
+        for hid, srcs, ports, every in self.pens:
             if t < self._next[hid]:
                 continue
-            q = float(held[srcs].sum())
-            if q < 1.0 and not (src_rate[srcs] < src_cap[srcs]).any():
+            if len(srcs):
+                q = float(held[srcs].sum())
+                in_use = bool((ctl.src_rate[srcs] < net.src_cap[srcs]).any())
+            else:
+                if pq is None:
+                    pq = model.twin.port_queue(st)
+                q = float(pq[ports].sum())
+                in_use = bool((np.isfinite(ctl.port_rate[ports]) | ~ctl.port_open[ports]).any())
+            if q < 1.0 and not in_use:
                 continue  # an empty pen at a gate running free: nobody there to count
             self._next[hid] = t + every
             people = int(round(q * self.rng.lognormal(0.0, self.error)))

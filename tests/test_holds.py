@@ -124,15 +124,25 @@ def test_reporters_count_pens_in_use_at_their_own_pace(site, scenario):
     m = Model(site, scenario, seed=0)
     net = m.net
     rep = QueueReporters(site, net, seed=1)
-    held = m.state.held.sum(1)
-    assert rep.due(0.0, held, net.src_cap.copy(), net.src_cap) == []  # nothing held, nothing metered
+    assert rep.due(0.0, m) == []  # nothing held, nothing metered
     s = net.sources.index("metro-9")
-    held = held.copy()
-    held[s] = 500.0
-    out = dict(rep.due(0.0, held, net.src_cap.copy(), net.src_cap))
+    m.state.held[s] = 500.0 * net.src_mix[s]
+    out = dict(rep.due(0.0, m))
     assert 350 <= out[CONCOURSE] <= 700  # 10 % error
-    assert CONCOURSE not in dict(rep.due(30.0, held, net.src_cap.copy(), net.src_cap))  # every 60 s
-    assert CONCOURSE in dict(rep.due(60.0, held, net.src_cap.copy(), net.src_cap))
+    assert CONCOURSE not in dict(rep.due(30.0, m))  # the operator reports every 60 s
+    assert CONCOURSE in dict(rep.due(60.0, m))
+    # the bridge's south entry has no source: its pen is the queue before the metered way
+    assert "hold-bridge-se" in {p[0] for p in rep.pens}
+
+
+def test_a_count_at_a_metered_way_is_the_twins_port_queue(site, scenario):
+    twin = ModelTwin(site, scenario.model_copy(update={"demand_scale": 1.0}))
+    planner = MeasurePlanner(site, twin)
+    planner.holds.report("hold-bridge-se", 240, T, "staff", T)
+    planner.holds.report(CONCOURSE, 300, T, "metro", T)
+    q = planner._queues(T, {})
+    assert q["port:gate-bridge-se"] == 240 and q["hold:gate-xsz-9"] == 300
+    assert "hold:gate-bridge-se" not in q
 
 
 def _command(r, keys, **kw) -> Command:
