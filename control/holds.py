@@ -11,6 +11,7 @@ silent zero), and hands the fresh ones to the planner's start.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from crowdflow.records import HOLD_STALE_S, HoldState, built
@@ -110,3 +111,28 @@ class HoldBook:
             if h.queue == "arrivals" and now - r.at <= self.stale_after_s:
                 out[f"hold:{h.gate}"] = r.people
         return out
+
+
+def start_queues(counts: Mapping[str, float], known: Iterable[str] = ()) -> dict[str, float]:
+    """Reported counts (``hold:<gate>`` → people, as :meth:`HoldBook.queues`) under a twin's
+    queue keys (``TwinStart.queues``; ``known`` empty: as they are). A pen before a metered
+    *way* (the bridge's south entry: no arrivals held at a source, its queue is people of the
+    zone waiting to pass) is the twin's ``port:<gate>``; a pen the twin has no queue for is
+    dropped (shown on the map, not planned from)."""
+    known = set(known)
+    out = {}
+    for key, q in counts.items():
+        if known and key not in known:
+            key = "port:" + key.split(":", 1)[1]
+            if key not in known:
+                continue
+        out[key] = float(q)
+    return out
+
+
+def reported_queues(states: Iterable[HoldState], site: Site) -> dict[str, float]:
+    """:meth:`HoldBook.queues` from published records (the dashboard's what-if): the fresh
+    counts of the arrivals' pens, by gate."""
+    arrivals = {h.id for h in site.holding_areas if h.queue == "arrivals"}
+    return {f"hold:{s.gate_id}": float(s.people) for s in states
+            if s.status == "ok" and s.people is not None and s.hold_id in arrivals}

@@ -24,7 +24,7 @@ from crowdflow.vocab import LEVELS, level_rank
 
 from .demand import DemandEstimate
 from .dispatch import StaffBook
-from .holds import HoldBook
+from .holds import HoldBook, start_queues
 from .optimizer import Candidate, Decision, Optimizer, Peak, off_long_enough, on_long_enough, plausible_counts, tod_of
 from .twin import Twin, TwinStart
 
@@ -196,19 +196,8 @@ class MeasurePlanner:
         return {**self._reckoned(now, active), **self._measured(now)}
 
     def _measured(self, now: float) -> dict[str, float]:
-        """Fresh reported counts under the twin's queue keys: a pen before a metered *way* (the
-        bridge's south entry: its queue is people of the zone waiting to pass, not arrivals held
-        at a source) is the twin's ``port:<gate>`` queue."""
-        known = set(getattr(self.twin, "queue_keys", ()) or ())
-        out = {}
-        for key, q in self.holds.queues(now).items():
-            if known and key not in known:
-                port = "port:" + key.split(":", 1)[1]
-                if port not in known:
-                    continue  # a pen the twin has no queue for: shown on the map, not planned from
-                key = port
-            out[key] = q
-        return out
+        """Fresh reported counts under the twin's queue keys (``control.holds.start_queues``)."""
+        return start_queues(self.holds.queues(now), getattr(self.twin, "queue_keys", ()) or ())
 
     def _reckoned(self, now: float, active: Mapping[str, float]) -> dict[str, float]:
         """The queues by dead reckoning: the last full plan's forecast for this minute. A fresh

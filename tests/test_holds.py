@@ -179,3 +179,20 @@ def test_control_answers_a_report_and_publishes_the_pen(r, keys, site):
     assert again.holds.state(CONCOURSE, time.time()).people == 750
     old = decode(HoldState, r.hget(keys.hold_state, "hold-11f"))
     assert old.status == "unknown" and old.last_people == 80.0
+
+
+def test_the_whatif_panel_starts_from_the_reported_queues(site, scenario):
+    """The what-if from the live state: a concourse reported packed (published HoldState) is in
+    the twin's start, so the chart shows it; a stale count is not."""
+    from dashboard.whatif import WhatIfRequest, WhatIfService
+
+    svc = WhatIfService(site, lambda: ModelTwin(site, scenario.model_copy(update={"demand_scale": 1.0})))
+    now = epoch(hhmm_to_s("20:16"))
+    book = HoldBook(site)
+    book.report(CONCOURSE, 1200, now - 30, "metro", now)
+    book.report("hold-bridge-se", 240, now - 30, "staff", now)
+    fresh = list(book.states(now).values())
+    out = svc.run(WhatIfRequest(measures=["board-only-xsz"]), {}, {}, {}, now, fresh)
+    assert out["queues"] == {"hold:gate-xsz-9": 1200.0, "port:gate-bridge-se": 240.0}
+    stale = [hold_as_of(s, now + HOLD_STALE_S + 60) for s in fresh]
+    assert svc.run(WhatIfRequest(measures=["board-only-xsz"]), {}, {}, {}, now, stale)["queues"] == {}
