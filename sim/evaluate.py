@@ -428,7 +428,7 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
             series.peak_density.append(float(pkv.max()))
             series.staff_on_site.append(board.on_site(model.t))
             series.roads_cut.append(len(model.cut_roads))
-            series.on_site.append(st.people - float(held.sum()))
+            series.on_site.append(st.people - float(st.held.sum()))
         if model.t >= next_obs:
             now = sc.epoch(model.t, tz)
             for obs in cams.observe(now, model.zone_counts(), model.gate_flows(moved, entered), window_s=obs_every_s):
