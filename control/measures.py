@@ -18,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from crowdflow.records import ZoneState
+from crowdflow.records import PEN_FULL_DENSITY, ZoneState
 from crowdflow.site import Measure, Site, Text
 from crowdflow.vocab import LEVELS, level_rank
 
 from .demand import DemandEstimate
 from .dispatch import StaffBook
+from .holds import HoldBook, start_queues
 from .optimizer import Candidate, Decision, Optimizer, Peak, off_long_enough, on_long_enough, plausible_counts, tod_of
 from .twin import Twin, TwinStart
 
@@ -59,8 +60,12 @@ class PlanResult:
 
 class MeasurePlanner:
     def __init__(self, site: Site, twin: Twin | None, cycle_s: float = CYCLE_S, budget_s: float = 2.0,
-                 staff: StaffBook | None = None, tod=None, replan_max_s: float | None = None):
+                 staff: StaffBook | None = None, tod=None, replan_max_s: float | None = None,
+                 holds: HoldBook | None = None):
         self.site = site
+        # queue counts reported at the holding areas (report_queue): the planner's start uses the
+        # fresh ones instead of its own dead reckoning (``_queues``)
+        self.holds = holds or HoldBook(site)
         # time of day the twin starts from (seconds after local midnight); a drill or a demo
         # whose simulator keeps its own clock passes a fixed one
         self.tod = tod or (lambda now: tod_of(now, site.site.timezone))
@@ -185,8 +190,19 @@ class MeasurePlanner:
         """People waiting behind each metered gate now, for the twin's start: the last full
         plan's own forecast for this minute (of the set in force then if it still is, else of
         the set it chose). Cameras count a zone's walkable ground, not its holding pen, so the
-        planner keeps the pen's count itself (dead reckoning, refreshed every plan); started
-        empty, the twin could never see a metering's release flush its queue onward."""
+        planner keeps the pen's count itself (dead reckoning, refreshed every plan) unless the
+        staff or the metro operator reported one lately; started empty, the twin could never
+        see a metering's release flush its queue onward."""
+        return {**self._reckoned(now, active), **self._measured(now)}
+
+    def _measured(self, now: float) -> dict[str, float]:
+        """Fresh reported counts under the twin's queue keys (``control.holds.start_queues``)."""
+        return start_queues(self.holds.queues(now), getattr(self.twin, "queue_keys", ()) or ())
+
+    def _reckoned(self, now: float, active: Mapping[str, float]) -> dict[str, float]:
+        """The queues by dead reckoning: the last full plan's forecast for this minute. A fresh
+        count reported at a holding area (``HoldBook.queues``) replaces its estimate: a surge
+        the plan did not forecast (a bunch of trains) fills a concourse the cameras cannot see."""
         if self._qplan is None:
             return {}
         at, act0, q = self._qplan
@@ -228,7 +244,24 @@ class MeasurePlanner:
                 continue
             if abs(obs - f) > max(DRIFT, DRIFT_REL * f):
                 return False
-        return True
+        return not self._queue_drifted(now, active)
+
+    def _queue_drifted(self, now: float, active: Mapping[str, float]) -> bool:
+        """A reported queue far from the standing plan's own reckoning of it (the same drift
+        rule as a zone's, on the holding area's capacity): the surge it did not see."""
+        measured = self._measured(now)
+        if not measured:
+            return False
+        reckoned = self._reckoned(now, active)
+        full = {h.gate: h.area_m2 * PEN_FULL_DENSITY for h in self.holds.areas.values() if h.queue == "arrivals"}
+        for key, q in measured.items():
+            cap = full.get(key.split(":", 1)[1], 0.0)
+            if cap <= 0:
+                continue
+            obs, f = q / cap, reckoned.get(key, 0.0) / cap
+            if max(obs, f) >= RELEVANT and abs(obs - f) > max(DRIFT, DRIFT_REL * f):
+                return True
+        return False
 
     def rules(self, zones: Mapping[str, ZoneState], cands: list[Candidate], unknown: list[str]) -> Decision:
         """Rule-based stand-in: keep what is in force; for each zone whose own forecast reaches a
@@ -313,6 +346,14 @@ class BackgroundPlanner:
 
     def areas_with_measures(self) -> set[str]:
         return self.inner.areas_with_measures()
+
+    @property
+    def holds(self):  # the plan engine hands its queue-count book to the planner it runs
+        return self.inner.holds
+
+    @holds.setter
+    def holds(self, book) -> None:
+        self.inner.holds = book
 
     @property
     def last(self) -> PlanResult | None:

@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from crowdflow.records import (
+    PEN_FULL_DENSITY,
     AuditEntry,
     Command,
     CommandResult,
@@ -56,6 +57,8 @@ from crowdflow.records import (
 from crowdflow import crowd
 from crowdflow.site import Action, Plan, PlanLevel, Site, StaffingAction, Text, TrafficCutoffAction
 from crowdflow.vocab import COMMAND_ROLE, LEVELS, level_rank, role_allows
+
+from .holds import HoldBook
 
 HISTORY = 50
 PREDICT_FROM = 0.75  # a forecast counts only for a zone already at ≥ 75 % of the trigger
@@ -138,9 +141,15 @@ class Area:
 
 
 class PlanEngine:
-    def __init__(self, site: Site, planner=None):
+    def __init__(self, site: Site, planner=None, holds: HoldBook | None = None):
         self.site = site
         self.planner = planner  # control.measures.MeasurePlanner, or None: level bundles only
+        # queue counts reported at the holding areas: a packed pen or concourse is density in its
+        # zone's area for the level triggers; the planner starts its queues from the same book
+        self.holds = holds or getattr(planner, "holds", None) or HoldBook(site)
+        if planner is not None:
+            planner.holds = self.holds
+        self._pens: dict[str, list[tuple[str, float]]] = {}  # zone → fresh (pen name, density), per evaluation
         self.areas = {p.id: Area(p) for p in site.plans}
         if planner is not None:
             for pid in planner.areas_with_measures():
@@ -161,6 +170,10 @@ class PlanEngine:
         before = set(self._changed_recs)
         if self.mode.mode == "emergency":
             return []
+        self._pens = {}
+        for h in self.holds.states(now).values():
+            if h.density is not None:
+                self._pens.setdefault(h.zone_id, []).append((h.hold_id, h.density))
         targets = {pid: self._target(area, now, zones) for pid, area in self.areas.items()}
         result = None
         if self.planner is not None and any(a.mpc for a in self.areas.values()):
@@ -201,6 +214,11 @@ class PlanEngine:
         may_predict = (t is not None and lead > 0 and not margin
                        and severity(lv.level) <= severity(ceiling) + 1)
         for zid in area.plan.zones:
+            # a reported pen or concourse past its full density counts as density in its zone
+            for hid, v in self._pens.get(zid, ()):
+                for metric, t_m, limit in checks:
+                    if metric == "density" and v >= max(limit, PEN_FULL_DENSITY):
+                        measured.append(self._pen_reason(hid, v, t_m, area, lv, now))
             s = zones.get(zid)
             if s is None or s.status != "ok":
                 continue
@@ -239,6 +257,14 @@ class PlanEngine:
         return Reason(zone_id=zone.id, metric=metric, value=round(v, 4), threshold=t, held_s=round(held, 1),
                       text=Text(zh=f"{zone.name.zh} {zh} {v:.2f} ≥ {t:.2f}{tail_zh}",
                                 en=f"{zone.name.en} {en} {v:.2f} ≥ {t:.2f}{tail_en}"))
+
+    def _pen_reason(self, hold_id: str, v: float, t: float, area: Area, lv: PlanLevel, now: float) -> Reason:
+        h = self.holds.areas[hold_id]
+        held = now - area.held_since.get(lv.level, now)
+        zh, en = METRIC_TEXT["density"]
+        return Reason(zone_id=h.zone, metric="density", value=round(v, 4), threshold=t, held_s=round(held, 1),
+                      text=Text(zh=f"{h.name.zh}（现场报数）{zh} {v:.2f} ≥ {t:.2f}，已持续 {held:.0f} 秒",
+                                en=f"{h.name.en} (reported count) {en} {v:.2f} ≥ {t:.2f} for {held:.0f} s"))
 
     def _target(self, area: Area, now: float, zones: Mapping[str, ZoneState]):
         """The level the triggers indicate now (sustain, hysteresis, cooldown applied) and the

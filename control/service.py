@@ -49,6 +49,7 @@ from crowdflow.records import (
     AuditEntry,
     Command,
     CommandResult,
+    HoldState,
     InForce,
     Observation,
     Order,
@@ -175,6 +176,9 @@ class ControlService:
         self._last_claim = self._last_gc = self._last_maintain = time.monotonic()
         self._inforce = None  # the InForce record last published
         self.orders = OrderBook()
+        # queue counts at the holding areas (report_queue); the planner reads the same book
+        self.holds = self.engine.holds
+        self._holds_published: dict[str, str] = {}  # holding area → status last published
         self._memory_full = True
         self._seen_trimmed: dict[str, float] = {}  # seen-mark key → when last trimmed (monotonic)
 
@@ -217,6 +221,8 @@ class ControlService:
             self._seed_last_known(self._load(self.keys.zone_state, ZoneState))
         self._inforce = self._load_one(self.keys.inforce, InForce)
         self.orders.restore(self._load(self.keys.orders, Order))
+        self.holds.restore(self._load(self.keys.hold_state, HoldState).values())  # counts survive a takeover
+        self._publish_holds(self.out, now, every=True)
         self.states = self.book.states(now)
         out = self.out
         self._publish_zones(out, self.states)
@@ -351,6 +357,7 @@ class ControlService:
             for rec in self.engine.evaluate(now, self.states):
                 self.alarms.update_recommendation(now, rec)
             self.alarms.update_zones(now, self.states)
+            self._publish_holds(out, now)
             self._sample_history(out, now, self.states)
             # Incremental: the zones whose memory changed since the last write (all of them
             # on a term's first write), not a dump of every zone each second.
@@ -670,6 +677,12 @@ class ControlService:
             error = self.orders.answer(cmd, now)
             result = CommandResult(command_id=cmd.id, ok=error is None, error=error, at=now)
             audit = [refusal_audit(cmd, now, error)] if error else []
+        elif cmd.kind == "report_queue":
+            error = self.holds.report(cmd.hold_id, cmd.people, cmd.issued_at, cmd.user, now)
+            result = CommandResult(command_id=cmd.id, ok=error is None, error=error, at=now)
+            audit = []  # a count, not a decision: its effect on the plan is audited with the plan
+            if error is None:
+                self._publish_holds(pipe, now, only=cmd.hold_id)
         elif cmd.kind == "ack_alarm":
             error = self.alarms.ack(now, cmd)
             result = CommandResult(command_id=cmd.id, ok=error is None, error=error, at=now)
@@ -700,6 +713,18 @@ class ControlService:
     def _audit(self, pipe, entry) -> None:
         pipe.xadd(self.keys.audit, {"rec": entry.encode()})  # append-only; archived, then trimmed (maintain)
         self._event(pipe, "audit", entry)
+
+    def _publish_holds(self, pipe, now: float, every: bool = False, only: str | None = None) -> None:
+        """Holding areas' queue counts: a new report, a count going stale, or (``every``) all of
+        them at a term's start, so that a pen nobody counted shows as unknown, never empty."""
+        ids = [only] if only else list(self.holds.areas) if every else sorted(self.holds.reported())
+        for hid in ids:
+            st = self.holds.state(hid, now)
+            if not every and only is None and self._holds_published.get(hid) == st.status:
+                continue
+            self._holds_published[hid] = st.status
+            pipe.hset(self.keys.hold_state, hid, st.encode())
+            self._event(pipe, "hold", st)
 
     def _publish_zones(self, pipe, states: dict[str, ZoneState]) -> None:
         if states:

@@ -8,6 +8,7 @@ key                             type    content
 ``<p>:obs``                     stream  observations, field ``rec`` = Observation JSON
 ``<p>:obs:dead``                stream  rejected entries: ``rec`` (raw), ``reason``, ``source_id``
 ``<p>:zone:state``              hash    zone id → latest ZoneState JSON
+``<p>:hold:state``              hash    holding area id → latest HoldState JSON (report_queue)
 ``<p>:zone:hist:<zone>``        stream  one ZoneState sample per 10 s, ~2 h kept
 ``<p>:plan:state``              hash    plan id → PlanState JSON
 ``<p>:recs``                    hash    recommendation id → Recommendation JSON (open + recent)
@@ -120,6 +121,7 @@ class Keys:
     control_memory = _key("control:memory")
     inforce = _key("inforce")  # InForce: every measure in force, with its source (one string)
     orders = _key("orders")  # Order per id: measures and staffing sent to posts, with answers
+    hold_state = _key("hold:state")  # HoldState per holding area: the last reported queue count
 
     def zone_history(self, zone_id: str) -> str:
         return f"{self.prefix}:zone:hist:{zone_id}"

@@ -4,6 +4,7 @@
 * :class:`ZoneState`      — control → dashboard (hash ``<p>:zone:state``).
 * :class:`PlanState`, :class:`Recommendation`, :class:`Alarm`, :class:`SiteMode`
                           — control → dashboard (hashes, see ``crowdflow.bus.Keys``).
+* :class:`HoldState`      — control → dashboard (hash ``<p>:hold:state``): queue pens' counts.
 * :class:`Command`        — dashboard → control (stream ``<p>:cmd``), answered by
   :class:`CommandResult`.
 * :class:`AuditEntry`     — control's append-only decision log (stream ``<p>:audit``).
@@ -189,6 +190,28 @@ class Recommendation(Record):
     note: str | None = None
 
 
+class HoldState(Record):
+    """Control → dashboard: people waiting in one holding area (a queue pen behind a metering,
+    a metro concourse), as last reported by the staff there or the metro operator
+    (``report_queue``). Cameras count zones, not the pens, so this is the only measured
+    figure of a queue. A report older than the limit is ``unknown`` (kept as ``last_*``)."""
+
+    v: Literal[1] = 1
+    hold_id: Id
+    gate_id: Id
+    zone_id: Id
+    status: ZoneStatus
+    reason: str | None = None  # why unknown
+    people: float | None = None
+    density: float | None = None  # people / m² of the pen
+    area_m2: float
+    reported_at: float | None = None  # when the count was taken (the report's issued_at)
+    reported_by: str | None = None
+    last_people: float | None = None  # the last fresh count, shown with its age when unknown
+    last_at: float | None = None
+    computed_at: float
+
+
 class LevelChange(Record):
     level: Level | None
     at: float
@@ -335,6 +358,8 @@ class Command(Record):
     alarm_id: str | None = None  # ack_alarm
     order_id: str | None = Field(None, max_length=128)  # answer_order
     answer: OrderAnswerKind | None = None  # answer_order
+    hold_id: Id | None = None  # report_queue: the holding area counted
+    people: int | None = Field(None, ge=0, le=100_000)  # report_queue: people waiting there now
     user: str = Field(min_length=1, max_length=64)
     role: Role
     post: Id | None = None  # the sender's staff post (from the session, like user and role)
@@ -382,6 +407,7 @@ EVENT_TYPES = {
     "command_result": CommandResult,
     "inforce": InForce,
     "order": Order,
+    "hold": HoldState,
 }
 
 
@@ -460,6 +486,27 @@ def built(cls: type[R], /, **values) -> R:
     _setattr(rec, "__pydantic_extra__", None)
     _setattr(rec, "__pydantic_private__", None)
     return rec
+
+
+# A queue count older than this is unknown: a queue can double in a few minutes of a surge. The
+# metro operator reports every minute and the pen staff every two [estimate]: a count is used
+# for two of the staff's report intervals. Control and the dashboard both apply it.
+HOLD_STALE_S = 240.0
+# A holding pen is full at this density (an orderly queue, Fruin's queuing LOS D): the planner's
+# target for a pen, and the density from which a reported pen counts in its area's level triggers
+# (a pen within it is a queue working as designed, not a crowd).
+PEN_FULL_DENSITY = 2.0
+
+
+def hold_as_of(state: HoldState, now: float, stale_after_s: float = HOLD_STALE_S) -> HoldState:
+    """A holding area's state as a reader should show it at ``now``: a count older than
+    ``stale_after_s`` is ``unknown`` (kept as ``last_people``/``last_at``), never stays live."""
+    if state.status != "ok" or state.reported_at is None or now - state.reported_at <= stale_after_s:
+        return state
+    return state.model_copy(update=dict(
+        status="unknown", reason=f"stale: last count {now - state.reported_at:.0f} s old (limit {stale_after_s:g} s)",
+        people=None, density=None, last_people=state.people, last_at=state.reported_at,
+        reported_at=None, reported_by=None, computed_at=now))
 
 
 def as_of(state: ZoneState, now: float, stale_after_s: float) -> ZoneState:

@@ -52,8 +52,8 @@ Mode = Literal["normal", "emergency"]
 ACTION_TYPES = ("staffing", "traffic_cutoff", "one_way", "exit_only", "metro_limit", "metro_inbound", "metering", "broadcast")
 
 # Commands a dashboard user can send to control, and the least role each needs.
-COMMAND_KINDS = ("confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm", "answer_order")
-CommandKind = Literal["confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm", "answer_order"]
+COMMAND_KINDS = ("confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm", "answer_order", "report_queue")
+CommandKind = Literal["confirm", "reject", "override", "set_auto", "set_mode", "ack_alarm", "answer_order", "report_queue"]
 COMMAND_ROLE: dict[str, str] = {
     "confirm": "commander",
     "reject": "commander",
@@ -62,6 +62,9 @@ COMMAND_ROLE: dict[str, str] = {
     "set_mode": "commander",
     "ack_alarm": "operator",
     "answer_order": "viewer",  # the officer at the post answers; a viewer login with a post
+    # the staff at a holding pen, or the metro operator's station control for a concourse,
+    # report how many people wait there: the cameras see zones, not the pens behind a metering
+    "report_queue": "viewer",
 }
 # The fields each command kind needs besides id, kind, user, role and issued_at.
 COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
@@ -72,6 +75,7 @@ COMMAND_FIELDS: dict[str, tuple[str, ...]] = {
     "set_mode": ("mode",),
     "ack_alarm": ("alarm_id",),
     "answer_order": ("order_id", "answer"),
+    "report_queue": ("hold_id", "people"),
 }
 
 ALARM_KINDS = ("zone_unknown", "camera_offline", "view_moved", "view_unverified", "frozen",
@@ -81,7 +85,7 @@ AlarmKind = Literal["zone_unknown", "camera_offline", "view_moved", "view_unveri
 SEVERITIES = ("info", "warning", "critical")
 Severity = Literal["info", "warning", "critical"]
 
-ZONE_STATUSES = ("ok", "unknown")
+ZONE_STATUSES = ("ok", "unknown")  # also a holding area's (a queue count is fresh or it is unknown)
 ZoneStatus = Literal["ok", "unknown"]
 LOS_GRADES = ("A", "B", "C", "D", "E", "F")
 LOS = Literal["A", "B", "C", "D", "E", "F"]

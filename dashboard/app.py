@@ -42,6 +42,7 @@ from crowdflow.records import (
     AuditEntry,
     Command,
     CommandResult,
+    HoldState,
     InForce,
     Order,
     PlanState,
@@ -51,6 +52,7 @@ from crowdflow.records import (
     ZoneState,
     as_of,
     decode,
+    hold_as_of,
     merge_in_force,
 )
 from crowdflow.site import Site
@@ -126,6 +128,8 @@ class LiveState:
         self.inforce: InForce | None = None  # every partition's, merged (merge_in_force)
         self.inforce_by: dict[str, InForce] = {}  # partition → its own in-force record
         self.orders: dict[str, Order] = {}
+        self.holding_areas = {h.id: h for h in site.holding_areas}
+        self.holds: dict[str, HoldState] = {}  # holding area → as control last published it
 
     def apply(self, rec, part: str = "") -> None:
         if isinstance(rec, ZoneState):
@@ -146,6 +150,28 @@ class LiveState:
         elif isinstance(rec, Order):
             self.orders[rec.id] = rec
             _bound(self.orders, KEEP_ORDERS, lambda x: (x.status in ("sent", "acknowledged"), x.issued_at))
+        elif isinstance(rec, HoldState):
+            if rec.hold_id in self.holding_areas:
+                self.holds[rec.hold_id] = rec
+
+    def hold(self, hold_id: str, now: float) -> HoldState:
+        """A holding area's count as the screen shows it at ``now``: a count past its age limit
+        is unknown (:func:`hold_as_of`, so a silent control never leaves it live), and a pen
+        control has not published yet is unknown too, never an empty or zero count."""
+        s = self.holds.get(hold_id)
+        if s is None:
+            h = self.holding_areas[hold_id]
+            return HoldState(hold_id=h.id, gate_id=h.gate, zone_id=h.zone, status="unknown",
+                             reason="no count from control yet", area_m2=h.area_m2, computed_at=now)
+        return hold_as_of(s, now)
+
+    def all_holds(self, now: float) -> list[HoldState]:
+        """Every holding area of the site, in the site file's order."""
+        return [self.hold(hid, now) for hid in self.holding_areas]
+
+    def expiring_holds(self, now: float) -> list[str]:
+        """The holding areas whose count is live in the store but past its age limit at ``now``."""
+        return [hid for hid, s in self.holds.items() if s.status == "ok" and hold_as_of(s, now) is not s]
 
     def clear_decisions(self) -> None:
         """Before a fresh snapshot: control may have pruned old entries from its hashes."""
@@ -156,6 +182,7 @@ class LiveState:
         self.inforce = None
         self.inforce_by.clear()
         self.orders.clear()
+        self.holds.clear()
 
     def snapshot(self, now: float) -> dict:
         return {
@@ -168,6 +195,7 @@ class LiveState:
             "mode": self.mode.model_dump() if self.mode else None,
             "inforce": self.inforce.model_dump() if self.inforce else None,
             "orders": sorted((o.model_dump() for o in self.orders.values()), key=lambda d: -d["issued_at"]),
+            "holds": [h.model_dump() for h in self.all_holds(now)],
         }
 
 
@@ -293,6 +321,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
     decoy = dummy_hash()  # unknown users cost one scrypt too: names cannot be told apart by time
     waiting: dict[str, asyncio.Future] = {}  # command id → future of its CommandResult
     zone_raw: dict[str, tuple[ZoneState, str]] = {}  # zone → (last record from an event, its JSON)
+    hold_unknown: set[str] = set()  # holding areas whose count went stale here and was sent as unknown
     geojson = {"wgs84": site_geojson(site, "wgs84"), "gcj02": site_geojson(site, "gcj02")}
     clients: dict[str, aioredis.Redis] = {}
     # Partitions (docs/scaling.md): the dashboard reads and follows every one; an unpartitioned
@@ -305,9 +334,14 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         return parts.get(zone_part.get(zone_id, first_part), parts[first_part])
 
     def command_partitions(cmd: Command) -> list[str]:
-        """Where a command goes: the partition of its plan area (set_mode: every partition)."""
+        """Where a command goes: the partition of its plan area (set_mode: every partition;
+        report_queue: the partition of the holding area's zone, whose worker keeps its counts)."""
         if cmd.kind == "set_mode" or len(parts) == 1:
             return list(parts)
+        if cmd.kind == "report_queue":
+            h = state.holding_areas.get(cmd.hold_id or "")
+            pid = zone_part.get(h.zone) if h is not None else None
+            return [pid if pid in parts else first_part]  # unknown: refused there, with the reason
         plan = cmd.plan_id
         if cmd.recommendation_id and cmd.recommendation_id in state.recs:
             plan = state.recs[cmd.recommendation_id].plan_id
@@ -329,7 +363,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         state.clear_decisions()
         for pid, k in parts.items():
             for key, cls in ((k.zone_state, ZoneState), (k.plan_state, PlanState),
-                             (k.recommendations, Recommendation), (k.alarms, Alarm)):
+                             (k.recommendations, Recommendation), (k.alarms, Alarm), (k.hold_state, HoldState)):
                 for field, raw in (await r.hgetall(key)).items():
                     try:
                         state.apply(decode(cls, raw))
@@ -381,6 +415,12 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             zone_raw[rec.zone_id] = (rec, fields["rec"])
         if isinstance(rec, InForce):  # what every partition has in force, not this one's alone
             rec = state.inforce
+        if isinstance(rec, HoldState):  # as shown now (hold_as_of): a count already too old arrives unknown
+            if rec.hold_id not in state.holding_areas:
+                return None
+            shown = state.hold(rec.hold_id, time.time())
+            (hold_unknown.add if shown is not rec else hold_unknown.discard)(rec.hold_id)
+            rec = shown
         if not isinstance(rec, ZoneState):  # zones go out below, after staleness is applied
             hub.broadcast(_msg(kind, rec))
         return rec
@@ -394,6 +434,15 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         last_sweep = [0.0]
         sweep_all = [True]  # the next sweep looks at every zone (set again after each snapshot)
 
+        def push_holds() -> None:
+            """Once a second: a holding area's count that passed its age limit with no word from
+            control (control down, or its report lost) goes out as unknown, once."""
+            now = time.time()
+            for hid in state.expiring_holds(now):
+                if hid not in hold_unknown:
+                    hold_unknown.add(hid)
+                    hub.broadcast(_msg("hold", state.hold(hid, now)))
+
         def push_zones(touched: set[str]) -> None:
             """Send the zones whose shown state changed: those in the events just read and, once
             a second, the zones that went stale meanwhile (every zone after a fresh snapshot, and
@@ -404,6 +453,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             ids = touched
             if now - last_sweep[0] >= 1.0:
                 last_sweep[0] = now
+                push_holds()
                 if sweep_all[0] or len(shown) < len(site.zones):
                     sweep_all[0] = False
                     ids = [z.id for z in site.zones]
@@ -444,6 +494,7 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
             try:
                 last_ids = await load_snapshot(r)
                 sweep_all[0] = True  # the snapshot changed zones without events
+                hold_unknown.clear()  # the snapshot (sent as shown now) carries every count
                 if not first:  # clients may have missed changes while Redis was away
                     hub.broadcast(json.dumps(state.snapshot(time.time()), ensure_ascii=False))
                 first = False
@@ -611,9 +662,18 @@ def create_app(site: Site, redis_url: str, keys: Keys, stale_after_s: float | No
         """Every configured zone's current state; no fresh data means status ``unknown``."""
         return [z.model_dump() for z in store.all(time.time())]
 
+    @app.get("/api/holds", tags=["read"])
+    def get_holds(s: Session = viewer) -> list[HoldState]:
+        """Every holding area's queue count (queue pens behind a metering, metro concourses), as
+        reported with ``report_queue``: people, density in p/m² of the pen, when and by whom.
+        A count older than the limit (``crowdflow.records.HOLD_STALE_S``), or none at all, is
+        status ``unknown`` with the reason and the last count (``last_people``, ``last_at``)."""
+        return state.all_holds(time.time())
+
     @app.get("/api/state", tags=["read"])
     def get_state(s: Session = viewer) -> dict:
-        """The full snapshot the WebSocket sends first: zones, plans, recommendations, alarms, mode."""
+        """The full snapshot the WebSocket sends first: zones, plans, recommendations, alarms, mode,
+        measures in force, orders and holding areas' queue counts."""
         return state.snapshot(time.time())
 
     @app.get("/api/zones/{zone_id}/history", tags=["read"])

@@ -86,7 +86,7 @@ def site_geojson(site: Site, datum: str = "wgs84") -> dict:
         feats.append(_feature("road", r, {"type": "LineString", "coordinates": line(r.line)}))
     for g in site.gates:
         feats.append(_feature("gate", g, {"type": "LineString", "coordinates": line(g.line)},
-                              inside_zone=g.inside_zone, outside_zone=g.outside_zone))
+                              inside_zone=g.inside_zone, outside_zone=g.outside_zone, post=g.post))
     for p in site.posts:
         feats.append(_feature("post", p, {"type": "Point", "coordinates": _pt(p.position, datum)},
                               department=p.department, headcount=p.headcount))
@@ -101,6 +101,9 @@ def site_geojson(site: Site, datum: str = "wgs84") -> dict:
                    "levels": [lv.level for lv in p.levels],
                    "actions": {lv.level: [a.model_dump(mode="json") for a in lv.actions] for lv in p.levels}}
                   for p in site.plans],
+        # Queue pens and metro concourses whose counts are reported (report_queue, HoldState);
+        # drawn at their gate (a gate feature above).
+        "holding_areas": [h.model_dump(mode="json") for h in site.holding_areas],
         "stale_after_s": site.control.stale_after_s,
         "command_max_age_s": site.control.command_max_age_s,
         # What 平急转换 will switch on, so the console can say it before the commander confirms.

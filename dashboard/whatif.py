@@ -60,7 +60,10 @@ class WhatIfService:
         return [{"id": m.id, "name": m.name.model_dump(), "level": m.level, "stage": m.stage, "plans": m.plans,
                  "relieves": m.relieves, "types": sorted({a.type for a in m.actions})} for m in self.site.measures]
 
-    def run(self, req: WhatIfRequest, zones: dict, plans: dict, recs: dict, now: float) -> dict:
+    def run(self, req: WhatIfRequest, zones: dict, plans: dict, recs: dict, now: float, holds=()) -> dict:
+        """``holds``: the holding areas' published counts (HoldState as shown now); the fresh
+        ones start the twin's queues, as they start the planner's."""
+        from control.holds import reported_queues, start_queues
         from control.optimizer import GRACE_MIN, Optimizer, plausible_counts, tod_of
         from control.twin import TwinStart
 
@@ -79,7 +82,8 @@ class WhatIfService:
         picked -= set(in_force)
         counts, unknown = plausible_counts(self.site, zones, now)
         tod = self.fixed_tod if self.fixed_tod is not None else tod_of(now, self.site.site.timezone)
-        start = TwinStart(tod, counts)
+        queues = start_queues(reported_queues(holds, self.site), getattr(twin, "queue_keys", ()) or ())
+        start = TwinStart(tod, counts, queues)
         base = [a for m in in_force for a in known[m].actions]
         plus = base + [a for m in sorted(picked) for a in known[m].actions]
         t0 = time.perf_counter()
@@ -104,7 +108,8 @@ class WhatIfService:
         # the largest changes (queue waits and holding areas a measure builds included)
         curves.sort(key=lambda c: (c["element"] not in relieved, -c["change"]))
         return {"at": now, "tod_s": tod, "horizon_min": req.horizon_min, "minutes": [float(x) for x in without.minutes],
-                "in_force": in_force, "measures": sorted(picked), "unknown": unknown, "curves": curves[:8],
+                "in_force": in_force, "measures": sorted(picked), "unknown": unknown, "queues": queues,
+                "curves": curves[:8],
                 "elapsed_s": round(elapsed, 3)}
 
 
@@ -147,7 +152,8 @@ def mount(app: FastAPI, site: Site, state, viewer, twin_factory=None) -> WhatIfS
         """The next ``horizon_min`` minutes from the live state, with the measures in force and
         with the picked ones (or the pending recommendations') added: load per affected zone."""
         zones = {z.zone_id: z for z in state.zones.all(time.time())}
-        return svc.run(body, zones, dict(state.plans), dict(state.recs), time.time())
+        now = time.time()
+        return svc.run(body, zones, dict(state.plans), dict(state.recs), now, state.all_holds(now))
 
     post_whatif.__annotations__["body"] = Request  # the site's own model (this module defers annotations)
     app.post("/api/whatif", tags=["read"])(post_whatif)

@@ -42,6 +42,7 @@ from control.optimizer import FLAP_WINDOW_S
 from crowdflow.records import Command, ZoneState
 from crowdflow.site import BroadcastAction, Site, StaffingAction
 
+from .reports import QueueReporters
 from .cameras import Faults, VirtualCameras, camera_views
 from .model import Model, build_network
 from .scenario import Scenario, hhmm_to_s, s_to_hhmm
@@ -67,6 +68,9 @@ class Policy(Protocol):
     def step(self, now: float, zones: Mapping[str, ZoneState]) -> list:
         """The actions (site action records) the policy orders from ``now``."""
         ...
+
+    # Optional: ``report_queue(hold_id, people, at)`` takes a queue count reported at a holding
+    # area (sim.reports); a policy without it does not use them.
 
 
 class NoControl:
@@ -105,6 +109,14 @@ class PlanEnginePolicy:
 
     def roster(self) -> dict[str, int]:
         return {p.id: p.headcount for p in self.site.posts}
+
+    def report_queue(self, hold_id: str, people: float, at: float) -> None:
+        """A queue count from the pen's staff or the metro operator, into the planner's book as
+        the control service's ``report_queue`` command puts it: a packed pen raises its area's
+        level (both engines), and the measures planner starts its queues from it."""
+        error = self.engine.holds.report(hold_id, people, at, "sim-reporter", at)
+        if error:
+            raise ValueError(f"queue report refused: {error}")
 
     def _visible(self, now: float, zones):
         """The fused state as the command post sees it: ``report_delay_s`` old."""
@@ -283,7 +295,7 @@ def _surge_curve(sc: Scenario, scale: float):
 def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: float = 1.0, obs_every_s: float = 20.0,
                 faults: Faults | None = None, views: dict | None = None, until_s: float | None = None,
                 series: Series | None = None, network=None, surge: bool = True,
-                on_step: Callable[[Model], None] | None = None) -> Metrics:
+                on_step: Callable[[Model], None] | None = None, queue_reports: bool = True) -> Metrics:
     """One evening under ``policy`` at ``demand`` × the scenario's arrivals. The same seed
     gives the same arrivals and the same camera faults whatever the policy does."""
     import time
@@ -298,6 +310,9 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
     r_from, r_to = (hhmm_to_s(x) for x in (BaselineParams.roster_from, BaselineParams.roster_to))
     normal = dict(board.duty)
     cams = VirtualCameras(site, views or camera_views(site), seed=seed + 10_000, faults=faults or Faults())
+    # the pens' staff and the metro operator count the queues (sim.reports); their own stream
+    reporters = QueueReporters(site, model.net, seed=seed + 20_000) if queue_reports else None
+    report = getattr(policy, "report_queue", None)
     book = ZoneBook(site, stale_after_s=3 * obs_every_s)
     tz = site.site.timezone
     m = Metrics(policy=policy.name, seed=seed, demand=demand)
@@ -413,13 +428,16 @@ def run_evening(site: Site, sc: Scenario, policy: Policy, seed: int, demand: flo
             series.peak_density.append(float(pkv.max()))
             series.staff_on_site.append(board.on_site(model.t))
             series.roads_cut.append(len(model.cut_roads))
-            series.on_site.append(st.people - float(held.sum()))
+            series.on_site.append(st.people - float(st.held.sum()))
         if model.t >= next_obs:
             now = sc.epoch(model.t, tz)
             for obs in cams.observe(now, model.zone_counts(), model.gate_flows(moved, entered), window_s=obs_every_s):
                 book.apply(obs)
             moved[:] = 0
             entered[:] = 0
+            if reporters is not None and report is not None:
+                for hid, people in reporters.due(model.t, model):
+                    report(hid, people, now)
             actions = policy.step(now, book.states(now))
             book.set_actions(model.effective_actions())  # what control knows: cut roads widen zones
             key = "|".join(sorted(a.model_dump_json() for a in actions))

@@ -28,13 +28,14 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from control.twin import Element, Rollout, Schedule, TwinStart
+from crowdflow.records import PEN_FULL_DENSITY
 from crowdflow.site import MeteringAction, Site, Text
 
 from .model import Model, build_network
 from .prior import StartPrior
 from .scenario import Scenario
 
-HOLD_DENSITY = 2.0  # p/m²: a holding queue is at its capacity at this density
+HOLD_DENSITY = PEN_FULL_DENSITY  # p/m²: a holding queue is at its capacity at this density
 MAX_WAIT_MIN = 12.0  # … or when the wait reaches this (the yardstick's p95 bound is 15 min)
 QUEUE_MIN = 20.0  # people: a shorter queue's wait is not planned for
 LOCAL_TARGET = 3.5  # p/m²: highest local density the engine plans for (danger is 4)
@@ -212,6 +213,11 @@ class ModelTwin:
         st.act[places] *= f
         st.rdy[places] *= f
         st.rdy[P] += add
+
+    @property
+    def queue_keys(self) -> list[str]:
+        """The queues a start can set (``TwinStart.queues``): ``hold:<gate>``, ``port:<gate>``."""
+        return list(self._qkeys)
 
     def queue_now(self, m: Model) -> dict[str, float]:
         """People queued behind each metered gate: ``hold:<gate>`` arrivals held at its sources

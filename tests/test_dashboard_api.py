@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from control.service import ControlService
-from crowdflow.records import Alarm, Forecast, ZoneState
+from crowdflow.records import HOLD_STALE_S, Alarm, Forecast, HoldState, ZoneState
 from crowdflow.site import Text
 from dashboard.app import Hub, create_app
 
@@ -349,3 +349,101 @@ def test_live_state_keeps_open_items_when_it_bounds_memory(site):
                                 created_at=1e9 + 10 + i, status="rejected"))
     assert len(st.recs) == KEEP_RECS and "rec-open" in st.recs  # the oldest decided ones went
     assert "rec-0" not in st.recs and f"rec-{KEEP_RECS + 49}" in st.recs
+
+
+def hold(site, hid: str, people: float | None, at: float | None, by: str = "staff-11f") -> HoldState:
+    """A holding area's state as control publishes it: a count taken at ``at`` (None: never)."""
+    h = next(x for x in site.holding_areas if x.id == hid)
+    return HoldState(hold_id=h.id, gate_id=h.gate, zone_id=h.zone, area_m2=h.area_m2,
+                     status="ok" if people is not None else "unknown",
+                     reason=None if people is not None else "no count reported", people=people,
+                     density=None if people is None else people / h.area_m2, reported_at=at,
+                     reported_by=by if people is not None else None, computed_at=at or time.time())
+
+
+def test_hold_counts_are_served_and_a_count_control_leaves_standing_turns_unknown(make_client, site, r, keys):
+    """Every holding area is served (snapshot, /api/holds); a count past HOLD_STALE_S is unknown
+    with the last count and its time, even when control never said so (it went silent); a pen
+    control has not published is unknown, never 0. A live count that ages past the limit while
+    the page is open is pushed again as unknown by the dashboard's own once-a-second sweep."""
+    now = time.time()
+    r.hset(keys.hold_state, "hold-11f", hold(site, "hold-11f", 320.0, now - HOLD_STALE_S - 60).encode())
+    r.hset(keys.hold_state, "hold-1f", hold(site, "hold-1f", 150.0, now - 10).encode())
+    r.hset(keys.hold_state, "hold-xsz-9", hold(site, "hold-xsz-9", None, None).encode())
+    c = make_client()
+    login(c, "viewer")
+    holds = {h["hold_id"]: h for h in c.get("/api/holds").json()}
+    assert list(holds) == [h.id for h in site.holding_areas]  # every pen, in the site file's order
+    stale = holds["hold-11f"]
+    assert stale["status"] == "unknown" and stale["people"] is None and stale["density"] is None
+    assert stale["last_people"] == 320.0 and stale["last_at"] == pytest.approx(now - HOLD_STALE_S - 60)
+    assert stale["reason"].startswith("stale: last count")
+    fresh = holds["hold-1f"]
+    assert fresh["status"] == "ok" and fresh["people"] == 150.0 and fresh["density"] == pytest.approx(0.5)
+    assert fresh["reported_by"] == "staff-11f"
+    assert holds["hold-xsz-9"]["status"] == "unknown" and holds["hold-xsz-9"]["reason"] == "no count reported"
+    assert holds["hold-bridge-n"]["status"] == "unknown" and holds["hold-bridge-n"]["people"] is None
+    assert "/api/holds" in c.get("/openapi.json").json()["paths"]
+
+    with c.websocket_connect("/ws") as ws:
+        snap = json.loads(ws.receive_text())
+        assert {h["hold_id"]: h["status"] for h in snap["holds"]}["hold-11f"] == "unknown"
+        assert len(snap["holds"]) == len(site.holding_areas)
+        # a count taken just inside the limit: sent live, then unknown once it passes the limit
+        t = time.time() - HOLD_STALE_S + 1.5
+        r.xadd(keys.events, {"type": "hold", "rec": hold(site, "hold-xsz-6", 90.0, t, "metro-ops").encode()})
+        got = []
+        deadline = time.time() + 10
+        while len(got) < 2 and time.time() < deadline:
+            got += [(m["rec"]["status"], m["rec"]["people"], m["rec"]["last_people"])
+                    for m in messages(ws.receive_text()) if m["type"] == "hold" and m["rec"]["hold_id"] == "hold-xsz-6"]
+        assert got == [("ok", 90.0, None), ("unknown", None, 90.0)]
+        assert time.time() >= t + HOLD_STALE_S  # unknown only once past the limit
+    assert c.get("/api/state").json()["holds"][2]["status"] == "unknown"
+
+
+def test_report_queue_is_answered_by_control_and_refused_with_its_reason(make_client, control, site, r, keys):
+    control()
+    c = make_client()
+    login(c, "viewer")  # report_queue needs a viewer (crowdflow.vocab): the staff at the pen
+    res = c.post("/api/commands", json={"kind": "report_queue", "hold_id": "hold-1f", "people": 150})
+    assert res.status_code == 200 and res.json()["ok"] is True, res.text
+    stored = HoldState.model_validate_json(r.hget(keys.hold_state, "hold-1f"))
+    assert stored.status == "ok" and stored.people == 150 and stored.reported_by == "viewer"
+    shown = next(h for h in c.get("/api/holds").json() if h["hold_id"] == "hold-1f")
+    assert shown["people"] == 150 and shown["density"] == pytest.approx(0.5)
+    # 5000 people in 300 m² is 16.7 p/m²: refused with control's reason, nothing changes
+    res = c.post("/api/commands", json={"kind": "report_queue", "hold_id": "hold-1f", "people": 5000})
+    assert res.status_code == 409 and "above the physical limit of 10 p/m²" in res.json()["error"]
+    assert HoldState.model_validate_json(r.hget(keys.hold_state, "hold-1f")).people == 150
+    res = c.post("/api/commands", json={"kind": "report_queue", "hold_id": "hold-nope", "people": 5})
+    assert res.status_code == 409 and "no holding area 'hold-nope'" in res.json()["error"]
+    assert c.post("/api/commands", json={"kind": "report_queue", "hold_id": "hold-1f"}).status_code == 400
+
+
+def test_report_queue_goes_to_the_partition_of_the_pens_zone(raw, redis_url, keys, monkeypatch):
+    """On a partitioned site a count goes to the worker that keeps that pen (its zone's
+    partition), not to the first partition; an unknown pen goes to the first (refused there)."""
+    from crowdflow.site import parse_site
+    from crowdflow.site.partitions import partition_keys
+
+    from .partitioned import partitioned
+
+    monkeypatch.setenv("CROWDFLOW_USERS", users_env())
+    psite = parse_site(partitioned(raw))
+    psite = psite.model_copy(update={"dashboard": psite.dashboard.model_copy(update={"command_timeout_s": 0.3})})
+    parts = partition_keys(psite, keys)
+    import redis as redis_sync
+
+    rr = redis_sync.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        with TestClient(create_app(psite, redis_url, keys)) as c:
+            login(c, "viewer")
+            for hid, part in (("hold-xsz-6", "metro"), ("hold-bridge-n", "bridge"), ("hold-11f", "complex")):
+                res = c.post("/api/commands", json={"kind": "report_queue", "hold_id": hid, "people": 10})
+                assert res.status_code == 504 and parts[part].cmd in res.json()["error"], (hid, res.text)
+            assert {p: rr.xlen(k.cmd) for p, k in parts.items()} == {"metro": 1, "bridge": 1, "complex": 1}
+    finally:
+        for k in parts.values():
+            rr.delete(k.cmd)
+        rr.close()

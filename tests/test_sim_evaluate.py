@@ -131,3 +131,14 @@ def test_an_areas_measures_answer_its_reference_event_whoever_orders_them(site):
     assert level_keys <= areas["xiaoshizi"][0]
     # the reference event is the area's first level with a measure: its LB/T 068 thresholds
     assert areas["hongyadong"][1:3] == (0.80, 2.0) and areas["xiaoshizi"][1:3] == (0.85, 2.0)
+
+
+def test_an_evening_with_its_minute_series_runs(site, scenario):
+    """The series behind the report's plots (`crowdflow evaluate --plots`): one per minute."""
+    from sim.evaluate import NoControl, Series, run_evening
+    from sim.scenario import hhmm_to_s
+
+    series = Series()
+    run_evening(site, scenario, NoControl(site), seed=0, until_s=hhmm_to_s("17:10"), series=series)
+    assert len(series.t) >= 9 and len(series.on_site) == len(series.t)
+    assert all(x >= 0 for x in series.on_site)

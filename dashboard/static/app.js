@@ -31,12 +31,15 @@
   // ---------------------------------------------------------------- state
   const S = {
     me: null, site: null, states: {}, plans: {}, recs: {}, alarms: {}, mode: null, inforce: null, orders: {},
+    holds: {},       // holding area id → HoldState as the server shows it (stale → unknown)
+    holdResults: {}, // holding area id → {ok, text}: the answer to this page's last report there
     names: {}, // "zone:id" / "post:id" / ... → {zh, en}
     feats: {}, // "kind:id" → GeoJSON feature
   };
   const layers = {};      // zone id → Leaflet polygon
   const cams = {};        // camera id → circle marker
   const posts = {};       // post id → marker
+  const holdMarks = {};   // holding area id → marker at its gate
   window.crowdflow = { states: S.states, layers, S };  // for tests, screenshots and debugging
   const can = (role) => !!S.me && V().roles.indexOf(S.me.role) >= V().roles.indexOf(role) && V().roles.indexOf(role) >= 0;
   const canCmd = (kind) => can(V().command_role[kind]);
@@ -272,6 +275,7 @@
         posts[p.id] = L.marker([lat, lon], { icon: L.divIcon({ className: "post-marker" }) }).bindTooltip("").addTo(map);
       }
     }
+    buildHoldMarks(site);
     addHatch();
     window.crowdflow.map = map;
     window.crowdflow.showTimeline = showTimeline;
@@ -386,7 +390,7 @@
     else if (!res || res.status === 504) toast(T("cmd_timeout", { error }));
     else if (res.status === 403 || res.status === 401) toast(T("cmd_forbidden", { error }));
     else toast(T("cmd_failed", { error }));
-    return res && res.ok;
+    return { ok: !!(res && res.ok), status: res ? res.status : 0, error: res && res.ok ? null : error };
   }
   // A modal that says what a command will do, and asks for a note (required or not).
   function ask({ title, body, noteLabel, noteRequired, ok }) {
@@ -592,6 +596,95 @@
     } else command({ kind: "answer_order", order_id: id, answer });
   }
 
+  // ---------------------------------------------------------------- queues at holding areas
+  // Counts reported by the staff at a pen or the metro operator (report_queue). A count too old,
+  // or none yet, is "unknown" with the last count and its age: never shown as 0 or left empty.
+  const HOLD_WARN = 2, HOLD_CRIT = 4;  // p/m²: dense, and critical (Fruin queueing levels E/F)
+  const holdAreas = () => (S.site && S.site.holding_areas) || [];
+  const holdName = (h) => (h.name || {})[lang] || h.id;
+  const densClass = (d) => d == null ? "" : d >= HOLD_CRIT ? "dens-crit" : d >= HOLD_WARN ? "dens-warn" : "dens-ok";
+  function holdFigure(st) {
+    if (st && st.status === "ok" && st.people != null) {
+      return { html: `<span class="hold-people-n">${Math.round(st.people)}${T("people")}</span> · <span class="hold-dens ${densClass(st.density)}">${st.density.toFixed(1)} ${T("per_m2")}</span>`,
+               meta: T("hold_reported_by", { age: age(st.reported_at), by: esc(st.reported_by || "—") }), short: `${Math.round(st.people)}` };
+    }
+    const last = st && st.last_people != null ? T("hold_last", { n: Math.round(st.last_people), age: age(st.last_at) }) : T("hold_never");
+    return { html: `<span class="hold-unknown">${T("hold_unknown")}</span>`, meta: esc(last), short: "?" };
+  }
+  function mineFirst(h) {  // the pens at the gates of this user's post first (an officer's own queue)
+    const g = S.feats[`gate:${h.gate}`];
+    return g && g.properties.post && g.properties.post === myPost() ? 0 : 1;
+  }
+  function renderHolds() {
+    window.crowdflow.holdRenders = (window.crowdflow.holdRenders || 0) + 1;  // counted for tests
+    const body = $("#holds .body");
+    if (!body) return;
+    // keep what the user is typing across repaints (pushes arrive while a count is entered)
+    const typed = {};
+    body.querySelectorAll("input.hold-input").forEach((i) => { typed[i.dataset.hold] = i.value; });
+    const focused = document.activeElement && document.activeElement.classList.contains("hold-input") ? document.activeElement.dataset.hold : null;
+    const mayReport = canCmd("report_queue");
+    const list = holdAreas().slice().sort((a, b) => mineFirst(a) - mineFirst(b));
+    body.innerHTML = list.length ? list.map((h) => {
+      const st = S.holds[h.id];
+      const f = holdFigure(st);
+      const res = S.holdResults[h.id];
+      const status = st && st.status === "ok" ? "ok" : "unknown";
+      return `<div class="hold-row status-${status} ${st && st.status === "ok" ? densClass(st.density) : ""}" data-hold="${esc(h.id)}" data-status="${status}">
+        <div class="hold-name"><b>${esc(holdName(h))}</b> <span class="muted">${esc(nm("gate", h.gate))} · ${h.area_m2} m²${h.queue === "departures" ? ` · ${T("hold_departures")}` : ""}</span></div>
+        <div class="hold-figure">${f.html}</div>
+        <div class="hold-meta muted">${f.meta}</div>
+        ${mayReport ? `<form class="hold-form" data-hold="${esc(h.id)}">
+          <input class="hold-input" data-hold="${esc(h.id)}" type="number" inputmode="numeric" min="0" step="1" placeholder="${T("hold_count_placeholder")}" aria-label="${esc(holdName(h))}">
+          <button class="cmd-report" type="submit" data-hold="${esc(h.id)}">${T("hold_report")}</button></form>` : ""}
+        ${res ? `<div class="hold-result ${res.ok ? "ok" : "refused"}" role="status">${esc(res.text)}</div>` : ""}
+      </div>`;
+    }).join("") : `<p class="muted">${T("no_holds")}</p>`;
+    body.querySelectorAll("input.hold-input").forEach((i) => { if (typed[i.dataset.hold] != null) i.value = typed[i.dataset.hold]; });
+    if (focused) { const i = body.querySelector(`input.hold-input[data-hold="${focused}"]`); if (i) i.focus(); }
+    paintHoldMarks();
+  }
+  function buildHoldMarks(site) {
+    const byGate = {};
+    for (const h of site.holding_areas || []) {
+      const g = S.feats[`gate:${h.gate}`];
+      if (!g) continue;
+      const [[lon1, lat1], [lon2, lat2]] = g.geometry.coordinates;
+      const k = byGate[h.gate] = (byGate[h.gate] || 0) + 1;  // two pens at one gate: side by side
+      holdMarks[h.id] = L.marker([(lat1 + lat2) / 2, (lon1 + lon2) / 2], { pane: "actions",
+        icon: L.divIcon({ className: "hold-marker", iconAnchor: [k === 1 ? 0 : -34, 22] }) }).bindTooltip("").addTo(map);
+    }
+  }
+  function paintHoldMarks() {
+    for (const h of holdAreas()) {
+      const m = holdMarks[h.id];
+      if (!m) continue;
+      const st = S.holds[h.id];
+      const f = holdFigure(st);
+      const cls = st && st.status === "ok" ? densClass(st.density) : "unknown";
+      m.setIcon(L.divIcon({ className: `hold-marker hold-${h.id} ${cls}`, iconAnchor: m.options.icon.options.iconAnchor,
+        html: `⧗ ${f.short}` }));
+      m.setTooltipContent(`${esc(holdName(h))}<br>${f.html}<br>${f.meta}`);
+    }
+  }
+  async function reportQueue(holdId, form) {
+    const input = form.querySelector("input.hold-input");
+    const raw = input.value.trim();
+    const n = Number(raw);
+    if (raw === "" || !Number.isInteger(n) || n < 0) {
+      S.holdResults[holdId] = { ok: false, text: T("hold_need_count") };
+      renderHolds();
+      return;
+    }
+    const btn = form.querySelector("button");
+    btn.disabled = true;
+    const r = await command({ kind: "report_queue", hold_id: holdId, people: n });
+    S.holdResults[holdId] = r.ok ? { ok: true, text: T("hold_sent", { n }) } : { ok: false, text: T("hold_refused", { error: r.error }) };
+    // a push may have repainted the panel meanwhile: clear the count in the form shown now
+    if (r.ok) document.querySelectorAll(`#holds input.hold-input[data-hold="${holdId}"]`).forEach((i) => { i.value = ""; });
+    renderHolds();
+  }
+
   async function showTimeline(id) {
     S.panelZone = id;
     const res = await fetch(`/api/zones/${encodeURIComponent(id)}/history`);
@@ -666,8 +759,14 @@
       override(b.dataset.plan, lv || null);
     }
   });
+  document.addEventListener("submit", (ev) => {  // a count typed at a pen: Enter or the Report button
+    const f = ev.target.closest("form.hold-form");
+    if (!f) return;
+    ev.preventDefault();
+    reportQueue(f.dataset.hold, f);
+  });
   document.addEventListener("change", (ev) => {
-    if (ev.target.id === "post-select") { localStorage.setItem("crowdflow.post", ev.target.value); renderMyPost(); centreOnPost(); }
+    if (ev.target.id === "post-select") { localStorage.setItem("crowdflow.post", ev.target.value); renderMyPost(); renderHolds(); centreOnPost(); }
   });
   $("#audit-filter").addEventListener("input", auditSoon);
 
@@ -690,7 +789,7 @@
     document.title = T("title");
     setLayout(layout);
     if (S.me) $("#who").textContent = `${S.me.user} · ${T(`role_${S.me.role}`)}`;
-    if (map) { Object.keys(layers).forEach(paint); legend(); renderAll(); renderAudit(); }
+    if (map) { Object.keys(layers).forEach(paint); legend(); renderAll(); renderHolds(); renderAudit(); }
   }
   $("#lang").onclick = () => { lang = lang === "zh" ? "en" : "zh"; localStorage.setItem("crowdflow.lang", lang); relabel(); };
   $("#logout").onclick = async () => { await fetch("/api/logout", { method: "POST" }); location.reload(); };
@@ -711,13 +810,14 @@
 
   // A batch frame (what queued up for this client) applies its items in order and repaints the
   // cameras and the panels once at its end, not once per item: both walk every camera and alarm.
-  let inBatch = false, needCameras = false, needAll = false;
+  let inBatch = false, needCameras = false, needAll = false, needHolds = false;
   function onMessage(msg) {
     if (msg.type === "batch") {
       inBatch = true;
       try { msg.items.forEach(onMessage); } finally { inBatch = false; }
-      if (needAll) renderAll(); else if (needCameras) paintCameras();
-      needAll = needCameras = false;
+      if (needAll) renderAll();
+      else { if (needCameras) paintCameras(); if (needHolds) renderHolds(); }
+      needAll = needCameras = needHolds = false;
       return;
     }
     if (msg.type === "snapshot") {
@@ -730,8 +830,11 @@
       S.inforce = msg.inforce;
       for (const id of Object.keys(S.orders)) delete S.orders[id];
       (msg.orders || []).forEach((o) => { S.orders[o.id] = o; });
+      for (const id of Object.keys(S.holds)) delete S.holds[id];
+      (msg.holds || []).forEach((h) => { S.holds[h.hold_id] = h; });
       Object.keys(layers).forEach(paint);
       renderAll();
+      renderHolds();
       return;
     }
     if (msg.type === "zone") {
@@ -741,6 +844,11 @@
       return;
     }
     const r = msg.rec;
+    if (msg.type === "hold") {  // the queue panel and the pen's marker only
+      S.holds[r.hold_id] = r;
+      if (inBatch) needHolds = true; else renderHolds();
+      return;
+    }
     if (msg.type === "plan") S.plans[r.plan_id] = r;
     else if (msg.type === "recommendation") S.recs[r.id] = r;
     else if (msg.type === "alarm") S.alarms[r.id] = r;
@@ -792,5 +900,8 @@
   }
   relabel();
   start();
-  setInterval(() => { Object.keys(layers).forEach(paint); }, 5000);  // keep "n s ago" honest
+  setInterval(() => {  // keep "n s ago" honest (not while a count is being typed or sent at a pen)
+    Object.keys(layers).forEach(paint);
+    if (S.site && !(document.activeElement && document.activeElement.closest("#holds"))) renderHolds();
+  }, 5000);
 })();
