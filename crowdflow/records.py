@@ -359,7 +359,7 @@ class Command(Record):
     order_id: str | None = Field(None, max_length=128)  # answer_order
     answer: OrderAnswerKind | None = None  # answer_order
     hold_id: Id | None = None  # report_queue: the holding area counted
-    people: int | None = Field(None, ge=0, le=100_000)  # report_queue: people waiting there now
+    people: float | None = Field(None, ge=0, le=100_000)  # report_queue: people waiting there now (a count; 750.0 is 750)
     user: str = Field(min_length=1, max_length=64)
     role: Role
     post: Id | None = None  # the sender's staff post (from the session, like user and role)
