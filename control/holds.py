@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from crowdflow.records import HOLD_STALE_S, HoldState, built
+from crowdflow.records import HOLD_STALE_S, HoldState, built, hold_as_of
 from crowdflow.site import Site
 
 # Physically possible at all (people per m² standing, the densest crush recorded is ≈ 9-10):
@@ -80,19 +80,14 @@ class HoldBook:
     def state(self, hold_id: str, now: float) -> HoldState:
         h = self.areas[hold_id]
         r = self._last.get(hold_id)
-        fresh = r is not None and now - r.at <= self.stale_after_s
         if r is None:
-            reason, people, last_people, last_at = "no count reported", None, None, None
-        elif fresh:
-            reason, people, last_people, last_at = None, r.people, None, None
-        else:
-            reason = f"stale: last count {now - r.at:.0f} s old (limit {self.stale_after_s:g} s)"
-            people, last_people, last_at = None, r.people, r.at
-        return built(HoldState, v=1, hold_id=h.id, gate_id=h.gate, zone_id=h.zone,
-                     status="ok" if fresh else "unknown", reason=reason, people=people,
-                     density=None if people is None else people / h.area_m2, area_m2=h.area_m2,
-                     reported_at=r.at if fresh else None, reported_by=r.by if fresh else None,
-                     last_people=last_people, last_at=last_at, computed_at=now)
+            return built(HoldState, v=1, hold_id=h.id, gate_id=h.gate, zone_id=h.zone, status="unknown",
+                         reason="no count reported", people=None, density=None, area_m2=h.area_m2,
+                         reported_at=None, reported_by=None, last_people=None, last_at=None, computed_at=now)
+        fresh = built(HoldState, v=1, hold_id=h.id, gate_id=h.gate, zone_id=h.zone, status="ok", reason=None,
+                      people=r.people, density=r.people / h.area_m2, area_m2=h.area_m2, reported_at=r.at,
+                      reported_by=r.by, last_people=None, last_at=None, computed_at=now)
+        return hold_as_of(fresh, now, self.stale_after_s)  # the readers' own rule for a count too old
 
     def states(self, now: float) -> dict[str, HoldState]:
         return {hid: self.state(hid, now) for hid in self.areas}
