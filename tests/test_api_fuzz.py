@@ -85,9 +85,12 @@ def test_stateful_phase_follows_the_links(api):
     import httpx
 
     base, shared_auth = api
-    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
-    assert schema.statistic.transitions.total if hasattr(schema, "statistic") else True
+    # GET /api/holds is left to the per-operation fuzz above: a parameterless read that
+    # schemathesis makes a root with an inferred link into POST /api/commands (which three other
+    # links reach), it took half of all calls in CI and crowded out the login → session links.
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json").exclude(path="/api/holds", method="GET")
     Workflow = schema.as_state_machine()
+    assert "RANDOM__POST_api_login" in Workflow.root_rules, sorted(Workflow.root_rules)
     seen: dict[str, int] = {}
     failures: list[str] = []
     logins, scenarios = [0], [0]
@@ -100,11 +103,11 @@ def test_stateful_phase_follows_the_links(api):
             seen[f"setup login {res.status_code}"] = seen.get(f"setup login {res.status_code}", 0) + 1
 
         def before_call(self, case):
-            # Every other login uses a real account (random credentials never succeed), so
-            # that the links from a login's token are followed too.
+            # Two logins in three use a real account (random credentials never succeed; the
+            # per-operation fuzz sends those), so that the links from a login's token are followed.
             if case.operation.path == "/api/login" and isinstance(case.body, dict):
                 logins[0] += 1
-                if logins[0] % 2:
+                if logins[0] % 3:
                     case.body = {"username": "operator", "password": PASSWORDS["operator"]}
 
         def get_call_kwargs(self, case):
