@@ -40,9 +40,15 @@ from crowdflow.site import Action, Measure, Site, Text
 from .twin import Rollout, Twin, TwinStart, rollouts
 
 HORIZON_MIN = 30.0
-UNKNOWN_FLOOR = 0.9  # an unknown zone is assumed at least at this share of its capacity …
-UNKNOWN_RECENT_S = 300.0  # … unless it was seen within 5 minutes: then its last count, grown
-UNKNOWN_GROWTH = 1.15  # … by this factor (whichever is higher)
+UNKNOWN_FLOOR = 0.9  # an unknown zone not seen for 5 minutes is assumed at this share of its capacity …
+UNKNOWN_RECENT_S = 300.0  # … one seen within 5 minutes at its last count grown by UNKNOWN_GROWTH …
+UNKNOWN_GROWTH = 1.15
+# … plus this many p/m² for each minute since (at most the floor, or the grown count if higher).
+# A camera that misses a window or blinks off for 45 s (sim.cameras.Faults: twice an hour each)
+# is not a zone that filled up: taken at 0.9 of capacity, the bridge's south walkway read 459
+# people 30 s after its camera saw 107, the forecast jammed its viewing span whatever was done,
+# and the metering that kept it safe was released as useless (docs/mpc.md, "Blinking cameras").
+UNKNOWN_SURGE = 0.05
 DEFAULT_TARGET = 0.9  # LB/T 068 orange (≥ 90 %) for zones no measure names
 HOLDING_TARGET = 1.0
 TURNED_AWAY_PER_COST = 25.0  # people turned away (gave up in a holding queue) worth one cost unit (≈ an officer for the horizon)
@@ -78,8 +84,10 @@ FLAP_WINDOW_S = 20 * 60
 def plausible_counts(site: Site, zones: Mapping[str, ZoneState], now: float) -> tuple[dict[str, float], list[str]]:
     """People on each zone's own walkable ground for the twin's start, and the zones that
     were unknown. Unknown is never empty: an unknown zone is taken at the worst plausible
-    count — at least ``UNKNOWN_FLOOR`` of its capacity, or its last known count grown by
-    ``UNKNOWN_GROWTH`` if that is higher and recent."""
+    count. Seen within ``UNKNOWN_RECENT_S``: its last count × ``UNKNOWN_GROWTH`` plus
+    ``UNKNOWN_SURGE`` p/m² per minute since, up to the floor below (or the grown count, if that
+    is higher). Not seen for longer, or never: at least ``UNKNOWN_FLOOR`` of its capacity, or
+    its last count grown, whichever is higher."""
     out, unknown = {}, []
     for z in site.zones:
         s = zones.get(z.id)
@@ -90,7 +98,9 @@ def plausible_counts(site: Site, zones: Mapping[str, ZoneState], now: float) -> 
         worst = UNKNOWN_FLOOR * z.capacity
         lk = s.last_known if s is not None else None
         if lk is not None and now - lk.at <= UNKNOWN_RECENT_S:
-            worst = max(worst, lk.density * z.walkable_area_m2 * UNKNOWN_GROWTH)
+            grown = lk.density * z.walkable_area_m2 * UNKNOWN_GROWTH
+            surge = UNKNOWN_SURGE * z.walkable_area_m2 * max(0.0, now - lk.at) / 60.0
+            worst = min(grown + surge, max(worst, grown))
         out[z.id] = worst
     return out, unknown
 

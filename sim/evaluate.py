@@ -623,7 +623,8 @@ MPC_EVAL_BUDGET_S = 60.0
 
 
 def mpc_policy(site: Site, sc: Scenario, confirm_delay_s: float = 60.0, cycle_s: float = MPC_EVAL_CYCLE_S,
-               replan_max_s: float | None = MPC_EVAL_REPLAN_S, budget_s: float = MPC_EVAL_BUDGET_S) -> PlanEnginePolicy:
+               replan_max_s: float | None = MPC_EVAL_REPLAN_S, budget_s: float = MPC_EVAL_BUDGET_S,
+               carry: bool = True) -> PlanEnginePolicy:
     """The measures engine (issue 11, ``control.measures``) through the same plan engine and
     the same commander: its twin is this scenario at its *nominal* demand (the planner is not
     told the evening's multiplier; it estimates it online from its forecasts' error,
@@ -633,7 +634,7 @@ def mpc_policy(site: Site, sc: Scenario, confirm_delay_s: float = 60.0, cycle_s:
 
     from .plantwin import ModelTwin
 
-    planner = MeasurePlanner(site, ModelTwin(site, sc.model_copy(update={"demand_scale": 1.0})), cycle_s=cycle_s,
+    planner = MeasurePlanner(site, ModelTwin(site, sc.model_copy(update={"demand_scale": 1.0}), carry=carry), cycle_s=cycle_s,
                              budget_s=budget_s, replan_max_s=replan_max_s)
     pol = PlanEnginePolicy(site, confirm_delay_s, engine=PlanEngine(site, planner=planner))
     pol.name = "mpc"

@@ -46,11 +46,14 @@ LOCAL_TARGET = 3.5  # p/m²: highest local density the engine plans for (danger 
 # counts, not the step, is the forecast's larger error. (From an artificial start, every zone at
 # 0.6, coarser cells over-forecast that corridor: 2.11 at 15 s against 1.72 at 5 s.)
 PLAN_STEP_S = 15.0
+# The nowcast (``carry``): a start this long after the last one is carried forward; a longer gap
+# (or a clock going back) starts again from the prior.
+CARRY_MAX_S = 600.0
 
 
 class ModelTwin:
     def __init__(self, site: Site, scenario: Scenario, seed: int = 7, demand_scale: float | None = None,
-                 step_s: float | None = PLAN_STEP_S):
+                 step_s: float | None = PLAN_STEP_S, carry: bool = False):
         upd = {}
         if demand_scale is not None:
             upd["demand_scale"] = demand_scale
@@ -63,6 +66,13 @@ class ModelTwin:
         # who the counted people are: the evening's make-up at ×1 (≈1–3 CPU-s, once, here so
         # that no decision's time budget pays for it)
         self._prior = StartPrior(site, self.sc, self.net)
+        # ``carry``: a live planner's twin keeps a nowcast — the twin carried from one start to the
+        # next under the measures in force and corrected to each start's counts — whose make-up
+        # inside each zone (a jam at a walkway's narrow span, a queue at a way) seeds the
+        # rollouts instead of the prior's evening without measures (docs/mpc.md, "Nowcast").
+        self.carry = carry
+        self._nc: Model | None = None
+        self._nc_key: tuple | None = None
         self.apv = np.array([z.area_per_visitor_m2 for z in site.zones])
         self._elements: dict[str, Element] = {z.id: Element(z.id, z.name, float(z.capacity), "zone") for z in site.zones}
         for z in site.zones:
@@ -150,12 +160,38 @@ class ModelTwin:
         now_set = list(sched[0][1]) if sched else []
         ordered = list(sched[-1][1]) if sched else []
         m.set_actions(now_set, in_effect=True)
-        self._prior.place(m, dict(start.counts))
+        self._prior.place(m, dict(start.counts), self._nowcast(start, now_set) if self.carry else None)
         self._place_queues(m, start.queues)
         key0 = m.effective_key
         if ordered != now_set:
             m.set_actions(ordered)
         return m, key0
+
+    def _nowcast(self, start: TwinStart, now_set: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The make-up of each zone now, by the nowcast: the twin of the last start run on to
+        this one under the measures then in force, then given this start's counts and queues
+        (each zone's people scaled to its count, its shape kept). A first start, or one
+        ``CARRY_MAX_S`` or more after the last (or before it), begins from the prior. Once per
+        start: every rollout of a decision reads the same make-up. Returns copies of (cell,
+        act, rdy)."""
+        key = (start.tod_s, tuple(sorted(start.counts.items())), tuple(sorted(start.queues.items())))
+        nc = self._nc
+        if key != self._nc_key:
+            counts = dict(start.counts)
+            if nc is None or not (0.0 <= start.tod_s - nc.t < CARRY_MAX_S):
+                nc = Model(self.site, self.sc, seed=self.seed + 1, tod_s=start.tod_s, network=self.net)
+                nc.set_actions(now_set, in_effect=True)
+                self._prior.place(nc, counts)
+            else:
+                nc.sc = self.sc  # the demand estimate of now
+                nc.run_until(start.tod_s)
+                nc.set_actions(now_set, in_effect=True)
+                st = nc.state
+                self._prior.place(nc, counts, (st.cell.copy(), st.act.copy(), st.rdy.copy()))
+            self._place_queues(nc, start.queues)
+            self._nc, self._nc_key = nc, key
+        st = nc.state
+        return st.cell.copy(), st.act.copy(), st.rdy.copy()
 
     def _place_queues(self, m: Model, queues: Mapping[str, float]) -> None:
         """People already waiting behind each metered gate (``TwinStart.queues``). Without them

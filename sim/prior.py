@@ -48,11 +48,16 @@ class StartPrior:
         i = int((tod_s - self.t0) // self.every_s)
         return self.snaps[min(max(i, 0), len(self.snaps) - 1)]
 
-    def place(self, model: Model, counts: dict[str, float]) -> None:
+    def place(self, model: Model, counts: dict[str, float],
+              makeup: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         """Set ``model``'s people from zone ``counts`` (people on each zone's own ground) with
-        the prior's make-up at the model's time of day."""
-        cell0, act0, rdy0 = self.snapshot(model.t)
+        the prior's make-up at the model's time of day, or with ``makeup`` ((cell, act, rdy) of
+        a model of this network, e.g. the planning twin's nowcast) where that has the zone's
+        people; the prior's where it does not."""
         net = model.net
+        prior = self.snapshot(model.t)
+        if makeup is None:
+            makeup = prior
         model.set_counts(counts)  # the fallback for zones the prior cannot describe
         st = model.state
         area_scale = model.area / model.zone_area
@@ -62,8 +67,11 @@ class StartPrior:
             zi = net.zi[z]
             cells = self.cz == zi
             places = self.pz == zi
-            tot = float(cell0[cells].sum() + act0[places].sum() + rdy0[places].sum())
-            if tot < MIN_PEOPLE:
+            for cell0, act0, rdy0 in (makeup, prior):
+                tot = float(cell0[cells].sum() + act0[places].sum() + rdy0[places].sum())
+                if tot >= MIN_PEOPLE:
+                    break
+            else:
                 continue
             f = c * area_scale[model.zones.index(z)] / tot
             st.cell[cells] = cell0[cells] * f
