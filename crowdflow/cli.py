@@ -147,7 +147,7 @@ def _planner_factory(site, twin: str | None):
 
     sc, _ = load_scenario(twin, site)
     tod = twin_tod()
-    return lambda: BackgroundPlanner(MeasurePlanner(site, ModelTwin(site, sc, carry=True), tod=tod))
+    return lambda: BackgroundPlanner(MeasurePlanner(site, ModelTwin(site, sc), tod=tod))
 
 
 def twin_tod():

@@ -624,11 +624,12 @@ MPC_EVAL_BUDGET_S = 60.0
 
 def mpc_policy(site: Site, sc: Scenario, confirm_delay_s: float = 60.0, cycle_s: float = MPC_EVAL_CYCLE_S,
                replan_max_s: float | None = MPC_EVAL_REPLAN_S, budget_s: float = MPC_EVAL_BUDGET_S,
-               carry: bool = True) -> PlanEnginePolicy:
+               carry: bool = False) -> PlanEnginePolicy:
     """The measures engine (issue 11, ``control.measures``) through the same plan engine and
     the same commander: its twin is this scenario at its *nominal* demand (the planner is not
     told the evening's multiplier; it estimates it online from its forecasts' error,
-    ``control.demand``)."""
+    ``control.demand``). ``carry``: the twin keeps a nowcast between decisions (off, as live:
+    docs/mpc.md, "The nowcast")."""
     from control.measures import MeasurePlanner
     from control.plans import PlanEngine
 
