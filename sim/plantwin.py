@@ -172,8 +172,8 @@ class ModelTwin:
         this one under the measures then in force, then given this start's counts and queues
         (each zone's people scaled to its count, its shape kept). A first start, or one
         ``CARRY_MAX_S`` or more after the last (or before it), begins from the prior. Once per
-        start: every rollout of a decision reads the same make-up. Returns copies of (cell,
-        act, rdy)."""
+        start: every rollout of a decision reads the same make-up. Returns the nowcast's (cell,
+        act, rdy), to be read (``StartPrior.place`` does not write them)."""
         key = (start.tod_s, tuple(sorted(start.counts.items())), tuple(sorted(start.queues.items())))
         nc = self._nc
         if key != self._nc_key:
@@ -191,7 +191,7 @@ class ModelTwin:
             self._place_queues(nc, start.queues)
             self._nc, self._nc_key = nc, key
         st = nc.state
-        return st.cell.copy(), st.act.copy(), st.rdy.copy()
+        return st.cell, st.act, st.rdy
 
     def _place_queues(self, m: Model, queues: Mapping[str, float]) -> None:
         """People already waiting behind each metered gate (``TwinStart.queues``). Without them
