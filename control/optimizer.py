@@ -187,6 +187,7 @@ class Optimizer:
         self.clock = clock
         self.elements = dict(twin.elements())
         self.targets = self._targets()
+        self._now: float | None = None  # the decision's time: measures in force act from ``in_effect_at``
 
     def _targets(self) -> dict[str, float]:
         """Per element: its target load. Zones: the capacity ratio at the LB/T 068 threshold of
@@ -227,34 +228,56 @@ class Optimizer:
 
     # ------------------------------------------------------------------ rollouts
 
-    def _schedule(self, cands: Mapping[str, Candidate], chosen: Iterable[str], base: Sequence[Action]):
+    def _schedule(self, cands: Mapping[str, Candidate], chosen: Iterable[str], base: Sequence[Action],
+                  now: float | None = None):
+        """The action set from each minute: measures on the ground now, then each chosen one
+        from when it will act. A new measure acts after ``delay_min`` (staff travel + set-up);
+        one already in force but not yet on the ground (``in_effect_at`` after ``now``: its
+        officers still walking or setting up) from then, not from minute 0 — the twin must not
+        spread the counts over a carriageway it has not freed yet; released before it acted,
+        it never acts. A released measure that acts keeps acting through its tear-down."""
         chosen = set(chosen)
+
+        def joins(c: Candidate) -> float | None:
+            """Minute the candidate starts to act under this set (None: not within it)."""
+            if c.id in chosen and not c.active:
+                return c.delay_min
+            if not c.active:
+                return None
+            pending = (c.in_effect_at - now) / 60.0 if now is not None and c.in_effect_at is not None else 0.0
+            if c.id in chosen:
+                return max(0.0, pending)
+            return 0.0 if pending <= 0 else None
+
+        on_at = {c.id: joins(c) for c in cands.values()}
         events: dict[float, None] = {0.0: None}
         for c in cands.values():
-            if c.id in chosen and not c.active:
-                events[c.delay_min] = None
-            if c.active and c.id not in chosen:
+            if on_at[c.id] is not None:
+                events[on_at[c.id]] = None
+            if c.active and c.id not in chosen and on_at[c.id] is not None:
                 events[float(c.measure.teardown_min)] = None
         sched = []
         for t in sorted(events):
             acts = list(base)
             for c in cands.values():
-                on = ((c.id in chosen and (c.active or t >= c.delay_min))
-                      or (c.active and c.id not in chosen and t < c.measure.teardown_min))
-                if on:
+                t_on = on_at[c.id]
+                if t_on is None or t < t_on:
+                    continue
+                if c.id in chosen or t < c.measure.teardown_min:
                     acts.extend(c.measure.actions)
             sched.append((t, acts))
         return sched
 
     def _roll(self, start: TwinStart, cands, chosen, base) -> Rollout:
         self._n += 1
-        return self.twin.rollout(start, self._schedule(cands, chosen, base), self.horizon_min, self.every_min)
+        return self.twin.rollout(start, self._schedule(cands, chosen, base, self._now), self.horizon_min,
+                                 self.every_min)
 
     def _roll_many(self, start: TwinStart, cands, sets: Sequence[frozenset], base) -> list[Rollout]:
         """Several measure sets in one call (the twin may share their common prefix)."""
         self._n += len(sets)
-        return rollouts(self.twin, start, [self._schedule(cands, s, base) for s in sets], self.horizon_min,
-                        self.every_min)
+        return rollouts(self.twin, start, [self._schedule(cands, s, base, self._now) for s in sets],
+                        self.horizon_min, self.every_min)
 
     def _judged(self, r: Rollout) -> slice:
         return slice(int(np.searchsorted(r.minutes, self.grace_min)), None)
@@ -299,6 +322,7 @@ class Optimizer:
         t0 = self.clock()
         deadline = t0 + self.budget_s
         self._n = 0
+        self._now = now
         cands = {c.id: c for c in candidates}
         cost = {c.id: self.cost(c.measure, self.site) for c in candidates}
         current = {c.id for c in candidates if c.active}

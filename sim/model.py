@@ -373,7 +373,8 @@ class Model:
                     m.staffed_at = t
         eff = tuple(sorted(k for k, m in self.measures.items() if m.effective(t)))
         self.cut_roads = {m.action.road for m in self.measures.values()
-                          if isinstance(m.action, TrafficCutoffAction) and m.staffed_at is not None and m.holding(t)}
+                          if isinstance(m.action, TrafficCutoffAction) and m.staffed_at is not None
+                          and m.staffed_at <= t and m.holding(t)}
         if eff != self.effective_key:
             self.effective_key = eff
             self.ctl = self._controls(set(eff))

@@ -2,10 +2,11 @@
 (``control.twin.Twin``).
 
 A rollout starts a model at the time of day from the fused zone counts, puts the measures in
-force now on the ground (``in_effect``: staffed and set up) and then *orders* the candidate set:
-the twin itself makes new measures wait for their staff (reserve travel) and set-up and keeps
-released roads cut through their tear-down, so the optimiser's own delay schedule is not
-needed — the first set of the schedule is what is in force now, the last one what is ordered.
+effect on the ground now (the schedule's first set; ``in_effect``: staffed and set up) and then
+*orders* the candidate set (its last set), each new measure acting from its first minute in the
+schedule — the optimiser's staff travel and set-up, and for a measure in force whose officers
+are still on their way, when they will be in place. Released roads stay cut through their
+tear-down.
 One fixed seed for every candidate of a decision (common random numbers); the step is
 ``PLAN_STEP_S`` (the twin sizes its cells to it).
 
@@ -152,9 +153,11 @@ class ModelTwin:
         return np.concatenate([zone, local, np.array(hold, dtype=float), self._waits(m) / MAX_WAIT_MIN])
 
     def _start(self, start: TwinStart, schedule: Schedule) -> tuple[Model, tuple]:
-        """A model at the start with the schedule's first set in force and its last ordered;
-        and the key of the measures in effect when the counts were placed (the start state is
-        a function of it: the ground freed by a cut)."""
+        """A model at the start with the schedule's first set in effect on the ground and its
+        last ordered, each ordered measure acting from its first minute in the schedule; and the
+        key of the measures in effect when the counts were placed (the start state is a function
+        of it: the ground freed by a cut). The counts are placed on the ground as it is now: a
+        cut in force whose officers are still on their way has not freed its carriageway yet."""
         m = Model(self.site, self.sc, seed=self.seed, tod_s=start.tod_s, network=self.net)
         sched = sorted(schedule, key=lambda x: x[0])
         now_set = list(sched[0][1]) if sched else []
@@ -164,7 +167,18 @@ class ModelTwin:
         self._place_queues(m, start.queues)
         key0 = m.effective_key
         if ordered != now_set:
+            placed = set(m.measures)
             m.set_actions(ordered)
+            first: dict[str, float] = {}
+            for t_min, acts in sched:
+                for a in acts:
+                    first.setdefault(a.model_dump_json(), t_min)  # Model's measure key
+            for key, ms in m.measures.items():
+                if key not in placed and key in first:
+                    # on the ground at its minute in the schedule (staff travel and set-up as the
+                    # optimiser counts them: ``Candidate.delay_min`` / ``in_effect_at``)
+                    ms.staffed_at = start.tod_s + first[key] * 60.0 - ms.setup_s
+            m.update_measures(0.0)
         return m, key0
 
     def _nowcast(self, start: TwinStart, now_set: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

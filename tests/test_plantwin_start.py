@@ -82,3 +82,50 @@ def test_the_nowcast_keeps_where_people_are(site, scenario):
     in_truth = _closed_lane_people(truth, "bridge-e-mid")
     assert got["prior"] > 50 + 5 * in_truth, got  # what the nowcast is for: the prior misplaces them
     assert got["carried"] <= 5 + 2 * in_truth, (got, in_truth)
+
+
+def test_a_cut_still_being_set_up_does_not_spread_the_counts_over_its_carriageway(site, scenario):
+    """The bridge carriageway cut in force for 4 minutes, its 16 officers still 12 minutes from
+    being in place and set up (``Candidate.in_effect_at``). The twin starts from the ground as
+    it is: the cameras' counts on the walkways, not spread over a carriageway still full of
+    traffic (seed 0 ×1.3, 20:32: that put 3,237 people on the east mid-span whose camera saw 936),
+    and the cut acts from its minute on the ground — in every candidate set that keeps it."""
+    from control.optimizer import Candidate, Optimizer
+
+    measures = {m.id: m for m in site.measures}
+    cut = measures["cut-bridge"]
+    truth = Model(site, scenario, seed=3)
+    truth.run_until(hhmm_to_s("20:00"))
+    start = TwinStart(truth.t, truth.zone_counts())
+    twin = ModelTwin(site, scenario)
+    opt = Optimizer(site, twin)
+    now = 1_746_100_000.0
+
+    def rolled(in_effect_at):
+        c = Candidate(cut, active=True, since=now - 240, delay_min=23.0, in_effect_at=in_effect_at)
+        sched = opt._schedule({cut.id: c}, {cut.id}, [], now)
+        m, _ = twin._start(start, sched)
+        return sched, m, twin.rollout(start, sched, 20.0)
+
+    sched, m, pending = rolled(now + 720)
+    assert [t for t, _ in sched] == [0.0, 12.0] and sched[0][1] == [] and sched[1][1] == list(cut.actions)
+    _, m_on, _ = rolled(now - 60)
+    z = "bridge-e-mid"
+    i = m.zones.index(z)
+    # at the start, the people on the east mid-span are those its camera counts; with the cut on
+    # the ground (a count of the walkway's people's density over walkway and freed carriageway)
+    # they would be several times as many
+    assert float(m.n[i]) == pytest.approx(start.counts[z], rel=0.02)
+    assert float(m_on.n[i]) > 2 * start.counts[z]
+    # the cut takes effect at its minute in the schedule, as the optimiser counted it
+    ms = next(x for x in m.measures.values() if getattr(x.action, "road", None) == "road-qsm-bridge")
+    assert not ms.effective(start.tod_s + 11.5 * 60) and ms.effective(start.tod_s + 12 * 60)
+    none = twin.rollout(start, [(0.0, [])], 20.0)
+    np.testing.assert_array_equal(pending.load[z][:12], none.load[z][:12])  # nothing differs until then
+    assert pending.load[z][13] < 0.8 * none.load[z][13]  # then the freed carriageway counts
+    # released before its officers arrived, it never acts; released once on the ground, it acts
+    # through its tear-down
+    c = Candidate(cut, active=True, since=now - 240, delay_min=23.0, in_effect_at=now + 720)
+    assert opt._schedule({cut.id: c}, set(), [], now) == [(0.0, [])]
+    c = Candidate(cut, active=True, since=now - 1800, delay_min=23.0, in_effect_at=now - 600)
+    assert opt._schedule({cut.id: c}, set(), [], now) == [(0.0, list(cut.actions)), (float(cut.teardown_min), [])]
