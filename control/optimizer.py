@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from crowdflow.records import ZoneState
-from crowdflow.site import Action, Measure, Site, Text
+from crowdflow.site import Action, Measure, MeteringAction, Site, Text
 
 from .twin import Rollout, Twin, TwinStart, rollouts
 
@@ -79,6 +79,12 @@ SAFETY_RELEASE_NOW = True
 # yardstick's flap count). An urgent release skips the quiet time that kept it, so the re-on
 # after any release waits long enough instead (``off_long_enough``).
 FLAP_WINDOW_S = 20 * 60
+# A metering is not released (unless the release is urgent, for its own pen's safety) while more
+# people wait behind its gates than it lets through in this many minutes: released, the queue
+# walks onto the ground beyond the gate at once. Traced on seed 8 ×1.0 (21:33–21:39): released
+# with 183–233 waiting, the east walkway jammed at 4.0–4.3 p/m² for 7 minutes while the planning
+# twin showed the release as safe (docs/mpc.md, "Ground and lead").
+RELEASE_QUEUE_MIN = 3.0
 
 
 def plausible_counts(site: Site, zones: Mapping[str, ZoneState], now: float) -> tuple[dict[str, float], list[str]]:
@@ -279,6 +285,19 @@ class Optimizer:
         return rollouts(self.twin, start, [self._schedule(cands, s, base, self._now) for s in sets],
                         self.horizon_min, self.every_min)
 
+    @staticmethod
+    def _queued_min(m: Measure, start: TwinStart) -> float:
+        """Minutes a metering's queue now (``start.queues``: held at its sources and waiting
+        at its gates) takes to pass at its metered rate; 0 for other measures."""
+        rate = queued = 0.0
+        for a in m.actions:
+            if isinstance(a, MeteringAction):
+                rate += a.per_min
+                queued += start.queues.get(f"port:{a.gate}", 0.0) + start.queues.get(f"hold:{a.gate}", 0.0)
+        if queued <= 0:
+            return 0.0
+        return queued / rate if rate > 0 else float("inf")
+
     def _judged(self, r: Rollout) -> slice:
         return slice(int(np.searchsorted(r.minutes, self.grace_min)), None)
 
@@ -367,7 +386,8 @@ class Optimizer:
                 unsafe = any(e in self.safety and self.zone_of.get(e) in rel for e in viol)
                 # service: a relieved zone reaches its target within the trigger's lead
                 service = c.measure.stage <= SERVICE_MAX_STAGE and any(
-                    z in viol and (t := self._first_over(r, z, self.targets[z])) is not None and t <= trig.lead_min
+                    z in viol and (t := self._first_over(r, z, self.targets[z])) is not None
+                    and t <= trig.lead_min + c.delay_min
                     for z in rel)
                 if unsafe or service:
                     pool.append(c)
@@ -422,6 +442,8 @@ class Optimizer:
             helps = self._excess(rc) - self._excess(r)
             price = cost[mid] + max(0.0, r.turned_away - rc.turned_away) / TURNED_AWAY_PER_COST
             if safe_without <= safe_with + 1e-9 and ((calm and helps <= 1e-9) or helps < RELEASE_GAIN_PER_COST * price):
+                if not safe_without < safe_with - 1e-9 and self._queued_min(cands[mid].measure, start) > RELEASE_QUEUE_MIN:
+                    continue  # its queue first: the metering lets it drain at its rate
                 chosen.discard(mid)
                 r = rc
                 released_in |= set(cands[mid].measure.plans)
