@@ -276,3 +276,23 @@ def test_the_rule_based_stand_in_keeps_the_off_time_too(site):
     late = t + FLAP_WINDOW_S
     d = planner.decide(late, zones(late), {}, released, bound, force=True).decision
     assert set(d.on) & ({m.id} | set(others)), d.on
+
+
+def test_a_metering_s_queue_is_counted_in_minutes_of_its_metered_rate(site):
+    """What holds a non-urgent release back (``RELEASE_QUEUE_MIN``): the people held at the
+    metering's sources and waiting at its gates, over the rate it lets through — for a measure
+    metering two gates, both; for a measure that meters nothing, nothing."""
+    from control.optimizer import RELEASE_QUEUE_MIN
+
+    m = site.measure_by_id["meter-bridge"]
+    per_min = sum(a.per_min for a in m.actions if a.type == "metering")
+    q = {"port:gate-bridge-se": 183.0, "hold:gate-bridge-se": 50.0, "port:gate-11f": 900.0}
+    got = Optimizer._queued_min(m, TwinStart(0.0, {}, q))
+    assert got == pytest.approx(233.0 / per_min)
+    assert got > RELEASE_QUEUE_MIN  # seed 8 ×1.0, 21:39: released with this queue, the walkway jammed
+    assert Optimizer._queued_min(m, TwinStart(0.0, {}, {"port:gate-bridge-se": 2 * per_min})) < RELEASE_QUEUE_MIN
+    xsz = site.measure_by_id["meter-xsz"]
+    rate = sum(a.per_min for a in xsz.actions if a.type == "metering")
+    both = {"port:gate-xsz-6": 100.0, "hold:gate-xsz-9": 60.0}
+    assert Optimizer._queued_min(xsz, TwinStart(0.0, {}, both)) == pytest.approx(160.0 / rate)
+    assert Optimizer._queued_min(site.measure_by_id["cut-bridge"], TwinStart(0.0, {}, q)) == 0.0
