@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from crowdflow.records import ZoneState
+from crowdflow.records import PEN_FULL_DENSITY, ZoneState
 from crowdflow.site import Action, Measure, MeteringAction, Site, Text
 
 from .twin import Rollout, Twin, TwinStart, rollouts
@@ -79,11 +79,14 @@ SAFETY_RELEASE_NOW = True
 # yardstick's flap count). An urgent release skips the quiet time that kept it, so the re-on
 # after any release waits long enough instead (``off_long_enough``).
 FLAP_WINDOW_S = 20 * 60
-# A metering is not released (unless the release is urgent, for its own pen's safety) while more
-# people wait behind its gates than it lets through in this many minutes: released, the queue
-# walks onto the ground beyond the gate at once. Traced on seed 8 ×1.0 (21:33–21:39): released
-# with 183–233 waiting, the east walkway jammed at 4.0–4.3 p/m² for 7 minutes while the planning
-# twin showed the release as safe (docs/mpc.md, "Ground and lead").
+# A metering is not released while more people wait behind its gates than it lets through in
+# this many minutes — unless they fill its holding area (a crush in the pen: "The 11F pen
+# flood"). Released, the queue walks onto the ground beyond the gate at once, faster than the
+# planning twin shows. Traced on seed 8 ×1.0 (21:33–21:39): released with 183–233 waiting, the
+# east walkway jammed at 4.0–4.3 p/m² for 7 minutes, the twin showing the release as safe; seed 1
+# ×1.3 (20:17): released "urgent" for a forecast 24-min wait with 341 waiting in a 300 m² pen
+# (1.1 p/m²), the walkway was at 3.5–4.3 p/m² from 20:23 to 20:39 (docs/mpc.md, "Ground and lead").
+# A long wait is answered by stopping entry (``stop-bridge``), not by letting the queue through.
 RELEASE_QUEUE_MIN = 3.0
 
 
@@ -285,18 +288,20 @@ class Optimizer:
         return rollouts(self.twin, start, [self._schedule(cands, s, base, self._now) for s in sets],
                         self.horizon_min, self.every_min)
 
-    @staticmethod
-    def _queued_min(m: Measure, start: TwinStart) -> float:
-        """Minutes a metering's queue now (``start.queues``: held at its sources and waiting
-        at its gates) takes to pass at its metered rate; 0 for other measures."""
-        rate = queued = 0.0
+    def _queue_now(self, m: Measure, start: TwinStart) -> tuple[float, bool]:
+        """A metering's queue now (``start.queues``: held at its sources and waiting at its
+        gates): the minutes it takes to pass at the metered rate, and whether it fills the
+        holding areas of its gates (``PEN_FULL_DENSITY``: a crush risk in the pen, which only
+        letting people through relieves). (0, False) for a measure that meters nothing."""
+        rate = queued = pen = 0.0
         for a in m.actions:
             if isinstance(a, MeteringAction):
                 rate += a.per_min
                 queued += start.queues.get(f"port:{a.gate}", 0.0) + start.queues.get(f"hold:{a.gate}", 0.0)
+                pen += sum(h.area_m2 for h in self.site.holding_areas if h.gate == a.gate and h.queue == "arrivals")
         if queued <= 0:
-            return 0.0
-        return queued / rate if rate > 0 else float("inf")
+            return 0.0, False
+        return (queued / rate if rate > 0 else float("inf")), queued >= pen * PEN_FULL_DENSITY
 
     def _judged(self, r: Rollout) -> slice:
         return slice(int(np.searchsorted(r.minutes, self.grace_min)), None)
@@ -442,7 +447,8 @@ class Optimizer:
             helps = self._excess(rc) - self._excess(r)
             price = cost[mid] + max(0.0, r.turned_away - rc.turned_away) / TURNED_AWAY_PER_COST
             if safe_without <= safe_with + 1e-9 and ((calm and helps <= 1e-9) or helps < RELEASE_GAIN_PER_COST * price):
-                if not safe_without < safe_with - 1e-9 and self._queued_min(cands[mid].measure, start) > RELEASE_QUEUE_MIN:
+                wait_min, pen_full = self._queue_now(cands[mid].measure, start)
+                if wait_min > RELEASE_QUEUE_MIN and not pen_full:
                     continue  # its queue first: the metering lets it drain at its rate
                 chosen.discard(mid)
                 r = rc

@@ -17,11 +17,11 @@ import pytest
 
 from control.measures import MeasurePlanner
 from control.optimizer import FLAP_WINDOW_S, Candidate, Optimizer, off_long_enough, on_long_enough
-from crowdflow.records import ZoneState
 from control.twin import TwinStart
+from crowdflow.records import PEN_FULL_DENSITY, ZoneState
 from sim.model import Model
 from sim.plantwin import LOCAL_TARGET, ModelTwin
-from sim.scenario import hhmm_to_s
+from sim.scenario import hhmm_to_s, load_scenario
 
 from .test_mpc import epoch, states
 
@@ -278,21 +278,26 @@ def test_the_rule_based_stand_in_keeps_the_off_time_too(site):
     assert set(d.on) & ({m.id} | set(others)), d.on
 
 
-def test_a_metering_s_queue_is_counted_in_minutes_of_its_metered_rate(site):
-    """What holds a non-urgent release back (``RELEASE_QUEUE_MIN``): the people held at the
-    metering's sources and waiting at its gates, over the rate it lets through — for a measure
-    metering two gates, both; for a measure that meters nothing, nothing."""
+def test_a_metering_s_queue_is_counted_in_minutes_of_its_metered_rate_and_against_its_pen(site):
+    """What holds a release back (``RELEASE_QUEUE_MIN``): the people held at the metering's
+    sources and waiting at its gates, over the rate it lets through — for a measure metering two
+    gates, both; for a measure that meters nothing, nothing — unless they fill its holding
+    area (``PEN_FULL_DENSITY``), when only letting them through relieves the pen."""
     from control.optimizer import RELEASE_QUEUE_MIN
 
+    opt = Optimizer(site, ModelTwin(site, load_scenario("mayday-evening", site)[0]))
     m = site.measure_by_id["meter-bridge"]
     per_min = sum(a.per_min for a in m.actions if a.type == "metering")
     q = {"port:gate-bridge-se": 183.0, "hold:gate-bridge-se": 50.0, "port:gate-11f": 900.0}
-    got = Optimizer._queued_min(m, TwinStart(0.0, {}, q))
-    assert got == pytest.approx(233.0 / per_min)
+    got, full = opt._queue_now(m, TwinStart(0.0, {}, q))
+    assert got == pytest.approx(233.0 / per_min) and not full
     assert got > RELEASE_QUEUE_MIN  # seed 8 ×1.0, 21:39: released with this queue, the walkway jammed
-    assert Optimizer._queued_min(m, TwinStart(0.0, {}, {"port:gate-bridge-se": 2 * per_min})) < RELEASE_QUEUE_MIN
+    assert opt._queue_now(m, TwinStart(0.0, {}, {"port:gate-bridge-se": 2 * per_min}))[0] < RELEASE_QUEUE_MIN
+    pen = next(h.area_m2 for h in site.holding_areas if h.gate == "gate-bridge-se")
+    assert opt._queue_now(m, TwinStart(0.0, {}, {"port:gate-bridge-se": 341.0}))[1] is False  # seed 1 ×1.3, 20:17
+    assert opt._queue_now(m, TwinStart(0.0, {}, {"port:gate-bridge-se": pen * PEN_FULL_DENSITY}))[1] is True
     xsz = site.measure_by_id["meter-xsz"]
     rate = sum(a.per_min for a in xsz.actions if a.type == "metering")
     both = {"port:gate-xsz-6": 100.0, "hold:gate-xsz-9": 60.0}
-    assert Optimizer._queued_min(xsz, TwinStart(0.0, {}, both)) == pytest.approx(160.0 / rate)
-    assert Optimizer._queued_min(site.measure_by_id["cut-bridge"], TwinStart(0.0, {}, q)) == 0.0
+    assert opt._queue_now(xsz, TwinStart(0.0, {}, both))[0] == pytest.approx(160.0 / rate)
+    assert opt._queue_now(site.measure_by_id["cut-bridge"], TwinStart(0.0, {}, q)) == (0.0, False)
