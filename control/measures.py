@@ -49,6 +49,16 @@ def owner(m: Measure) -> str:
     return m.plans[0]
 
 
+def order_delay_min(staff: StaffBook, m: Measure) -> float:
+    """Minutes from ordering a measure to its acting on the ground: its staff's walk from the
+    reserve's base to the farthest of its posts, then its set-up."""
+    from .dispatch import BASE
+
+    need = staff.required([m.id])
+    travel = max((staff.travel_s(BASE, p) for p in need), default=0.0) / 60
+    return travel + m.setup_min
+
+
 @dataclass
 class PlanResult:
     decision: Decision
@@ -127,18 +137,12 @@ class MeasurePlanner:
             allowed = any(level_rank(bound.get(p)) >= level_rank(m.level) for p in m.plans)
             on = m.id in active
             staffed = on or self.staff.shortfall(active, m.id) == 0
-            travel = 0.0
-            need = self.staff.required([m.id])
-            if need:
-                from .dispatch import BASE
-
-                travel = max(self.staff.travel_s(BASE, p) for p in need) / 60
             since = active.get(m.id, released.get(m.id))
             eff = None
             if on:  # on the ground once its officers are in place (as dispatched) and set up
                 arrive = max((t.in_place_at for t in self.staff.teams.get(m.id, ())), default=since)
                 eff = max(since, arrive) + m.setup_min * 60
-            out.append(Candidate(m, active=on, since=since, delay_min=travel + m.setup_min, allowed=allowed or on,
+            out.append(Candidate(m, active=on, since=since, delay_min=order_delay_min(self.staff, m), allowed=allowed or on,
                                  staffed=staffed, in_effect_at=eff))
         return out
 
@@ -325,7 +329,7 @@ def level_needed(site: Site, measure_ids) -> str | None:
     return top
 
 
-__all__ = ["MeasurePlanner", "PlanResult", "level_needed", "owner", "Peak"]
+__all__ = ["MeasurePlanner", "PlanResult", "level_needed", "order_delay_min", "owner", "Peak"]
 
 
 class BackgroundPlanner:

@@ -237,7 +237,7 @@ class Optimizer:
 
     # ------------------------------------------------------------------ rollouts
 
-    def _schedule(self, cands: Mapping[str, Candidate], chosen: Iterable[str], base: Sequence[Action],
+    def schedule(self, cands: Mapping[str, Candidate], chosen: Iterable[str], base: Sequence[Action],
                   now: float | None = None):
         """The action set from each minute: measures on the ground now, then each chosen one
         from when it will act. A new measure acts after ``delay_min`` (staff travel + set-up);
@@ -279,13 +279,13 @@ class Optimizer:
 
     def _roll(self, start: TwinStart, cands, chosen, base) -> Rollout:
         self._n += 1
-        return self.twin.rollout(start, self._schedule(cands, chosen, base, self._now), self.horizon_min,
+        return self.twin.rollout(start, self.schedule(cands, chosen, base, self._now), self.horizon_min,
                                  self.every_min)
 
     def _roll_many(self, start: TwinStart, cands, sets: Sequence[frozenset], base) -> list[Rollout]:
         """Several measure sets in one call (the twin may share their common prefix)."""
         self._n += len(sets)
-        return rollouts(self.twin, start, [self._schedule(cands, s, base, self._now) for s in sets],
+        return rollouts(self.twin, start, [self.schedule(cands, s, base, self._now) for s in sets],
                         self.horizon_min, self.every_min)
 
     def _queue_now(self, m: Measure, start: TwinStart) -> tuple[float, bool]:

@@ -42,6 +42,9 @@ class WhatIfService:
         self._factory = twin_factory
         self._twin = None
         self._lock = threading.Lock()
+        from control.dispatch import StaffBook
+
+        self._staff = StaffBook(site)  # travel times from the reserve's base: when a picked measure acts
         fixed = os.environ.get("CROWDFLOW_TWIN_TOD")  # drills / demo: plan from this time of day
         if fixed:
             from sim.scenario import hhmm_to_s
@@ -64,7 +67,8 @@ class WhatIfService:
         """``holds``: the holding areas' published counts (HoldState as shown now); the fresh
         ones start the twin's queues, as they start the planner's."""
         from control.holds import reported_queues, start_queues
-        from control.optimizer import GRACE_MIN, Optimizer, plausible_counts, tod_of
+        from control.measures import order_delay_min
+        from control.optimizer import GRACE_MIN, Candidate, Optimizer, plausible_counts, tod_of
         from control.twin import TwinStart
 
         twin = self.twin()
@@ -84,13 +88,18 @@ class WhatIfService:
         tod = self.fixed_tod if self.fixed_tod is not None else tod_of(now, self.site.site.timezone)
         queues = start_queues(reported_queues(holds, self.site), getattr(twin, "queue_keys", ()) or ())
         start = TwinStart(tod, counts, queues)
-        base = [a for m in in_force for a in known[m].actions]
-        plus = base + [a for m in sorted(picked) for a in known[m].actions]
+        # as the engine rolls them: what is in force acts now, a picked measure once its staff
+        # have walked from the reserve and set it up (``order_delay_min``)
+        opt = Optimizer(self.site, twin)
+        cands = {m: Candidate(known[m], active=m in in_force, delay_min=order_delay_min(self._staff, known[m]))
+                 for m in set(in_force) | picked}
+        acts_at = {m: round(cands[m].delay_min, 1) for m in sorted(picked)}
         t0 = time.perf_counter()
-        without = twin.rollout(start, [(0.0, base)], req.horizon_min, 1.0)
-        with_ = twin.rollout(start, [(0.0, plus)], req.horizon_min, 1.0) if picked else without
+        without = twin.rollout(start, opt.schedule(cands, in_force, [], now), req.horizon_min, 1.0)
+        with_ = (twin.rollout(start, opt.schedule(cands, set(in_force) | picked, [], now), req.horizon_min, 1.0)
+                 if picked else without)
         elapsed = time.perf_counter() - t0
-        targets = Optimizer(self.site, twin).targets
+        targets = opt.targets
         elements = twin.elements()
         relieved = {z for m in picked for z in known[m].relieves}
         curves = []
@@ -108,7 +117,8 @@ class WhatIfService:
         # the largest changes (queue waits and holding areas a measure builds included)
         curves.sort(key=lambda c: (c["element"] not in relieved, -c["change"]))
         return {"at": now, "tod_s": tod, "horizon_min": req.horizon_min, "minutes": [float(x) for x in without.minutes],
-                "in_force": in_force, "measures": sorted(picked), "unknown": unknown, "queues": queues,
+                "in_force": in_force, "measures": sorted(picked), "acts_at_min": acts_at, "unknown": unknown,
+                "queues": queues,
                 "curves": curves[:8],
                 "elapsed_s": round(elapsed, 3)}
 

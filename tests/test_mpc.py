@@ -269,6 +269,12 @@ def test_whatif_service_refuses_unknown_measures_and_says_when_there_is_no_twin(
     # complex to the metro)
     walk = next(c for c in out["curves"] if c["element"] == "cangbai-walk")
     assert walk["unknown"] and walk["without"][0] >= 0.9 - 1e-6
+    # the picked metering acts once its marshals have walked from the reserve and set it up, as in
+    # the engine's own rollouts: until then "with" is "without"
+    delay = out["acts_at_min"]["meter-xsz"]
+    assert site.measure_by_id["meter-xsz"].setup_min < delay < 30
+    k = int(delay)
+    assert walk["with"][:k] == walk["without"][:k]
 
 
 def test_a_plan_stands_while_the_ground_follows_its_forecast_and_is_redone_when_it_drifts(site, surge):

@@ -103,7 +103,7 @@ def test_a_cut_still_being_set_up_does_not_spread_the_counts_over_its_carriagewa
 
     def rolled(in_effect_at):
         c = Candidate(cut, active=True, since=now - 240, delay_min=23.0, in_effect_at=in_effect_at)
-        sched = opt._schedule({cut.id: c}, {cut.id}, [], now)
+        sched = opt.schedule({cut.id: c}, {cut.id}, [], now)
         m, _ = twin._start(start, sched)
         return sched, m, twin.rollout(start, sched, 20.0)
 
@@ -126,6 +126,6 @@ def test_a_cut_still_being_set_up_does_not_spread_the_counts_over_its_carriagewa
     # released before its officers arrived, it never acts; released once on the ground, it acts
     # through its tear-down
     c = Candidate(cut, active=True, since=now - 240, delay_min=23.0, in_effect_at=now + 720)
-    assert opt._schedule({cut.id: c}, set(), [], now) == [(0.0, [])]
+    assert opt.schedule({cut.id: c}, set(), [], now) == [(0.0, [])]
     c = Candidate(cut, active=True, since=now - 1800, delay_min=23.0, in_effect_at=now - 600)
-    assert opt._schedule({cut.id: c}, set(), [], now) == [(0.0, list(cut.actions)), (float(cut.teardown_min), [])]
+    assert opt.schedule({cut.id: c}, set(), [], now) == [(0.0, list(cut.actions)), (float(cut.teardown_min), [])]

@@ -63,6 +63,10 @@ def test_whatif_panel_shows_with_and_without_from_the_live_state(browser, tmp_pa
         w, wo = peaks(page, "cangbai-walk")
         assert w < wo, (w, wo)
         assert page.locator('#whatif .wi-curve[data-element="cangbai-walk"] svg polyline').count() == 2
+        # and it says when the metering acts: its marshals walk from the reserve and set up first
+        acts = page.inner_text('#whatif .wi-acts span[data-measure="meter-xsz"]')
+        hh, mm = acts.rsplit(" ", 1)[1].split(":")
+        assert "19:20" <= f"{hh}:{mm}" <= "19:45", acts
         # the recommended set (the pending recommendation's measures), nothing ticked
         page.uncheck('#whatif input[data-measure="meter-xsz"]')
         page.evaluate("document.querySelector('#wi-out').textContent = ''")

@@ -9,6 +9,7 @@
       with: "采取", without: "不采取", target: "目标", peak: "峰值", running: "推演中…",
       engine_mpc: "决策：模型预测", engine_rules: "决策：规则预案（预测未完成）", in_force: "已执行",
       unknown: "无数据，按最不利估计", nochange: "所选措施对各区域无明显影响", error: "推演失败",
+      acts: "到位生效（人员调派+布设）",
       stage: ["", "限流", "疏导", "封路", "停止进入"],
     },
     en: {
@@ -16,6 +17,7 @@
       with: "with", without: "without", target: "target", peak: "peak", running: "Running…",
       engine_mpc: "Decisions: model forecast", engine_rules: "Decisions: rule-based (forecast did not finish)",
       in_force: "in force", unknown: "unknown, worst plausible", nochange: "No zone changes noticeably", error: "What-if failed",
+      acts: "acting from (staff travel + set-up)",
       stage: ["", "metering", "flow control", "road closure", "entry stop"],
     },
   };
@@ -41,6 +43,15 @@
       ${tgt}<polyline class="wi-without" points="${line(c.without)}"/><polyline class="wi-with" points="${line(c.with)}"/></svg>`;
   }
 
+  // when each picked measure acts on the ground: the "with" curve leaves "without" from then
+  function acts(res) {
+    const at = Object.entries(res.acts_at_min || {});
+    if (!at.length) return "";
+    const name = (id) => { const m = (measures || []).find((x) => x.id === id); return m ? m.name[lang()] : id; };
+    return `<p class="wi-acts">${esc(S("acts"))}: ${at.map(([id, min]) =>
+      `<span data-measure="${esc(id)}">${esc(name(id))} ${hhmm(res.tod_s, min)}</span>`).join(", ")}</p>`;
+  }
+
   function render() {
     const box = document.querySelector("#whatif .body");
     if (!box) return;
@@ -62,7 +73,8 @@
           ${chart(c, last.minutes)}</div>`;
       });
       out = `<p class="wi-legend"><span class="wi-key wi-with"></span>${esc(S("with"))} <span class="wi-key wi-without"></span>${esc(S("without"))}
-        ${last.in_force.length ? ` · ${esc(S("in_force"))}: ${last.in_force.map(esc).join(", ")}` : ""}</p>` + (parts.join("") || `<p>${esc(S("nochange"))}</p>`);
+        ${last.in_force.length ? ` · ${esc(S("in_force"))}: ${last.in_force.map(esc).join(", ")}` : ""}</p>`
+        + acts(last) + (parts.join("") || `<p>${esc(S("nochange"))}</p>`);
     }
     box.innerHTML = `${eng ? `<p class="wi-engine wi-engine-${eng}">${esc(S("engine_" + eng))}</p>` : ""}
       <div class="wi-list">${list}</div>
