@@ -197,6 +197,10 @@ class Optimizer:
         self.elements = dict(twin.elements())
         self.targets = self._targets()
         self._now: float | None = None  # the decision's time: measures in force act from ``in_effect_at``
+        self._pen_m2: dict[str, float] = {}  # gate → area of its arrivals' holding areas
+        for h in site.holding_areas:
+            if h.queue == "arrivals":
+                self._pen_m2[h.gate] = self._pen_m2.get(h.gate, 0.0) + h.area_m2
 
     def _targets(self) -> dict[str, float]:
         """Per element: its target load. Zones: the capacity ratio at the LB/T 068 threshold of
@@ -298,7 +302,7 @@ class Optimizer:
             if isinstance(a, MeteringAction):
                 rate += a.per_min
                 queued += start.queues.get(f"port:{a.gate}", 0.0) + start.queues.get(f"hold:{a.gate}", 0.0)
-                pen += sum(h.area_m2 for h in self.site.holding_areas if h.gate == a.gate and h.queue == "arrivals")
+                pen += self._pen_m2.get(a.gate, 0.0)
         if queued <= 0:
             return 0.0, False
         return (queued / rate if rate > 0 else float("inf")), queued >= pen * PEN_FULL_DENSITY

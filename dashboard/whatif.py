@@ -91,13 +91,13 @@ class WhatIfService:
         # as the engine rolls them: what is in force acts now, a picked measure once its staff
         # have walked from the reserve and set it up (``order_delay_min``)
         opt = Optimizer(self.site, twin)
+        both = set(in_force) | picked
         cands = {m: Candidate(known[m], active=m in in_force, delay_min=order_delay_min(self._staff, known[m]))
-                 for m in set(in_force) | picked}
+                 for m in both}
         acts_at = {m: round(cands[m].delay_min, 1) for m in sorted(picked)}
         t0 = time.perf_counter()
         without = twin.rollout(start, opt.schedule(cands, in_force, [], now), req.horizon_min, 1.0)
-        with_ = (twin.rollout(start, opt.schedule(cands, set(in_force) | picked, [], now), req.horizon_min, 1.0)
-                 if picked else without)
+        with_ = twin.rollout(start, opt.schedule(cands, both, [], now), req.horizon_min, 1.0) if picked else without
         elapsed = time.perf_counter() - t0
         targets = opt.targets
         elements = twin.elements()

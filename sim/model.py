@@ -277,8 +277,13 @@ class Model:
 
     # ----------------------------------------------------------------------------- measures
 
+    @staticmethod
+    def measure_key(a) -> str:
+        """The key of the measure an action makes (``measures``, ``effective_key``)."""
+        return a.model_dump_json()
+
     def _measure(self, a, t: float) -> Measure | None:
-        key = a.model_dump_json()
+        key = self.measure_key(a)
         site = self.site
         if isinstance(a, TrafficCutoffAction):
             rd = site.road_by_id.get(a.road)

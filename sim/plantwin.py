@@ -172,7 +172,7 @@ class ModelTwin:
             first: dict[str, float] = {}
             for t_min, acts in sched:
                 for a in acts:
-                    first.setdefault(a.model_dump_json(), t_min)  # Model's measure key
+                    first.setdefault(Model.measure_key(a), t_min)
             for key, ms in m.measures.items():
                 if key not in placed and key in first:
                     # on the ground at its minute in the schedule (staff travel and set-up as the
