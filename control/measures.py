@@ -130,6 +130,14 @@ class MeasurePlanner:
         level's old cumulative bundle beside the measures)."""
         return {p for m in self.site.measures for p in m.plans}
 
+    def in_effect_at(self, measure_id: str, since: float) -> float:
+        """When a measure in force since ``since`` acts on the ground: its officers in place
+        (as dispatched) and its set-up done. Published with the plan state (``PlanState.in_effect``)
+        so readers (the what-if, the map) do not derive it on their own."""
+        m = self.site.measure_by_id[measure_id]
+        arrive = max((t.in_place_at for t in self.staff.teams.get(measure_id, ())), default=since)
+        return max(since, arrive) + m.setup_min * 60
+
     def candidates(self, active: Mapping[str, float], released: Mapping[str, float],
                    bound: Mapping[str, str | None]) -> list[Candidate]:
         out = []
@@ -138,10 +146,7 @@ class MeasurePlanner:
             on = m.id in active
             staffed = on or self.staff.shortfall(active, m.id) == 0
             since = active.get(m.id, released.get(m.id))
-            eff = None
-            if on:  # on the ground once its officers are in place (as dispatched) and set up
-                arrive = max((t.in_place_at for t in self.staff.teams.get(m.id, ())), default=since)
-                eff = max(since, arrive) + m.setup_min * 60
+            eff = self.in_effect_at(m.id, since) if on else None
             out.append(Candidate(m, active=on, since=since, delay_min=order_delay_min(self.staff, m), allowed=allowed or on,
                                  staffed=staffed, in_effect_at=eff))
         return out

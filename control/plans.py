@@ -633,6 +633,8 @@ class PlanEngine:
                          active_actions=a.actions_at(a.level), pending=a.pending.id if a.pending else None,
                          history=a.history, updated_at=a.since or now,
                          measures=dict(a.measures) if a.mpc else None, engine=a.engine if a.mpc else None,
+                         in_effect={m: round(self.planner.in_effect_at(m, t), 1) for m, t in a.measures.items()}
+                         if a.mpc and self.planner is not None else None,
                          staff=list(a.staff_moves))
 
     def plan_states(self) -> dict[str, PlanState]:

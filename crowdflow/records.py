@@ -234,6 +234,9 @@ class PlanState(Record):
     measures: dict[Id, float] | None = None  # measure id → in force since (None: level bundles)
     engine: Literal["mpc", "rules"] | None = None  # who chose the last measures (rules: fallback)
     staff: list[StaffMove] = Field(default_factory=list)  # the latest dispatch of this area
+    # measure id → when it acts on the ground (its officers in place and its set-up done); until
+    # then it is in force on paper only. Published once, here, for every reader (the what-if, the map)
+    in_effect: dict[Id, float] | None = None
 
 
 class SiteMode(Record):

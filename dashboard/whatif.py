@@ -88,13 +88,19 @@ class WhatIfService:
         tod = self.fixed_tod if self.fixed_tod is not None else tod_of(now, self.site.site.timezone)
         queues = start_queues(reported_queues(holds, self.site), getattr(twin, "queue_keys", ()) or ())
         start = TwinStart(tod, counts, queues)
-        # as the engine rolls them: what is in force acts now, a picked measure once its staff
-        # have walked from the reserve and set it up (``order_delay_min``)
+        # as the engine rolls them: what is in force acts once it is on the ground (now, or when
+        # its officers are in place and set up: the published ``PlanState.in_effect``), a picked
+        # measure once its staff have walked from the reserve and set it up (``order_delay_min``)
+        since = {m: t for p in plans.values() for m, t in (p.measures or {}).items()}
+        on_ground = {m: t for p in plans.values() for m, t in (p.in_effect or {}).items()}
         opt = Optimizer(self.site, twin)
         both = set(in_force) | picked
-        cands = {m: Candidate(known[m], active=m in in_force, delay_min=order_delay_min(self._staff, known[m]))
+        cands = {m: Candidate(known[m], active=m in in_force, since=since.get(m), in_effect_at=on_ground.get(m),
+                              delay_min=order_delay_min(self._staff, known[m]))
                  for m in both}
         acts_at = {m: round(cands[m].delay_min, 1) for m in sorted(picked)}
+        # in force, still being set up: minutes from now until it acts
+        acts_at.update({m: round((on_ground[m] - now) / 60.0, 1) for m in in_force if on_ground.get(m, now) > now})
         t0 = time.perf_counter()
         without = twin.rollout(start, opt.schedule(cands, in_force, [], now), req.horizon_min, 1.0)
         with_ = twin.rollout(start, opt.schedule(cands, both, [], now), req.horizon_min, 1.0) if picked else without

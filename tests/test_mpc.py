@@ -304,3 +304,70 @@ def test_a_plan_stands_while_the_ground_follows_its_forecast_and_is_redone_when_
     now = epoch(model.t)
     planner.decide(now, states(site, model, now), {}, {}, bound)
     assert planner.plans_run == 3
+
+
+def test_a_measure_in_force_is_published_with_when_it_acts_on_the_ground(raw, surge):
+    """What is in force carries, once, when it acts: its officers in place (as dispatched) and
+    its set-up done (``PlanState.in_effect``), never before the order nor before its staff.
+    (Without the metro's 只上不下, which needs no officers sent, as in ``surge_run``.)"""
+    from crowdflow.site import parse_site
+
+    site = parse_site(dict(raw, measures=[m for m in raw["measures"] if m["id"] != "board-only-xsz"]), "test")
+    planner = MeasurePlanner(site, ModelTwin(site, surge), cycle_s=60.0, budget_s=5.0)
+    engine = PlanEngine(site, planner=planner)
+    for pid in engine.areas:
+        engine.set_auto(pid, True)
+    model = Model(site, surge, seed=5, tod_s=hhmm_to_s("18:30"))
+    arrive: dict[str, float] = {}
+    while model.t < hhmm_to_s("19:30") and not arrive:
+        model.run_until(model.t + 60)
+        now = epoch(model.t)
+        for r in engine.evaluate(now, states(site, model, now)):
+            for mv in r.dispatch:
+                if mv.kind == "deploy" and r.status == "auto_applied":
+                    arrive[mv.measure_id] = max(arrive.get(mv.measure_id, 0.0), mv.in_place_at)
+        model.set_actions(engine.active_actions())
+    assert arrive, "the surge should switch on a measure that needs officers sent"
+    published = {}
+    for ps in engine.plan_states().values():
+        if ps.measures is None:
+            continue
+        assert set(ps.in_effect) == set(ps.measures)
+        for mid, since in ps.measures.items():
+            assert ps.in_effect[mid] >= since + site.measure_by_id[mid].setup_min * 60 - 0.1
+            published[mid] = ps.in_effect[mid]
+    for mid, t in arrive.items():
+        m = site.measure_by_id[mid]
+        assert published[mid] == pytest.approx(t + m.setup_min * 60, abs=0.1)
+        assert published[mid] > now  # ordered this minute: on paper now, on the ground later
+
+
+def test_whatif_rolls_a_measure_in_force_from_when_it_acts_on_the_ground(site, scenario):
+    """A measure in force whose officers are still on their way changes nothing in the what-if
+    until its published ``in_effect``; on the ground, it acts from the first minute. The panel
+    says when it acts."""
+    from crowdflow.records import PlanState
+    from dashboard.whatif import WhatIfRequest, WhatIfService
+
+    svc = WhatIfService(site, lambda: ModelTwin(site, scenario))
+    now = T0 + 2 * 3600
+
+    def plans(on_ground_at):
+        return {"xiaoshizi": PlanState(plan_id="xiaoshizi", level="IV", updated_at=now - 60,
+                                       measures={"meter-xsz": now - 60}, in_effect={"meter-xsz": on_ground_at})}
+
+    req = WhatIfRequest(measures=["inbound-xsz"])
+    none = svc.run(req, {}, {}, {}, now)
+    pending = svc.run(req, {}, plans(now + 600), {}, now)
+    ground = svc.run(req, {}, plans(now - 30), {}, now)
+    assert pending["in_force"] == ground["in_force"] == ["meter-xsz"]
+    assert pending["acts_at_min"]["meter-xsz"] == pytest.approx(10.0)
+    assert "meter-xsz" not in ground["acts_at_min"]
+
+    def without(out, zone):
+        return next(c for c in out["curves"] if c["element"] == zone)["without"]
+
+    for zone in ("xsz-exit6", "xsz-exit9"):
+        assert without(pending, zone)[:11] == without(none, zone)[:11]  # minutes 0–10: not there yet
+        assert without(pending, zone)[11:] != without(none, zone)[11:]
+        assert without(ground, zone)[1:11] != without(none, zone)[1:11]  # on the ground: from the start
