@@ -50,6 +50,18 @@ def responsible_posts(site: Site, action) -> list[str]:
     return [best.id]
 
 
+def _acts_at(site: Site, ps: PlanState) -> dict[str, float]:
+    """Action (as JSON) → when the first measure of the area that carries it acts on the
+    ground (``PlanState.in_effect``)."""
+    out: dict[str, float] = {}
+    for mid, t in (ps.in_effect or {}).items():
+        m = site.measure_by_id.get(mid)
+        for a in (m.actions if m else ()):
+            key = a.model_dump_json()
+            out[key] = min(out.get(key, t), t)
+    return out
+
+
 def in_force(site: Site, plans: Mapping[str, PlanState], mode: SiteMode | None, now: float) -> InForce:
     """Every measure in force, merged: one entry per measure (staffing per post keeps the
     largest headcount), each with the source that put it there."""
@@ -62,9 +74,10 @@ def in_force(site: Site, plans: Mapping[str, PlanState], mode: SiteMode | None, 
         source = {"override": "override", "emergency": "emergency"}.get(last.via if last else "", "plan")
         by = last.by if last else "system"
         since = ps.since if ps.since is not None else (last.at if last else now)
+        acts = _acts_at(site, ps)
         for a in ps.active_actions:
             entries.append(MeasureInForce(action=a, source=source, plan_id=pid, level=ps.level, since=since, by=by,
-                                          posts=responsible_posts(site, a)))
+                                          posts=responsible_posts(site, a), acts_at=acts.get(a.model_dump_json())))
     if mode is not None and mode.mode == "emergency":
         for a in site.emergency.actions:
             entries.append(MeasureInForce(action=a, source="emergency", plan_id=None, level=None, since=mode.since,

@@ -274,6 +274,9 @@ class MeasureInForce(Record):
     since: float
     by: str  # user name, or "system"
     posts: list[Id] = Field(default_factory=list)  # the posts it is sent to (orders)
+    # when it acts on the ground (its officers in place and set up; PlanState.in_effect): until
+    # then it is being set up. None: a level's bundle or the emergency's, not timed
+    acts_at: float | None = None
 
 
 class InForce(Record):

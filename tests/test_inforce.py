@@ -102,3 +102,16 @@ def test_camera_health_is_structured_on_zone_states(site):
     s = book.state("jiabin-crossing", T0 + 60)
     assert {c.camera_id: c.state for c in s.cameras} == {"cam-jiabin": "stale", "cam-riverside": "camera_offline"}
     assert [c.state for c in book.state("hyd-upper", T0).cameras] == ["no_data"]
+
+
+def test_a_measure_being_set_up_says_when_it_acts(site):
+    """An engine's measure in force whose officers are still on their way carries, on each of
+    its actions, when it acts on the ground (PlanState.in_effect); a level's bundle is not timed."""
+    m = site.measure_by_id["meter-xsz"]
+    ps = PlanState(plan_id="xiaoshizi", level="IV", since=T0, updated_at=T0, active_actions=list(m.actions),
+                   measures={m.id: T0}, in_effect={m.id: T0 + 420}, engine="mpc",
+                   history=[LevelChange(level="IV", at=T0, by="system", via="auto")])
+    rec = in_force(site, {"xiaoshizi": ps, "bridge": _plan(site, "bridge", "III")}, None, T0 + 10)
+    mine = [e for e in rec.measures if e.plan_id == "xiaoshizi"]
+    assert len(mine) == len(m.actions) and all(e.acts_at == T0 + 420 for e in mine)
+    assert all(e.acts_at is None for e in rec.measures if e.plan_id == "bridge")

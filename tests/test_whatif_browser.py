@@ -7,7 +7,7 @@ import time
 
 
 from crowdflow import crowd
-from crowdflow.records import PlanState, Reason, Recommendation, ZoneState
+from crowdflow.records import InForce, MeasureInForce, PlanState, Reason, Recommendation, ZoneState
 from crowdflow.site import Text
 
 from .dash import users_env
@@ -35,6 +35,17 @@ def seed(r, keys, site):
     pipe.hset(keys.recommendations, rec.id, rec.encode())
     ps = PlanState(plan_id="bridge", level="IV", updated_at=now, measures={}, engine="rules")
     pipe.hset(keys.plan_state, "bridge", ps.encode())
+    # in force a minute ago, its officers still on their way: it acts in 10 minutes
+    inbound = site.measure_by_id["inbound-xsz"]
+    ps = PlanState(plan_id="xiaoshizi", level="III", updated_at=now - 60, measures={inbound.id: now - 60},
+                   in_effect={inbound.id: now + 600}, engine="mpc")
+    pipe.hset(keys.plan_state, "xiaoshizi", ps.encode())
+    staff = site.plan_by_id["xiaoshizi"].levels[0].actions[0]  # a level bundle's staffing: not timed
+    inf = InForce(mode="normal", updated_at=now, measures=[
+        MeasureInForce(action=a, source="plan", plan_id="xiaoshizi", level="III", since=now - 60, by="system",
+                       acts_at=now + 600) for a in inbound.actions if a.type != "broadcast"] + [
+        MeasureInForce(action=staff, source="plan", plan_id="xiaoshizi", level="III", since=now - 60, by="system")])
+    pipe.set(keys.inforce, inf.encode())
     pipe.execute()
 
 
@@ -67,6 +78,14 @@ def test_whatif_panel_shows_with_and_without_from_the_live_state(browser, tmp_pa
         acts = page.inner_text('#whatif .wi-acts span[data-measure="meter-xsz"]')
         hh, mm = acts.rsplit(" ", 1)[1].split(":")
         assert "19:20" <= f"{hh}:{mm}" <= "19:45", acts
+        # the inbound limit in force is not on the ground yet: it acts 10 minutes on (19:25)
+        acts = page.inner_text('#whatif .wi-acts span[data-measure="inbound-xsz"]')
+        assert acts.endswith(("19:24", "19:25")), acts  # seconds pass between the seed and the run
+        # and the in-force list says it is being set up, and until when; the staffing is not timed
+        pending = page.locator("#inforce li.setting-up")
+        assert pending.count() == 2 and all("布设中" in t and "到位生效" in t for t in pending.all_inner_texts())
+        assert page.locator('#inforce li[data-type="staffing"]').count() == 1
+        assert page.locator('#inforce li.setting-up[data-type="staffing"]').count() == 0
         # the recommended set (the pending recommendation's measures), nothing ticked
         page.uncheck('#whatif input[data-measure="meter-xsz"]')
         page.evaluate("document.querySelector('#wi-out').textContent = ''")

@@ -163,9 +163,12 @@
   }
   function renderInForce() {
     const ms = (S.inforce || {}).measures || [];
+    // ordered but its officers still on their way or setting it up: says when it acts
+    const pending = (m) => m.acts_at && m.acts_at > Date.now() / 1000;
     $("#inforce .body").innerHTML = ms.length ? `<ul class="inforce">${ms.map((m) => `
-      <li class="measure src-${m.source}" data-type="${esc(m.action.type)}">${esc(actionText(m.action))}
-        <div class="muted">${esc(sourceText(m))} · ${T("since")} ${clock(m.since)} · ${esc(m.by)}</div></li>`).join("")}</ul>`
+      <li class="measure src-${m.source}${pending(m) ? " setting-up" : ""}" data-type="${esc(m.action.type)}">${esc(actionText(m.action))}
+        <div class="muted">${esc(sourceText(m))} · ${T("since")} ${clock(m.since)} · ${esc(m.by)}</div>
+        ${pending(m) ? `<div class="acts-at">${T("setting_up")} · ${T("acts_at")} ${clock(m.acts_at)}</div>` : ""}</li>`).join("")}</ul>`
       : `<p class="muted">${T("no_measures_in_force")}</p>`;
   }
   function centroid(kind, id) {
@@ -903,5 +906,6 @@
   setInterval(() => {  // keep "n s ago" honest (not while a count is being typed or sent at a pen)
     Object.keys(layers).forEach(paint);
     if (S.site && !(document.activeElement && document.activeElement.closest("#holds"))) renderHolds();
+    if (S.site && document.querySelector("#inforce li.setting-up")) renderInForce();  // it acts now
   }, 5000);
 })();
