@@ -18,7 +18,8 @@ API (small and stable; the predictive-control engine rolls it forward many times
   empty corridor and a queue spills back cell by cell. Flow between cells is Godunov's
   demand/supply rule on the fundamental diagram :class:`FD` (data; Weidmann 1993 by default):
   f = min(D(ρ_up)·W, S(ρ_down)·W). Opposing directions share the width in proportion to their
-  occupancy and lose ``counterflow_factor`` only while both directions carry people.
+  occupancy and lose ``counterflow_factor`` only while both directions carry people (in full
+  from one person each way, pro rata below, so a closed lane's draining remnant costs nothing).
 * **Places** (plazas, floors of the complex, platforms, metro exits) are stores with an area.
   A person there is either doing an activity (its stop, mean ``dwell_s``), crossing (rate
   v(ρ)/L) or queued at the place's exit toward its next hop.
@@ -181,6 +182,7 @@ class Params:
     dt: float = 5.0
     counterflow_factor: float = 0.85
     share_min: float = 0.15
+    counterflow_people: float = 1.0  # an opposing stream counts in full from this many people on it
     max_density: float = 5.0  # a place takes no more
     patience_s: float = 1200.0
     balk_w50_s: float = 900.0  # wait at which half the maximum balking hazard applies
@@ -728,9 +730,16 @@ class Twin:
         width = n.cwidth + ctl.cell_width_add
         lane_n = np.bincount(n.clane, weights=tot, minlength=len(n.lanes))
         lane_o = lane_n[n.lane_rev]
-        lshare = np.where(lane_o <= 1e-9, 1.0, np.where(lane_n <= 1e-9, p.share_min,
-                          np.clip(lane_n / np.maximum(lane_n + lane_o, 1e-12), p.share_min, 1 - p.share_min)))
-        lloss = np.where((lane_n > 1e-9) & (lane_o > 1e-9), p.counterflow_factor, 1.0)
+        # An opposing stream takes its share and costs the counterflow loss in full from one
+        # person on it (``counterflow_people``), pro rata below: the remnant a closed lane
+        # drains geometrically (a one-way: 1e-9 of a person after minutes) must not hold the
+        # walkway at share × loss (0.72) of its width (docs/twin.md, "Counter-flow").
+        full = np.where(lane_n <= 1e-9, p.share_min,
+                        np.clip(lane_n / np.maximum(lane_n + lane_o, 1e-12), p.share_min, 1 - p.share_min))
+        w_o = np.clip(lane_o / p.counterflow_people, 0.0, 1.0)
+        lshare = 1.0 - w_o * (1.0 - full)
+        both = np.minimum(w_o, np.clip(lane_n / p.counterflow_people, 0.0, 1.0))
+        lloss = 1.0 - both * (1.0 - p.counterflow_factor)
         share = lshare[n.clane]
         wdir = width * share
         rho = tot / (n.clen * wdir)  # the density this direction walks at, on its own lanes

@@ -201,3 +201,36 @@ def test_counter_flow_loses_capacity_only_while_both_directions_walk():
     assert solo == pytest.approx(q, rel=0.03)
     assert ab + ba == pytest.approx(0.85 * tw_q, rel=0.05)  # the loss, only while both walk
     assert ab > 0.3 * q and ba > 0.3 * q
+
+
+def test_a_closed_lane_s_draining_remnant_costs_the_open_lane_nothing():
+    """A one-way closes the opposing lane; what is left on it drains geometrically and after
+    minutes is a fraction of a person. Saturated demand the open way: with 1e-6 of a person on
+    the closed lane the corridor carries the full q_max·W (it carried 0.85 × 0.85 of it while
+    any trace was left), with ten people on it the shared-width rule applies in full."""
+    def flow(remnant: float) -> float:
+        places = [Place("A", 1e6, 10.0), Place("B", 1e6, 10.0)]
+        chains = [Chain("ab", ["outB"]), Chain("ba", ["outA"])]
+        spec = Spec(places=places, corridors=[Corridor("c", "A", "B", [Segment("z", 100.0, 3.0)])], connectors=[],
+                    exits=[Exit("outA", "A", 1e9), Exit("outB", "B", 1e9)], sources=[], chains=chains,
+                    params=Params(balk_max_per_min=0.0))
+        net = Network(spec)
+        tw = Twin(net)
+        st = tw.initial()
+        ctl = tw.controls()
+        st.rdy[0, net.chain_first["ab"]] = 5000.0
+        back = np.flatnonzero(net.clane == 1)
+        ctl.lane_open[1] = False
+        out = []
+        for i in range(180):
+            st.cell[back, :] = 0.0
+            st.cell[back, net.chain_first["ba"]] = remnant / len(back)  # held, as a slow remnant
+            st.port_flow[:] = 0
+            tw.step(st, ctl, demand=False)
+            if i >= 120:
+                out.append(st.port_flow[net.pidx["B>outB"]] / tw.p.dt)
+        return float(np.mean(out))
+
+    q = FD.weidmann().q_max * 3.0
+    assert flow(1e-6) == pytest.approx(q, rel=0.03)
+    assert flow(10.0) == pytest.approx(0.85 * 0.85 * q, rel=0.05)
