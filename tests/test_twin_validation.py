@@ -170,20 +170,25 @@ def test_fd_is_data():
     assert FD.weidmann().rho_c == pytest.approx(1.75, abs=0.05)
 
 
+def two_way():
+    """A → 100 m × 3 m corridor → B, people bound both ways (chains ``ab`` and ``ba``), nobody
+    balking: (network, twin, empty state, controls)."""
+    places = [Place("A", 1e6, 10.0), Place("B", 1e6, 10.0)]
+    chains = [Chain("ab", ["outB"]), Chain("ba", ["outA"])]
+    spec = Spec(places=places, corridors=[Corridor("c", "A", "B", [Segment("z", 100.0, 3.0)])], connectors=[],
+                exits=[Exit("outA", "A", 1e9), Exit("outB", "B", 1e9)], sources=[], chains=chains,
+                params=Params(balk_max_per_min=0.0))
+    net = Network(spec)
+    tw = Twin(net)
+    return net, tw, tw.initial(), tw.controls()
+
+
 def test_counter_flow_loses_capacity_only_while_both_directions_walk():
     """Saturated demand both ways on a 3 m corridor: each direction gets its share of the
     width less the counter-flow loss; close one direction (one-way) and the other carries the
     full q_max·W."""
     def run(both_ways: bool):
-        places = [Place("A", 1e6, 10.0), Place("B", 1e6, 10.0)]
-        chains = [Chain("ab", ["outB"]), Chain("ba", ["outA"])]
-        spec = Spec(places=places, corridors=[Corridor("c", "A", "B", [Segment("z", 100.0, 3.0)])], connectors=[],
-                    exits=[Exit("outA", "A", 1e9), Exit("outB", "B", 1e9)], sources=[], chains=chains,
-                    params=Params(balk_max_per_min=0.0))
-        net = Network(spec)
-        tw = Twin(net)
-        st = tw.initial()
-        ctl = tw.controls()
+        net, tw, st, ctl = two_way()
         st.rdy[0, net.chain_first["ab"]] = 5000.0
         if both_ways:
             st.rdy[1, net.chain_first["ba"]] = 5000.0
@@ -209,15 +214,7 @@ def test_a_closed_lane_s_draining_remnant_costs_the_open_lane_nothing():
     the closed lane the corridor carries the full q_max·W (it carried 0.85 × 0.85 of it while
     any trace was left), with ten people on it the shared-width rule applies in full."""
     def flow(remnant: float) -> float:
-        places = [Place("A", 1e6, 10.0), Place("B", 1e6, 10.0)]
-        chains = [Chain("ab", ["outB"]), Chain("ba", ["outA"])]
-        spec = Spec(places=places, corridors=[Corridor("c", "A", "B", [Segment("z", 100.0, 3.0)])], connectors=[],
-                    exits=[Exit("outA", "A", 1e9), Exit("outB", "B", 1e9)], sources=[], chains=chains,
-                    params=Params(balk_max_per_min=0.0))
-        net = Network(spec)
-        tw = Twin(net)
-        st = tw.initial()
-        ctl = tw.controls()
+        net, tw, st, ctl = two_way()
         st.rdy[0, net.chain_first["ab"]] = 5000.0
         back = np.flatnonzero(net.clane == 1)
         ctl.lane_open[1] = False
