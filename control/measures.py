@@ -26,7 +26,7 @@ from .demand import DemandEstimate
 from .dispatch import StaffBook
 from .holds import HoldBook, start_queues
 from .optimizer import Candidate, Decision, Optimizer, Peak, off_long_enough, on_long_enough, plausible_counts, tod_of
-from .twin import Twin, TwinStart
+from .twin import Twin, TwinStart, start_flows
 
 CYCLE_S = 30.0
 # A decision every cycle; the twin is rolled again (a full plan) when the plan is this old, when
@@ -170,7 +170,7 @@ class MeasurePlanner:
             self.twin.demand_scale = self._base_scale * scale
         if self.optimizer is not None:
             try:
-                start = TwinStart(self.tod(now), counts, self._queues(now, active))
+                start = TwinStart(self.tod(now), counts, self._queues(now, active), start_flows(zones))
                 d = self.optimizer.decide(start, cands, now, unknown=unknown)
                 if not d.timed_out:
                     result = PlanResult(d, "mpc", now)

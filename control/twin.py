@@ -38,6 +38,9 @@ class TwinStart:
     # counts: "hold:<gate>" arrivals held at the gate (on no zone's ground), "port:<gate>" people
     # of the zone before it waiting to pass (counted there)
     queues: Mapping[str, float] = field(default_factory=dict)
+    # people a minute crossing each zone's gates, in and out (``ZoneState.inflow_pm`` /
+    # ``outflow_pm``, smoothed): what the twin's own routing may not reproduce
+    flows: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,3 +84,10 @@ def rollouts(twin: Twin, start: TwinStart, schedules: Sequence[Schedule], minute
     if many is not None:
         return list(many(start, schedules, minutes, every_min))
     return Twin.rollouts(twin, start, schedules, minutes, every_min)
+
+
+def start_flows(zones) -> dict[str, tuple[float, float]]:
+    """(in, out) people a minute through each fresh zone's gates, for :attr:`TwinStart.flows`."""
+    return {z: (s.inflow_pm, s.outflow_pm) for z, s in zones.items()
+            if s.status == "ok" and s.inflow_pm is not None and s.outflow_pm is not None}
+

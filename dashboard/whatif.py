@@ -69,7 +69,7 @@ class WhatIfService:
         from control.holds import reported_queues, start_queues
         from control.measures import order_delay_min
         from control.optimizer import GRACE_MIN, Candidate, Optimizer, plausible_counts, tod_of
-        from control.twin import TwinStart
+        from control.twin import TwinStart, start_flows
 
         twin = self.twin()
         if twin is None:
@@ -87,7 +87,7 @@ class WhatIfService:
         counts, unknown = plausible_counts(self.site, zones, now)
         tod = self.fixed_tod if self.fixed_tod is not None else tod_of(now, self.site.site.timezone)
         queues = start_queues(reported_queues(holds, self.site), getattr(twin, "queue_keys", ()) or ())
-        start = TwinStart(tod, counts, queues)
+        start = TwinStart(tod, counts, queues, start_flows(zones))
         # as the engine rolls them: what is in force acts once it is on the ground (now, or when
         # its officers are in place and set up: the published ``PlanState.in_effect``), a picked
         # measure once its staff have walked from the reserve and set it up (``order_delay_min``)

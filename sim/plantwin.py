@@ -47,6 +47,11 @@ LOCAL_TARGET = 3.5  # p/m²: highest local density the engine plans for (danger 
 # counts, not the step, is the forecast's larger error. (From an artificial start, every zone at
 # 0.6, coarser cells over-forecast that corridor: 2.11 at 15 s against 1.72 at 5 s.)
 PLAN_STEP_S = 15.0
+# A corridor's measured inflow (its entry gate's count) is held as a floor on the twin's own
+# flow through that gate for this long: the twin routes the people of the place before it as on
+# an average evening, and under measures elsewhere (a one-way on the other walkway) the evening
+# sends more this way (docs/mpc.md, "The walkway's measured inflow").
+INFLOW_HOLD_MIN = 10.0
 # The nowcast (``carry``): a start this long after the last one is carried forward; a longer gap
 # (or a clock going back) starts again from the prior.
 CARRY_MAX_S = 600.0
@@ -99,6 +104,9 @@ class ModelTwin:
         self._qport = {g: [k for k in range(net.P) if net.pgate[k] == g and net.pgdir[k] == "in"] for g in self._qgates}
         self._qkeys = [f"{kind}:{g}" for g in self._qgates for kind, idx in (("hold", self._qsrc[g]), ("port", self._qport[g]))
                        if idx]  # queue_now's keys, in its order
+        self._entries = self._gated_entries(site)
+        self._floor: list[tuple[int, float]] = []
+        self._floor_until = -np.inf
         zi = {z: i for i, z in enumerate(net.zones)}
         self._wait_zones = [z.id for z in site.zones if z.id in zi]
         col = {z: j for j, z in enumerate(self._wait_zones)}
@@ -207,6 +215,48 @@ class ModelTwin:
         st = nc.state
         return st.cell, st.act, st.rdy
 
+    def _gated_entries(self, site: Site) -> dict[str, int]:
+        """Corridor zone → the port by which its one gate lets people in from the place at the
+        corridor's end (a lane entry): where a measured inflow can be held."""
+        net = self.net
+        gates = {}
+        for g in site.gates:
+            for z in (g.inside_zone, g.outside_zone):
+                if z is not None:
+                    gates.setdefault(z, []).append(g)
+        out = {}
+        for z, gs in gates.items():
+            if len(gs) != 1 or gs[0].inside_zone != z or z in net.pi or z not in net.zi:
+                continue
+            ks = [k for k in range(net.P) if net.pgate[k] == gs[0].id and net.pgdir[k] == "in" and net.pkind[k] == 0]
+            if len(ks) == 1:
+                out[z] = ks[0]
+        return out
+
+    def _hold_inflow(self, m: Model) -> None:
+        """After a step within ``INFLOW_HOLD_MIN`` of the start: where the twin let fewer
+        through a gated corridor entry than the gate measured (and its measures allow), move the
+        difference from the place before it onto the corridor's first cell, as far as both have
+        them and room. People are moved, not made: the zone counts stay what the cameras saw."""
+        if not self._floor or m.t > self._floor_until:
+            return
+        st, net, ctl, dt = m.state, self.net, m.ctl, m.step_s
+        for k, rate_pm in self._floor:
+            if not ctl.port_open[k] or not np.append(ctl.lane_open, True)[net.port_lane[k]]:
+                continue
+            want = min(rate_pm / 60.0, float(ctl.port_rate[k])) * dt - float(st.last_port[k])
+            if want <= 0.5:
+                continue
+            P, c = net.pfrom[k], net.pcell[k]
+            room = max(0.0, m.twin.fd.rho_jam * net.clen[c] * net.cwidth[c] * 0.5 - float(st.cell[c].sum()))
+            mix = st.cell[c] if st.cell[c].sum() > 1e-9 else st.cell[net.clane == net.clane[c]].sum(0)
+            have = float(st.act[P].sum())
+            x = min(want, room, have)
+            if x <= 0.5 or mix.sum() <= 1e-9:
+                continue
+            st.act[P] *= 1.0 - x / have
+            st.cell[c] += x * mix / mix.sum()
+
     def _place_queues(self, m: Model, queues: Mapping[str, float]) -> None:
         """People already waiting behind each metered gate (``TwinStart.queues``). Without them
         the twin starts every queue empty — the prior spreads a zone's people as on an evening
@@ -297,6 +347,8 @@ class ModelTwin:
         measure waits for its staff and set-up, so candidates share that prefix. Each
         schedule's staff and measure bookkeeping runs on its own. The result is identical to
         rolling each schedule alone."""
+        self._floor = [(k, float(start.flows[z][0])) for z, k in self._entries.items() if z in start.flows]
+        self._floor_until = start.tod_s + INFLOW_HOLD_MIN * 60.0
         models, shared = [], {}
         for sched in schedules:
             m, key0 = self._start(start, sched)
@@ -345,6 +397,7 @@ class ModelTwin:
         for members in groups.values():
             m = models[members[0]]
             m.twin.step(m.state, m.ctl)
+            self._hold_inflow(m)
 
     def _sample(self, models: list[Model], out: np.ndarray, i: int, qout: np.ndarray) -> None:
         for members in self._groups(models).values():

@@ -129,3 +129,31 @@ def test_a_cut_still_being_set_up_does_not_spread_the_counts_over_its_carriagewa
     assert opt.schedule({cut.id: c}, set(), [], now) == [(0.0, [])]
     c = Candidate(cut, active=True, since=now - 1800, delay_min=23.0, in_effect_at=now - 600)
     assert opt.schedule({cut.id: c}, set(), [], now) == [(0.0, list(cut.actions)), (float(cut.teardown_min), [])]
+
+
+def test_a_walkway_s_measured_inflow_is_held_in_the_first_minutes_moving_people_not_making_them(site, scenario):
+    """The east walkway's south gate counts 90 a minute going on (seed 9 ×1.3 counted 52–78
+    from 20:55, while the twin's own routing sent ≈56): for ``INFLOW_HOLD_MIN`` the rollouts let at
+    least that many through, taken from the south head's people — the south span fills, the
+    head empties, nobody is added — and a gate closed by a stop of entry passes nobody."""
+    from sim.plantwin import INFLOW_HOLD_MIN
+
+    truth = Model(site, scenario, seed=3)
+    truth.run_until(hhmm_to_s("20:00"))
+    counts = truth.zone_counts()
+    twin = ModelTwin(site, scenario)
+    plain = TwinStart(truth.t, counts)
+    fed = TwinStart(truth.t, counts, flows={"bridge-e-south": (90.0, 0.0)})
+    a, b = twin.rollout(plain, [(0.0, [])], 20.0), twin.rollout(fed, [(0.0, [])], 20.0)
+    cap = {z.id: z.capacity for z in site.zones}
+    people = lambda r, z, i: r.load[z][i] * cap[z]  # noqa: E731
+    k = int(INFLOW_HOLD_MIN)
+    span = people(b, "bridge-e-south", k) - people(a, "bridge-e-south", k)
+    head = people(b, "bridge-s-head", k) - people(a, "bridge-s-head", k)
+    assert span > 100 and head < -100  # ≈ (90 − the twin's own rate) a minute, for ten minutes
+    total = lambda r, i: sum(people(r, z, i) for z in cap if z in r.load)  # noqa: E731
+    assert total(b, k) == pytest.approx(total(a, k), rel=0.01)
+    # closed: a stop of entry on the ground at the gate
+    stop = next(m for m in site.measures if m.id == "stop-bridge")
+    sa, sb = twin.rollout(plain, [(0.0, list(stop.actions))], 12.0), twin.rollout(fed, [(0.0, list(stop.actions))], 12.0)
+    np.testing.assert_allclose(sa.load["bridge-e-south"], sb.load["bridge-e-south"])
