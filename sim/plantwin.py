@@ -105,8 +105,6 @@ class ModelTwin:
         self._qkeys = [f"{kind}:{g}" for g in self._qgates for kind, idx in (("hold", self._qsrc[g]), ("port", self._qport[g]))
                        if idx]  # queue_now's keys, in its order
         self._entries = self._gated_entries(site)
-        self._floor: list[tuple[int, float]] = []
-        self._floor_until = -np.inf
         zi = {z: i for i, z in enumerate(net.zones)}
         self._wait_zones = [z.id for z in site.zones if z.id in zi]
         col = {z: j for j, z in enumerate(self._wait_zones)}
@@ -233,15 +231,21 @@ class ModelTwin:
                 out[z] = ks[0]
         return out
 
-    def _hold_inflow(self, m: Model) -> None:
+    def _inflow_floor(self, start: TwinStart) -> tuple[float, list[tuple[int, float]]]:
+        """(until when, [(entry port, people a minute the gate counted in)]) for a start."""
+        return (start.tod_s + INFLOW_HOLD_MIN * 60.0,
+                [(k, float(start.flows[z][0])) for z, k in self._entries.items() if z in start.flows])
+
+    def _hold_inflow(self, m: Model, floor: tuple[float, list[tuple[int, float]]]) -> None:
         """After a step within ``INFLOW_HOLD_MIN`` of the start: where the twin let fewer
         through a gated corridor entry than the gate measured (and its measures allow), move the
         difference from the place before it onto the corridor's first cell, as far as both have
         them and room. People are moved, not made: the zone counts stay what the cameras saw."""
-        if not self._floor or m.t > self._floor_until:
+        until, ports = floor
+        if not ports or m.t > until:
             return
         st, net, ctl, dt = m.state, self.net, m.ctl, m.step_s
-        for k, rate_pm in self._floor:
+        for k, rate_pm in ports:
             if not ctl.port_open[k] or not np.append(ctl.lane_open, True)[net.port_lane[k]]:
                 continue
             want = min(rate_pm / 60.0, float(ctl.port_rate[k])) * dt - float(st.last_port[k])
@@ -347,8 +351,7 @@ class ModelTwin:
         measure waits for its staff and set-up, so candidates share that prefix. Each
         schedule's staff and measure bookkeeping runs on its own. The result is identical to
         rolling each schedule alone."""
-        self._floor = [(k, float(start.flows[z][0])) for z, k in self._entries.items() if z in start.flows]
-        self._floor_until = start.tod_s + INFLOW_HOLD_MIN * 60.0
+        floor = self._inflow_floor(start)
         models, shared = [], {}
         for sched in schedules:
             m, key0 = self._start(start, sched)
@@ -365,7 +368,7 @@ class ModelTwin:
         for i in range(1, n + 1):
             until = start.tod_s + i * every_min * 60
             while models[0].t < until - 1e-9:
-                self._step(models)
+                self._step(models, floor)
             self._sample(models, out, i, qout)
         ids = list(self._elements)
         return [Rollout(np.arange(n + 1) * every_min, {e: out[b, :, j] for j, e in enumerate(ids)},
@@ -380,7 +383,7 @@ class ModelTwin:
             groups.setdefault((id(m.state), m.effective_key), []).append(b)
         return groups
 
-    def _step(self, models: list[Model]) -> None:
+    def _step(self, models: list[Model], floor: tuple[float, list[tuple[int, float]]] = (0.0, [])) -> None:
         """One step of every model: measures first (each its own), then the physics once per
         distinct state, a shared state forked where its models' effective measures part."""
         for m in models:
@@ -397,7 +400,7 @@ class ModelTwin:
         for members in groups.values():
             m = models[members[0]]
             m.twin.step(m.state, m.ctl)
-            self._hold_inflow(m)
+            self._hold_inflow(m, floor)
 
     def _sample(self, models: list[Model], out: np.ndarray, i: int, qout: np.ndarray) -> None:
         for members in self._groups(models).values():
