@@ -90,4 +90,3 @@ def start_flows(zones) -> dict[str, tuple[float, float]]:
     """(in, out) people a minute through each fresh zone's gates, for :attr:`TwinStart.flows`."""
     return {z: (s.inflow_pm, s.outflow_pm) for z, s in zones.items()
             if s.status == "ok" and s.inflow_pm is not None and s.outflow_pm is not None}
-

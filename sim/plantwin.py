@@ -247,14 +247,15 @@ class ModelTwin:
             return
         st, net, ctl, dt = m.state, self.net, m.ctl, m.step_s
         for k, rate_pm in ports:
-            if not ctl.port_open[k] or not np.append(ctl.lane_open, True)[net.port_lane[k]]:
+            if not ctl.port_open[k] or not ctl.lane_open[net.port_lane[k]]:  # a lane entry: its lane
                 continue
             want = min(rate_pm / 60.0, float(ctl.port_rate[k])) * dt - float(st.last_port[k])
             if want <= 0.5:
                 continue
             P, c = net.pfrom[k], net.pcell[k]
             room = max(0.0, m.twin.fd.rho_jam * net.clen[c] * net.cwidth[c] * 0.5 - float(st.cell[c].sum()))
-            mix = st.cell[c] if st.cell[c].sum() > 1e-9 else st.cell[net.clane == net.clane[c]].sum(0)
+            _cid, _frm, _to, first, last = net.lanes[net.clane[c]]
+            mix = st.cell[c] if st.cell[c].sum() > 1e-9 else st.cell[first:last + 1].sum(0)
             have = float(st.act[P].sum())
             x = min(want, room, have)
             if x <= 0.5 or mix.sum() <= 1e-9:
