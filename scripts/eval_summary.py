@@ -3,7 +3,7 @@
 every policy finished: python scripts/eval_summary.py RUNS.jsonl"""
 import json, sys, collections
 sys.path.insert(0, __import__('os').path.dirname(__import__('os').path.dirname(__import__('os').path.abspath(__file__))))
-from sim.evaluate import Metrics, table, ci95
+from sim.evaluate import Metrics, table, ci95, safe_multipliers, safe_table
 rows = [json.loads(l) for l in open(sys.argv[1])]
 by = collections.defaultdict(lambda: collections.defaultdict(list))
 for r in rows:
@@ -18,6 +18,14 @@ for d in sorted(by):
         cpu = [m.cpu_s for m in v]
         print(f"{p}: safe {sum(m.safe for m in v)}/{len(v)}, cpu/evening mean {sum(cpu)/max(len(cpu),1):.0f} s")
     print()
+# safe throughput over the seeds every policy ran at every demand (walking up each seed's sweep)
+sweep = tuple(sorted(by))
+pols = sorted({p for d in by for p in by[d]})
+seeds = sorted(set.intersection(*[{m.seed for m in by[d][p]} for d in by for p in pols]))
+flat = [(m.policy, m.seed, m.demand, m) for d in by for p in pols for m in by[d][p]]
+print(f"**safe throughput** (sweep {', '.join(f'×{d:g}' for d in sweep)}; seeds {seeds})\n")
+print(safe_table(safe_multipliers(flat, pols, seeds, sweep)))
+print()
 # where and when (the evenings' diagnostics, if the runs carry them)
 for d in sorted(by):
     for p, v in sorted(by[d].items()):

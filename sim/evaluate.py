@@ -690,7 +690,6 @@ def evaluate(scenario: str, policies: list[str], seeds: list[int], sweep: tuple[
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     sweep = tuple(sorted(set(sweep)))
-    safe: dict[str, dict[int, float]] = {p: {s: 0.9 for s in seeds} for p in policies}
     series: dict[tuple[str, float], Series] = {}
     with ProcessPoolExecutor(max_workers=max(1, jobs), initializer=_init, initargs=(scenario, faults, config)) as ex:
         if set(sweep) <= set(MUST):
@@ -703,22 +702,37 @@ def evaluate(scenario: str, policies: list[str], seeds: list[int], sweep: tuple[
             futs = [ex.submit(_chain, (p, s, sweep, MUST if s == seeds[0] else (), confirm_delay_s, baseline))
                     for p, s in tasks]
         for fut in as_completed(futs):
-            chain = fut.result()
-            alive = True
-            for name, seed, demand, m, ser in chain:
+            for name, seed, demand, m, ser in fut.result():
                 if on_result:
                     on_result(m)
                 if ser is not None:
                     series[(name, demand)] = ser
-                if alive and m.safe:
-                    safe[name][seed] = demand
-                alive = alive and m.safe
                 if progress:
                     progress(f"×{demand:.1f} seed {seed:3d} {name:9s} safe={m.safe!s:5s} >4: {m.zone_min_over_4:5.1f} "
                              f"p95 wait {m.p95_wait_min:4.1f} min  cut {m.road_cutoff_min:4.0f} min  "
                              f"staff {m.staff_hours:5.0f} h  resp {m.response_min if m.response_min is not None else float('nan'):4.1f} min")
     # results in seed order per policy (paired statistics match by seed anyway)
-    return _ordered(results_from(futs), policies, seeds), {p: [safe[p][s] for s in seeds] for p in policies}, series
+    rows = results_from(futs)
+    return _ordered(rows, policies, seeds), safe_multipliers(rows, policies, seeds, sweep), series
+
+
+def safe_multipliers(rows, policies: list[str], seeds: list[int], sweep: tuple[float, ...]) -> dict[str, list[float]]:
+    """Safe throughput per policy and seed: the largest demand of the sweep up to which every
+    evening was safe, walking up from the lowest (0.9: unsafe at ×1.0). An evening safe at ×1.3
+    after one unsafe at ×1.0 does not count — whatever order the evenings ran in (with
+    ``sweep`` ⊆ ``MUST`` each runs as its own task)."""
+    ok = {(n, s, d): m.safe for n, s, d, m in rows}
+    out: dict[str, list[float]] = {}
+    for p in policies:
+        out[p] = []
+        for seed in seeds:
+            v = 0.9
+            for d in sorted(sweep):
+                if not ok.get((p, seed, d), False):
+                    break
+                v = d
+            out[p].append(v)
+    return out
 
 
 def results_from(futs) -> list[tuple[str, int, float, Metrics]]:

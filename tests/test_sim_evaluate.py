@@ -18,6 +18,7 @@ from sim.evaluate import (
     ci95,
     paired,
     run_evening,
+    safe_multipliers,
     safe_table,
     table,
 )
@@ -68,6 +69,18 @@ def test_ci_and_paired_change():
     row = next(line for line in out.splitlines() if line.startswith("| road-cutoff minutes"))
     assert "-21 %" in row  # the district's figure alongside
     assert "×1.00" in safe_table({"plans": [1.0, 1.0]}) and "<1.0" in safe_table({"baseline": [0.9, 1.0]})
+
+
+def test_safe_throughput_walks_up_the_sweep():
+    """An evening safe at ×1.3 after one unsafe at ×1.0 does not make the seed safe at ×1.3,
+    whatever order the evenings finished in; a demand not run ends the walk."""
+    def m(seed, d, ok):
+        return Metrics("mpc", seed, demand=d, safe=ok)
+
+    rows = [("mpc", s, d, m(s, d, ok)) for s, d, ok in
+            [(1, 1.3, True), (1, 1.0, False), (0, 1.3, True), (0, 1.0, True), (2, 1.0, True), (2, 1.3, False), (3, 1.0, True)]]
+    got = safe_multipliers(rows, ["mpc"], [0, 1, 2, 3], (1.0, 1.3))
+    assert got == {"mpc": [1.3, 0.9, 1.0, 1.0]}
 
 
 @pytest.fixture(scope="module")
