@@ -11,8 +11,11 @@ silent zero), and hands the fresh ones to the planner's start.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from crowdflow.records import HOLD_STALE_S, HoldState, built, hold_as_of
 from crowdflow.site import Site
@@ -20,6 +23,15 @@ from crowdflow.site import Site
 # Physically possible at all (people per m² standing, the densest crush recorded is ≈ 9-10):
 # a count above this for the pen's area is a typo or a hostile client, refused with the reason.
 MAX_PEN_DENSITY = 10.0
+# A queue's trend (``HoldBook.trends``): the least-squares slope of the reports of the last
+# TREND_WINDOW_S, from at least TREND_MIN_REPORTS spanning TREND_MIN_SPAN_S (the metro operator
+# reports a concourse every minute, the staff a pen every two). Its standard error assumes each
+# count off by REPORT_ERROR of itself [estimate: a packed pen counted by eye, or the operator's
+# gate arithmetic], or the scatter of the reports about the line if that is larger.
+TREND_WINDOW_S = 240.0
+TREND_MIN_REPORTS = 3
+TREND_MIN_SPAN_S = 110.0
+REPORT_ERROR = 0.10
 
 
 @dataclass
@@ -38,6 +50,7 @@ class HoldBook:
         zones = {z.id for z in site.zones}  # a partition's worker keeps its own zones' pens
         self.areas = {h.id: h for h in site.holding_areas if h.zone in zones}
         self._last: dict[str, _Report] = {}
+        self._recent: dict[str, deque[_Report]] = {}  # the reports of the trend window, oldest first
 
     def check(self, hold_id: str | None, people: float | None, at: float, now: float) -> str | None:
         """Why a report cannot be used (None when it can)."""
@@ -63,8 +76,33 @@ class HoldBook:
         last = self._last.get(hold_id)
         if last is not None and last.at > at:
             return None  # an older count arriving late changes nothing (not an error: it was true then)
-        self._last[hold_id] = _Report(float(people), float(at), by)
+        r = self._last[hold_id] = _Report(float(people), float(at), by)
+        recent = self._recent.setdefault(hold_id, deque())
+        recent.append(r)
+        while recent and recent[0].at < r.at - TREND_WINDOW_S:
+            recent.popleft()
         return None
+
+    def trends(self, now: float) -> dict[str, tuple[float, float]]:
+        """``hold:<gate>`` → (people a minute the queue grew by, its standard error) for each
+        arrivals pen with enough fresh reports (see TREND_WINDOW_S): how fast a surge the
+        forecast did not expect is filling it."""
+        out: dict[str, tuple[float, float]] = {}
+        for hid, recent in list(self._recent.items()):  # the planner's thread reads while reports arrive
+            h = self.areas[hid]
+            rs = [r for r in list(recent) if now - r.at <= TREND_WINDOW_S]
+            if h.queue != "arrivals" or len(rs) < TREND_MIN_REPORTS or rs[-1].at - rs[0].at < TREND_MIN_SPAN_S:
+                continue
+            t = np.array([r.at for r in rs]) / 60.0
+            y = np.array([r.people for r in rs])
+            tc = t - t.mean()
+            sxx = float((tc * tc).sum())
+            slope = float((tc * (y - y.mean())).sum()) / sxx
+            resid = y - y.mean() - slope * tc
+            model = REPORT_ERROR * float(np.sqrt((y * y).mean()))
+            scatter = float(np.sqrt((resid * resid).sum() / max(len(rs) - 2, 1)))
+            out[f"hold:{h.gate}"] = (slope, max(model, scatter) / np.sqrt(sxx))
+        return out
 
     def restore(self, published) -> None:
         """Counts a previous leader published (HoldState records): fresh or stale, each is kept

@@ -170,7 +170,8 @@ class MeasurePlanner:
             self.twin.demand_scale = self._base_scale * scale
         if self.optimizer is not None:
             try:
-                start = TwinStart(self.tod(now), counts, self._queues(now, active), start_flows(zones))
+                start = TwinStart(self.tod(now), counts, self._queues(now, active), start_flows(zones),
+                                  trends=self._trends(now))
                 d = self.optimizer.decide(start, cands, now, unknown=unknown)
                 if not d.timed_out:
                     result = PlanResult(d, "mpc", now)
@@ -207,6 +208,11 @@ class MeasurePlanner:
     def _measured(self, now: float) -> dict[str, float]:
         """Fresh reported counts under the twin's queue keys (``control.holds.start_queues``)."""
         return start_queues(self.holds.queues(now), getattr(self.twin, "queue_keys", ()) or ())
+
+    def _trends(self, now: float) -> dict[str, tuple[float, float]]:
+        """The reported queues' growth (``HoldBook.trends``) under the twin's queue keys."""
+        known = set(getattr(self.twin, "queue_keys", ()) or ())
+        return {k: v for k, v in self.holds.trends(now).items() if not known or k in known}
 
     def _reckoned(self, now: float, active: Mapping[str, float]) -> dict[str, float]:
         """The queues by dead reckoning: the last full plan's forecast for this minute. A fresh

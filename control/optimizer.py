@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
@@ -37,6 +37,7 @@ import numpy as np
 from crowdflow.records import PEN_FULL_DENSITY, ZoneState
 from crowdflow.site import Action, Measure, MeteringAction, Site, Text
 
+from .holds import TREND_WINDOW_S
 from .twin import Rollout, Twin, TwinStart, rollouts
 
 HORIZON_MIN = 30.0
@@ -88,6 +89,17 @@ FLAP_WINDOW_S = 20 * 60
 # (1.1 p/m²), the walkway was at 3.5–4.3 p/m² from 20:23 to 20:39 (docs/mpc.md, "Ground and lead").
 # A long wait is answered by stopping entry (``stop-bridge``), not by letting the queue through.
 RELEASE_QUEUE_MIN = 3.0
+# A surge at a holding area (offset-free MPC's input disturbance, on the queues the staff and the
+# metro operator count): the queue's measured growth (``TwinStart.trends``) beyond what the twin
+# makes of the same start and measures over SURGE_PROBE_MIN minutes becomes extra arrivals
+# (``TwinStart.surge``) in every rollout of the decision — when it is both above SURGE_MIN_PM
+# people a minute and SURGE_SIGMAS standard errors of the measured growth (so that the counts'
+# own scatter does not invent one). Traced on seed 1 ×1.0 (20:15–20:25): the exit-9 concourse
+# grew ≈125 people a minute from 20:15 while every forecast drained it; the measure that answers
+# it was ordered at 20:21, with the concourse at 2.9 p/m², and acted at 20:28.
+SURGE_PROBE_MIN = 2.0
+SURGE_MIN_PM = 20.0
+SURGE_SIGMAS = 3.0
 
 
 def plausible_counts(site: Site, zones: Mapping[str, ZoneState], now: float) -> tuple[dict[str, float], list[str]]:
@@ -177,6 +189,7 @@ class Decision:
     # minute the element first reaches the measure's trigger without it, or None)
     focus: dict[str, tuple[str, float, float, float | None]] = field(default_factory=dict)
     urgent_off: list[str] = field(default_factory=list)  # releases that remove forecast safety excess
+    surge: dict[str, float] = field(default_factory=dict)  # queue → extra arrivals a minute the forecast added (TwinStart.surge)
 
 
 def _hhmm(tod_s: float) -> str:
@@ -296,16 +309,20 @@ class Optimizer:
         """A metering's queue now (``start.queues``: held at its sources and waiting at its
         gates): the minutes it takes to pass at the metered rate, and whether it fills the
         holding areas of its gates (``PEN_FULL_DENSITY``: a crush risk in the pen, which only
-        letting people through relieves). (0, False) for a measure that meters nothing."""
-        rate = queued = pen = 0.0
+        letting people through relieves — or will within ``RELEASE_QUEUE_MIN`` at the growth of a
+        measured surge, ``TwinStart.surge``). (0, False) for a measure that meters nothing."""
+        rate = queued = pen = soon = 0.0
         for a in m.actions:
             if isinstance(a, MeteringAction):
                 rate += a.per_min
                 queued += start.queues.get(f"port:{a.gate}", 0.0) + start.queues.get(f"hold:{a.gate}", 0.0)
                 pen += self._pen_m2.get(a.gate, 0.0)
+                soon += start.surge.get(f"hold:{a.gate}", 0.0) * RELEASE_QUEUE_MIN
         if queued <= 0:
             return 0.0, False
-        return (queued / rate if rate > 0 else float("inf")), queued >= pen * PEN_FULL_DENSITY
+        # a measured surge fills the pen faster than the metering lets it out: full within the
+        # minutes a release takes to act counts as full now
+        return (queued / rate if rate > 0 else float("inf")), queued + soon >= pen * PEN_FULL_DENSITY
 
     def _judged(self, r: Rollout) -> slice:
         return slice(int(np.searchsorted(r.minutes, self.grace_min)), None)
@@ -356,6 +373,7 @@ class Optimizer:
         current = {c.id for c in candidates if c.active}
         chosen = set(current)
         timed_out = False
+        start = replace(start, surge=self._surge(start, cands, current, base_actions))
         r_cur = self._roll(start, cands, chosen, base_actions)
         r = r_cur
         runs: dict[frozenset, Rollout] = {frozenset(chosen): r}
@@ -484,7 +502,39 @@ class Optimizer:
         return Decision(chosen=sorted(chosen), on=on, off=off, feasible=self._excess(r) <= 0,
                         violations=self._violations(r), reasons=reasons, peaks=peaks, rollouts=self._n,
                         elapsed_s=self.clock() - t0, timed_out=timed_out, unknown=list(unknown), curves=curves,
-                        queues=queues, focus=dict(self._focus), urgent_off=urgent)
+                        queues=queues, focus=dict(self._focus), urgent_off=urgent, surge=dict(start.surge))
+
+    def _surge(self, start: TwinStart, cands, current: set[str], base) -> dict[str, float]:
+        """Extra arrivals a minute at each holding area whose reported queue grows faster than
+        the twin grows it from the same start under the measures in force (see SURGE_PROBE_MIN)."""
+        if not start.trends:
+            return {}
+        self._n += 1
+        # what acts on the ground now, nothing ordered: the reports measured the queue under it
+        # (a diversion due in a minute would drain the twin's queue and pass for a surge)
+        now = self._now
+        acts = list(base)
+        for mid in sorted(current):
+            c = cands[mid]
+            if c.in_effect_at is None or now is None or c.in_effect_at <= now:
+                acts.extend(c.measure.actions)
+        probe = self.twin.rollout(replace(start, surge={}), [(0.0, acts)], SURGE_PROBE_MIN, 1.0)
+        # a measure at the gate that came into effect or was lifted while the reports were taken
+        # changed the queue's course: the growth measured under both says nothing of arrivals
+        moved: set[str] = set()
+        for c in cands.values():
+            t = c.in_effect_at if c.active else c.since
+            if t is not None and now is not None and now - TREND_WINDOW_S <= t <= now:
+                moved |= {f"hold:{g}" for a in c.measure.actions if (g := getattr(a, "gate", None))}
+        out = {}
+        for key, (slope, se) in start.trends.items():
+            q = probe.queues.get(key)
+            if q is None or len(q) < 2 or key in moved:
+                continue
+            extra = slope - float(q[-1] - q[0]) / float(probe.minutes[-1] - probe.minutes[0])
+            if extra > max(SURGE_MIN_PM, SURGE_SIGMAS * se):
+                out[key] = round(extra, 1)
+        return out
 
     def _reason(self, start: TwinStart, m: Measure, with_r: Rollout | None, without_r: Rollout | None,
                 switching_on: bool) -> Text:
@@ -503,9 +553,15 @@ class Optimizer:
         self._focus[m.id] = (z, po, to, self._first_over(without_r, z, m.trigger.forecast_ratio))
         verb_zh = "启用" if switching_on else "解除"
         verb_en = "switch on" if switching_on else "release"
+        tail_zh = tail_en = ""
+        for key, per_min in sorted(start.surge.items()):  # the counts behind a forecast the curves alone would not make
+            h = self.elements.get(key)
+            if h is not None and h.zone in m.relieves:
+                tail_zh += f"；现场报数：{h.name.zh}每分钟比预测多增 {per_min:.0f} 人"
+                tail_en += f"; counted: {h.name.en} growing {per_min:.0f} people/min beyond the forecast"
         return Text(
-            zh=f"{verb_zh}{m.name.zh}——采取：{el.name.zh} 峰值 {pw:.2f}（{at_w}）；不采取：{po:.2f}（{at_o}）",
-            en=f"{verb_en} {m.name.en} — with: {el.name.en} peaks at {pw:.2f} at {at_w}; without: {po:.2f} at {at_o}")
+            zh=f"{verb_zh}{m.name.zh}——采取：{el.name.zh} 峰值 {pw:.2f}（{at_w}）；不采取：{po:.2f}（{at_o}）{tail_zh}",
+            en=f"{verb_en} {m.name.en} — with: {el.name.en} peaks at {pw:.2f} at {at_w}; without: {po:.2f} at {at_o}{tail_en}")
 
 
 def tod_of(now: float, tz: str) -> float:

@@ -18,6 +18,11 @@ import numpy as np
 
 from crowdflow.site import Action, Text
 
+# How long a rollout adds a measured surge (``TwinStart.surge``) [estimate]: a bunch of late
+# trains empties into a concourse for a few headways; the next decision measures it again, so
+# a surge that ends drops out of the forecast within a few minutes.
+SURGE_MIN = 10.0
+
 
 @dataclass(frozen=True)
 class Element:
@@ -41,6 +46,13 @@ class TwinStart:
     # people a minute crossing each zone's gates, in and out (``ZoneState.inflow_pm`` /
     # ``outflow_pm``, smoothed): what the twin's own routing may not reproduce
     flows: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # a queue's measured growth: ``hold:<gate>`` → (people a minute, standard error), from the
+    # counts reported at its holding area (``control.holds.HoldBook.trends``)
+    trends: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # arrivals beyond the twin's own, people a minute at a gate's held sources (``hold:<gate>``),
+    # added over the first ``SURGE_MIN`` minutes of a rollout: a surge the reports show that the
+    # scenario's curves do not have (set by the optimiser from ``trends``)
+    surge: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from control.twin import Element, Rollout, Schedule, TwinStart
+from control.twin import SURGE_MIN, Element, Rollout, Schedule, TwinStart
 from crowdflow.records import PEN_FULL_DENSITY
 from crowdflow.site import MeteringAction, Site, Text
 
@@ -354,6 +354,7 @@ class ModelTwin:
         schedule's staff and measure bookkeeping runs on its own. The result is identical to
         rolling each schedule alone."""
         floor = self._inflow_floor(start)
+        surge = self._surge(start)
         models, shared = [], {}
         for sched in schedules:
             m, key0 = self._start(start, sched)
@@ -370,7 +371,7 @@ class ModelTwin:
         for i in range(1, n + 1):
             until = start.tod_s + i * every_min * 60
             while models[0].t < until - 1e-9:
-                self._step(models, floor)
+                self._step(models, floor, surge)
             self._sample(models, out, i, qout)
         ids = list(self._elements)
         return [Rollout(np.arange(n + 1) * every_min, {e: out[b, :, j] for j, e in enumerate(ids)},
@@ -385,7 +386,31 @@ class ModelTwin:
             groups.setdefault((id(m.state), m.effective_key), []).append(b)
         return groups
 
-    def _step(self, models: list[Model], floor: tuple[float, list[tuple[int, float]]] = (0.0, [])) -> None:
+    def _surge(self, start: TwinStart) -> tuple[float, list[tuple[int, np.ndarray]]]:
+        """(until when, [(source, people a minute by class)]) for a start's measured surge: the
+        extra arrivals at a gate's held sources, split over them and their classes as the
+        start's queues are (``_place_queues``)."""
+        out = []
+        for key, per_min in start.surge.items():
+            srcs = self._qsrc.get(key.split(":", 1)[1], []) if key.startswith("hold:") else []
+            for s in srcs:
+                out.append((s, per_min / len(srcs) * self.net.src_mix[s]))
+        return start.tod_s + SURGE_MIN * 60.0, out
+
+    @staticmethod
+    def _add_surge(m: Model, surge: tuple[float, list[tuple[int, np.ndarray]]]) -> None:
+        """Before a step within ``SURGE_MIN`` of the start: the step's share of the surge joins
+        its sources' held arrivals, which the step passes, holds or diverts (a metro station
+        letting no one off rides them on) as the measures in force do its own arrivals."""
+        until, srcs = surge
+        if not srcs or m.t >= until:
+            return
+        held, f = m.state.held, m.step_s / 60.0
+        for s, per_min in srcs:
+            held[s] += per_min * f
+
+    def _step(self, models: list[Model], floor: tuple[float, list[tuple[int, float]]] = (0.0, []),
+              surge: tuple[float, list[tuple[int, np.ndarray]]] = (0.0, [])) -> None:
         """One step of every model: measures first (each its own), then the physics once per
         distinct state, a shared state forked where its models' effective measures part."""
         for m in models:
@@ -401,6 +426,7 @@ class ModelTwin:
             seen.add(id(st))
         for members in groups.values():
             m = models[members[0]]
+            self._add_surge(m, surge)  # before the step: its sources pass, hold or divert them as arrivals
             m.twin.step(m.state, m.ctl)
             self._hold_inflow(m, floor)
 

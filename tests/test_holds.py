@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from control.holds import MAX_PEN_DENSITY, HoldBook
+from control.holds import MAX_PEN_DENSITY, TREND_WINDOW_S, HoldBook
 from control.measures import MeasurePlanner
 from control.plans import PlanEngine
 from control.service import ControlService
@@ -95,12 +95,24 @@ def metered_evening(site, scenario):
     return m
 
 
-def test_the_planner_starts_from_a_reported_queue_and_sees_the_surge(site, scenario, metered_evening):
+@pytest.fixture(scope="module")
+def at_2016(site, scenario, metered_evening):
+    """(planning twin at ×1, now, the fused zone states) of ``metered_evening``."""
+    now = epoch(hhmm_to_s("20:16"))
+    return ModelTwin(site, scenario.model_copy(update={"demand_scale": 1.0})), now, states(site, metered_evening, now)
+
+
+def _counted(pl: MeasurePlanner, counts, now: float) -> None:
+    """The operator's counts of the concourse, a minute apart, the last one now."""
+    for k, n in enumerate(counts):
+        t = now - 60 * (len(counts) - 1 - k)
+        pl.holds.report(CONCOURSE, n, t, "metro", t)
+
+
+def test_the_planner_starts_from_a_reported_queue_and_sees_the_surge(site, at_2016):
     """A concourse the dead reckoning puts near empty is reported at 1,200 people: the plan's
     start takes the count, and its forecast shows the concourse over its target."""
-    twin = ModelTwin(site, scenario.model_copy(update={"demand_scale": 1.0}))
-    now = epoch(hhmm_to_s("20:16"))
-    zs = states(site, metered_evening, now)
+    twin, now, zs = at_2016
     active = {"meter-xsz": now - 3600}
     bound = {p.id: "III" for p in site.plans}
 
@@ -118,6 +130,64 @@ def test_the_planner_starts_from_a_reported_queue_and_sees_the_surge(site, scena
     assert not told._queue_drifted(now + 30, active)
     blind.holds.report(CONCOURSE, 1200, now, "metro", now)
     assert blind._queue_drifted(now + 30, active)
+
+
+def test_a_queue_s_trend_comes_from_enough_fresh_reports(site):
+    """The metro operator counts the concourse every minute: three or more counts over two
+    minutes give its growth (least squares) with a standard error; fewer, or old ones, none."""
+    book = HoldBook(site)
+    for k, n in enumerate((300, 410, 545, 655)):
+        book.report(CONCOURSE, n, T + 60 * k, "metro", T + 60 * k)
+    now = T + 180
+    slope, se = book.trends(now)["hold:gate-xsz-9"]
+    assert slope == pytest.approx(120.0, abs=0.1)
+    assert 10 < se < 40  # 10 % of ≈ 500 people over four counts a minute apart
+    assert book.trends(now + TREND_WINDOW_S) == {}  # the counts have aged out of the window
+    two = HoldBook(site)
+    for k in range(2):
+        two.report(CONCOURSE, 300 + 100 * k, T + 60 * k, "metro", T + 60 * k)
+    assert two.trends(T + 60) == {}
+    out = HoldBook(site)  # a departures pen is shown, not planned from
+    for k in range(4):
+        out.report("hold-xsz-9-out", 100 + 50 * k, T + 60 * k, "staff", T + 60 * k)
+    assert out.trends(T + 180) == {}
+
+
+@pytest.mark.parametrize("counts, surge", [((300, 420, 540, 660), True),  # a bunch of late trains
+                                           ((660, 600, 700, 640), False),  # steady, counted ±10 %
+                                           ((660, 660, 660, 660), False)])
+def test_a_concourse_growing_faster_than_forecast_is_a_surge(site, at_2016, counts, surge):
+    """Offset-free MPC on the pens (control.optimizer, SURGE_*): a concourse the operator counts
+    growing ≈120 a minute, where the twin's own arrivals would not grow it, is forecast to go on
+    growing for the surge's minutes and overflows its target, and what is switched on for it
+    says so; the same count steady, or scattered by the counts' own error, adds nothing."""
+    twin, now, zs = at_2016
+    pl = MeasurePlanner(site, twin, budget_s=60)
+    _counted(pl, counts, now)
+    d = pl.decide(now, zs, {"meter-xsz": now - 3600}, {}, {p.id: "III" for p in site.plans}).decision
+    without = d.curves["without"]["hold:gate-xsz-9"]
+    full = 300 * PEN_FULL_DENSITY
+    if surge:
+        assert 90 < d.surge["hold:gate-xsz-9"] < 200
+        assert max(without) > without[0] + 5 * 90 / full  # still growing minutes after the start
+        # the concourse's growth is the measure's reason, in both languages
+        assert d.on and all("beyond the forecast" in d.reasons[m].en and "比预测多增" in d.reasons[m].zh for m in d.on)
+    else:
+        assert d.surge == {}
+        assert max(without[5:]) <= without[0] + 60 / full
+
+
+def test_a_queue_counted_across_a_change_at_its_gate_is_no_surge(site, at_2016):
+    """The metro operator's diversion (只上不下) took effect a minute ago: the concourse counted
+    steady over the last minutes was filling under the old measures, and the twin under the new
+    ones drains it at once. That difference is the measure, not arrivals: no surge."""
+    twin, now, zs = at_2016
+    pl = MeasurePlanner(site, twin, budget_s=60)
+    since = now - 60 - (pl.in_effect_at("board-only-xsz", 0.0) - 0.0)  # on the ground since now − 60 s
+    active = {"meter-xsz": now - 3600, "board-only-xsz": since}
+    _counted(pl, (660, 660, 660, 660), now)
+    d = pl.decide(now, zs, active, {}, {p.id: "I" for p in site.plans}).decision
+    assert d.surge == {}
 
 
 def test_reporters_count_pens_in_use_at_their_own_pace(site, scenario):

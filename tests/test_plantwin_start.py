@@ -158,3 +158,29 @@ def test_a_walkway_s_measured_inflow_is_held_in_the_first_minutes_moving_people_
     stop = next(m for m in site.measures if m.id == "stop-bridge")
     sa, sb = twin.rollout(plain, [(0.0, list(stop.actions))], 12.0), twin.rollout(fed, [(0.0, list(stop.actions))], 12.0)
     np.testing.assert_allclose(sa.load["bridge-e-south"], sb.load["bridge-e-south"])
+
+
+def test_a_measured_surge_joins_a_station_s_arrivals_for_its_minutes(site, scenario):
+    """``TwinStart.surge``: 150 extra people a minute at Xiaoshizi exit 9 fill its metered
+    concourse for ``SURGE_MIN`` minutes, then stop; with the station letting no one off
+    (只上不下, on the ground from the start) the same surge rides on like the station's own
+    arrivals — the concourse stays empty, nothing waits behind a gate that passes nobody."""
+    from control.twin import SURGE_MIN
+
+    truth = Model(site, scenario, seed=3)
+    truth.run_until(hhmm_to_s("20:00"))
+    twin = ModelTwin(site, scenario)
+    plain = TwinStart(truth.t, truth.zone_counts())
+    fed = TwinStart(truth.t, truth.zone_counts(), surge={"hold:gate-xsz-9": 150.0})
+    meter = list(site.measure_by_id["meter-xsz"].actions)
+    a, b = twin.rollout(plain, [(0.0, meter)], 20.0), twin.rollout(fed, [(0.0, meter)], 20.0)
+    q = "hold:gate-xsz-9"
+    extra = b.queues[q] - a.queues[q]
+    k = int(SURGE_MIN)
+    # all of it queues (the metering passes its rate either way), less those who give up waiting
+    assert 0.6 * 150.0 * SURGE_MIN < extra[k] <= 150.0 * SURGE_MIN + 1.0
+    assert b.turned_away > a.turned_away
+    assert extra[-1] <= extra[k] + 1.0  # and no more come after the surge's minutes
+    board = meter + list(site.measure_by_id["board-only-xsz"].actions)
+    c = twin.rollout(fed, [(0.0, board)], 12.0)
+    assert max(c.queues[q][1:]) < 1.0 and max(c.load[q][1:]) < 0.01
