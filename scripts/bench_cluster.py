@@ -353,7 +353,7 @@ async def ws_listen(base: str, token: str, seconds: float, start_at: float) -> t
     return lat, drops
 
 
-def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: int) -> dict:
+def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: int, workers: int = 1) -> dict:
     import httpx
 
     from dashboard.auth import hash_password
@@ -368,11 +368,12 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
                CROWDFLOW_DATA_DIR=str(tmp / "var"), CROWDFLOW_AUDIT_DIR="none",
                CROWDFLOW_USERS=json.dumps([{"name": "bench", "role": "viewer",
                                             "password_hash": hash_password("bench-pass-1")}]))
-    logs = [open(tmp / f"{n}.log", "w") for n in ("control", "dashboard")]
-    procs = [subprocess.Popen([sys.executable, "-m", "crowdflow.cli", "control", "--config", str(cfg)], cwd=REPO,
-                              env=env, stdout=logs[0], stderr=subprocess.STDOUT),
-             subprocess.Popen([sys.executable, "-m", "crowdflow.cli", "dashboard", "--config", str(cfg), "--port",
-                               str(port)], cwd=REPO, env=env, stdout=logs[1], stderr=subprocess.STDOUT)]
+    logs = [open(tmp / f"{n}.log", "w") for n in [f"control-{i}" for i in range(workers)] + ["dashboard"]]
+    procs = [subprocess.Popen([sys.executable, "-m", "crowdflow.cli", "control", "--config", str(cfg),
+                               "--consumer", f"bench-w{i}"], cwd=REPO, env=env, stdout=logs[i],
+                              stderr=subprocess.STDOUT) for i in range(workers)]
+    procs.append(subprocess.Popen([sys.executable, "-m", "crowdflow.cli", "dashboard", "--config", str(cfg), "--port",
+                                   str(port)], cwd=REPO, env=env, stdout=logs[-1], stderr=subprocess.STDOUT))
     r = connect(url)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -390,9 +391,13 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
                 raise RuntimeError("dashboard did not start; see " + str(tmp))
             time.sleep(0.5)
         pk = Keys(prefix)
-        while not all(r.get(pk.partition(p).leader) for p in site_dict["control"]["partitions"]):
+        def leaders():
+            return [r.get(pk.partition(p).leader) for p in site_dict["control"]["partitions"]]
+
+        # every partition led, and (with several workers) spread over all of them: taken, then balanced
+        while not all(leaders()) or len(set(leaders())) < workers:
             if time.time() > deadline:
-                raise RuntimeError("control did not take its partitions; see " + str(tmp))
+                raise RuntimeError("control did not take (or balance) its partitions; see " + str(tmp))
             time.sleep(0.2)
         start_at = time.time() + 3.0
         ctx = mp.get_context("spawn")
@@ -411,12 +416,14 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
         ev_lat = np.array(q.get(timeout=120)) * 1000
         prod.join()
         ev.join()
-        return {"cameras": n_cameras, "partitions": len(site_dict["control"]["partitions"]), "n": len(lat),
+        control_cores = sum(cpu[:workers])
+        return {"cameras": n_cameras, "partitions": len(site_dict["control"]["partitions"]), "workers": workers,
+                "n": len(lat),
                 "drops": drops,
                 "p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "p99": float(np.percentile(lat, 99)) if len(lat) else None,
                 "max": float(lat.max()) if len(lat) else None, "expected": int(n_cameras * (seconds - 2)),
-                "control_cores": cpu[0], "dashboard_cores": cpu[1],
+                "control_cores": control_cores, "dashboard_cores": cpu[-1],
                 "control_n": len(ev_lat),
                 "control_p50": float(np.percentile(ev_lat, 50)) if len(ev_lat) else None,
                 "control_p99": float(np.percentile(ev_lat, 99)) if len(ev_lat) else None}
@@ -441,6 +448,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=60000)
     ap.add_argument("--workers", default="1,2", help="control worker counts to measure")
     ap.add_argument("--latency-cameras", default="1000,10000")
+    ap.add_argument("--latency-workers", type=int, default=1, help="control processes in the latency run")
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--cluster", default=None, help="redis+cluster://host:port (default: start one on 7601)")
     ap.add_argument("--port", type=int, default=7690, help="dashboard port for the latency run")
@@ -502,13 +510,13 @@ def main() -> int:
                       + "; ".join(f"control {n}w {med[f'control_{n}w']:.0f} obs/s, ratio {med[f'ratio_{n}w']:.2f}, "
                                   f"{med[f'control_{n}w_cpu_us']:.1f} µs/obs" for n in workers))
         for n in [int(x) for x in args.latency_cameras.split(",") if x]:
-            res = bench_latency(url, n, args.partitions, args.seconds, args.port)
+            res = bench_latency(url, n, args.partitions, args.seconds, args.port, args.latency_workers)
             out[f"latency_{n}"] = res
             if not res["n"]:
                 print(f"camera → browser at {n} cameras × 1 Hz: NO live zone message reached the browser in "
                       f"{args.seconds:g} s (saturated); client dropped as too slow {res['drops']}×")
                 continue
-            print(f"camera → browser at {n} cameras × 1 Hz ({res['partitions']} partitions, 1 worker, 1 dashboard): "
+            print(f"camera → browser at {n} cameras × 1 Hz ({res['partitions']} partitions, {res['workers']} worker(s), 1 dashboard): "
                   f"{res['n']} zone messages of ~{res['expected']} observations, p50 {res['p50']:.0f} ms, "
                   f"p99 {res['p99']:.0f} ms, max {res['max']:.0f} ms; client dropped as too slow {res['drops']}×")
             print(f"    CPU used: control worker {res['control_cores']:.2f} cores, dashboard {res['dashboard_cores']:.2f} "
