@@ -77,10 +77,11 @@ class HoldBook:
         if last is not None and last.at > at:
             return None  # an older count arriving late changes nothing (not an error: it was true then)
         r = self._last[hold_id] = _Report(float(people), float(at), by)
-        recent = self._recent.setdefault(hold_id, deque())
-        recent.append(r)
-        while recent and recent[0].at < r.at - TREND_WINDOW_S:
-            recent.popleft()
+        if self.areas[hold_id].queue == "arrivals":  # a departures pen is shown, not planned from
+            recent = self._recent.setdefault(hold_id, deque())
+            recent.append(r)
+            while recent[0].at < r.at - TREND_WINDOW_S:
+                recent.popleft()
         return None
 
     def trends(self, now: float) -> dict[str, tuple[float, float]]:
@@ -89,9 +90,8 @@ class HoldBook:
         forecast did not expect is filling it."""
         out: dict[str, tuple[float, float]] = {}
         for hid, recent in list(self._recent.items()):  # the planner's thread reads while reports arrive
-            h = self.areas[hid]
             rs = [r for r in list(recent) if now - r.at <= TREND_WINDOW_S]
-            if h.queue != "arrivals" or len(rs) < TREND_MIN_REPORTS or rs[-1].at - rs[0].at < TREND_MIN_SPAN_S:
+            if len(rs) < TREND_MIN_REPORTS or rs[-1].at - rs[0].at < TREND_MIN_SPAN_S:
                 continue
             t = np.array([r.at for r in rs]) / 60.0
             y = np.array([r.people for r in rs])
@@ -101,7 +101,7 @@ class HoldBook:
             resid = y - y.mean() - slope * tc
             model = REPORT_ERROR * float(np.sqrt((y * y).mean()))
             scatter = float(np.sqrt((resid * resid).sum() / max(len(rs) - 2, 1)))
-            out[f"hold:{h.gate}"] = (slope, max(model, scatter) / np.sqrt(sxx))
+            out[f"hold:{self.areas[hid].gate}"] = (slope, max(model, scatter) / np.sqrt(sxx))
         return out
 
     def restore(self, published) -> None:

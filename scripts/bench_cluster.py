@@ -395,10 +395,12 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
             return [r.get(pk.partition(p).leader) for p in site_dict["control"]["partitions"]]
 
         # every partition led, and (with several workers) spread over all of them: taken, then balanced
-        while not all(leaders()) or len(set(leaders())) < workers:
+        held = leaders()
+        while not all(held) or len(set(held)) < workers:
             if time.time() > deadline:
                 raise RuntimeError("control did not take (or balance) its partitions; see " + str(tmp))
             time.sleep(0.2)
+            held = leaders()
         start_at = time.time() + 3.0
         ctx = mp.get_context("spawn")
         prod = ctx.Process(target=producer_1hz, args=(url, prefix, n_cameras, parts, seconds, start_at))
@@ -416,14 +418,13 @@ def bench_latency(url: str, n_cameras: int, n_parts: int, seconds: float, port: 
         ev_lat = np.array(q.get(timeout=120)) * 1000
         prod.join()
         ev.join()
-        control_cores = sum(cpu[:workers])
         return {"cameras": n_cameras, "partitions": len(site_dict["control"]["partitions"]), "workers": workers,
                 "n": len(lat),
                 "drops": drops,
                 "p50": float(np.percentile(lat, 50)) if len(lat) else None,
                 "p99": float(np.percentile(lat, 99)) if len(lat) else None,
                 "max": float(lat.max()) if len(lat) else None, "expected": int(n_cameras * (seconds - 2)),
-                "control_cores": control_cores, "dashboard_cores": cpu[-1],
+                "control_cores": sum(cpu[:workers]), "dashboard_cores": cpu[-1],
                 "control_n": len(ev_lat),
                 "control_p50": float(np.percentile(ev_lat, 50)) if len(ev_lat) else None,
                 "control_p99": float(np.percentile(ev_lat, 99)) if len(ev_lat) else None}
