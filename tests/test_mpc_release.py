@@ -74,8 +74,11 @@ def test_the_planning_twin_started_with_the_queue_discharges_it_onto_the_walkway
     """Cameras count the head's people, not who of them waits at the metered entry: started
     from the counts alone (the prior spreads them as on an evening without measures) the twin
     has no queue there. Started with the queue, it holds it while metered and, released, puts
-    it on the east walkway within 4 minutes; the zone counts stay what the cameras saw. Either
-    way the release floods the walkway to its target, which keeping the metering does not."""
+    it on the east walkway within 4 minutes; the zone counts stay what the cameras saw. Started
+    with the queue, the release floods the walkway to its target, which keeping the metering does
+    not. (Started without it, the release reached the target too until 2026-12-04, when the
+    viewing span's first cell took people at its full width's flow and sent them on at half: a
+    slow cell now takes what it sends, tests/test_twin_validation.py.)"""
     m, twin = queued
     keep = actions(site, ["meter-xsz", "oneway-bridge", "meter-bridge"])
     rel = [(0.0, keep), (1.0, actions(site, ["meter-xsz", "oneway-bridge"]))]
@@ -96,7 +99,8 @@ def test_the_planning_twin_started_with_the_queue_discharges_it_onto_the_walkway
     assert got["queued"]["placed"] == pytest.approx(q["port:gate-bridge-se"], rel=0.3), got
     assert got["queued"]["walk4"] - got["empty"]["walk4"] >= 0.5 * got["queued"]["placed"], got
     for g in got.values():
-        assert g["local_keep"] < 0.85 <= 1.0 <= g["local_rel"], got
+        assert g["local_keep"] < 0.85, got
+    assert got["queued"]["local_rel"] >= 1.0 > got["empty"]["local_rel"], got
     assert LOCAL_TARGET == 3.5
 
 

@@ -81,6 +81,36 @@ def test_bottleneck_specific_flow_saturates_in_the_published_range_with_a_queue_
     assert rho[neck].max() <= tw.fd.rho_c + 1e-6
 
 
+def test_a_slow_section_takes_no_more_than_it_sends_and_the_queue_stands_upstream():
+    """A 4 m corridor with a 100 m viewing span where people walk at half speed
+    (``speed_factor`` 0.5 scales the fundamental diagram's speed, so its capacity halves and its
+    critical and jam densities stay): a crowd pushed into it saturates at 0.5·q_max per metre,
+    the span itself stays at or below critical density (it takes no more than it sends; in
+    Daganzo's cell transmission model a cell's supply comes from its own diagram), and the
+    queue stands upstream at the congested density whose flow is that capacity."""
+    segs = [Segment("up", 200.0, 4.0), Segment("span", 100.0, 4.0, speed_factor=0.5), Segment("down", 60.0, 4.0)]
+    net, tw = line(segs)
+    st = tw.initial()
+    ctl = tw.controls()
+    st.rdy[0, net.chain_first["go"]] = 6000.0
+    lane = np.flatnonzero(net.clane == 0)
+    zone = net.czone[lane]
+    span, up = lane[zone == net.zi["span"]], lane[zone == net.zi["up"]]
+    beyond = lane[lane >= span[0]]
+    entered = []  # people who have entered the span so far
+    for _ in range(240):  # 20 min
+        tw.step(st, ctl, demand=False)
+        entered.append(st.cell[beyond].sum() + st.act.sum() + st.rdy[1:].sum() + st.exited)
+    spec_flow = (entered[-1] - entered[-121]) / (120 * tw.p.dt) / 4.0
+    assert spec_flow == pytest.approx(0.5 * tw.fd.q_max, rel=0.03)
+    rho = tw.cell_density(st, ctl)
+    assert rho[span].max() <= tw.fd.rho_c + 1e-6  # today's fault: the span packed to jam
+    # upstream: the congested branch's density at half of capacity (Weidmann: ≈ 4.2 p/m²)
+    grid = np.linspace(tw.fd.rho_c, tw.fd.rho_jam, 4001)
+    rho_q = grid[np.argmin(np.abs(tw.fd.flow(grid) - 0.5 * tw.fd.q_max))]
+    assert rho[up[-3:]] == pytest.approx(rho_q, rel=0.03)
+
+
 def test_door_bottleneck_caps_flow_and_queues_in_front_of_it():
     """A door (connector) of 2 m at a specific capacity of 1.3 p/(m·s): the queue stands in
     front of it and the flow never exceeds its capacity."""
