@@ -5,8 +5,9 @@ times, and the zone-level views the cameras, the evaluation and what-if read. Pu
 Measures (the site's action records) take effect on the ground, not when ordered:
 
 * each measure names the staff it needs at a post — a road cut: its closure points' officers;
-  exit-only and metering: the gate's marshals; one-way: ``staff.one_way_staff`` at the zone's
-  post; metro limiting: the metro operator's staff (none of ours);
+  exit-only and metering: the gate's marshals; one-way: ``staff.one_way_staff`` at the post
+  nearest the zone (:func:`crowdflow.site.measures.staff_needed`, the rule the engine and its
+  dispatch count by); metro limiting: the metro operator's staff (none of ours);
 * staff beyond a post's duty headcount (pre-positioned by a ``staffing`` action or left from an
   earlier measure) serve measures there at once; otherwise a team is sent from the reserve
   (``staff`` section): mobilise, walk base → post, stay at least ``min_block_min``;
@@ -45,6 +46,7 @@ from crowdflow.site import (
     StaffingAction,
     TrafficCutoffAction,
 )
+from crowdflow.site.measures import staff_needed
 
 from .scenario import Scenario
 from .twin import (
@@ -303,8 +305,13 @@ class Model:
             setup = a.divert.setup_min * 60 if a.divert is not None else METRO_SETUP_S
             return Measure(a, key, None, 0, setup, t)
         if isinstance(a, OneWayAction):
-            post = next((p for p, z in self.sc.posts.items() if z == a.zone), None)
-            return Measure(a, key, post, site.staff.one_way_staff if post else 0, ONE_WAY_SETUP_S, t)
+            # marshals at the post nearest the zone, as the engine and its dispatch count them;
+            # until 2026-12-04 the twin took the post the scenario maps to the zone, and a zone
+            # without one (the west walkway's mid-span) went one-way at once with nobody
+            # (docs/mpc.md, "One rule for a one-way's marshals")
+            need = staff_needed(site, a)
+            post = next(iter(need), None)
+            return Measure(a, key, post, need.get(post, 0), ONE_WAY_SETUP_S, t)
         return None
 
     def set_actions(self, actions, in_effect: bool = False) -> None:

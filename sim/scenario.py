@@ -1,7 +1,7 @@
 """The scenario file: what the simulator needs beyond the site file (data, not code).
 
 ``configs/scenarios/<name>.yaml`` names its site file and adds the pedestrian network
-(walkable links with widths, ways out, what a road cutoff frees, where staff posts work)
+(walkable links with widths, ways out, what a road cutoff frees)
 and the evening's demand. It is validated with pydantic and checked against the site;
 a broken file raises :class:`crowdflow.site.ConfigError` naming each bad path.
 """
@@ -184,7 +184,6 @@ class Scenario(Strict):
     links: list[LinkSpec] = Field(min_length=1)
     exits: dict[Id, ExitSpec] = Field(default_factory=dict)
     roads: dict[Id, RoadSpec] = Field(default_factory=dict)
-    posts: dict[Id, Id] = Field(default_factory=dict)
     chains: dict[Id, ChainSpec] = Field(min_length=1)
     demand: dict[Id, SourceSpec] = Field(min_length=1)
     demand_scale: float = Field(1.0, gt=0, le=10)  # multiplies every arrival curve (sensitivity runs)
@@ -215,7 +214,6 @@ def _semantic(sc: Scenario, site: Site) -> list[tuple[str, str]]:
     zone_ids = set(site.zone_by_id)
     gates = {g.id: g for g in site.gates}
     roads = {r.id for r in site.roads}
-    posts = {p.id for p in site.posts}
     places = set(sc.places)
     seg_zones: set[str] = set()
     for pid in sorted(places - zone_ids):
@@ -274,11 +272,6 @@ def _semantic(sc: Scenario, site: Site) -> list[tuple[str, str]]:
         for key in list(rs.widen_m) + rs.unsignal:
             if key not in link_keys:
                 problems.append((f"roads.{rid}.{key}", "not a link (write 'place-a>place-b')"))
-    for pid, zid in sc.posts.items():
-        if pid not in posts:
-            problems.append((f"posts.{pid}", f"unknown post {pid!r}"))
-        if zid not in zone_ids:
-            problems.append((f"posts.{pid}", f"unknown zone {zid!r}"))
     for name, src in sc.demand.items():
         if src.zone not in places:
             problems.append((f"demand.{name}.zone", f"unknown place {src.zone!r}"))

@@ -106,6 +106,33 @@ def test_one_way_removes_counter_flow_on_the_bridge(site, scenario):
     # (that the remaining direction gets the full width back: test_twin_validation.py)
 
 
+def test_each_half_of_the_bridge_one_way_waits_for_its_marshals(site, scenario):
+    """A one-way needs ``staff.one_way_staff`` marshals at the post nearest its zone, by the
+    rule the engine and its dispatch count (``staff_needed``): the west walkway's mid-span too,
+    which the scenario's zone → post map lacked, so its half of the bridge one-way went in three
+    minutes after the order with nobody, and all the northbound walkers were pushed onto the
+    still two-way east walkway for the quarter hour its marshals walked (docs/mpc.md)."""
+    from crowdflow.site.measures import staff_needed
+
+    bridge = next(ms for ms in site.measures if ms.id == "oneway-bridge")
+    halves = [a for a in bridge.actions if isinstance(a, OneWayAction)]
+    assert {a.zone for a in halves} == {"bridge-e-mid", "bridge-w-mid"}
+    m = at(site, scenario, 20.0)
+    t0 = m.t
+    m.set_actions(halves)
+    for a in halves:
+        ms = m.measures[m.measure_key(a)]
+        assert {ms.post: ms.need} == staff_needed(site, a) == {"post-bridge-mid": site.staff.one_way_staff}
+    on = {}
+    while len(on) < 2 and m.t < t0 + 3600:
+        m.step()
+        for a in m.effective_actions():
+            on.setdefault(a.zone, m.t - t0)
+    travel = m.staff_board.travel_s["post-bridge-mid"]
+    assert on["bridge-w-mid"] == on["bridge-e-mid"]  # they walk together; neither goes in alone
+    assert on["bridge-w-mid"] >= travel  # before: its 3-min set-up alone, with nobody there
+
+
 def test_exit_only_stops_inflow_not_outflow(site, scenario):
     m = at(site, scenario, 20.0)
     m.set_actions([ExitOnlyAction(type="exit_only", gate="gate-11f")], in_effect=True)
