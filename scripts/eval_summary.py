@@ -18,10 +18,12 @@ for d in sorted(by):
         cpu = [m.cpu_s for m in v]
         print(f"{p}: safe {sum(m.safe for m in v)}/{len(v)}, cpu/evening mean {sum(cpu)/max(len(cpu),1):.0f} s")
     print()
-# safe throughput over the seeds every policy ran at every demand (walking up each seed's sweep)
+# safe throughput over the seeds every policy ran at the lowest demand, walking up each seed's
+# sweep: a sweep stops at a seed's first unsafe demand, so higher demands lack those seeds (a
+# demand a policy did not run counts as unsafe: the figure is capped at the grid it ran)
 sweep = tuple(sorted(by))
 pols = sorted({p for d in by for p in by[d]})
-seeds = sorted(set.intersection(*[{m.seed for m in by[d][p]} for d in by for p in pols]))
+seeds = sorted(set.intersection(*[{m.seed for m in by[sweep[0]].get(p, [])} for p in pols]))
 flat = [(m.policy, m.seed, m.demand, m) for d in by for p in pols for m in by[d][p]]
 print(f"**safe throughput** (sweep {', '.join(f'×{d:g}' for d in sweep)}; seeds {seeds})\n")
 print(safe_table(safe_multipliers(flat, pols, seeds, sweep)))
