@@ -308,7 +308,7 @@ class Model:
             # marshals at the post nearest the zone, as the engine and its dispatch count them;
             # until 2026-12-04 the twin took the post the scenario maps to the zone, and a zone
             # without one (the west walkway's mid-span) went one-way at once with nobody
-            # (docs/mpc.md, "One rule for a one-way's marshals")
+            # (docs/mpc.md, "The viewing span and the one-way's marshals")
             need = staff_needed(site, a)
             post = next(iter(need), None)
             return Measure(a, key, post, need.get(post, 0), ONE_WAY_SETUP_S, t)
