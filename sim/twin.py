@@ -743,13 +743,14 @@ class Twin:
         share = lshare[n.clane]
         wdir = width * share
         rho = tot / (n.clen * wdir)  # the density this direction walks at, on its own lanes
-        cap_w = wdir * lloss[n.clane]
-        # a slow cell (``speed_factor`` < 1: a viewing span) walks on the same diagram at a
-        # lower speed: it sends AND takes at that share of the flow, so a queue stands in front
-        # of it, not packed inside it (Daganzo's cell transmission model: a cell's supply comes
-        # from its own diagram; until 2026-12-04 only its demand did: docs/twin.md)
-        D = np.minimum(tot, fd.demand(rho) * n.csf * cap_w * dt)
-        S = fd.supply(rho) * n.csf * cap_w * dt
+        # people a step per unit of flow: this direction's width after the counter-flow loss,
+        # times the cell's speed factor — a slow cell (a viewing span) walks on the same diagram
+        # at a lower speed, so it sends AND takes at that share of the flow and the queue stands
+        # in front of it, not packed inside it (Daganzo's cell transmission model: a cell's
+        # supply comes from its own diagram; until 2026-12-04 only its demand did: docs/twin.md)
+        cap = wdir * lloss[n.clane] * n.csf * dt
+        D = np.minimum(tot, fd.demand(rho) * cap)
+        S = fd.supply(rho) * cap
         S = np.minimum(S, np.maximum(0.0, fd.rho_jam * n.clen * wdir - tot))
         down = n.cdown
         has_down = down >= 0

@@ -13,6 +13,7 @@ from crowdflow.site import (
     StaffingAction,
     TrafficCutoffAction,
 )
+from crowdflow.site.measures import staff_needed
 from sim.model import Model
 
 CUT = TrafficCutoffAction(type="traffic_cutoff", road="road-jiabin")
@@ -112,8 +113,6 @@ def test_each_half_of_the_bridge_one_way_waits_for_its_marshals(site, scenario):
     which the scenario's zone → post map lacked, so its half of the bridge one-way went in three
     minutes after the order with nobody, and all the northbound walkers were pushed onto the
     still two-way east walkway for the quarter hour its marshals walked (docs/mpc.md)."""
-    from crowdflow.site.measures import staff_needed
-
     bridge = next(ms for ms in site.measures if ms.id == "oneway-bridge")
     halves = [a for a in bridge.actions if isinstance(a, OneWayAction)]
     assert {a.zone for a in halves} == {"bridge-e-mid", "bridge-w-mid"}

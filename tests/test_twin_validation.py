@@ -104,8 +104,8 @@ def test_a_slow_section_takes_no_more_than_it_sends_and_the_queue_stands_upstrea
     spec_flow = (entered[-1] - entered[-121]) / (120 * tw.p.dt) / 4.0
     assert spec_flow == pytest.approx(0.5 * tw.fd.q_max, rel=0.03)
     rho = tw.cell_density(st, ctl)
-    assert rho[span].max() <= tw.fd.rho_c + 1e-6  # today's fault: the span packed to jam
-    # upstream: the congested branch's density at half of capacity (Weidmann: ≈ 4.2 p/m²)
+    assert rho[span].max() <= tw.fd.rho_c + 1e-6  # before 2026-12-04 the span packed to 4.03 p/m²
+    # upstream: the congested branch's density at half of capacity (Weidmann: ≈ 4.0 p/m²)
     grid = np.linspace(tw.fd.rho_c, tw.fd.rho_jam, 4001)
     rho_q = grid[np.argmin(np.abs(tw.fd.flow(grid) - 0.5 * tw.fd.q_max))]
     assert rho[up[-3:]] == pytest.approx(rho_q, rel=0.03)
