@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from crowdflow import crowd
 from crowdflow.records import PEN_FULL_DENSITY, ZoneState
 from crowdflow.site import Measure, Site, Text
 from crowdflow.vocab import LEVELS, level_rank
@@ -86,7 +87,7 @@ class MeasurePlanner:
         self.last: PlanResult | None = None
         # full plans at least this often (None: every cycle — the live service's default)
         self.replan_max_s = replan_max_s
-        self._plan: tuple | None = None  # (planned at, set in force then, unknown then, demand multiplier)
+        self._plan: tuple | None = None  # (planned at, set in force then, unknown then, demand multiplier, bound then)
         self.plans_run = 0  # full plans (twin rollouts) so far
         self.plans_kept = 0  # cycles answered by the standing plan
         self.owned = {p.id: [m.id for m in site.measures if owner(m) == p.id] for p in site.plans}
@@ -124,6 +125,39 @@ class MeasurePlanner:
         arr = self.twin.nominal_arrivals(tod, tod + (now - at)) * self._base_scale
         self.demand.update(now, scale, pred, obs, arr, (now - at) / 60.0)
 
+    def zones_at_risk(self, now: float) -> set[str]:
+        """Zones the latest plan (at most two cycles old) forecasts past the highest density any
+        plan allows (``crowd.PLAN_DENSITY``) *with* the measures it chose — a zone's local
+        density (the twin's ``bottleneck`` elements) or the holding areas behind its gates: what
+        the level bound allowed cannot keep them safe. The plan engine lets such an area's bound
+        reach one level further (``PlanEngine.evaluate``): prediction within reach, as for a
+        zone's capacity-ratio forecast, but on safety. It matters most where no camera counts: a
+        concourse a surge fills behind a metering raises no level until it is packed.
+        A long wait alone (a pen's own queueing target, ``PEN_FULL_DENSITY``) does not lift it:
+        lifted for that, stopping alighting went in 35 min early on seed 4 ×1.3 and the
+        diverted passengers packed the lower floors (docs/mpc.md, "A surge into a metered
+        concourse")."""
+        r = self.last
+        opt = self.optimizer
+        if r is None or r.engine != "mpc" or opt is None or now - r.at > 2 * self.cycle_s:
+            return set()
+        out = {z for p in r.decision.violations
+               if (el := opt.elements.get(p.element)) is not None and el.kind == "bottleneck"
+               and (z := opt.zone_of.get(p.element)) is not None}
+        q = r.decision.queues.get("with", {})
+        pen: dict[str, float] = {}
+        zone: dict[str, str] = {}
+        for h in self.site.holding_areas:
+            if h.queue == "arrivals":
+                pen[h.gate] = pen.get(h.gate, 0.0) + h.area_m2
+                zone.setdefault(h.gate, h.zone)
+        for g, m2 in pen.items():
+            held = [q.get(f"hold:{g}", ()), q.get(f"port:{g}", ())]
+            series = [sum(x) for x in zip(*[h for h in held if h])] if any(held) else []
+            if series and m2 > 0 and max(series) / m2 >= crowd.PLAN_DENSITY:
+                out.add(zone[g])
+        return out
+
     def areas_with_measures(self) -> set[str]:
         """Every area a measure names: its level bounds measures, and what is in force there is
         the measure set (an area that owns none has nothing in force of its own — never the
@@ -159,7 +193,7 @@ class MeasurePlanner:
         self._now = now
         counts, unknown = plausible_counts(self.site, zones, now)
         self._learn(now, counts, unknown, active)
-        if not force and self._plan_stands(now, counts, unknown, active):
+        if not force and self._plan_stands(now, counts, unknown, active, bound):
             self.plans_kept += 1
             self.last = PlanResult(self.last.decision, "mpc", now, self.last.note, self.last.why)
             return self.last
@@ -187,7 +221,7 @@ class MeasurePlanner:
             result = PlanResult(self.rules(zones, cands, unknown), "rules", now,
                                 Text(zh="无孪生模型，按规则预案", en="no twin; rule-based plans"))
         self.last = result
-        self._plan = (now, frozenset(active), frozenset(unknown), scale) if result.engine == "mpc" else None
+        self._plan = (now, frozenset(active), frozenset(unknown), scale, dict(bound)) if result.engine == "mpc" else None
         if result.engine == "mpc":
             self._qplan = (now, frozenset(active), result.decision.queues)
         if result.engine == "mpc" and self.demand is not None:
@@ -228,14 +262,17 @@ class MeasurePlanner:
         return {g: float(s[min(k, len(s) - 1)]) for g, s in curve.items() if s}
 
     def _plan_stands(self, now: float, counts: Mapping[str, float], unknown: list[str],
-                     active: Mapping[str, float]) -> bool:
+                     active: Mapping[str, float], bound: Mapping[str, str | None] | None = None) -> bool:
         """Whether the last full plan still describes the ground (see ``REPLAN_MAX_S``): same
-        measures in force (as then, or as it chose), same unknown zones, young enough, and every
-        known zone within the drift of that plan's forecast for this minute."""
+        measures in force (as then, or as it chose), same unknown zones, same level bounds (a
+        new bound changes the candidates), young enough, and every known zone within the drift
+        of that plan's forecast for this minute."""
         if self.replan_max_s is None or self._plan is None or self.last is None or self.last.engine != "mpc":
             return False
-        at, act0, unk0, scale = self._plan
+        at, act0, unk0, scale, bound0 = self._plan
         if now - at >= self.replan_max_s:
+            return False
+        if bound is not None and self._bound_opens(bound0, bound):
             return False
         if self.demand is not None and abs(self.demand.value - scale) > DEMAND_REPLAN * scale:
             return False  # the demand estimate moved: the standing forecast is out of date
@@ -260,6 +297,18 @@ class MeasurePlanner:
             if abs(obs - f) > max(DRIFT, DRIFT_REL * f):
                 return False
         return not self._queue_drifted(now, active)
+
+    def _bound_opens(self, before: Mapping[str, str | None], now: Mapping[str, str | None]) -> bool:
+        """Whether a level bound rose in an area where the standing plan breaks a safety target:
+        the measures it may now use were not tried. (Any other change of bound leaves the plan
+        standing: re-planned at every level change, seed 0 ×1.3 cut roads 28 min longer and
+        packed the lower floors for 3 min — the standing plans' stability is worth keeping.)"""
+        if self.last is None or self.optimizer is None:
+            return False
+        opt = self.optimizer
+        unsafe = {opt.zone_of.get(p.element) for p in self.last.decision.violations if p.element in opt.safety}
+        return any(level_rank(now.get(p.id)) > level_rank(before.get(p.id)) and unsafe & set(p.zones)
+                   for p in self.site.plans)
 
     def _queue_drifted(self, now: float, active: Mapping[str, float]) -> bool:
         """A reported queue far from the standing plan's own reckoning of it (the same drift

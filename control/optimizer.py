@@ -9,7 +9,9 @@ target, starting from the measures in force (switching has a cost too):
    goes when the forecast *without* it keeps its zones below its release ratio (lower than the
    trigger: hysteresis) and every element under target (the twin starts with the queues behind
    metered gates, so a metering's release shows its queue going onto the ground beyond); one
-   per plan area per decision (``RELEASE_IN_WAVES``).
+   per plan area per decision (``RELEASE_IN_WAVES``). Safety before service: a metering whose
+   pen the forecast packs past the plans' density goes (urgent) whenever the forecast without
+   it is safer, whatever service targets the crowd it lets out breaks (``SAFETY_FIRST_RELEASE``).
 2. **Add, cheapest lever first.** If the forecast breaks a target, add measures greedily:
    candidates are those the level allows, whose own trigger fires on the forecast (a relieved
    zone reaches the trigger ratio within the trigger's lead), whose staff the reserves can
@@ -34,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from crowdflow import crowd
 from crowdflow.records import PEN_FULL_DENSITY, ZoneState
 from crowdflow.site import Action, Measure, MeteringAction, Site, Text
 
@@ -76,6 +79,10 @@ RELEASE_IN_WAVES = True
 # which is hysteresis against releasing into a rebound, not against relieving a breach
 # (docs/mpc.md, "The 11F pen flood").
 SAFETY_RELEASE_NOW = True
+# ... and, when kept it would pack its own holding area past the plans' density (``_pen_packs``),
+# it goes even though what it lets out breaks *service* targets (a zone's capacity ratio):
+# safety is judged first, service only between sets equally safe.
+SAFETY_FIRST_RELEASE = True
 # Issue 11: no measure switched on and off more than once in 20 minutes (on the ground; the
 # yardstick's flap count). An urgent release skips the quiet time that kept it, so the re-on
 # after any release waits long enough instead (``off_long_enough``).
@@ -311,18 +318,40 @@ class Optimizer:
         holding areas of its gates (``PEN_FULL_DENSITY``: a crush risk in the pen, which only
         letting people through relieves — or will within ``RELEASE_QUEUE_MIN`` at the growth of a
         measured surge, ``TwinStart.surge``). (0, False) for a measure that meters nothing."""
-        rate = queued = pen = soon = 0.0
+        rate = queued = 0.0
+        full = False
         for a in m.actions:
             if isinstance(a, MeteringAction):
+                q = start.queues.get(f"port:{a.gate}", 0.0) + start.queues.get(f"hold:{a.gate}", 0.0)
                 rate += a.per_min
-                queued += start.queues.get(f"port:{a.gate}", 0.0) + start.queues.get(f"hold:{a.gate}", 0.0)
-                pen += self._pen_m2.get(a.gate, 0.0)
-                soon += start.surge.get(f"hold:{a.gate}", 0.0) * RELEASE_QUEUE_MIN
+                queued += q
+                # per gate: one metering at two exits must not let the empty concourse of one
+                # hide the packed concourse of the other (seed 1 ×1.1: exit 9 at 535 people
+                # and a surge, exit 6 empty, judged "not full" on their summed area). A measured
+                # surge fills the pen faster than the metering lets it out: full within the
+                # minutes a release takes to act counts as full now.
+                soon = start.surge.get(f"hold:{a.gate}", 0.0) * RELEASE_QUEUE_MIN
+                pen = self._pen_m2.get(a.gate, 0.0)
+                full = full or (pen > 0 and q > 0 and q + soon >= pen * PEN_FULL_DENSITY)
         if queued <= 0:
             return 0.0, False
-        # a measured surge fills the pen faster than the metering lets it out: full within the
-        # minutes a release takes to act counts as full now
-        return (queued / rate if rate > 0 else float("inf")), queued + soon >= pen * PEN_FULL_DENSITY
+        return (queued / rate if rate > 0 else float("inf")), full
+
+    def _pen_packs(self, m: Measure, r: Rollout) -> bool:
+        """Whether, kept, a metering packs one of its gates' holding areas to the highest density
+        any plan allows (``crowd.PLAN_DENSITY``, 3.5 p/m²; danger is 4) within the horizon — not
+        merely past the pen's own queueing target (``PEN_FULL_DENSITY``, 2): only then is letting
+        the queue onto the exit beyond it worth the service it costs. Traced on seed 0 ×1.3
+        (19:09): let go for a pen forecast at 2.7 p/m², the 453 people it held packed exit 6's
+        130 m² to 4.0 p/m² for 6.6 minutes. On seed 6 ×1.1 (20:19) a line at 4 p/m² kept it
+        for a forecast 3.7 and the concourse reached 4.6."""
+        sl = self._judged(r)
+        for a in m.actions:
+            if isinstance(a, MeteringAction) and (pen := self._pen_m2.get(a.gate, 0.0)) > 0:
+                held = sum(r.queues[k][sl] for k in (f"hold:{a.gate}", f"port:{a.gate}") if k in r.queues)
+                if np.size(held) and float(np.max(held)) / pen >= crowd.PLAN_DENSITY:
+                    return True
+        return False
 
     def _judged(self, r: Rollout) -> slice:
         return slice(int(np.searchsorted(r.minutes, self.grace_min)), None)
@@ -468,7 +497,12 @@ class Optimizer:
             _, safe_without = self._excess_parts(rc)
             helps = self._excess(rc) - self._excess(r)
             price = cost[mid] + max(0.0, r.turned_away - rc.turned_away) / TURNED_AWAY_PER_COST
-            if safe_without <= safe_with + 1e-9 and ((calm and helps <= 1e-9) or helps < RELEASE_GAIN_PER_COST * price):
+            # safety before service: a release that makes the evening safer goes even where the
+            # crowd it lets out costs service (the exit-9 concourse packed by a surge, let out onto
+            # its exit and the sidewalk: docs/mpc.md, "A surge into a metered concourse")
+            safer = (SAFETY_FIRST_RELEASE and safe_without < safe_with - 1e-9
+                     and self._pen_packs(cands[mid].measure, r))
+            if safer or (safe_without <= safe_with + 1e-9 and ((calm and helps <= 1e-9) or helps < RELEASE_GAIN_PER_COST * price)):
                 wait_min, pen_full = self._queue_now(cands[mid].measure, start)
                 if wait_min > RELEASE_QUEUE_MIN and not pen_full:
                     continue  # its queue first: the metering lets it drain at its rate

@@ -20,7 +20,9 @@ trigger within ``predictive_lead_min``. Rules that keep levels from flapping:
 **Measures.** Where the site file declares ``measures`` for an area and the engine is given a
 :class:`control.measures.MeasurePlanner`, the level stays what commanders and the public see
 and the bound on which measures are allowed (up to one level above the level in force or
-indicated: prediction within reach), but *what is in force* is the measure set the planner
+indicated: prediction within reach; two levels above for the area's cooldown when the planner's
+latest forecast packs one of its zones, or a pen behind their gates, past the plans' density
+with what the bound allows), but *what is in force* is the measure set the planner
 chose on the twin's forecast, not the level's cumulative bundle. A measure is switched on only
 when two decisions in a row want it (sustain), released only when the forecast without it stays
 below its release ratio (hysteresis) for its ``quiet_min``, past its minimum on-time, and never
@@ -64,6 +66,10 @@ HISTORY = 50
 PREDICT_FROM = 0.75  # a forecast counts only for a zone already at ≥ 75 % of the trigger
 MEASURE_SUSTAIN_S = 30.0  # a measure is recommended once decisions have wanted it this long (two cycles)
 RECENT_RECS = 200
+# A zone (or a pen behind its gates) the planner's latest forecast packs past the plans' density
+# with what the bound allows lets its area's bound reach one level further for the area's
+# cooldown (``MeasurePlanner.zones_at_risk``): prediction within reach, on safety.
+RISK_LIFTS_BOUND = True
 METRIC_TEXT = {
     "capacity_ratio": ("承载率", "capacity ratio"),
     "density": ("密度(人/㎡)", "density (p/m²)"),
@@ -113,6 +119,7 @@ class Area:
     want_off: dict[str, float] = field(default_factory=dict)
     engine: str | None = None
     staff_moves: list[StaffMove] = field(default_factory=list)
+    risk_until: float = float("-inf")  # the level bound reaches one further until then (a zone at risk)
 
     @property
     def mpc(self) -> bool:
@@ -178,9 +185,13 @@ class PlanEngine:
         result = None
         if self.planner is not None and any(a.mpc for a in self.areas.values()):
             bound = {}
+            risk = self.planner.zones_at_risk(now) if RISK_LIFTS_BOUND else set()
             for pid, area in self.areas.items():
                 top = max(area.level, targets[pid][0], key=severity)
-                bound[pid] = LEVELS[min(severity(top) + 1, len(LEVELS) - 1)]
+                if risk & set(area.plan.zones):
+                    area.risk_until = now + area.plan.cooldown_s  # lifted no shorter than a level stays
+                step = 2 if now < area.risk_until else 1
+                bound[pid] = LEVELS[min(severity(top) + step, len(LEVELS) - 1)]
             active = {mid: t for a in self.areas.values() for mid, t in a.measures.items()}
             released = {mid: t for a in self.areas.values() for mid, t in a.released.items()}
             result = self.last_plan = self.planner.decide(now, zones, active, released, bound)

@@ -11,6 +11,12 @@ import math
 V_FREE = 1.34  # m/s, free walking speed
 RHO_JAM = 5.4  # persons/m², jam density (speed 0)
 GAMMA = 1.913  # persons/m²
+# Local density at which a standing or moving crowd becomes dangerous (crush risk; Still,
+# Fruin LoS F): the yardstick counts the minutes above it.
+DANGER_DENSITY = 4.0  # persons/m²
+# The highest local density a plan may forecast anywhere — a cell, a queue, a pen (half a person
+# per m² short of danger: the twin's forecasts are not that exact).
+PLAN_DENSITY = 3.5  # persons/m²
 
 # Fruin walkway level of service by flow in persons / metre width / minute (upper bounds).
 FRUIN_LOS = (("A", 23.0), ("B", 33.0), ("C", 49.0), ("D", 66.0), ("E", 82.0))

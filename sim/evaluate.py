@@ -39,6 +39,7 @@ from typing import Callable, Mapping, Protocol
 import numpy as np
 
 from control.optimizer import FLAP_WINDOW_S
+from crowdflow import crowd
 from crowdflow.records import Command, ZoneState
 from crowdflow.site import BroadcastAction, Site, StaffingAction
 
@@ -47,7 +48,7 @@ from .cameras import Faults, VirtualCameras, camera_views
 from .model import Model, build_network
 from .scenario import Scenario, hhmm_to_s, s_to_hhmm
 
-DANGER_DENSITY = 4.0  # p/m², local
+DANGER_DENSITY = crowd.DANGER_DENSITY  # p/m², local
 WAIT_LIMIT_MIN = 15.0  # p95 queue wait a safe evening keeps
 PEAK_WINDOW = ("19:00", "22:00")
 SWEEP = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6)

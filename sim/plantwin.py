@@ -29,6 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from control.twin import SURGE_MIN, Element, Rollout, Schedule, TwinStart
+from crowdflow import crowd
 from crowdflow.records import PEN_FULL_DENSITY
 from crowdflow.site import MeteringAction, Site, Text
 
@@ -39,7 +40,7 @@ from .scenario import Scenario
 HOLD_DENSITY = PEN_FULL_DENSITY  # p/m²: a holding queue is at its capacity at this density
 MAX_WAIT_MIN = 12.0  # … or when the wait reaches this (the yardstick's p95 bound is 15 min)
 QUEUE_MIN = 20.0  # people: a shorter queue's wait is not planned for
-LOCAL_TARGET = 3.5  # p/m²: highest local density the engine plans for (danger is 4)
+LOCAL_TARGET = crowd.PLAN_DENSITY  # p/m²: highest local density the engine plans for (danger is 4)
 # Planning step: a 30-min rollout at 5 s costs ≈2.7× one at 15 s. From the yardstick evening's
 # states (scripts/bench_plan_step.py, docs/mpc.md) the 15-s twin is within 0.05 of capacity
 # (mean abs. zone load) of the 5-s twin from the same start and its 沧白路 sidewalk peak within

@@ -266,3 +266,83 @@ def test_the_whatif_panel_starts_from_the_reported_queues(site, scenario):
     assert out["queues"] == {"hold:gate-xsz-9": 1200.0, "port:gate-bridge-se": 240.0}
     stale = [hold_as_of(s, now + HOLD_STALE_S + 60) for s in fresh]
     assert svc.run(WhatIfRequest(measures=["board-only-xsz"]), {}, {}, {}, now, stale)["queues"] == {}
+
+
+def _with_surge(m: Model, minutes: float, per_min: float = 120.0) -> float:
+    """The yardstick's incident (``sim.evaluate.SURGE``: a bunch of trains at exit 9) played on
+    ``m`` for ``minutes``, at its mean rate; the highest local density of the exit's zone (its
+    concourse included) meanwhile, as the yardstick judges it."""
+    src = m.net.sources.index("metro-9")
+    k = m.zones.index("xsz-exit9")
+    peak = 0.0
+    for _ in range(int(round(minutes * 60 / m.step_s))):
+        m.state.held[src] += per_min / 60.0 * m.step_s * m.net.src_mix[src]
+        m.state.arrived += per_min / 60.0 * m.step_s
+        m.step()
+        peak = max(peak, float(m.peak_density_array()[k]))
+    return peak
+
+
+def test_a_surge_into_a_metered_concourse_lets_the_metering_go(site, at_2016, metered_evening):
+    """docs/mpc.md, "A surge into a metered concourse". The operator counts exit 9's concourse
+    filling ≈120 a minute behind the metering. On the evening itself, kept, the metering packs
+    the concourse past 4 p/m²; let go now, the surge spreads onto the exit and the sidewalk and
+    nobody stands at 4 p/m². The planner lets it go at once, urgent (safety before the sidewalk's
+    service target it breaks); the surge let out still packs the exit in its forecast, so it
+    names the exit's zone at risk (the bound is lifted: the next test)."""
+    import copy
+
+    kept = _with_surge(copy.deepcopy(metered_evening), 12)
+    let_go = copy.deepcopy(metered_evening)
+    let_go.set_actions([], in_effect=True)
+    assert kept > 4.0 > _with_surge(let_go, 12), kept
+
+    twin, now, zs = at_2016
+    pl = MeasurePlanner(site, twin, budget_s=60)
+    _counted(pl, (300, 420, 540, 660), now)
+    d = pl.decide(now, zs, {"meter-xsz": now - 3600}, {}, {p.id: "IV" for p in site.plans}).decision
+    assert "meter-xsz" in d.off and "meter-xsz" in d.urgent_off, (d.chosen, d.violations)
+    assert any(p.element in ("xsz-exit9", "cangbai-walk") for p in d.violations)  # the service it costs
+    assert pl.zones_at_risk(now) == {"xsz-exit9"}
+    assert any(p.element == "local:xsz-exit9" for p in d.violations)
+
+
+def test_a_concourse_the_allowed_measures_cannot_keep_safe_lifts_its_area_s_bound(site, at_2016):
+    """The same surge with the metering on the ground for six minutes only (its minimum on-time
+    is ten; on since before the counts' window, so their growth is arrivals, not the metering):
+    it cannot go yet, and the forecast packs the concourse to 4 p/m². Stopping alighting
+    (level III) is beyond the bound of an area at no level, so the planner names the concourse
+    at risk and the plan engine lets the area's bound reach one level further on the next
+    cycle (prediction within reach, for ground no camera counts), where stopping alighting is
+    chosen — minutes before the packed concourse would raise the level itself. The planner
+    keeps standing plans (as the yardstick runs it): the bound opening where the plan breaks a
+    safety target re-plans; a bound rising elsewhere does not."""
+    twin, now, zs = at_2016
+    pl = MeasurePlanner(site, twin, budget_s=60, replan_max_s=300.0)
+    engine = PlanEngine(site, planner=pl)
+    engine.areas["hongyadong"].measures["meter-xsz"] = now - 480  # set up 2 min later
+    _counted(pl, (300, 420, 540, 660), now)
+    assert engine.areas["xiaoshizi"].level is None
+    assert not next(c for c in pl.candidates({}, {}, {p.id: "IV" for p in site.plans})
+                    if c.id == "board-only-xsz").allowed  # beyond the bound at no level
+    engine.evaluate(now, zs)
+    d = pl.last.decision
+    assert "board-only-xsz" not in d.chosen and "meter-xsz" in d.chosen
+    assert pl.zones_at_risk(now) == {"xsz-exit9"}
+    runs = pl.plans_run
+    engine.evaluate(now + 30, zs)
+    d = pl.last.decision
+    assert pl.plans_run == runs + 1 and pl.plans_kept == 0  # re-planned, not the standing plan
+    assert "board-only-xsz" in d.chosen, (d.chosen, d.violations)
+    assert engine.areas["xiaoshizi"].risk_until >= now + 30
+    # a standing plan and a bound rising in an area whose zones it keeps safe: it stands
+    active = {"meter-xsz": now - 480}
+    bound = {p.id: "IV" for p in site.plans}
+    calm = MeasurePlanner(site, twin, budget_s=60, replan_max_s=300.0)
+    _counted(calm, (300, 420, 540, 660), now)
+    calm.decide(now, zs, active, {}, bound)
+    assert {p.element for p in calm.last.decision.violations} & calm.optimizer.safety
+    calm.decide(now + 30, zs, active, {}, {**bound, "bridge": "III"})
+    assert calm.plans_kept == 1
+    calm.decide(now + 60, zs, active, {}, {**bound, "bridge": "III", "xiaoshizi": "III"})
+    assert calm.plans_kept == 1  # opened where the concourse is at risk: re-planned

@@ -305,3 +305,12 @@ def test_a_metering_s_queue_is_counted_in_minutes_of_its_metered_rate_and_agains
     both = {"port:gate-xsz-6": 100.0, "hold:gate-xsz-9": 60.0}
     assert opt._queue_now(xsz, TwinStart(0.0, {}, both))[0] == pytest.approx(160.0 / rate)
     assert opt._queue_now(site.measure_by_id["cut-bridge"], TwinStart(0.0, {}, q)) == (0.0, False)
+    # full is judged per gate: exit 9's packed concourse is not diluted by exit 6's empty one
+    # (seed 1 ×1.1, 20:17: 535 people at exit 9 and a surge, judged on both concourses' area)
+    pen9 = next(h.area_m2 for h in site.holding_areas if h.gate == "gate-xsz-9" and h.queue == "arrivals")
+    assert opt._queue_now(xsz, TwinStart(0.0, {}, {"hold:gate-xsz-9": pen9 * PEN_FULL_DENSITY}))[1] is True
+    # and a measured surge that fills it within the minutes a release takes counts as full now
+    short = {"hold:gate-xsz-9": pen9 * PEN_FULL_DENSITY - 100}
+    assert opt._queue_now(xsz, TwinStart(0.0, {}, short))[1] is False
+    surge = {"hold:gate-xsz-9": 100 / RELEASE_QUEUE_MIN + 1}
+    assert opt._queue_now(xsz, TwinStart(0.0, {}, short, surge=surge))[1] is True
