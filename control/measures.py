@@ -145,18 +145,7 @@ class MeasurePlanner:
                if (el := opt.elements.get(p.element)) is not None and el.kind == "bottleneck"
                and (z := opt.zone_of.get(p.element)) is not None}
         q = r.decision.queues.get("with", {})
-        pen: dict[str, float] = {}
-        zone: dict[str, str] = {}
-        for h in self.site.holding_areas:
-            if h.queue == "arrivals":
-                pen[h.gate] = pen.get(h.gate, 0.0) + h.area_m2
-                zone.setdefault(h.gate, h.zone)
-        for g, m2 in pen.items():
-            held = [q.get(f"hold:{g}", ()), q.get(f"port:{g}", ())]
-            series = [sum(x) for x in zip(*[h for h in held if h])] if any(held) else []
-            if series and m2 > 0 and max(series) / m2 >= crowd.PLAN_DENSITY:
-                out.add(zone[g])
-        return out
+        return out | {z for g, z in opt.pen_zone.items() if opt.pen_density(q, g) >= crowd.PLAN_DENSITY}
 
     def areas_with_measures(self) -> set[str]:
         """Every area a measure names: its level bounds measures, and what is in force there is

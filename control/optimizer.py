@@ -218,9 +218,11 @@ class Optimizer:
         self.targets = self._targets()
         self._now: float | None = None  # the decision's time: measures in force act from ``in_effect_at``
         self._pen_m2: dict[str, float] = {}  # gate → area of its arrivals' holding areas
+        self.pen_zone: dict[str, str] = {}  # gate → the zone its arrivals' holding areas are in
         for h in site.holding_areas:
             if h.queue == "arrivals":
                 self._pen_m2[h.gate] = self._pen_m2.get(h.gate, 0.0) + h.area_m2
+                self.pen_zone.setdefault(h.gate, h.zone)
 
     def _targets(self) -> dict[str, float]:
         """Per element: its target load. Zones: the capacity ratio at the LB/T 068 threshold of
@@ -346,12 +348,17 @@ class Optimizer:
         130 m² to 4.0 p/m² for 6.6 minutes. On seed 6 ×1.1 (20:19) a line at 4 p/m² kept it
         for a forecast 3.7 and the concourse reached 4.6."""
         sl = self._judged(r)
-        for a in m.actions:
-            if isinstance(a, MeteringAction) and (pen := self._pen_m2.get(a.gate, 0.0)) > 0:
-                held = sum(r.queues[k][sl] for k in (f"hold:{a.gate}", f"port:{a.gate}") if k in r.queues)
-                if np.size(held) and float(np.max(held)) / pen >= crowd.PLAN_DENSITY:
-                    return True
-        return False
+        return any(self.pen_density(r.queues, a.gate, sl) >= crowd.PLAN_DENSITY
+                   for a in m.actions if isinstance(a, MeteringAction))
+
+    def pen_density(self, queues: Mapping[str, Sequence[float]], gate: str, sl: slice = slice(None)) -> float:
+        """Peak people per m² of a gate's arrivals holding areas over queue series keyed as the
+        twin's (``hold:<gate>`` held at its sources plus ``port:<gate>`` waiting at it); 0 for a
+        gate without a pen or a queue."""
+        pen = self._pen_m2.get(gate, 0.0)
+        parts = [np.asarray(queues[k], dtype=float)[sl] for k in (f"hold:{gate}", f"port:{gate}") if k in queues]
+        held = sum(parts) if parts else np.zeros(0)
+        return float(np.max(held)) / pen if pen > 0 and np.size(held) else 0.0
 
     def _judged(self, r: Rollout) -> slice:
         return slice(int(np.searchsorted(r.minutes, self.grace_min)), None)
